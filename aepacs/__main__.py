@@ -1,0 +1,3 @@
+from aepacs.cli import main
+
+raise SystemExit(main())

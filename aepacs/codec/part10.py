@@ -1,0 +1,169 @@
+"""Split a DICOM Part 10 byte stream around its top-level pixel data.
+
+``parse(data)`` returns the dataset without pixel data (for routing and the
+index) and three byte ranges of the original stream::
+
+    prefix  everything before the pixel element's value (element header included)
+    pixels  the value of (7FE0,0010) Pixel Data, Float or Double Float Pixel Data
+    suffix  everything after it (trailing padding, elements after pixel data)
+
+``prefix + pixels + suffix == data`` always holds, so an archive that keeps
+the three parts can return the exact bytes it received. Streams whose pixel
+data cannot be located byte-exactly (deflated transfer syntax, no pixel
+data, truncated elements) come back with ``pixels == b""`` and the whole
+stream as prefix: they are then stored whole.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from dataclasses import dataclass
+from io import BytesIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, \
+    ImplicitVRLittleEndian
+
+from aepacs.codec.base import PixelMeta
+from aepacs.errors import InputError
+
+PIXEL_DATA = 0x7FE00010
+PIXEL_TAGS = (PIXEL_DATA, 0x7FE00008, 0x7FE00009)
+NATIVE_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+_ITEM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE0DD
+
+
+@dataclass(frozen=True)
+class Part10:
+    """A Part 10 stream split around its top-level pixel data."""
+
+    dataset: Dataset
+    prefix: bytes
+    pixels: bytes
+    suffix: bytes
+    pixel_tag: int | None
+    encapsulated: bool
+    meta: PixelMeta | None
+
+    @property
+    def whole(self) -> bool:
+        """True when the stream is kept whole (no pixel data split out)."""
+        return self.pixel_tag is None
+
+
+def read_dataset(data: bytes, *, stop_before_pixels: bool = True) -> tuple[Dataset, int]:
+    """Read a Part 10 stream with pydicom; return the dataset and where reading stopped.
+
+    Raises
+    ------
+    InputError
+        The bytes are not a DICOM Part 10 stream pydicom can read.
+    """
+    fp = BytesIO(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as exc:
+        raise InputError(f"not a DICOM Part 10 file ({exc})") from None
+    except Exception as exc:  # pydicom raises many types on damaged input
+        raise InputError(f"unreadable DICOM data ({type(exc).__name__}: {exc})") from None
+    if len(ds) == 0:
+        raise InputError("empty DICOM dataset")
+    return ds, fp.tell()
+
+
+def _element_bounds(data: bytes, pos: int, implicit: bool, little: bool) -> tuple[int, int, int, bool] | None:
+    """Return (tag, value start, value end, undefined length) of the element at `pos`."""
+    end = ">" if not little else "<"
+    if pos + 8 > len(data):
+        return None
+    group, elem = struct.unpack_from(f"{end}HH", data, pos)
+    tag = group << 16 | elem
+    if implicit:
+        (length,) = struct.unpack_from(f"{end}I", data, pos + 4)
+        start = pos + 8
+    elif data[pos + 4:pos + 6] in _LONG_VRS:
+        if pos + 12 > len(data):
+            return None
+        (length,) = struct.unpack_from(f"{end}I", data, pos + 8)
+        start = pos + 12
+    else:
+        (length,) = struct.unpack_from(f"{end}H", data, pos + 6)
+        start = pos + 8
+    if length == 0xFFFFFFFF:
+        # encapsulated: items up to and including the sequence delimiter
+        p = start
+        while p + 8 <= len(data):
+            item_g, item_e, item_len = struct.unpack_from(f"{end}HHI", data, p)
+            item_tag = item_g << 16 | item_e
+            p += 8
+            if item_tag == _SEQ_DELIM:
+                return tag, start, p, True
+            if item_tag != _ITEM or item_len == 0xFFFFFFFF or p + item_len > len(data):
+                return None
+            p += item_len
+        return None
+    if start + length > len(data):
+        return None
+    return tag, start, start + length, False
+
+
+def _pixel_meta(ds: Dataset) -> PixelMeta | None:
+    """Describe native pixel data when an image codec can handle it, else None."""
+    try:
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        meta = PixelMeta(
+            rows=int(ds.Rows), columns=int(ds.Columns),
+            frames=int(ds.get("NumberOfFrames", 1) or 1),
+            samples=samples, bits_allocated=bits,
+            bits_stored=int(ds.get("BitsStored", bits) or bits),
+            signed=int(ds.get("PixelRepresentation", 0) or 0) == 1,
+            planar=int(ds.get("PlanarConfiguration", 0) or 0),
+            photometric=str(ds.get("PhotometricInterpretation", "")),
+            big_endian=ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian,
+            modality=str(ds.get("Modality", "")),
+        )
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if bits not in (8, 16) or samples not in (1, 3) or min(meta.rows, meta.columns, meta.frames) < 1:
+        return None
+    if meta.photometric.startswith("YBR") and meta.photometric != "YBR_FULL":
+        return None  # sub-sampled layouts
+    return meta
+
+
+def parse(data: bytes) -> Part10:
+    """Split `data` (a Part 10 stream) around its top-level pixel data.
+
+    Raises
+    ------
+    InputError
+        The bytes are not a DICOM Part 10 stream pydicom can read.
+    """
+    ds, stop = read_dataset(data)
+
+    def whole() -> Part10:
+        return Part10(ds, data, b"", b"", None, False, None)
+
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    if ts is None or ts == DeflatedExplicitVRLittleEndian or stop >= len(data):
+        return whole()
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        return whole()
+    bounds = _element_bounds(data, stop, bool(implicit), bool(little))
+    if bounds is None or bounds[0] not in PIXEL_TAGS:
+        return whole()
+    tag, start, end, undefined = bounds
+    meta = None
+    if tag == PIXEL_DATA and not undefined and ts in NATIVE_SYNTAXES:
+        meta = _pixel_meta(ds)
+        if meta is not None and not 0 <= (end - start) - meta.nbytes <= 1:
+            meta = None  # length does not match the image description
+    return Part10(ds, data[:start], data[start:end], data[end:], tag, undefined, meta)

@@ -1,0 +1,241 @@
+"""Configuration: one YAML file laid over the embedded default, validated on load.
+
+The embedded default is ``configs/default.yaml``; it holds every key and its
+default value, so this module holds none. A site file names only what it
+changes. Validation rejects unknown keys and wrong types with a message that
+names the key (``codec.zstd_level: expected an integer, got 'high'``).
+
+The data directory (``home``) is ``$AEPACS_HOME`` when set, else the
+``home`` key, else ``~/.aepacs``; every relative path is resolved against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from aepacs.errors import ConfigError
+
+#: The embedded default configuration file.
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+if not DEFAULT_CONFIG_PATH.is_file():  # installed as a wheel: shipped as package data
+    DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "default.yaml"
+
+HOME_ENV = "AEPACS_HOME"
+CONFIG_ENV = "AEPACS_CONFIG"
+
+LOSSLESS_CODECS = ("jpegls", "zstd")
+ROUTES = ("lossless",)
+
+
+def _choices(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    url: str
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str
+
+
+@dataclass(frozen=True)
+class KeyringConfig:
+    path: str
+    passphrase_env: str
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    lossless: str = field(metadata=_choices(*LOSSLESS_CODECS))
+    zstd_level: int = field(metadata={"range": (1, 22)})
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    on_conflict: str = field(metadata=_choices("keep-first", "reject"))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = field(metadata=_choices("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration of one aepacs installation."""
+
+    home: str | None
+    index: IndexConfig
+    store: StoreConfig
+    keyring: KeyringConfig
+    codec: CodecConfig
+    routes: dict[str, str] = field(metadata={"value_choices": ROUTES})
+    ingest: IngestConfig
+    log: LogConfig
+    #: The data directory every relative path is resolved against.
+    data_dir: Path = field(default=Path("."), metadata={"derived": True})
+
+    def resolve(self, path: str) -> Path:
+        """Return `path` made absolute against the data directory."""
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def index_url(self) -> str:
+        """The index URL, with a relative SQLite path resolved."""
+        prefix = "sqlite:///"
+        url = self.index.url
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            rest = url[len(prefix):]
+            if rest and not rest.startswith(":memory:"):
+                return prefix + str(self.resolve(rest))
+        return url
+
+    @property
+    def store_path(self) -> Path:
+        return self.resolve(self.store.path)
+
+    @property
+    def keyring_path(self) -> Path:
+        return self.resolve(self.keyring.path)
+
+    def route_for(self, modality: str | None) -> str:
+        """Return the route configured for `modality` (``default`` otherwise)."""
+        return self.routes.get((modality or "").upper(), self.routes.get("default", "lossless"))
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        name = f"{where}{key}"
+        if key not in base:
+            known = ", ".join(sorted(base)) or "none"
+            raise ConfigError(f"{name}: unknown key (known here: {known})")
+        if isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+            # routes is open-ended (one key per modality); other sections are closed
+            out[key] = ({**base[key], **value} if key == "routes"
+                        else _merge(base[key], value, f"{name}."))
+        else:
+            out[key] = value
+    return out
+
+
+def _check_scalar(name: str, value: Any, tp: Any) -> Any:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("derived"):
+            continue
+        name = f"{where}{f.name}"
+        if f.name not in data:
+            raise ConfigError(f"{name}: missing")
+        value = data[f.name]
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+            value = _build(tp, value, f"{name}.")
+        elif typing.get_origin(tp) is dict:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+            allowed = f.metadata.get("value_choices")
+            checked = {}
+            for k, v in value.items():
+                _check_scalar(f"{name}.{k}", v, str)
+                if allowed and v not in allowed:
+                    raise ConfigError(f"{name}.{k}: {v!r} is not one of {', '.join(allowed)}")
+                checked[str(k).upper() if k != "default" else "default"] = v
+            value = checked
+        else:
+            value = _check_scalar(name, value, tp)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+            lo_hi = f.metadata.get("range")
+            if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
+                raise ConfigError(f"{name}: {value} is outside {lo_hi[0]}..{lo_hi[1]}")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load and validate the configuration.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        A site configuration file laid over the embedded default. When not
+        given, ``$AEPACS_CONFIG`` is used if set, else the default alone.
+    overrides : mapping, optional
+        Values laid over the result (as from command-line flags), in the same
+        nested shape as the file.
+
+    Returns
+    -------
+    Config
+        The validated configuration with its data directory resolved.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and key that is wrong.
+    """
+    data = _read_yaml(DEFAULT_CONFIG_PATH)
+    path = path or os.environ.get(CONFIG_ENV) or None
+    try:
+        if path is not None:
+            data = _merge(data, _read_yaml(Path(path)))
+        if overrides:
+            data = _merge(data, overrides)
+        config = _build(Config, data, "")
+    except ConfigError as exc:
+        msg = str(exc)
+        where = str(path or DEFAULT_CONFIG_PATH)
+        raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    home = os.environ.get(HOME_ENV) or config.home or "~/.aepacs"
+    return dataclasses.replace(config, data_dir=Path(os.path.expanduser(home)).resolve())

@@ -1,0 +1,264 @@
+"""Versioned key-encryption keys (KEK) in a file only its owner may read.
+
+The keyring holds 256-bit KEKs numbered 1, 2, ...; the newest is the active
+one, used to wrap the data key of every new sealed object. ``rotate`` adds a
+version and keeps the old ones, so objects sealed earlier still open.
+
+The file is JSON. With a passphrase (taken from an environment variable,
+never from the command line) the list of keys is itself sealed with
+AES-256-GCM under a key derived by scrypt; the KDF parameters are the
+associated data. The file is created with mode 0600 and refused when group
+or others may read it. Writes are atomic and serialised by a lock file.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from Crypto.Cipher import AES
+from Crypto.Protocol.KDF import scrypt
+from Crypto.Random import get_random_bytes
+
+from aepacs.errors import KeyringError, MissingKeyError
+from aepacs.store.atomic import atomic_write
+
+FORMAT = "aepacs-keyring"
+FORMAT_VERSION = 1
+KEY_BYTES = 32
+#: scrypt cost: 2**15 x 8 x 1 takes ~0.1 s and 32 MiB, once per process.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """One key-encryption key. Its ``repr`` never shows the key."""
+
+    version: int
+    created: str
+    key: bytes = field(repr=False)
+
+
+def check_private(path: Path) -> None:
+    """Refuse `path` when anyone but its owner may read or write it.
+
+    Raises
+    ------
+    KeyringError
+        Naming the file, its mode and the fix.
+    """
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyringError(
+            f"{path}: keyring is accessible by group or others (mode {mode:04o}); "
+            f"run 'chmod 600 {path}'")
+
+
+def _derive(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return scrypt(passphrase, salt, KEY_BYTES, N=n, r=r, p=p)  # type: ignore[return-value]
+
+
+class Keyring:
+    """A loaded keyring.
+
+    Use :meth:`create` or :meth:`load`; both take the passphrase as bytes or
+    ``None`` for an unprotected file.
+    """
+
+    def __init__(self, path: Path, keys: dict[int, KeyVersion], passphrase: bytes | None) -> None:
+        self.path = path
+        self._keys = dict(keys)
+        self._passphrase = passphrase
+
+    def __repr__(self) -> str:
+        return f"Keyring({str(self.path)!r}, versions={self.versions}, protected={self.protected})"
+
+    # -- queries ---------------------------------------------------------
+    @property
+    def versions(self) -> list[int]:
+        """All key versions held, oldest first."""
+        return sorted(self._keys)
+
+    @property
+    def active_version(self) -> int:
+        """The newest version: the one new objects are sealed under."""
+        if not self._keys:
+            raise KeyringError(f"{self.path}: keyring holds no key")
+        return max(self._keys)
+
+    @property
+    def protected(self) -> bool:
+        return self._passphrase is not None
+
+    def info(self) -> list[KeyVersion]:
+        """The key versions, oldest first (use their metadata, not their keys)."""
+        return [self._keys[v] for v in self.versions]
+
+    def kek(self, version: int) -> bytes:
+        """Return the key-encryption key of `version`.
+
+        Raises
+        ------
+        MissingKeyError
+            When the keyring does not hold that version.
+        """
+        try:
+            return self._keys[version].key
+        except KeyError:
+            raise MissingKeyError(version) from None
+
+    # -- persistence -----------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, passphrase: bytes | None = None) -> Keyring:
+        """Create a keyring file holding key version 1.
+
+        Raises
+        ------
+        KeyringError
+            When `path` already exists (a keyring is never overwritten).
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with _locked(path):
+            if path.exists():
+                raise KeyringError(f"{path}: keyring already exists; not overwriting it")
+            ring = cls(path, {1: _new_key(1)}, passphrase)
+            ring._save()
+        return ring
+
+    @classmethod
+    def load(cls, path: Path, passphrase: bytes | None = None) -> Keyring:
+        """Load a keyring file, checking its permissions first.
+
+        Raises
+        ------
+        KeyringError
+            Missing, too open, damaged, or protected and no/wrong passphrase.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise KeyringError(f"{path}: no keyring; create one with 'aepacs keys init'")
+        check_private(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise KeyringError(f"{path}: keyring unreadable ({exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise KeyringError(f"{path}: not an aepacs keyring")
+        if doc.get("version") != FORMAT_VERSION:
+            raise KeyringError(f"{path}: keyring format version {doc.get('version')} not supported")
+        try:
+            if doc.get("protection") == "scrypt-aes256gcm":
+                entries = _unseal_entries(path, doc, passphrase)
+            elif doc.get("protection") == "none":
+                entries = doc["keys"]
+                passphrase = None
+            else:
+                raise KeyringError(f"{path}: unknown keyring protection {doc.get('protection')!r}")
+            keys = {}
+            for e in entries:
+                key = _unb64(e["key"])
+                if len(key) != KEY_BYTES:
+                    raise ValueError("key of wrong length")
+                keys[int(e["version"])] = KeyVersion(int(e["version"]), str(e["created"]), key)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeyringError(f"{path}: keyring damaged ({exc})") from None
+        return cls(path, keys, passphrase)
+
+    def rotate(self) -> int:
+        """Add a new key version, make it active and save; old versions stay.
+
+        The file is re-read under the lock first, so concurrent rotations
+        each add their own version.
+
+        Returns
+        -------
+        int
+            The new active version.
+        """
+        with _locked(self.path):
+            current = Keyring.load(self.path, self._passphrase)
+            self._keys = current._keys
+            version = (max(self._keys) if self._keys else 0) + 1
+            self._keys[version] = _new_key(version)
+            self._save()
+        return version
+
+    def _save(self) -> None:
+        entries = [{"version": k.version, "created": k.created, "key": _b64(k.key)}
+                   for k in self.info()]
+        doc: dict[str, object] = {"format": FORMAT, "version": FORMAT_VERSION}
+        if self._passphrase is None:
+            doc.update(protection="none", keys=entries)
+        else:
+            doc.update(_seal_entries(entries, self._passphrase))
+        atomic_write(self.path, json.dumps(doc, indent=1).encode("utf-8") + b"\n", mode=0o600)
+
+
+def _new_key(version: int) -> KeyVersion:
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return KeyVersion(version, created, get_random_bytes(KEY_BYTES))
+
+
+def _kdf_aad(kdf: dict[str, object]) -> bytes:
+    return json.dumps(kdf, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def _seal_entries(entries: list[dict[str, object]], passphrase: bytes) -> dict[str, object]:
+    salt = get_random_bytes(16)
+    kdf = {"name": "scrypt", "salt": _b64(salt), "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P}
+    nonce = get_random_bytes(12)
+    cipher = AES.new(_derive(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P), AES.MODE_GCM, nonce=nonce)
+    cipher.update(_kdf_aad(kdf))
+    ct, tag = cipher.encrypt_and_digest(json.dumps(entries).encode("utf-8"))
+    return {"protection": "scrypt-aes256gcm", "kdf": kdf, "nonce": _b64(nonce), "sealed": _b64(ct + tag)}
+
+
+def _unseal_entries(path: Path, doc: dict[str, object], passphrase: bytes | None) -> list[dict[str, object]]:
+    if passphrase is None:
+        raise KeyringError(f"{path}: keyring is passphrase-protected and no passphrase was given")
+    kdf = doc["kdf"]
+    if not isinstance(kdf, dict) or kdf.get("name") != "scrypt":
+        raise KeyringError(f"{path}: unknown key derivation")
+    key = _derive(passphrase, _unb64(kdf["salt"]), int(kdf["n"]), int(kdf["r"]), int(kdf["p"]))
+    blob = _unb64(str(doc["sealed"]))
+    cipher = AES.new(key, AES.MODE_GCM, nonce=_unb64(str(doc["nonce"])))
+    cipher.update(_kdf_aad(kdf))
+    try:
+        plain = cipher.decrypt_and_verify(blob[:-16], blob[-16:])
+    except ValueError:
+        raise KeyringError(f"{path}: wrong passphrase or keyring damaged") from None
+    return json.loads(plain)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def passphrase_from_env(variable: str) -> bytes | None:
+    """Return the passphrase held in environment `variable`, or None when unset/empty."""
+    value = os.environ.get(variable)
+    return value.encode("utf-8") if value else None

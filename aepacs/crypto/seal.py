@@ -1,0 +1,272 @@
+"""The sealed-object container (see ``docs/FORMAT.md``).
+
+Layout (all integers big-endian)::
+
+    0      4   magic b"AEPX"
+    4      2   format version (1)
+    6      4   H, length of the header fields
+    10     H   header fields, each: u8 tag, u16 length, value
+    10+H   64  key slot: u32 KEK version, 12-byte wrap nonce,
+               32-byte wrapped data key, 16-byte wrap tag
+    74+H   L   ciphertext of the payload (L is header field 6)
+    74+H+L 16  GCM tag of the payload
+
+Bytes ``[0, 10+H)`` are the associated data of the payload: a blob moved
+onto another object, or any header edit, fails to open. The data key (DEK)
+is fresh per object and wrapped with AES-256-GCM under a key-encryption key
+(KEK); the wrap's associated data is the KEK version and the SHA-256 of the
+header, so a key slot moved from another object fails too. The key slot
+sits outside the payload's associated data so that key rotation can rewrap
+the data key without touching the ciphertext (:func:`rewrap`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+from Crypto.Cipher import AES
+from Crypto.Random import get_random_bytes
+
+from aepacs.crypto.keyring import Keyring
+from aepacs.errors import KeyringError, MissingKeyError, OpenError, SealError
+
+MAGIC = b"AEPX"
+FORMAT_VERSION = 1
+NONCE_BYTES = 12
+TAG_BYTES = 16
+DEK_BYTES = 32
+_PREAMBLE = struct.Struct(">4sHI")
+_SLOT = struct.Struct(f">I{NONCE_BYTES}s{DEK_BYTES}s{TAG_BYTES}s")
+SLOT_BYTES = _SLOT.size
+
+# header field tags
+F_OBJECT_UID, F_STUDY_UID, F_CODEC, F_SEALED_KEK, F_NONCE, F_PAYLOAD_LEN = 1, 2, 3, 4, 5, 6
+_TEXT_FIELDS = {F_OBJECT_UID: "object_uid", F_STUDY_UID: "study_uid", F_CODEC: "codec"}
+
+
+@dataclass(frozen=True)
+class KeySlot:
+    """The wrapped data key and the KEK version that wraps it."""
+
+    kek_version: int
+    nonce: bytes = field(repr=False)
+    wrapped_key: bytes = field(repr=False)
+    tag: bytes = field(repr=False)
+
+    def pack(self) -> bytes:
+        return _SLOT.pack(self.kek_version, self.nonce, self.wrapped_key, self.tag)
+
+
+@dataclass(frozen=True)
+class SealedHeader:
+    """What a sealed object shows in clear: identifiers, codec, key version."""
+
+    object_uid: str
+    study_uid: str
+    codec: str
+    sealed_kek_version: int
+    nonce: bytes = field(repr=False)
+    payload_length: int
+    slot: KeySlot
+    #: Bytes [0, 10+H): the payload's associated data.
+    aad: bytes = field(repr=False)
+
+    @property
+    def kek_version(self) -> int:
+        """The KEK version needed to open the object now."""
+        return self.slot.kek_version
+
+    @property
+    def total_length(self) -> int:
+        return len(self.aad) + SLOT_BYTES + self.payload_length + TAG_BYTES
+
+
+def _field(tag: int, value: bytes) -> bytes:
+    return struct.pack(">BH", tag, len(value)) + value
+
+
+def _pack_header(object_uid: str, study_uid: str, codec: str, kek_version: int,
+                 nonce: bytes, payload_length: int) -> bytes:
+    fields = b"".join([
+        _field(F_OBJECT_UID, object_uid.encode("ascii")),
+        _field(F_STUDY_UID, study_uid.encode("ascii")),
+        _field(F_CODEC, codec.encode("ascii")),
+        _field(F_SEALED_KEK, struct.pack(">I", kek_version)),
+        _field(F_NONCE, nonce),
+        _field(F_PAYLOAD_LEN, struct.pack(">Q", payload_length)),
+    ])
+    return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(fields)) + fields
+
+
+def _wrap_aad(kek_version: int, aad: bytes) -> bytes:
+    return b"aepacs-dek" + struct.pack(">I", kek_version) + hashlib.sha256(aad).digest()
+
+
+def _wrap(dek: bytes, kek: bytes, kek_version: int, aad: bytes) -> KeySlot:
+    nonce = get_random_bytes(NONCE_BYTES)
+    cipher = AES.new(kek, AES.MODE_GCM, nonce=nonce)
+    cipher.update(_wrap_aad(kek_version, aad))
+    wrapped, tag = cipher.encrypt_and_digest(dek)
+    return KeySlot(kek_version, nonce, wrapped, tag)
+
+
+def _unwrap(header: SealedHeader, keyring: Keyring, name: str) -> bytes:
+    slot = header.slot
+    try:
+        kek = keyring.kek(slot.kek_version)
+    except MissingKeyError:
+        raise OpenError(name, f"keyring lacks key version {slot.kek_version} needed to open it") from None
+    cipher = AES.new(kek, AES.MODE_GCM, nonce=slot.nonce)
+    cipher.update(_wrap_aad(slot.kek_version, header.aad))
+    try:
+        return cipher.decrypt_and_verify(slot.wrapped_key, slot.tag)
+    except ValueError:
+        raise OpenError(name, f"data key does not unwrap under key version {slot.kek_version} "
+                              "(tampered header or key slot, or wrong keyring)") from None
+
+
+def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring: Keyring) -> bytes:
+    """Seal `payload` for one object under the keyring's active KEK.
+
+    Parameters
+    ----------
+    payload : bytes
+        The plaintext (see :mod:`aepacs.codec.payload`).
+    object_uid, study_uid : str
+        SOP Instance UID and Study Instance UID the blob is bound to.
+    codec : str
+        Identifier of the pixel codec (or model) inside the payload.
+    keyring : Keyring
+        Supplies the active KEK.
+
+    Returns
+    -------
+    bytes
+        The sealed object.
+    """
+    try:
+        kek_version = keyring.active_version
+        kek = keyring.kek(kek_version)
+        object_uid.encode("ascii")
+        study_uid.encode("ascii")
+    except (KeyringError, UnicodeEncodeError) as exc:
+        raise SealError(f"{object_uid}: cannot seal ({exc})") from None
+    dek = get_random_bytes(DEK_BYTES)
+    nonce = get_random_bytes(NONCE_BYTES)
+    aad = _pack_header(object_uid, study_uid, codec, kek_version, nonce, len(payload))
+    slot = _wrap(dek, kek, kek_version, aad)
+    cipher = AES.new(dek, AES.MODE_GCM, nonce=nonce)
+    cipher.update(aad)
+    ciphertext, tag = cipher.encrypt_and_digest(payload)
+    return b"".join((aad, slot.pack(), ciphertext, tag))
+
+
+def read_header(blob: bytes, name: str = "object") -> SealedHeader:
+    """Parse and check the clear header of a sealed object (no key needed).
+
+    Raises
+    ------
+    OpenError
+        When `blob` is not a well-formed sealed object of a known version.
+    """
+    if len(blob) < _PREAMBLE.size or blob[:4] != MAGIC:
+        raise OpenError(name, "not an aepacs sealed object (bad magic)")
+    _, version, hlen = _PREAMBLE.unpack_from(blob)
+    if version != FORMAT_VERSION:
+        raise OpenError(name, f"sealed-object format version {version} not supported")
+    end = _PREAMBLE.size + hlen
+    if len(blob) < end + SLOT_BYTES + TAG_BYTES:
+        raise OpenError(name, "truncated sealed object")
+    values: dict[int, bytes] = {}
+    pos = _PREAMBLE.size
+    while pos < end:
+        if pos + 3 > end:
+            raise OpenError(name, "malformed header field")
+        tag, length = struct.unpack_from(">BH", blob, pos)
+        pos += 3
+        if pos + length > end or tag in values:
+            raise OpenError(name, "malformed header field")
+        values[tag] = blob[pos:pos + length]
+        pos += length
+    expected = set(_TEXT_FIELDS) | {F_SEALED_KEK, F_NONCE, F_PAYLOAD_LEN}
+    if set(values) != expected or len(values[F_NONCE]) != NONCE_BYTES \
+            or len(values[F_SEALED_KEK]) != 4 or len(values[F_PAYLOAD_LEN]) != 8:
+        raise OpenError(name, "malformed header fields")
+    try:
+        text = {attr: values[t].decode("ascii") for t, attr in _TEXT_FIELDS.items()}
+    except UnicodeDecodeError:
+        raise OpenError(name, "malformed header text") from None
+    slot = KeySlot(*_SLOT.unpack_from(blob, end))
+    header = SealedHeader(
+        sealed_kek_version=struct.unpack(">I", values[F_SEALED_KEK])[0],
+        nonce=values[F_NONCE],
+        payload_length=struct.unpack(">Q", values[F_PAYLOAD_LEN])[0],
+        slot=slot, aad=blob[:end], **text)
+    if len(blob) != header.total_length:
+        raise OpenError(name, f"length {len(blob)} does not match its header ({header.total_length})")
+    return header
+
+
+def open_sealed(blob: bytes, keyring: Keyring, *, name: str = "object",
+                expect_uid: str | None = None) -> tuple[SealedHeader, bytes]:
+    """Authenticate and decrypt a sealed object.
+
+    Parameters
+    ----------
+    blob : bytes
+        The sealed object.
+    keyring : Keyring
+        Must hold the KEK version named in the key slot.
+    name : str
+        How errors name the object (a path or a UID).
+    expect_uid : str, optional
+        The SOP Instance UID the caller expects; a blob of another object
+        (swapped blobs) is refused.
+
+    Returns
+    -------
+    (SealedHeader, bytes)
+        The clear header and the plaintext payload.
+
+    Raises
+    ------
+    OpenError
+        Tampered, truncated, swapped, or no key for it. Naming `name`.
+    """
+    header = read_header(blob, name)
+    if expect_uid is not None and header.object_uid != expect_uid:
+        raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
+    dek = _unwrap(header, keyring, name)
+    start = len(header.aad) + SLOT_BYTES
+    ciphertext = blob[start:start + header.payload_length]
+    cipher = AES.new(dek, AES.MODE_GCM, nonce=header.nonce)
+    cipher.update(header.aad)
+    try:
+        payload = cipher.decrypt_and_verify(ciphertext, blob[-TAG_BYTES:])
+    except ValueError:
+        raise OpenError(name, "authentication failed: sealed object was altered") from None
+    return header, payload
+
+
+def rewrap(blob: bytes, keyring: Keyring, *, name: str = "object") -> bytes:
+    """Re-wrap the data key under the keyring's active KEK.
+
+    Only the key slot changes; the header, ciphertext and tag stay byte for
+    byte. The object is fully authenticated before the new slot is written.
+
+    Returns
+    -------
+    bytes
+        The re-wrapped sealed object.
+    """
+    header, _ = open_sealed(blob, keyring, name=name)
+    dek = _unwrap(header, keyring, name)
+    version = keyring.active_version
+    slot = _wrap(dek, keyring.kek(version), version, header.aad)
+    start = len(header.aad)
+    return b"".join((blob[:start], slot.pack(), blob[start + SLOT_BYTES:]))
+
+
+__all__ = ["SealedHeader", "KeySlot", "seal", "open_sealed", "read_header", "rewrap"]

@@ -1,0 +1,65 @@
+"""Exception hierarchy.
+
+Every error aepacs raises on purpose derives from :class:`AepacsError`; the
+command line turns those into one line naming the object and the problem.
+Messages never contain key material or pixel data.
+"""
+
+from __future__ import annotations
+
+
+class AepacsError(Exception):
+    """Base class of all deliberate aepacs errors."""
+
+
+class ConfigError(AepacsError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class KeyringError(AepacsError):
+    """The keyring is missing, unreadable, too open or lacks a key version."""
+
+
+class MissingKeyError(KeyringError):
+    """The keyring does not hold the key-encryption key version asked for."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"keyring has no key version {version}")
+        self.version = version
+
+
+class SealError(AepacsError):
+    """A sealed object could not be created."""
+
+
+class OpenError(AepacsError):
+    """A sealed object could not be opened: tampered, truncated or wrong key.
+
+    Parameters
+    ----------
+    name : str
+        What identifies the object to a person (path, SOP Instance UID).
+    reason : str
+        What is wrong with it.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class CodecError(AepacsError):
+    """A codec cannot encode or decode the pixel data it was given."""
+
+
+class InputError(AepacsError):
+    """The input is not a DICOM instance aepacs can archive."""
+
+
+class StoreError(AepacsError):
+    """The blob store or the index failed."""
+
+
+class StoreFullError(StoreError):
+    """The blob store refuses new data (disk full); nothing was written."""

@@ -1,0 +1,1 @@
+"""DICOM networking: the archive SCP and the retrieval SCU (arrives with the network issue)."""

@@ -1,0 +1,1 @@
+"""The data flows: receive → route → encode → seal → store; fetch → open → decode → write."""

@@ -1,0 +1,187 @@
+"""Ingest: receive → route → encode → seal → store → index.
+
+:func:`seal_bytes` is the pure core (bytes in, sealed blob out) used by
+``aepacs seal``; :func:`ingest` adds the store and the index; and
+:func:`import_paths` runs ingest over files with a progress bar.
+
+Order of effects: the blob is written durably before the index row that
+points at it, so a crash at any moment leaves no row without its blob (at
+worst an unreferenced blob, which a sweep removes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from tqdm import tqdm
+
+from aepacs.codec.part10 import Part10, parse
+from aepacs.codec.payload import EncodedObject, encode_object
+from aepacs.config import Config
+from aepacs.crypto.keyring import Keyring
+from aepacs.crypto.seal import seal
+from aepacs.errors import AepacsError, CodecError, InputError
+from aepacs.pipeline.archive import Archive
+from aepacs.store.index import ADDED, CONFLICT, SAME, BlobRef
+from aepacs.store.records import InstanceRecord
+
+log = logging.getLogger("aepacs.ingest")
+
+
+def object_uid(ds: Dataset) -> str:
+    """The UID a sealed object is bound to.
+
+    The SOP Instance UID; else the file meta's Media Storage SOP Instance
+    UID; else (a file with neither, sealed stand-alone) a fresh UID.
+    """
+    for value in (ds.get("SOPInstanceUID"), getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPInstanceUID")):
+        if value and str(value).strip():
+            return str(value).strip()
+    return str(generate_uid())
+
+
+def route(parts: Part10, config: Config) -> str:
+    """The route (codec family) configured for this object's modality."""
+    return config.route_for(str(parts.dataset.get("Modality", "")))
+
+
+def encode(data: bytes, parts: Part10, config: Config) -> EncodedObject:
+    """Encode per the object's route (only ``lossless`` exists so far)."""
+    name = route(parts, config)
+    if name != "lossless":
+        raise CodecError(f"route {name!r} has no codec")
+    return encode_object(data, parts=parts, lossless=config.codec.lossless,
+                         zstd_level=config.codec.zstd_level)
+
+
+def seal_bytes(data: bytes, keyring: Keyring, config: Config,
+               parts: Part10 | None = None) -> tuple[EncodedObject, bytes]:
+    """Encode and seal one Part 10 stream; nothing is stored.
+
+    Returns
+    -------
+    (EncodedObject, bytes)
+        The coded object (its parsed dataset included) and the sealed blob.
+    """
+    parts = parts or parse(data)
+    encoded = encode(data, parts, config)
+    ds = parts.dataset
+    blob = seal(encoded.payload, object_uid=object_uid(ds),
+                study_uid=str(ds.get("StudyInstanceUID", "") or "").strip(),
+                codec=encoded.codec, keyring=keyring)
+    return encoded, blob
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What happened to one received object."""
+
+    sop_uid: str
+    status: str  # added | same | conflict
+    codec: str = ""
+    source_size: int = 0
+    blob_size: int = 0
+
+
+def ingest(archive: Archive, data: bytes) -> IngestResult:
+    """Archive one Part 10 stream.
+
+    An identical re-send is recognised (``same``) and costs nothing; a
+    different object under an archived SOP Instance UID is a ``conflict``:
+    kept out, logged, and with ``ingest.on_conflict: reject`` an error.
+
+    Raises
+    ------
+    InputError
+        Not DICOM, or lacks the UIDs an archived instance needs.
+    AepacsError
+        Sealing, store or index failure (nothing indexed then).
+    """
+    parts = parse(data)
+    record = InstanceRecord.from_dataset(parts.dataset)
+    sha = hashlib.sha256(data).hexdigest()
+    existing = archive.index.get(record.sop_uid)
+    if existing is not None:
+        return _duplicate(archive, record.sop_uid, existing.source_sha256 == sha)
+    encoded, blob = seal_bytes(data, archive.keyring, archive.config, parts)
+    key = archive.store.put(blob)
+    ref = BlobRef(codec=encoded.codec, kek_version=archive.keyring.active_version, blob_key=key,
+                  blob_size=len(blob), source_size=len(data), source_sha256=sha)
+    outcome = archive.index.add(record, ref)
+    if outcome != ADDED:  # lost a race with another writer of the same instance
+        archive.store.delete(key)
+        return _duplicate(archive, record.sop_uid, outcome == SAME)
+    return IngestResult(record.sop_uid, ADDED, encoded.codec, len(data), len(blob))
+
+
+def _duplicate(archive: Archive, sop_uid: str, same: bool) -> IngestResult:
+    if same:
+        return IngestResult(sop_uid, SAME)
+    log.warning("instance %s: a different object with this SOP Instance UID is already archived; "
+                "keeping the first", sop_uid)
+    if archive.config.ingest.on_conflict == "reject":
+        raise InputError(f"{sop_uid}: a different object with this SOP Instance UID is already archived")
+    return IngestResult(sop_uid, CONFLICT)
+
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Every regular file under `paths` (files or directories), in a stable order."""
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            for dirpath, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    yield Path(dirpath) / name
+        elif path.is_file():
+            yield path
+
+
+@dataclass
+class ImportSummary:
+    """Counts and failures of one import run."""
+
+    added: int = 0
+    same: int = 0
+    conflicts: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # not DICOM / not archivable
+    failed: list[tuple[str, str]] = field(default_factory=list)   # archive errors
+    source_bytes: int = 0
+    stored_bytes: int = 0
+
+
+def import_paths(archive: Archive, paths: Iterable[Path], *, progress: bool = True) -> ImportSummary:
+    """Ingest every DICOM file under `paths`; one failure never stops the rest.
+
+    Files that are not DICOM instances (READMEs, DICOMDIRs, files without
+    UIDs) are skipped with their reason; archive failures are collected.
+    Re-running an interrupted import completes it without duplicates.
+    """
+    summary = ImportSummary()
+    files = list(iter_files(paths))
+    for path in tqdm(files, desc="import", unit="file", disable=not progress):
+        try:
+            result = ingest(archive, path.read_bytes())
+        except InputError as exc:
+            summary.skipped.append((str(path), str(exc)))
+            continue
+        except (AepacsError, OSError) as exc:
+            log.error("%s: %s", path, exc)
+            summary.failed.append((str(path), str(exc)))
+            continue
+        if result.status == ADDED:
+            summary.added += 1
+            summary.source_bytes += result.source_size
+            summary.stored_bytes += result.blob_size
+        elif result.status == SAME:
+            summary.same += 1
+        else:
+            summary.conflicts += 1
+    return summary

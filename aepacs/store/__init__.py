@@ -1,0 +1,1 @@
+"""Where sealed objects live: the blob store and the query index."""

@@ -1,0 +1,125 @@
+"""Atomic, durable file writes.
+
+A file is written to a temporary name in its final directory, flushed and
+fsync'ed, renamed over the final name, and the directory is fsync'ed, so a
+reader sees either nothing or the whole file, and a crash right after the
+call returns cannot lose it. A failed write removes its temporary file.
+
+Temporary names carry the host and process id (``.tmp-HOST-PID-RANDOM``) so
+that :func:`sweep_temporaries` can remove those left by a killed process.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import socket
+from pathlib import Path
+
+from aepacs.errors import StoreError, StoreFullError
+
+TMP_PREFIX = ".tmp-"
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename or unlink inside it is durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(directory: Path) -> Path:
+    """Return a fresh temporary path in `directory` naming this host and process."""
+    return directory / f"{TMP_PREFIX}{_HOST}-{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, replace: bool = True,
+                 tmp_dir: Path | None = None) -> None:
+    """Write `data` to `path` atomically and durably.
+
+    Parameters
+    ----------
+    path : Path
+        Final location; its directory must exist.
+    data : bytes
+        The complete content.
+    mode : int
+        Permission bits of the new file (created with them, never wider).
+    replace : bool
+        When False, an existing `path` is left untouched and this is a no-op
+        (content-addressed writes).
+    tmp_dir : Path, optional
+        Where the temporary file is written (same filesystem as `path`);
+        default: `path`'s directory.
+
+    Raises
+    ------
+    StoreFullError
+        The disk is full; nothing is left behind.
+    StoreError
+        Any other I/O failure; nothing is left behind.
+    """
+    tmp = temp_name(tmp_dir or path.parent)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not replace and path.exists():
+            tmp.unlink()
+            return
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(f"{path.parent}: disk full, nothing written") from None
+        raise StoreError(f"{path}: write failed ({exc.strerror})") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_temporaries(directory: Path) -> int:
+    """Remove temporary files in `directory` left by dead processes of this host.
+
+    Returns
+    -------
+    int
+        How many were removed.
+    """
+    removed = 0
+    try:
+        entries = list(directory.glob(f"{TMP_PREFIX}*"))
+    except OSError:
+        return 0
+    for entry in entries:
+        parts = entry.name[len(TMP_PREFIX):].split("-")
+        if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
+            continue
+        if not _pid_alive(int(parts[1])):
+            try:
+                entry.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed

@@ -1,0 +1,235 @@
+"""The query index: patient / study / series / instance tables (SQLAlchemy Core).
+
+SQLite in WAL mode with ``synchronous=FULL`` by default; any SQLAlchemy URL
+(PostgreSQL) works unchanged. Each instance row points at its sealed blob
+(content key, size), names its codec and KEK version, and keeps the SHA-256
+of the original stream so a re-sent identical instance is recognised.
+
+Writers take SQLite's write lock at the start of their transaction
+(``BEGIN IMMEDIATE``), so concurrent writers queue on the busy timeout
+instead of failing half-way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+from sqlalchemy import (Column, Float, ForeignKey, Integer, MetaData, String, Table, UniqueConstraint,
+                        create_engine, event, func, select, update)
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import SQLAlchemyError
+
+from aepacs.errors import StoreError
+from aepacs.store.records import INSTANCE_FIELDS, PATIENT_FIELDS, SERIES_FIELDS, STUDY_FIELDS, InstanceRecord
+
+metadata = MetaData()
+
+patients = Table(
+    "patients", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("issuer_of_patient_id", String(64), nullable=False),
+    Column("patient_name", String(324), nullable=False),
+    Column("patient_birth_date", String(8), nullable=False),
+    Column("patient_sex", String(16), nullable=False),
+    # a patient is PatientID within its issuer
+    UniqueConstraint("patient_id", "issuer_of_patient_id"),
+)
+studies = Table(
+    "studies", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("patient_pk", ForeignKey("patients.pk"), nullable=False, index=True),
+    Column("study_uid", String(64), nullable=False, unique=True),
+    Column("study_date", String(8), nullable=False, index=True),
+    Column("study_time", String(16), nullable=False),
+    Column("accession_number", String(64), nullable=False, index=True),
+    Column("study_id", String(16), nullable=False),
+    Column("study_description", String(64), nullable=False),
+    Column("referring_physician_name", String(324), nullable=False),
+    Column("modalities_in_study", String(256), nullable=False, default=""),
+)
+series = Table(
+    "series", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("study_pk", ForeignKey("studies.pk"), nullable=False, index=True),
+    Column("series_uid", String(64), nullable=False, unique=True),
+    Column("modality", String(16), nullable=False),
+    Column("series_number", Integer),
+    Column("series_description", String(64), nullable=False),
+    Column("body_part_examined", String(16), nullable=False),
+)
+instances = Table(
+    "instances", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("series_pk", ForeignKey("series.pk"), nullable=False, index=True),
+    Column("sop_uid", String(64), nullable=False, unique=True),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("instance_number", Integer),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("rows", Integer),
+    Column("columns", Integer),
+    Column("number_of_frames", Integer),
+    Column("codec", String(64), nullable=False),
+    Column("kek_version", Integer, nullable=False, index=True),
+    Column("blob_key", String(64), nullable=False, index=True),
+    Column("blob_size", Integer, nullable=False),
+    Column("source_size", Integer, nullable=False),
+    Column("source_sha256", String(64), nullable=False),
+    Column("stored_at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """Where an instance's sealed blob is and how it was sealed."""
+
+    codec: str
+    kek_version: int
+    blob_key: str
+    blob_size: int
+    source_size: int
+    source_sha256: str
+
+
+#: Outcomes of :meth:`Index.add`.
+ADDED, SAME, CONFLICT = "added", "same", "conflict"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+    dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN
+    cur = dbapi_conn.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=60000"):
+        cur.execute(f"PRAGMA {pragma}")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.pop("aepacs_write", False) else "BEGIN")
+
+
+class Index:
+    """The archive's query index.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy database URL (``sqlite:////abs/path/index.sqlite3``).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine: Engine = create_engine(url, future=True)
+            if self.engine.dialect.name == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+                event.listen(self.engine, "begin", _sqlite_begin)
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"index {url}: {exc}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing ------------------------------------------------------------
+    def _writer(self) -> Connection:
+        conn = self.engine.connect()
+        conn.info["aepacs_write"] = True
+        return conn
+
+    def _get_or_insert(self, conn: Connection, table: Table, where: dict[str, Any],
+                       values: dict[str, Any]) -> int:
+        cond = [table.c[k] == v for k, v in where.items()]
+        pk = conn.execute(select(table.c.pk).where(*cond)).scalar()
+        if pk is None:
+            pk = conn.execute(table.insert().values(**values)).inserted_primary_key[0]
+        return int(pk)
+
+    def add(self, rec: InstanceRecord, ref: BlobRef) -> str:
+        """Index an instance whose blob is already durable.
+
+        Returns
+        -------
+        str
+            ``"added"``; ``"same"`` when that SOP Instance UID is indexed with
+            the same original bytes; ``"conflict"`` when it is indexed with
+            different bytes (nothing is changed then).
+        """
+        try:
+            with self._writer() as conn, conn.begin():
+                existing = conn.execute(select(instances.c.source_sha256)
+                                        .where(instances.c.sop_uid == rec.sop_uid)).scalar()
+                if existing is not None:
+                    return SAME if existing == ref.source_sha256 else CONFLICT
+                patient_pk = self._get_or_insert(
+                    conn, patients,
+                    {"patient_id": rec.patient_id, "issuer_of_patient_id": rec.issuer_of_patient_id},
+                    rec.values(PATIENT_FIELDS))
+                study_pk = self._get_or_insert(
+                    conn, studies, {"study_uid": rec.study_uid},
+                    {**rec.values(STUDY_FIELDS), "patient_pk": patient_pk})
+                series_pk = self._get_or_insert(
+                    conn, series, {"series_uid": rec.series_uid},
+                    {**rec.values(SERIES_FIELDS), "study_pk": study_pk})
+                self._refresh_modalities(conn, study_pk)
+                conn.execute(instances.insert().values(
+                    **rec.values(INSTANCE_FIELDS), series_pk=series_pk, stored_at=time.time(),
+                    **asdict(ref)))
+                return ADDED
+        except SQLAlchemyError as exc:
+            raise StoreError(f"index: cannot add {rec.sop_uid} ({type(exc).__name__}: {exc})") from None
+
+    def _refresh_modalities(self, conn: Connection, study_pk: int) -> None:
+        mods = conn.execute(select(series.c.modality).where(series.c.study_pk == study_pk)
+                            .distinct()).scalars().all()
+        conn.execute(update(studies).where(studies.c.pk == study_pk)
+                     .values(modalities_in_study="\\".join(sorted(m for m in mods if m))))
+
+    # -- reading ------------------------------------------------------------
+    def _joined(self) -> Any:
+        return (instances.join(series, instances.c.series_pk == series.c.pk)
+                .join(studies, series.c.study_pk == studies.c.pk)
+                .join(patients, studies.c.patient_pk == patients.c.pk))
+
+    def find(self, *, patient_id: str | None = None, study_uid: str | None = None,
+             series_uid: str | None = None, sop_uid: str | None = None) -> list[Row[Any]]:
+        """Instances matching every given identifier, with all their levels' attributes."""
+        cols = [instances, series.c.series_uid, series.c.modality, series.c.series_number,
+                studies.c.study_uid, studies.c.study_date, patients.c.patient_id, patients.c.patient_name]
+        q = select(*cols).select_from(self._joined())
+        if patient_id is not None:
+            q = q.where(patients.c.patient_id == patient_id)
+        if study_uid is not None:
+            q = q.where(studies.c.study_uid == study_uid)
+        if series_uid is not None:
+            q = q.where(series.c.series_uid == series_uid)
+        if sop_uid is not None:
+            q = q.where(instances.c.sop_uid == sop_uid)
+        q = q.order_by(studies.c.study_uid, series.c.series_number, series.c.series_uid,
+                       instances.c.instance_number, instances.c.sop_uid)
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).all())
+
+    def get(self, sop_uid: str) -> Row[Any] | None:
+        """The instance row of `sop_uid`, or None."""
+        rows = self.find(sop_uid=sop_uid)
+        return rows[0] if rows else None
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(instances)).scalar() or 0)
+
+    def blob_keys(self) -> Iterator[str]:
+        """Every blob key an instance row references."""
+        with self.engine.connect() as conn:
+            yield from conn.execute(select(instances.c.blob_key)).scalars()
+
+    def studies(self) -> list[Row[Any]]:
+        """One row per study: UID, patient, date, modalities, instance count."""
+        q = (select(studies.c.study_uid, patients.c.patient_id, studies.c.study_date,
+                    studies.c.modalities_in_study, func.count(instances.c.pk).label("instances"))
+             .select_from(self._joined()).group_by(studies.c.pk, patients.c.pk)
+             .order_by(studies.c.study_uid))
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).all())

@@ -1,0 +1,116 @@
+"""What the index keeps of a DICOM instance: the attributes C-FIND needs per level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from aepacs.errors import InputError
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """Index attributes of one instance, by query level."""
+
+    # patient
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str
+    patient_birth_date: str
+    patient_sex: str
+    # study
+    study_uid: str
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_id: str
+    study_description: str
+    referring_physician_name: str
+    # series
+    series_uid: str
+    modality: str
+    series_number: int | None
+    series_description: str
+    body_part_examined: str
+    # instance
+    sop_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+    transfer_syntax_uid: str
+    rows: int | None
+    columns: int | None
+    number_of_frames: int | None
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> InstanceRecord:
+        """Extract the index attributes of `ds`.
+
+        Raises
+        ------
+        InputError
+            When the dataset lacks an SOP Instance UID, SOP Class UID,
+            Study or Series Instance UID: it cannot be archived and queried.
+        """
+        for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            if not _text(ds, keyword):
+                raise InputError(f"missing {keyword}: not an archivable instance")
+        meta = getattr(ds, "file_meta", Dataset())
+        return cls(
+            patient_id=_text(ds, "PatientID"),
+            issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+            patient_name=_text(ds, "PatientName"),
+            patient_birth_date=_text(ds, "PatientBirthDate"),
+            patient_sex=_text(ds, "PatientSex"),
+            study_uid=_text(ds, "StudyInstanceUID"),
+            study_date=_text(ds, "StudyDate"),
+            study_time=_text(ds, "StudyTime"),
+            accession_number=_text(ds, "AccessionNumber"),
+            study_id=_text(ds, "StudyID"),
+            study_description=_text(ds, "StudyDescription"),
+            referring_physician_name=_text(ds, "ReferringPhysicianName"),
+            series_uid=_text(ds, "SeriesInstanceUID"),
+            modality=_text(ds, "Modality"),
+            series_number=_int(ds, "SeriesNumber"),
+            series_description=_text(ds, "SeriesDescription"),
+            body_part_examined=_text(ds, "BodyPartExamined"),
+            sop_uid=_text(ds, "SOPInstanceUID"),
+            sop_class_uid=_text(ds, "SOPClassUID"),
+            instance_number=_int(ds, "InstanceNumber"),
+            transfer_syntax_uid=_text(meta, "TransferSyntaxUID"),
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            number_of_frames=_int(ds, "NumberOfFrames"),
+        )
+
+    def values(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """The values of the attributes `names` (one query level's worth)."""
+        return {n: getattr(self, n) for n in names}
+
+
+PATIENT_FIELDS = ("patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date", "patient_sex")
+STUDY_FIELDS = ("study_uid", "study_date", "study_time", "accession_number", "study_id",
+                "study_description", "referring_physician_name")
+SERIES_FIELDS = ("series_uid", "modality", "series_number", "series_description", "body_part_examined")
+INSTANCE_FIELDS = ("sop_uid", "sop_class_uid", "instance_number", "transfer_syntax_uid", "rows",
+                   "columns", "number_of_frames")
+assert set(PATIENT_FIELDS + STUDY_FIELDS + SERIES_FIELDS + INSTANCE_FIELDS) == \
+    {f.name for f in fields(InstanceRecord)}

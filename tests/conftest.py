@@ -1,0 +1,94 @@
+"""Shared fixtures: an isolated data directory, its keyring and archive, and the real test corpus."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from aepacs.config import Config, load_config
+from aepacs.crypto.keyring import Keyring
+from aepacs.pipeline.archive import Archive
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CT = ROOT.parent / "shared" / "data" / "ct" / "lung-pet-ct-dx-A0001"
+
+
+def corpus_dirs() -> list[Path]:
+    """pydicom's own test files and the pydicom-data package, read from disk (never downloaded)."""
+    from pydicom.data import DATA_ROOT
+    import data_store
+
+    return [Path(DATA_ROOT) / "test_files", Path(data_store.__file__).parent / "data"]
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pydicom.dcmread(path, stop_before_pixels=True)
+        return True
+    except Exception:
+        return False
+
+
+_CORPUS: list[Path] | None = None
+
+
+def corpus_files() -> list[Path]:
+    """Every file of the corpus that pydicom can read."""
+    global _CORPUS
+    if _CORPUS is None:
+        files = [p for d in corpus_dirs() for p in sorted(d.rglob("*")) if p.is_file()]
+        _CORPUS = [p for p in files if _readable(p)]
+    return _CORPUS
+
+
+def ct_files() -> list[Path]:
+    """The real chest CT slices of ../shared/data/ct (one series), or CT files of the corpus."""
+    series = SHARED_CT / "series-2-5mm"
+    if series.is_dir():
+        return sorted(series.glob("*.dcm"))
+    return [p for p in corpus_files() if "CT" in p.name]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty data directory that AEPACS_HOME points at."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("AEPACS_HOME", str(home))
+    for var in ("AEPACS_CONFIG", "AEPACS_KEYRING_PASSPHRASE"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def config(home: Path) -> Config:
+    return load_config()
+
+
+@pytest.fixture
+def keyring(config: Config) -> Keyring:
+    return Keyring.create(config.keyring_path)
+
+
+@pytest.fixture
+def archive(config: Config, keyring: Keyring) -> Archive:
+    with Archive(config, keyring) as a:
+        yield a
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False,
+            **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run the real ``aepacs`` command in a child process."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "aepacs", *args], capture_output=True, text=True,
+                          env=full_env, **kwargs)  # type: ignore[call-overload]
+    if check and proc.returncode != 0:
+        raise AssertionError(f"aepacs {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc

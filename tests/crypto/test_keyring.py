@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from aepacs.crypto.keyring import Keyring
+from aepacs.errors import KeyringError, MissingKeyError
+
+
+def test_create_is_owner_only_and_never_overwrites(tmp_path: Path) -> None:
+    path = tmp_path / "ring" / "keyring.json"
+    ring = Keyring.create(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ring.versions == [1] and ring.active_version == 1 and len(ring.kek(1)) == 32
+    with pytest.raises(KeyringError, match="already exists"):
+        Keyring.create(path)
+    assert Keyring.load(path).kek(1) == ring.kek(1)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644])
+def test_refuses_keyring_readable_by_others(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "keyring.json"
+    Keyring.create(path)
+    os.chmod(path, mode)
+    with pytest.raises(KeyringError, match="chmod 600"):
+        Keyring.load(path)
+
+
+def test_rotate_adds_version_and_keeps_old(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    ring = Keyring.create(path)
+    first = ring.kek(1)
+    assert ring.rotate() == 2
+    assert ring.rotate() == 3
+    loaded = Keyring.load(path)
+    assert loaded.versions == [1, 2, 3] and loaded.active_version == 3
+    assert loaded.kek(1) == first
+    assert len({loaded.kek(v) for v in loaded.versions}) == 3
+    with pytest.raises(MissingKeyError):
+        loaded.kek(4)
+
+
+def test_stale_handle_rotation_does_not_lose_versions(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    a = Keyring.create(path)
+    b = Keyring.load(path)
+    a.rotate()
+    assert b.rotate() == 3  # b re-reads under the lock
+    assert Keyring.load(path).versions == [1, 2, 3]
+
+
+def test_repr_shows_no_key(tmp_path: Path) -> None:
+    ring = Keyring.create(tmp_path / "k.json")
+    text = repr(ring) + repr(ring.info())
+    assert base64.b64encode(ring.kek(1)).decode() not in text and ring.kek(1).hex() not in text
+
+
+def test_passphrase_protected_keyring(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    ring = Keyring.create(path, b"correct horse")
+    ring.rotate()
+    raw = path.read_text()
+    doc = json.loads(raw)
+    assert doc["protection"] == "scrypt-aes256gcm" and "keys" not in doc
+    for v in ring.versions:  # no key material in clear
+        assert base64.b64encode(ring.kek(v)).decode() not in raw
+    with pytest.raises(KeyringError, match="passphrase-protected"):
+        Keyring.load(path)
+    with pytest.raises(KeyringError, match="wrong passphrase"):
+        Keyring.load(path, b"wrong horse")
+    loaded = Keyring.load(path, b"correct horse")
+    assert loaded.versions == [1, 2] and loaded.kek(2) == ring.kek(2)
+
+
+def test_damaged_keyring_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    Keyring.create(path)
+    path.write_text('{"format": "aepacs-keyring", "version": 1, "protection": "none", "keys": [{"version": 1}]}')
+    with pytest.raises(KeyringError, match="damaged"):
+        Keyring.load(path)
+    with pytest.raises(KeyringError, match="no keyring"):
+        Keyring.load(tmp_path / "missing.json")

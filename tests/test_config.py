@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aepacs.config import load_config
+from aepacs.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "site.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_default_config_resolves_under_home(home: Path) -> None:
+    cfg = load_config()
+    assert cfg.data_dir == home.resolve()
+    assert cfg.store_path == home.resolve() / "blobs"
+    assert cfg.keyring_path == home.resolve() / "keyring.json"
+    assert cfg.index_url == f"sqlite:///{home.resolve()}/index.sqlite3"
+    assert cfg.route_for("CT") == "lossless"
+
+
+def test_site_file_overrides_only_what_it_names(home: Path, tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "codec:\n  zstd_level: 3\nroutes:\n  mr: lossless\n"))
+    assert cfg.codec.zstd_level == 3
+    assert cfg.codec.lossless == "jpegls"          # untouched default
+    assert cfg.routes == {"default": "lossless", "MR": "lossless"}
+
+
+def test_absolute_paths_stay_absolute(home: Path, tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, f"store:\n  path: {tmp_path}/elsewhere\n"))
+    assert cfg.store_path == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("codec:\n  zstd_levle: 3\n", "codec.zstd_levle: unknown key"),
+    ("codec:\n  zstd_level: high\n", "codec.zstd_level: expected an integer"),
+    ("codec:\n  zstd_level: 40\n", "codec.zstd_level: 40 is outside 1..22"),
+    ("codec:\n  lossless: jpeg2000\n", "codec.lossless: 'jpeg2000' is not one of"),
+    ("routes:\n  CT: magic\n", "routes.CT: 'magic' is not one of"),
+    ("storage:\n  path: x\n", "storage: unknown key"),
+    ("index: sqlite://\n", "index: expected a mapping"),
+    ("[1, 2]\n", "top level must be a mapping"),
+    ("codec: {lossless: [\n", "not valid YAML"),
+])
+def test_bad_config_names_file_and_key(home: Path, tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_config_env_variable_is_used(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AEPACS_CONFIG", str(write(tmp_path, "log:\n  level: DEBUG\n")))
+    assert load_config().log.level == "DEBUG"
