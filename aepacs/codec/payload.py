@@ -62,31 +62,34 @@ class EncodedObject:
     source_size: int
 
 
-def _as_bytes_array(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8)
-
-
-def _encode_pixels(parts: Part10, lossless: str, zstd_level: int) -> tuple[str, bytes, dict[str, Any]]:
-    """Code the pixel value; fall back to zstd unless the image codec round-trips exactly."""
+def _candidates(parts: Part10, lossless: str) -> list[str | None]:
+    """Pixel codecs to try, best first; the last always works. None: no pixel section."""
+    if parts.whole:
+        return [None]
     if parts.encapsulated:
-        return "raw", parts.pixels, {}
+        return ["raw"]  # already compressed: kept as it came
+    if parts.meta is not None and lossless != "zstd":
+        return [lossless, "zstd"]
+    return ["zstd"]
+
+
+def _pixel_section(parts: Part10, codec_id: str, zstd_level: int) -> tuple[bytes, dict[str, Any]]:
+    codec = get_codec(codec_id, zstd_level)
+    if codec_id in ("raw", "zstd"):
+        return codec.encode(np.frombuffer(parts.pixels, dtype=np.uint8), None), {}
     meta = parts.meta
-    if meta is not None and lossless != "zstd":
-        codec = get_codec(lossless, zstd_level)
-        trailer = parts.pixels[meta.nbytes:]
-        try:
-            stream = codec.encode(pixels_from_bytes(parts.pixels, meta), meta)
-            back = pixels_to_bytes(codec.decode(stream, meta), meta) + trailer
-        except CodecError:
-            back = None
-        if back == parts.pixels:
-            return codec.id, stream, {"meta": meta.to_dict(), "trailer": trailer.hex()}
-    return "zstd", ZstdCodec(zstd_level).encode(_as_bytes_array(parts.pixels), None), {}
+    assert meta is not None
+    stream = codec.encode(pixels_from_bytes(parts.pixels, meta), meta)
+    return stream, {"meta": meta.to_dict(), "trailer": parts.pixels[meta.nbytes:].hex()}
 
 
 def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "jpegls",
                   zstd_level: int = 12) -> EncodedObject:
     """Code a Part 10 stream into a payload that decodes to the same bytes.
+
+    Each candidate pixel codec is tried in turn (JPEG-LS, then zstd); the
+    first payload that :func:`decode_object` turns back into exactly `data`
+    is returned.
 
     Parameters
     ----------
@@ -108,24 +111,30 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
     InputError
         `data` is not DICOM.
     CodecError
-        The round-trip check failed (a bug; nothing must be sealed then).
+        No candidate round-trips (a bug; nothing must be sealed then).
     """
     parts = parts or parse(data)
     sha = hashlib.sha256(data).hexdigest()
+    header = zstandard.ZstdCompressor(level=HEADER_ZSTD_LEVEL).compress(parts.prefix + parts.suffix)
     manifest: dict[str, Any] = {"v": MANIFEST_VERSION, "size": len(data), "sha256": sha,
-                                "prefix": len(parts.prefix)}
-    sections = [zstandard.ZstdCompressor(level=HEADER_ZSTD_LEVEL).compress(parts.prefix + parts.suffix)]
-    manifest["header"] = {"codec": "zstd", "length": len(sections[0])}
-    codec = "zstd"
-    if not parts.whole:
-        codec, stream, extra = _encode_pixels(parts, lossless, zstd_level)
-        sections.append(stream)
-        manifest["pixels"] = {"codec": codec, "length": len(stream), **extra}
-    blob = json.dumps(manifest, separators=(",", ":")).encode("utf-8")
-    payload = b"".join([struct.pack(">I", len(blob)), blob, *sections])
-    if decode_object(payload) != data:
-        raise CodecError("payload does not decode to the original bytes")
-    return EncodedObject(payload, codec, parts, sha, len(data))
+                                "prefix": len(parts.prefix), "header": {"codec": "zstd", "length": len(header)}}
+    for codec_id in _candidates(parts, lossless):
+        sections = [header]
+        if codec_id is not None:
+            try:
+                stream, extra = _pixel_section(parts, codec_id, zstd_level)
+            except CodecError:
+                continue
+            sections.append(stream)
+            manifest["pixels"] = {"codec": codec_id, "length": len(stream), **extra}
+        blob = json.dumps(manifest, separators=(",", ":")).encode("utf-8")
+        payload = b"".join([struct.pack(">I", len(blob)), blob, *sections])
+        try:
+            if decode_object(payload) == data:
+                return EncodedObject(payload, codec_id or "zstd", parts, sha, len(data))
+        except CodecError:
+            pass
+    raise CodecError("no codec reproduces the original bytes")
 
 
 def read_manifest(payload: bytes) -> tuple[dict[str, Any], int]:

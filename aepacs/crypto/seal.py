@@ -127,7 +127,7 @@ def _unwrap(header: SealedHeader, keyring: Keyring, name: str) -> bytes:
                               "(tampered header or key slot, or wrong keyring)") from None
 
 
-def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring: Keyring) -> bytes:
+def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring: Keyring) -> bytearray:
     """Seal `payload` for one object under the keyring's active KEK.
 
     Parameters
@@ -143,8 +143,9 @@ def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring
 
     Returns
     -------
-    bytes
-        The sealed object.
+    bytearray
+        The sealed object (encrypted in place into one buffer: no copy of
+        the ciphertext is made).
     """
     try:
         kek_version = keyring.active_version
@@ -157,13 +158,18 @@ def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring
     nonce = get_random_bytes(NONCE_BYTES)
     aad = _pack_header(object_uid, study_uid, codec, kek_version, nonce, len(payload))
     slot = _wrap(dek, kek, kek_version, aad)
+    start = len(aad) + SLOT_BYTES
+    out = bytearray(start + len(payload) + TAG_BYTES)
+    out[:len(aad)] = aad
+    out[len(aad):start] = slot.pack()
     cipher = AES.new(dek, AES.MODE_GCM, nonce=nonce)
     cipher.update(aad)
-    ciphertext, tag = cipher.encrypt_and_digest(payload)
-    return b"".join((aad, slot.pack(), ciphertext, tag))
+    cipher.encrypt(payload, output=memoryview(out)[start:start + len(payload)])
+    out[start + len(payload):] = cipher.digest()
+    return out
 
 
-def read_header(blob: bytes, name: str = "object") -> SealedHeader:
+def read_header(blob: bytes | bytearray, name: str = "object") -> SealedHeader:
     """Parse and check the clear header of a sealed object (no key needed).
 
     Raises
@@ -203,13 +209,13 @@ def read_header(blob: bytes, name: str = "object") -> SealedHeader:
         sealed_kek_version=struct.unpack(">I", values[F_SEALED_KEK])[0],
         nonce=values[F_NONCE],
         payload_length=struct.unpack(">Q", values[F_PAYLOAD_LEN])[0],
-        slot=slot, aad=blob[:end], **text)
+        slot=slot, aad=bytes(blob[:end]), **text)
     if len(blob) != header.total_length:
         raise OpenError(name, f"length {len(blob)} does not match its header ({header.total_length})")
     return header
 
 
-def open_sealed(blob: bytes, keyring: Keyring, *, name: str = "object",
+def open_sealed(blob: bytes | bytearray, keyring: Keyring, *, name: str = "object",
                 expect_uid: str | None = None) -> tuple[SealedHeader, bytes]:
     """Authenticate and decrypt a sealed object.
 
@@ -240,11 +246,11 @@ def open_sealed(blob: bytes, keyring: Keyring, *, name: str = "object",
         raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
     dek = _unwrap(header, keyring, name)
     start = len(header.aad) + SLOT_BYTES
-    ciphertext = blob[start:start + header.payload_length]
+    ciphertext = memoryview(blob)[start:start + header.payload_length]  # no copy
     cipher = AES.new(dek, AES.MODE_GCM, nonce=header.nonce)
     cipher.update(header.aad)
     try:
-        payload = cipher.decrypt_and_verify(ciphertext, blob[-TAG_BYTES:])
+        payload = cipher.decrypt_and_verify(ciphertext, bytes(blob[-TAG_BYTES:]))
     except ValueError:
         raise OpenError(name, "authentication failed: sealed object was altered") from None
     return header, payload

@@ -1,0 +1,115 @@
+"""Seal / open throughput against a plain AES-256-GCM pass over the same bytes.
+
+Two objects of real CT pixels: one 512x512 slice (0.5 MB) and a 16-frame
+object built from 16 consecutive slices (8.4 MB). For each, in one run:
+
+* ``AES-GCM``   pycryptodome AES-256-GCM encrypt (decrypt) of the bytes: the baseline
+* ``container`` :func:`aepacs.crypto.seal.seal` / ``open_sealed`` of the same bytes
+  (fresh data key, key wrap, header, AAD): the cost of the format
+* ``pipeline``  ``seal_bytes`` / ``open_bytes`` of the DICOM object: split,
+  JPEG-LS, round-trip verification, header zstd, seal (and the reverse)
+
+MB/s are of the original object's bytes; the ratio column divides by the
+AES-GCM figure of the same object in the same run. Times are medians.
+
+Usage: ``python bench/seal.py [--repeat N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+from typing import Callable
+
+import pydicom
+from Crypto import __version__ as pycryptodome_version
+from Crypto.Cipher import AES
+from Crypto.Random import get_random_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aepacs.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
+from aepacs.crypto.keyring import Keyring  # noqa: E402
+from aepacs.crypto.seal import open_sealed, seal  # noqa: E402
+from aepacs.pipeline.ingest import seal_bytes  # noqa: E402
+from aepacs.pipeline.retrieve import open_bytes  # noqa: E402
+
+CT_DIR = ROOT.parent / "shared" / "data" / "ct" / "lung-pet-ct-dx-A0001" / "series-2-5mm"
+
+
+def ct_objects() -> dict[str, bytes]:
+    """A real CT slice and a 16-frame object made of 16 real slices."""
+    files = sorted(glob.glob(str(CT_DIR / "*.dcm")))
+    if len(files) < 16:
+        sys.exit(f"bench/seal.py needs the CT series in {CT_DIR}")
+    single = Path(files[20]).read_bytes()
+    slices = [pydicom.dcmread(f) for f in files[20:36]]
+    ds = slices[0]
+    ds.NumberOfFrames = len(slices)
+    ds.PixelData = b"".join(s.PixelData for s in slices)
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return {"CT slice 0.5 MB": single, "CT 16 frames 8.4 MB": buf.getvalue()}
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=15)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="aepacs-bench-"))
+    cfg = dataclasses.replace(load_config(DEFAULT_CONFIG_PATH), data_dir=home)
+    ring = Keyring.create(cfg.keyring_path)
+    key = get_random_bytes(32)
+    uid, study = "1.2.826.0.1.3680043.8.498.7", "1.2.826.0.1.3680043.8.498.8"
+
+    print(f"# bench/seal.py — {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, pycryptodome {pycryptodome_version}, repeat {args.repeat}")
+    print(f"| object | operation | AES-GCM MB/s | container MB/s | ratio | pipeline MB/s | ratio | stored/original |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, data in ct_objects().items():
+        mb = len(data) / 1e6
+        nonce = get_random_bytes(12)
+        ct, tag = AES.new(key, AES.MODE_GCM, nonce=nonce).encrypt_and_digest(data)
+        blob = seal(data, object_uid=uid, study_uid=study, codec="raw", keyring=ring)
+        _, sealed = seal_bytes(data, ring, cfg)
+        times = {
+            "seal": (
+                median_time(lambda: AES.new(key, AES.MODE_GCM, nonce=nonce).encrypt_and_digest(data), args.repeat),
+                median_time(lambda: seal(data, object_uid=uid, study_uid=study, codec="raw", keyring=ring),
+                            args.repeat),
+                median_time(lambda: seal_bytes(data, ring, cfg), args.repeat)),
+            "open": (
+                median_time(lambda: AES.new(key, AES.MODE_GCM, nonce=nonce).decrypt_and_verify(ct, tag),
+                            args.repeat),
+                median_time(lambda: open_sealed(blob, ring), args.repeat),
+                median_time(lambda: open_bytes(sealed, ring), args.repeat)),
+        }
+        for op, (t_aes, t_box, t_pipe) in times.items():
+            aes, box, pipe = mb / t_aes, mb / t_box, mb / t_pipe
+            print(f"| {name} | {op} | {aes:,.0f} | {box:,.0f} | {box / aes:.2f} | {pipe:,.0f} | {pipe / aes:.3f} "
+                  f"| {len(sealed) / len(data):.3f} |")
+
+
+if __name__ == "__main__":
+    main()

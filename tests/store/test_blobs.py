@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from aepacs.errors import StoreError
+from aepacs.store.atomic import TMP_PREFIX, temp_name
+from aepacs.store.blobs import BlobStore, blob_key
+
+
+def test_put_get_is_content_addressed_and_fanned_out(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    key = store.put(b"sealed bytes")
+    assert key == blob_key(b"sealed bytes")
+    path = store.path_for(key)
+    assert path.relative_to(store.root).parts == (key[:2], key[2:4], f"{key}.aepx")
+    assert store.get(key) == b"sealed bytes" and store.exists(key)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert store.put(b"sealed bytes") == key          # idempotent
+    assert list(store.keys()) == [key]
+    store.delete(key)
+    assert not store.exists(key)
+    with pytest.raises(StoreError, match="missing"):
+        store.get(key)
+    with pytest.raises(StoreError, match="invalid blob key"):
+        store.path_for("../../etc/passwd")
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    """A real write failure (file-size limit hit mid-write) raises and leaves no file at all."""
+    root = tmp_path / "blobs"
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        from aepacs.store.blobs import BlobStore
+        from aepacs.errors import StoreError
+        store = BlobStore({str(root)!r})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        try:
+            store.put(b"x" * (1024 * 1024))
+        except StoreError as exc:
+            print("refused:", exc)
+            sys.exit(0)
+        sys.exit(3)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused" in proc.stdout and "write failed" in proc.stdout
+    leftovers = [p for p in root.rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_temporaries_of_dead_writers_are_swept(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    host_pid_dead = temp_name(store.tmp).name.split("-")[1]
+    dead = store.tmp / f"{TMP_PREFIX}{host_pid_dead}-{child.pid}-deadbeef"
+    alive = temp_name(store.tmp)              # this process: still alive
+    foreign = store.tmp / f"{TMP_PREFIX}otherhost-1-cafe"
+    for p in (dead, alive, foreign):
+        p.write_bytes(b"partial")
+    assert BlobStore(store.root) is not None  # opening sweeps
+    assert not dead.exists() and alive.exists() and foreign.exists()
+    alive.unlink()
+    assert os.listdir(store.tmp) == [foreign.name]

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+import pydicom
+
+from aepacs.errors import InputError
+from aepacs.store.index import ADDED, CONFLICT, SAME, BlobRef, Index
+from aepacs.store.records import InstanceRecord
+
+
+def record(**changes: object) -> InstanceRecord:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    return dataclasses.replace(InstanceRecord.from_dataset(ds), **changes)
+
+
+def ref(sha: str = "a" * 64, key: str = "b" * 64) -> BlobRef:
+    return BlobRef(codec="jpegls", kek_version=1, blob_key=key, blob_size=10, source_size=20, source_sha256=sha)
+
+
+def test_record_from_dataset_and_refusal() -> None:
+    rec = record()
+    assert rec.modality == "CT" and rec.rows == 128 and rec.patient_name
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    del ds.SOPInstanceUID
+    with pytest.raises(InputError, match="missing SOPInstanceUID"):
+        InstanceRecord.from_dataset(ds)
+
+
+def test_add_find_same_conflict(tmp_path: Path) -> None:
+    index = Index(f"sqlite:///{tmp_path}/i.sqlite3")
+    a = record()
+    assert index.add(a, ref()) == ADDED
+    assert index.add(a, ref()) == SAME
+    assert index.add(a, ref(sha="c" * 64)) == CONFLICT
+    b = record(sop_uid="1.2.3.4", series_uid="1.2.3", modality="MR")
+    assert index.add(b, ref(key="d" * 64)) == ADDED
+    assert index.count() == 2
+    assert [r.sop_uid for r in index.find(series_uid="1.2.3")] == ["1.2.3.4"]
+    assert len(index.find(study_uid=a.study_uid)) == 2
+    assert len(index.find(patient_id=a.patient_id)) == 2
+    assert index.get("nope") is None
+    row = index.get(a.sop_uid)
+    assert row.blob_key == "b" * 64 and row.kek_version == 1 and row.source_sha256 == "a" * 64
+    (study,) = index.studies()
+    assert study.modalities_in_study == "CT\\MR" and study.instances == 2
+    assert set(index.blob_keys()) == {"b" * 64, "d" * 64}
+
+
+def _writer(url: str, worker: int, n: int) -> None:
+    index = Index(url)
+    for i in range(n):
+        rec = record(sop_uid=f"1.2.826.0.1.3680043.8.498.{worker}.{i}",
+                     series_uid=f"1.2.826.0.1.3680043.8.498.{worker}")
+        assert index.add(rec, ref(key=f"{worker:032x}{i:032x}")) == ADDED
+        # every worker also re-adds one shared instance: exactly one wins
+        index.add(record(), ref())
+
+
+def test_concurrent_writers_in_processes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/i.sqlite3"
+    Index(url)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(url, w, 40)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    index = Index(url)
+    assert index.count() == 4 * 40 + 1
+    with index.engine.connect() as conn:
+        assert conn.exec_driver_sql("select count(*) from patients").scalar() == 1
+        assert conn.exec_driver_sql("select count(*) from studies").scalar() == 1
+        assert conn.exec_driver_sql("select count(*) from series").scalar() == 5

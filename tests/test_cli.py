@@ -1,0 +1,179 @@
+"""The real ``aepacs`` command in child processes."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aepacs.crypto.keyring import Keyring
+from aepacs.crypto.seal import open_sealed, read_header
+from tests.conftest import ct_files, run_cli
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    e = {"AEPACS_HOME": str(tmp_path / "home")}
+    os.environ.pop("AEPACS_KEYRING_PASSPHRASE", None)
+    os.environ.pop("AEPACS_CONFIG", None)
+    return e
+
+
+def test_keys_init_list_rotate(env: dict[str, str], tmp_path: Path) -> None:
+    out = run_cli("keys", "init", env=env, check=True).stdout
+    assert "key version 1" in out and "passphrase-protected: no" in out
+    path = tmp_path / "home" / "keyring.json"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert run_cli("keys", "init", env=env).returncode == 2
+    assert "version 2 is now active" in run_cli("keys", "rotate", env=env, check=True).stdout
+    listing = run_cli("keys", "list", env=env, check=True).stdout
+    assert "1  " in listing and "decrypt-only" in listing and "active" in listing
+    ring = Keyring.load(path)
+    for v in ring.versions:
+        assert ring.kek(v).hex() not in listing
+    os.chmod(path, 0o644)
+    proc = run_cli("keys", "list", env=env)
+    assert proc.returncode == 2 and "chmod 600" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_passphrase_comes_from_the_environment(env: dict[str, str]) -> None:
+    secret = {**env, "AEPACS_KEYRING_PASSPHRASE": "s3cret phrase"}
+    assert "passphrase-protected: yes" in run_cli("keys", "init", env=secret, check=True).stdout
+    assert run_cli("keys", "rotate", env=secret, check=True).returncode == 0
+    proc = run_cli("keys", "list", env=env)
+    assert proc.returncode == 2 and "passphrase-protected" in proc.stderr
+    bad = run_cli("keys", "list", env={**env, "AEPACS_KEYRING_PASSPHRASE": "wrong"})
+    assert bad.returncode == 2 and "wrong passphrase" in bad.stderr
+
+
+def test_seal_info_open_round_trip(env: dict[str, str], tmp_path: Path) -> None:
+    src = ct_files()[0]
+    run_cli("keys", "init", env=env, check=True)
+    sealed, opened = tmp_path / "x.aepx", tmp_path / "x.dcm"
+    out = run_cli("seal", str(src), "-o", str(sealed), env=env, check=True).stdout
+    assert "codec jpegls" in out
+    info = run_cli("info", str(sealed), env=env, check=True).stdout
+    header = read_header(sealed.read_bytes())
+    assert header.object_uid in info and re.search(r"sealed under key version\s+1\n", info)
+    import pydicom
+
+    name = str(pydicom.dcmread(src).PatientName)
+    assert name and name not in info  # the clear header shows no patient data
+    run_cli("open", str(sealed), "-o", str(opened), env=env, check=True)
+    assert opened.read_bytes() == src.read_bytes()
+
+
+def test_errors_are_one_line_naming_the_file(env: dict[str, str], tmp_path: Path) -> None:
+    run_cli("keys", "init", env=env, check=True)
+    sealed = tmp_path / "x.aepx"
+    run_cli("seal", str(ct_files()[0]), "-o", str(sealed), env=env, check=True)
+    data = bytearray(sealed.read_bytes())
+    data[-40] ^= 1
+    bad = tmp_path / "tampered.aepx"
+    bad.write_bytes(bytes(data))
+    target = tmp_path / "never.dcm"
+    proc = run_cli("open", str(bad), "-o", str(target), env=env)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "altered" in lines[0]
+    assert not target.exists()
+    debug = run_cli("--debug", "open", str(bad), "-o", str(target), env=env)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    notdicom = tmp_path / "notes.txt"
+    notdicom.write_text("hello")
+    proc = run_cli("seal", str(notdicom), "-o", str(tmp_path / "n.aepx"), env=env)
+    assert proc.returncode == 1 and str(notdicom) in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("info", str(notdicom), env=env)
+    assert proc.returncode == 1 and "not an aepacs sealed object" in proc.stderr
+
+
+def test_import_export_via_cli(env: dict[str, str], tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in ct_files()[:5]:
+        shutil.copy(p, src)
+    run_cli("keys", "init", env=env, check=True)
+    out = run_cli("import", str(src), "-q", env=env, check=True).stdout
+    assert "imported 5 new" in out
+    import pydicom
+
+    study = str(pydicom.dcmread(ct_files()[0], stop_before_pixels=True).StudyInstanceUID)
+    out = run_cli("export", "--study", study, "-o", str(tmp_path / "out"), "-q", env=env, check=True).stdout
+    assert "exported 5 files" in out
+    assert sorted(p.read_bytes() for p in (tmp_path / "out").rglob("*.dcm")) == \
+        sorted(p.read_bytes() for p in src.iterdir())
+    dcmdump = Path("/usr/bin/dcmdump")  # dcmtk, the third-party reader (CI installs it)
+    if dcmdump.exists() or os.environ.get("CI"):
+        for path in (tmp_path / "out").rglob("*.dcm"):
+            check = subprocess.run([str(dcmdump), "-q", str(path)], capture_output=True, text=True)
+            assert check.returncode == 0 and "E: " not in check.stderr, check.stderr
+    proc = run_cli("export", "--study", "1.2.3.4", "-o", str(tmp_path / "none"), env=env)
+    assert proc.returncode == 1 and "no archived instance" in proc.stderr
+
+
+def _indexed(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=30) as conn:
+            return conn.execute("select count(*) from instances").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_sigkill_during_import_loses_nothing_and_rerun_completes(env: dict[str, str], tmp_path: Path) -> None:
+    files = ct_files()
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in files:
+        shutil.copy(p, src)
+    run_cli("keys", "init", env=env, check=True)
+    home = Path(env["AEPACS_HOME"])
+    db = home / "index.sqlite3"
+    rng = random.Random(7)
+    kills = 0
+    for trial in range(4):
+        proc = subprocess.Popen([sys.executable, "-m", "aepacs", "import", str(src), "-q"],
+                                env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        before = _indexed(db)
+        deadline = time.time() + 60
+        target = before + rng.randint(1, 8)  # kill at a random point after some progress
+        while _indexed(db) < target and proc.poll() is None and time.time() < deadline:
+            time.sleep(rng.uniform(0.0, 0.05))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        _check_consistent(home, allowed_orphans=kills)
+    assert kills >= 2
+    done = run_cli("import", str(src), "-q", env=env, check=True).stdout
+    assert "0 failed" in done
+    assert _indexed(db) == len(files)
+    rows = _check_consistent(home, allowed_orphans=kills)
+    assert len(rows) == len({r[0] for r in rows}) == len(files)
+
+
+def _check_consistent(home: Path, allowed_orphans: int) -> list[tuple[str, str]]:
+    """No partial blob, no row without its blob, every blob opens; at most one orphan per kill."""
+    ring = Keyring.load(home / "keyring.json")
+    with sqlite3.connect(home / "index.sqlite3", timeout=30) as conn:
+        rows = conn.execute("select sop_uid, blob_key from instances").fetchall()
+    blobs = {p.name[:64]: p for p in (home / "blobs").rglob("*.aepx")}
+    for sop, key in rows:
+        assert key in blobs, f"index row {sop} points at a missing blob"
+    for key, path in blobs.items():
+        header, _ = open_sealed(path.read_bytes(), ring, name=str(path))  # whole, authentic blob
+        assert header.object_uid
+    assert len(set(blobs) - {k for _, k in rows}) <= allowed_orphans
+    stray = [p for p in (home / "blobs").rglob("*") if p.is_file() and p.suffix != ".aepx"]
+    assert all(p.parent.name == ".tmp" for p in stray)  # only temporaries, swept by the next run
+    return rows
