@@ -49,12 +49,34 @@ def corpus_files() -> list[Path]:
     return _CORPUS
 
 
+_FALLBACK_CT: list[Path] | None = None
+
+
 def ct_files() -> list[Path]:
-    """The real chest CT slices of ../shared/data/ct (one series), or CT files of the corpus."""
+    """One real CT series: ../shared/data/ct when present (as in CI).
+
+    Elsewhere, pydicom's real CT_small slice saved as a 40-instance series
+    with fresh SOP Instance UIDs.
+    """
+    global _FALLBACK_CT
     series = SHARED_CT / "series-2-5mm"
     if series.is_dir():
         return sorted(series.glob("*.dcm"))
-    return [p for p in corpus_files() if "CT" in p.name]
+    if _FALLBACK_CT is None:
+        import tempfile
+
+        from pydicom.data import get_testdata_file
+        from pydicom.uid import generate_uid
+
+        out = Path(tempfile.mkdtemp(prefix="aepacs-ct-"))
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SeriesInstanceUID = generate_uid()
+        for i in range(40):
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.InstanceNumber = i + 1
+            ds.save_as(out / f"ct-{i:03d}.dcm", enforce_file_format=True)
+        _FALLBACK_CT = sorted(out.glob("*.dcm"))
+    return _FALLBACK_CT
 
 
 @pytest.fixture
