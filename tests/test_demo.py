@@ -15,7 +15,7 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
     total = re.search(r"^all\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)/(\d+)$", out, re.M)
     assert total, out
     n, exact, of = int(total[1]), int(total[5]), int(total[6])
-    assert n > 200 and exact == of == n
+    assert n > (200 if SHARED_CT.is_dir() else 100) and exact == of == n
     assert float(total[4]) > 1.5  # the archive is smaller than what it holds
     for modality in ("CT", "MR", "CR", "US", "SR", "SEG"):
         assert re.search(rf"^{modality}\s+\d+", out, re.M), modality
