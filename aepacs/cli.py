@@ -224,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(getattr(args, "config", None))
         logging.basicConfig(level=logging.DEBUG if debug else config.log.level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if not debug:  # pydicom's remarks on odd input: the archive keeps the bytes as they came
+            logging.getLogger("pydicom").setLevel(logging.ERROR)
         func: Callable[[argparse.Namespace, Config], int] = args.func
         return func(args, config)
     except (ConfigError, KeyringError) as exc:

@@ -147,7 +147,12 @@ def parse(data: bytes) -> Part10:
         The bytes are not a DICOM Part 10 stream pydicom can read.
     """
     ds, stop = read_dataset(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _split(data, ds, stop)
 
+
+def _split(data: bytes, ds: Dataset, stop: int) -> Part10:
     def whole() -> Part10:
         return Part10(ds, data, b"", b"", None, False, None)
 

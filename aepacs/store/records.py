@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -62,6 +63,12 @@ class InstanceRecord:
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> InstanceRecord:
+        with warnings.catch_warnings():  # an archive keeps what it gets; pydicom's value checks are noise here
+            warnings.simplefilter("ignore")
+            return cls._from_dataset(ds)
+
+    @classmethod
+    def _from_dataset(cls, ds: Dataset) -> InstanceRecord:
         """Extract the index attributes of `ds`.
 
         Raises
