@@ -23,10 +23,9 @@ import yaml
 
 from aepacs.errors import ConfigError
 
-#: The embedded default configuration file.
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-if not DEFAULT_CONFIG_PATH.is_file():  # installed as a wheel: shipped as package data
-    DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "default.yaml"
+#: The embedded default configuration file (``configs/default.yaml``; ``aepacs/configs``
+#: links to it so that it ships inside the package).
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
 HOME_ENV = "AEPACS_HOME"
 CONFIG_ENV = "AEPACS_CONFIG"
