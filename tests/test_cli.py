@@ -177,3 +177,19 @@ def _check_consistent(home: Path, allowed_orphans: int) -> list[tuple[str, str]]
     stray = [p for p in (home / "blobs").rglob("*") if p.is_file() and p.suffix != ".aepx"]
     assert all(p.parent.name == ".tmp" for p in stray)  # only temporaries, swept by the next run
     return rows
+
+
+def test_os_errors_are_one_line_too(env: dict[str, str], tmp_path: Path) -> None:
+    run_cli("keys", "init", env=env, check=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(ct_files()[0], src)
+    run_cli("import", str(src), "-q", env=env, check=True)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the export directory should be")
+    import pydicom
+
+    study = str(pydicom.dcmread(ct_files()[0], stop_before_pixels=True).StudyInstanceUID)
+    proc = run_cli("export", "--study", study, "-o", str(blocked), "-q", env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert str(blocked) in proc.stderr
