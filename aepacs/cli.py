@@ -159,6 +159,43 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     return 1 if s.failed else 0
 
 
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    from aepacs.net.server import ArchiveServer
+
+    overrides = {k: v for k, v in (("port", args.port), ("ae_title", args.aet), ("bind", args.bind))
+                 if v is not None}
+    if overrides:
+        config = load_config(getattr(args, "config", None), overrides={"server": overrides})
+    return ArchiveServer(config, workers=args.workers).serve_forever()
+
+
+def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
+    from aepacs.net.client import client_ssl_context, receive_files, retrieve
+    from aepacs.pipeline.archive import load_keyring
+
+    keyring = load_keyring(config)
+    if args.from_files:
+        summary = receive_files(args.from_files, keyring, args.output)
+    else:
+        chosen = [(lvl, getattr(args, lvl)) for lvl in ("patient", "study", "series", "instance")
+                  if getattr(args, lvl)]
+        if len(chosen) != 1 or not args.host or not args.port:
+            raise AepacsError("give --host, --port and one of --patient/--study/--series/--instance "
+                              "(or --from-files DIR)")
+        tls = client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+        level, value = chosen[0]
+        summary = retrieve(args.host, args.port, args.called_aet, args.aet, level, value, keyring, args.output,
+                           move_to_self=args.move_to_self, bind=args.bind, tls=tls)
+    print(f"retrieved {len(summary.written)} instances into {args.output}; {len(summary.failed)} failed"
+          + (f"; final status 0x{summary.status:04X}" if summary.status is not None else ""))
+    for uid, reason in summary.failed:
+        print(f"  FAILED {reason}", file=sys.stderr)
+    bad_status = summary.status is not None and summary.status not in (0x0000, 0xB000)
+    if not summary.written and not summary.failed and not bad_status:
+        raise AepacsError("nothing matched the selection")
+    return 1 if summary.failed or bad_status else 0
+
+
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from aepacs.demo import run_demo
 
@@ -207,6 +244,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("serve", parents=[common], help="run the archive SCP (C-ECHO/STORE/FIND/GET/MOVE)")
+    p.add_argument("--port", type=int, help="listen port (server.port)")
+    p.add_argument("--aet", metavar="TITLE", help="AE title (server.ae_title)")
+    p.add_argument("--bind", metavar="ADDR", help="listen address (server.bind; default 127.0.0.1)")
+    p.add_argument("--workers", type=int, help="conversion worker processes (ingest.workers)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("retrieve", parents=[common],
+                       help="retrieve from an archive (or open received files) and write decoded DICOM")
+    p.add_argument("--host", help="archive host")
+    p.add_argument("--port", type=int, help="archive port")
+    p.add_argument("--called-aet", default="AEPACS", metavar="TITLE", help="archive AE title (default AEPACS)")
+    p.add_argument("--aet", default="AEPACS_SCU", metavar="TITLE", help="our AE title (default AEPACS_SCU)")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--patient", metavar="ID")
+    sel.add_argument("--study", metavar="UID")
+    sel.add_argument("--series", metavar="UID")
+    sel.add_argument("--instance", metavar="UID")
+    sel.add_argument("--from-files", type=Path, nargs="+", metavar="DIR",
+                     help="open sealed objects that arrived as files instead")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    p.add_argument("--move-to-self", type=int, metavar="PORT",
+                   help="use C-MOVE to a storage SCP run here on PORT (instead of C-GET)")
+    p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="address of that storage SCP")
+    p.add_argument("--tls-ca", type=Path, metavar="PEM", help="use TLS, trusting these CAs")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (with --tls-ca)")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="client key (with --tls-cert)")
+    p.set_defaults(func=cmd_retrieve)
+
     p = sub.add_parser("demo", parents=[common],
                        help="import the bundled sample files into a fresh archive and export them back")
     p.add_argument("--data", type=Path, action="append", metavar="DIR", help="sample data (repeatable)")
@@ -228,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import pydicom.config  # sets its logger's level on import: import first, then override
 
             logging.getLogger("pydicom").setLevel(logging.ERROR)
+            logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # aepacs logs one line per association
         func: Callable[[argparse.Namespace, Config], int] = args.func
         return func(args, config)
     except (ConfigError, KeyringError) as exc:

@@ -46,6 +46,7 @@ class IndexConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     path: str
+    min_free_mb: int = field(metadata={"range": (0, 10**9)})
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,29 @@ class CodecConfig:
 @dataclass(frozen=True)
 class IngestConfig:
     on_conflict: str = field(metadata=_choices("keep-first", "reject"))
+    workers: int = field(metadata={"range": (0, 256)})
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    enabled: bool
+    certificate: str | None
+    private_key: str | None
+    ca: str | None
+    require_client_certificate: bool
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    ae_title: str
+    bind: str
+    port: int = field(metadata={"range": (1, 65535)})
+    max_associations: int = field(metadata={"range": (1, 1000)})
+    max_pdu: int = field(metadata={"range": (0, 2**32 - 1)})
+    allowed_calling_aets: list[str]
+    move_destinations: dict[str, list[Any]] = field(metadata={"destinations": True})
+    retrieve_as: str = field(metadata=_choices("sealed", "decoded"))
+    tls: TlsConfig
 
 
 @dataclass(frozen=True)
@@ -81,6 +105,7 @@ class Config:
     codec: CodecConfig
     routes: dict[str, str] = field(metadata={"value_choices": ROUTES})
     ingest: IngestConfig
+    server: ServerConfig
     log: LogConfig
     #: The data directory every relative path is resolved against.
     data_dir: Path = field(default=Path("."), metadata={"derived": True})
@@ -114,6 +139,10 @@ class Config:
         return self.routes.get((modality or "").upper(), self.routes.get("default", "lossless"))
 
 
+#: Mappings whose keys are data (modalities, AE titles), not schema: merged, not checked.
+OPEN_MAPPINGS = ("routes", "move_destinations")
+
+
 def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
@@ -124,8 +153,7 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str = "") -> di
         if isinstance(base[key], dict):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-            # routes is open-ended (one key per modality); other sections are closed
-            out[key] = ({**base[key], **value} if key == "routes"
+            out[key] = ({**base[key], **value} if key in OPEN_MAPPINGS
                         else _merge(base[key], value, f"{name}."))
         else:
             out[key] = value
@@ -138,12 +166,54 @@ def _check_scalar(name: str, value: Any, tp: Any) -> Any:
         if value is None and type(None) in args:
             return None
         tp = next(a for a in args if a is not type(None))
-    if tp is int:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    elif tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def _check_destination(name: str, value: Any) -> list[Any]:
+    if (not isinstance(value, (list, tuple)) or len(value) != 2 or not isinstance(value[0], str)
+            or isinstance(value[1], bool) or not isinstance(value[1], int) or not 1 <= value[1] <= 65535):
+        raise ConfigError(f"{name}: expected [host, port], got {value!r}")
+    return [value[0], value[1]]
+
+
+def _check_field(f: dataclasses.Field[Any], tp: Any, value: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        return _build(tp, value, f"{name}.")  # type: ignore[arg-type]
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        if f.metadata.get("destinations"):
+            return {str(k): _check_destination(f"{name}.{k}", v) for k, v in value.items()}
+        allowed = f.metadata.get("value_choices")
+        checked = {}
+        for k, v in value.items():
+            _check_scalar(f"{name}.{k}", v, str)
+            if allowed and v not in allowed:
+                raise ConfigError(f"{name}.{k}: {v!r} is not one of {', '.join(allowed)}")
+            checked[str(k).upper() if k != "default" else "default"] = v
+        return checked
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return [_check_scalar(f"{name}[{i}]", v, str) for i, v in enumerate(value)]
+    value = _check_scalar(name, value, tp)
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    lo_hi = f.metadata.get("range")
+    if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
+        raise ConfigError(f"{name}: {value} is outside {lo_hi[0]}..{lo_hi[1]}")
     return value
 
 
@@ -156,32 +226,7 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
         name = f"{where}{f.name}"
         if f.name not in data:
             raise ConfigError(f"{name}: missing")
-        value = data[f.name]
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-            value = _build(tp, value, f"{name}.")
-        elif typing.get_origin(tp) is dict:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-            allowed = f.metadata.get("value_choices")
-            checked = {}
-            for k, v in value.items():
-                _check_scalar(f"{name}.{k}", v, str)
-                if allowed and v not in allowed:
-                    raise ConfigError(f"{name}.{k}: {v!r} is not one of {', '.join(allowed)}")
-                checked[str(k).upper() if k != "default" else "default"] = v
-            value = checked
-        else:
-            value = _check_scalar(name, value, tp)
-            choices = f.metadata.get("choices")
-            if choices and value not in choices:
-                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
-            lo_hi = f.metadata.get("range")
-            if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
-                raise ConfigError(f"{name}: {value} is outside {lo_hi[0]}..{lo_hi[1]}")
-        kwargs[f.name] = value
+        kwargs[f.name] = _check_field(f, hints[f.name], data[f.name], name)
     return cls(**kwargs)
 
 

@@ -54,7 +54,13 @@ class CodecError(AepacsError):
 
 
 class InputError(AepacsError):
-    """The input is not a DICOM instance aepacs can archive."""
+    """The input is not a DICOM instance aepacs can archive (cannot be understood)."""
+
+
+class DatasetMismatch(InputError):
+    """The dataset contradicts itself or its request: no SOP Instance UID, a UID
+    other than the one announced, pixel data not matching Rows x Columns x ...
+    (DICOM status 0xA900)."""
 
 
 class StoreError(AepacsError):

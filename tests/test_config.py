@@ -57,3 +57,25 @@ def test_bad_config_names_file_and_key(home: Path, tmp_path: Path, text: str, me
 def test_config_env_variable_is_used(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AEPACS_CONFIG", str(write(tmp_path, "log:\n  level: DEBUG\n")))
     assert load_config().log.level == "DEBUG"
+
+
+def test_server_section(home: Path, tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "server:\n  port: 4242\n  allowed_calling_aets: [MODALITY1]\n"
+                                      "  move_destinations:\n    VIEWER: [127.0.0.1, 11113]\n"
+                                      "  tls:\n    enabled: true\n"))
+    assert cfg.server.port == 4242 and cfg.server.bind == "127.0.0.1"
+    assert cfg.server.allowed_calling_aets == ["MODALITY1"]
+    assert cfg.server.move_destinations == {"VIEWER": ["127.0.0.1", 11113]}
+    assert cfg.server.tls.enabled is True and cfg.server.retrieve_as == "sealed"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("server:\n  move_destinations:\n    VIEWER: [127.0.0.1]\n", "server.move_destinations.VIEWER: expected [host, port]"),
+    ("server:\n  tls:\n    enabled: yes please\n", "server.tls.enabled: expected true or false"),
+    ("server:\n  allowed_calling_aets: MOD1\n", "server.allowed_calling_aets: expected a list"),
+    ("server:\n  port: 70000\n", "server.port: 70000 is outside"),
+    ("server:\n  retrieve_as: plain\n", "server.retrieve_as: 'plain' is not one of"),
+])
+def test_bad_server_config(home: Path, tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config(write(tmp_path, text))

@@ -35,6 +35,7 @@ PIXEL_TAGS = (PIXEL_DATA, 0x7FE00008, 0x7FE00009)
 NATIVE_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 _ITEM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE0DD
+MAX_TRAILER = 1024  # bytes of padding after native pixels kept beside an image codec's stream
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class Part10:
     pixel_tag: int | None
     encapsulated: bool
     meta: PixelMeta | None
+    #: Why the dataset is inconsistent (pixel data truncated or not matching
+    #: Rows x Columns x ...), or None. Such data can still be sealed whole,
+    #: byte for byte; the archive refuses it (DICOM status 0xA900).
+    problem: str | None = None
 
     @property
     def whole(self) -> bool:
@@ -84,10 +89,12 @@ def _element_bounds(data: bytes, pos: int, implicit: bool, little: bool) -> tupl
         return None
     group, elem = struct.unpack_from(f"{end}HH", data, pos)
     tag = group << 16 | elem
-    if implicit:
+    vr = data[pos + 4:pos + 6]
+    if implicit or not (vr.isalpha() and vr.isupper()):
+        # implicit, or an explicit-VR file that wrote this element implicitly (pydicom reads those too)
         (length,) = struct.unpack_from(f"{end}I", data, pos + 4)
         start = pos + 8
-    elif data[pos + 4:pos + 6] in _LONG_VRS:
+    elif vr in _LONG_VRS:
         if pos + 12 > len(data):
             return None
         (length,) = struct.unpack_from(f"{end}I", data, pos + 8)
@@ -152,9 +159,22 @@ def parse(data: bytes) -> Part10:
         return _split(data, ds, stop)
 
 
+def expected_pixel_bytes(ds: Dataset) -> int | None:
+    """Bytes of native Pixel Data that Rows, Columns, frames, samples and bits imply (no padding)."""
+    try:
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        if str(ds.get("PhotometricInterpretation", "")) in ("YBR_FULL_422", "YBR_PARTIAL_422"):
+            samples = 2  # two chroma samples shared by each pair of pixels
+        count = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1) * samples
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (count * bits + 7) // 8
+
+
 def _split(data: bytes, ds: Dataset, stop: int) -> Part10:
-    def whole() -> Part10:
-        return Part10(ds, data, b"", b"", None, False, None)
+    def whole(problem: str | None = None) -> Part10:
+        return Part10(ds, data, b"", b"", None, False, None, problem)
 
     ts = ds.file_meta.get("TransferSyntaxUID")
     if ts is None or ts == DeflatedExplicitVRLittleEndian or stop >= len(data):
@@ -163,12 +183,18 @@ def _split(data: bytes, ds: Dataset, stop: int) -> Part10:
     if implicit is None or little is None:
         return whole()
     bounds = _element_bounds(data, stop, bool(implicit), bool(little))
-    if bounds is None or bounds[0] not in PIXEL_TAGS:
+    if bounds is None:
+        return whole("pixel data truncated or malformed")
+    if bounds[0] not in PIXEL_TAGS:
         return whole()
     tag, start, end, undefined = bounds
-    meta = None
+    meta, problem = None, None
     if tag == PIXEL_DATA and not undefined and ts in NATIVE_SYNTAXES:
-        meta = _pixel_meta(ds)
-        if meta is not None and not 0 <= (end - start) - meta.nbytes <= 1:
-            meta = None  # length does not match the image description
-    return Part10(ds, data[:start], data[start:end], data[end:], tag, undefined, meta)
+        expected = expected_pixel_bytes(ds)
+        if expected is None:
+            problem = "pixel data without a valid Rows/Columns/Bits Allocated description"
+        elif end - start < expected:
+            problem = f"pixel data has {end - start} bytes where the image description implies {expected}"
+        elif end - start - expected <= MAX_TRAILER:
+            meta = _pixel_meta(ds)  # excess bytes (padding) are kept as the codec's trailer
+    return Part10(ds, data[:start], data[start:end], data[end:], tag, undefined, meta, problem)

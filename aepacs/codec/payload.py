@@ -66,8 +66,8 @@ def _candidates(parts: Part10, lossless: str) -> list[str | None]:
     """Pixel codecs to try, best first; the last always works. None: no pixel section."""
     if parts.whole:
         return [None]
-    if parts.encapsulated:
-        return ["raw"]  # already compressed: kept as it came
+    if parts.encapsulated or lossless == "raw":
+        return ["raw"]  # already compressed, or the fast spool form: kept as it came
     if parts.meta is not None and lossless != "zstd":
         return [lossless, "zstd"]
     return ["zstd"]
@@ -84,7 +84,7 @@ def _pixel_section(parts: Part10, codec_id: str, zstd_level: int) -> tuple[bytes
 
 
 def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "jpegls",
-                  zstd_level: int = 12) -> EncodedObject:
+                  zstd_level: int = 12, header_level: int = HEADER_ZSTD_LEVEL) -> EncodedObject:
     """Code a Part 10 stream into a payload that decodes to the same bytes.
 
     Each candidate pixel codec is tried in turn (JPEG-LS, then zstd); the
@@ -97,10 +97,12 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
         The DICOM Part 10 stream as received.
     parts : Part10, optional
         `data` already parsed by :func:`aepacs.codec.part10.parse`.
-    lossless : {"jpegls", "zstd"}
-        Codec for native integer pixel data.
+    lossless : {"jpegls", "zstd", "raw"}
+        Codec for native integer pixel data (``raw``: the fast spool form).
     zstd_level : int
         Zstandard level for byte sections.
+    header_level : int
+        Zstandard level for the header section.
 
     Returns
     -------
@@ -115,7 +117,7 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
     """
     parts = parts or parse(data)
     sha = hashlib.sha256(data).hexdigest()
-    header = zstandard.ZstdCompressor(level=HEADER_ZSTD_LEVEL).compress(parts.prefix + parts.suffix)
+    header = zstandard.ZstdCompressor(level=header_level).compress(parts.prefix + parts.suffix)
     manifest: dict[str, Any] = {"v": MANIFEST_VERSION, "size": len(data), "sha256": sha,
                                 "prefix": len(parts.prefix), "header": {"codec": "zstd", "length": len(header)}}
     for codec_id in _candidates(parts, lossless):

@@ -27,9 +27,9 @@ from aepacs.codec.payload import EncodedObject, encode_object
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import seal
-from aepacs.errors import AepacsError, CodecError, InputError
+from aepacs.errors import AepacsError, CodecError, DatasetMismatch, InputError
 from aepacs.pipeline.archive import Archive
-from aepacs.store.index import ADDED, CONFLICT, SAME, BlobRef
+from aepacs.store.index import ADDED, CONFLICT, FINAL, SAME, SPOOLED, BlobRef
 from aepacs.store.records import InstanceRecord
 
 log = logging.getLogger("aepacs.ingest")
@@ -52,8 +52,15 @@ def route(parts: Part10, config: Config) -> str:
     return config.route_for(str(parts.dataset.get("Modality", "")))
 
 
-def encode(data: bytes, parts: Part10, config: Config) -> EncodedObject:
-    """Encode per the object's route (only ``lossless`` exists so far)."""
+#: The spool form: pixels sealed as they came, header lightly compressed. Fast
+#: enough to acknowledge a C-STORE at network speed; a worker converts it later.
+SPOOL = {"lossless": "raw", "zstd_level": 1, "header_level": 3}
+
+
+def encode(data: bytes, parts: Part10, config: Config, *, spool: bool = False) -> EncodedObject:
+    """Encode per the object's route (only ``lossless`` exists so far), or in the spool form."""
+    if spool:
+        return encode_object(data, parts=parts, **SPOOL)  # type: ignore[arg-type]
     name = route(parts, config)
     if name != "lossless":
         raise CodecError(f"route {name!r} has no codec")
@@ -61,17 +68,17 @@ def encode(data: bytes, parts: Part10, config: Config) -> EncodedObject:
                          zstd_level=config.codec.zstd_level)
 
 
-def seal_bytes(data: bytes, keyring: Keyring, config: Config,
-               parts: Part10 | None = None) -> tuple[EncodedObject, bytes]:
+def seal_bytes(data: bytes, keyring: Keyring, config: Config, parts: Part10 | None = None, *,
+               spool: bool = False) -> tuple[EncodedObject, bytearray]:
     """Encode and seal one Part 10 stream; nothing is stored.
 
     Returns
     -------
-    (EncodedObject, bytes)
+    (EncodedObject, bytearray)
         The coded object (its parsed dataset included) and the sealed blob.
     """
     parts = parts or parse(data)
-    encoded = encode(data, parts, config)
+    encoded = encode(data, parts, config, spool=spool)
     ds = parts.dataset
     blob = seal(encoded.payload, object_uid=object_uid(ds),
                 study_uid=str(ds.get("StudyInstanceUID", "") or "").strip(),
@@ -90,31 +97,56 @@ class IngestResult:
     blob_size: int = 0
 
 
-def ingest(archive: Archive, data: bytes) -> IngestResult:
+def ingest(archive: Archive, data: bytes, *, spool: bool = False,
+           expect_uid: str | None = None) -> IngestResult:
     """Archive one Part 10 stream.
 
-    An identical re-send is recognised (``same``) and costs nothing; a
-    different object under an archived SOP Instance UID is a ``conflict``:
-    kept out, logged, and with ``ingest.on_conflict: reject`` an error.
+    Parameters
+    ----------
+    archive : Archive
+    data : bytes
+        The Part 10 stream as received.
+    spool : bool
+        Seal in the fast spool form and mark it for conversion (the archive
+        SCP); otherwise encode with the route's codec now.
+    expect_uid : str, optional
+        The SOP Instance UID the sender announced (C-STORE request).
+
+    Returns
+    -------
+    IngestResult
+        ``added``; ``same`` for an identical re-send (costs nothing); or
+        ``conflict`` for a different object under an archived SOP Instance
+        UID, kept out and logged (an error with ``ingest.on_conflict: reject``).
 
     Raises
     ------
+    DatasetMismatch
+        Missing UIDs, a UID other than announced, or pixel data not matching
+        its description; nothing stored.
     InputError
-        Not DICOM, or lacks the UIDs an archived instance needs.
+        Not DICOM; nothing stored.
+    StoreFullError
+        Less than ``store.min_free_mb`` free; nothing stored.
     AepacsError
-        Sealing, store or index failure (nothing indexed then).
+        Sealing, store or index failure; nothing indexed.
     """
     parts = parse(data)
+    if parts.problem:
+        raise DatasetMismatch(parts.problem)
     record = InstanceRecord.from_dataset(parts.dataset)
+    if expect_uid is not None and record.sop_uid != expect_uid.strip():
+        raise DatasetMismatch(f"dataset SOP Instance UID {record.sop_uid} is not the announced {expect_uid}")
     sha = hashlib.sha256(data).hexdigest()
     existing = archive.index.get(record.sop_uid)
     if existing is not None:
         return _duplicate(archive, record.sop_uid, existing.source_sha256 == sha)
-    encoded, blob = seal_bytes(data, archive.keyring, archive.config, parts)
+    archive.store.check_free(len(data), archive.config.store.min_free_mb * 1_000_000)
+    encoded, blob = seal_bytes(data, archive.keyring, archive.config, parts, spool=spool)
     key = archive.store.put(blob)
     ref = BlobRef(codec=encoded.codec, kek_version=archive.keyring.active_version, blob_key=key,
                   blob_size=len(blob), source_size=len(data), source_sha256=sha)
-    outcome = archive.index.add(record, ref)
+    outcome = archive.index.add(record, ref, SPOOLED if spool else FINAL)
     if outcome != ADDED:  # lost a race with another writer of the same instance
         archive.store.delete(key)
         return _duplicate(archive, record.sop_uid, outcome == SAME)

@@ -63,7 +63,11 @@ def fetch(archive: Archive, sop_uid: str) -> bytes:
     try:
         blob = archive.store.get(row.blob_key)
     except AepacsError as exc:
-        raise OpenError(sop_uid, str(exc)) from None
+        # a conversion or rekey may have just moved the row to a new blob and removed the old one
+        moved = archive.index.get(sop_uid)
+        if moved is None or moved.blob_key == row.blob_key:
+            raise OpenError(sop_uid, str(exc)) from None
+        row, blob = moved, archive.store.get(moved.blob_key)
     if blob_key(blob) != row.blob_key:
         raise OpenError(sop_uid, f"blob {row.blob_key} was altered on disk")
     _, data = open_bytes(blob, archive.keyring, name=sop_uid, expect_uid=sop_uid)

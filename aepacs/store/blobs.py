@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from aepacs.errors import StoreError
+from aepacs.errors import StoreError, StoreFullError
 from aepacs.store.atomic import atomic_write, sweep_temporaries
 
 SUFFIX = ".aepx"
@@ -46,6 +46,20 @@ class BlobStore:
         if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
             raise StoreError(f"invalid blob key {key!r}")
         return self.root / key[:2] / key[2:4] / f"{key}{SUFFIX}"
+
+    def check_free(self, incoming: int, reserve: int) -> None:
+        """Refuse new data that would leave less than `reserve` bytes free.
+
+        Raises
+        ------
+        StoreFullError
+            Naming the store and how much is free.
+        """
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize
+        if free - incoming < reserve:
+            raise StoreFullError(f"{self.root}: {free / 1e6:.0f} MB free, below the "
+                                 f"{reserve / 1e6:.0f} MB reserve; refusing new data")
 
     def put(self, blob: bytes) -> str:
         """Store `blob` durably and return its key (a no-op when already there)."""

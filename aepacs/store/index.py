@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from sqlalchemy import (Column, Float, ForeignKey, Integer, MetaData, String, Table, UniqueConstraint,
                         create_engine, event, func, select, update)
@@ -78,6 +78,8 @@ instances = Table(
     Column("source_size", Integer, nullable=False),
     Column("source_sha256", String(64), nullable=False),
     Column("stored_at", Float, nullable=False),
+    # spooled: sealed in the fast spool form, awaiting conversion; final: in its route's codec
+    Column("state", String(16), nullable=False, default="final", index=True),
 )
 
 
@@ -95,6 +97,8 @@ class BlobRef:
 
 #: Outcomes of :meth:`Index.add`.
 ADDED, SAME, CONFLICT = "added", "same", "conflict"
+#: Instance states.
+SPOOLED, FINAL = "spooled", "final"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -146,7 +150,7 @@ class Index:
             pk = conn.execute(table.insert().values(**values)).inserted_primary_key[0]
         return int(pk)
 
-    def add(self, rec: InstanceRecord, ref: BlobRef) -> str:
+    def add(self, rec: InstanceRecord, ref: BlobRef, state: str = FINAL) -> str:
         """Index an instance whose blob is already durable.
 
         Returns
@@ -175,10 +179,39 @@ class Index:
                 self._refresh_modalities(conn, study_pk)
                 conn.execute(instances.insert().values(
                     **rec.values(INSTANCE_FIELDS), series_pk=series_pk, stored_at=time.time(),
-                    **asdict(ref)))
+                    state=state, **asdict(ref)))
                 return ADDED
         except SQLAlchemyError as exc:
             raise StoreError(f"index: cannot add {rec.sop_uid} ({type(exc).__name__}: {exc})") from None
+
+    def swap_blob(self, sop_uid: str, old_key: str, ref: BlobRef, state: str = FINAL) -> bool:
+        """Point an instance at a new blob, only if it still points at `old_key`.
+
+        A compare-and-swap: of two writers replacing the same blob, one wins
+        and the other learns it lost (and removes its own new blob).
+
+        Returns
+        -------
+        bool
+            True when the row was switched.
+        """
+        values = {k: v for k, v in asdict(ref).items() if k not in ("source_size", "source_sha256")}
+        try:
+            with self._writer() as conn, conn.begin():
+                res = conn.execute(update(instances)
+                                   .where(instances.c.sop_uid == sop_uid, instances.c.blob_key == old_key,
+                                          instances.c.source_sha256 == ref.source_sha256)
+                                   .values(state=state, **values))
+                return res.rowcount == 1
+        except SQLAlchemyError as exc:
+            raise StoreError(f"index: cannot update {sop_uid} ({type(exc).__name__}: {exc})") from None
+
+    def spooled(self, limit: int = 64) -> list[str]:
+        """SOP Instance UIDs still in the spool form, oldest first."""
+        q = (select(instances.c.sop_uid).where(instances.c.state == SPOOLED)
+             .order_by(instances.c.stored_at).limit(limit))
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).scalars())
 
     def _refresh_modalities(self, conn: Connection, study_pk: int) -> None:
         mods = conn.execute(select(series.c.modality).where(series.c.study_pk == study_pk)
@@ -192,20 +225,23 @@ class Index:
                 .join(studies, series.c.study_pk == studies.c.pk)
                 .join(patients, studies.c.patient_pk == patients.c.pk))
 
-    def find(self, *, patient_id: str | None = None, study_uid: str | None = None,
-             series_uid: str | None = None, sop_uid: str | None = None) -> list[Row[Any]]:
-        """Instances matching every given identifier, with all their levels' attributes."""
-        cols = [instances, series.c.series_uid, series.c.modality, series.c.series_number,
-                studies.c.study_uid, studies.c.study_date, patients.c.patient_id, patients.c.patient_name]
+    def find(self, *, patient_id: str | Sequence[str] | None = None,
+             study_uid: str | Sequence[str] | None = None,
+             series_uid: str | Sequence[str] | None = None,
+             sop_uid: str | Sequence[str] | None = None) -> list[Row[Any]]:
+        """Instances matching every given identifier (a value or a list of values).
+
+        Rows carry the attributes of all four levels (instance, series,
+        study, patient) under their column names.
+        """
+        cols = [c for t in (instances, series, studies, patients) for c in t.c
+                if c.name != "pk" and not c.name.endswith("_pk")]
         q = select(*cols).select_from(self._joined())
-        if patient_id is not None:
-            q = q.where(patients.c.patient_id == patient_id)
-        if study_uid is not None:
-            q = q.where(studies.c.study_uid == study_uid)
-        if series_uid is not None:
-            q = q.where(series.c.series_uid == series_uid)
-        if sop_uid is not None:
-            q = q.where(instances.c.sop_uid == sop_uid)
+        for column, value in ((patients.c.patient_id, patient_id), (studies.c.study_uid, study_uid),
+                              (series.c.series_uid, series_uid), (instances.c.sop_uid, sop_uid)):
+            if value is None:
+                continue
+            q = q.where(column == value) if isinstance(value, str) else q.where(column.in_(list(value)))
         q = q.order_by(studies.c.study_uid, series.c.series_number, series.c.series_uid,
                        instances.c.instance_number, instances.c.sop_uid)
         with self.engine.connect() as conn:

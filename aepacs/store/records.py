@@ -8,7 +8,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from aepacs.errors import InputError
+from aepacs.errors import DatasetMismatch
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -73,13 +73,13 @@ class InstanceRecord:
 
         Raises
         ------
-        InputError
+        DatasetMismatch
             When the dataset lacks an SOP Instance UID, SOP Class UID,
             Study or Series Instance UID: it cannot be archived and queried.
         """
         for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
             if not _text(ds, keyword):
-                raise InputError(f"missing {keyword}: not an archivable instance")
+                raise DatasetMismatch(f"missing {keyword}: not an archivable instance")
         meta = getattr(ds, "file_meta", Dataset())
         return cls(
             patient_id=_text(ds, "PatientID"),

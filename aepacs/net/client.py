@@ -1,0 +1,205 @@
+"""The retrieval client (SCU-side decoder): fetch → open → decode → write.
+
+``retrieve`` asks an archive for a patient, study, series or instance by
+C-GET (default) or by C-MOVE to a storage SCP it runs itself. Each instance
+that arrives is handled by :class:`Receiver`. A sealed transport object is
+opened with the keyring and decoded back to the original instance; an
+ordinary instance (from ``retrieve_as: decoded``) is kept as it came. Each
+is written as ``OUT/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, only after it
+opened and decoded, and atomically. ``receive_files`` does the same for
+sealed objects that arrived by other means (files from another PACS).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
+from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelGet,
+                                  PatientRootQueryRetrieveInformationModelMove,
+                                  StudyRootQueryRetrieveInformationModelGet,
+                                  StudyRootQueryRetrieveInformationModelMove)
+
+from aepacs.codec.part10 import read_dataset
+from aepacs.crypto.keyring import Keyring
+from aepacs.crypto.seal import MAGIC
+from aepacs.errors import AepacsError, InputError, OpenError
+from aepacs.net.transport import RAW_DATA_STORAGE, is_transport, read_transport
+from aepacs.pipeline.ingest import iter_files
+from aepacs.pipeline.retrieve import open_bytes
+from aepacs.store.atomic import atomic_write
+
+log = logging.getLogger("aepacs.retrieve")
+
+LEVEL_KEYS = {"patient": ("PATIENT", "PatientID"), "study": ("STUDY", "StudyInstanceUID"),
+              "series": ("SERIES", "SeriesInstanceUID"), "instance": ("IMAGE", "SOPInstanceUID")}
+
+
+@dataclass
+class RetrieveSummary:
+    """What a retrieval wrote and what failed."""
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    status: int | None = None  # final C-GET / C-MOVE status, when over the network
+    sub_ops: dict[str, int] = field(default_factory=dict)
+
+
+class Receiver:
+    """Turns received instances into original DICOM files under `out_dir`."""
+
+    def __init__(self, keyring: Keyring, out_dir: Path) -> None:
+        self.keyring = keyring
+        self.out_dir = Path(out_dir)
+        self.summary = RetrieveSummary()
+        self._lock = threading.Lock()
+
+    def accept(self, data: bytes, name: str) -> Path:
+        """Open/decode one received Part 10 stream or sealed blob and write the original.
+
+        Raises
+        ------
+        OpenError
+            Tampered, wrong key, or not decodable; nothing written.
+        InputError
+            Neither a sealed object nor DICOM.
+        """
+        if data[:4] == MAGIC:  # a bare sealed object
+            _, original = open_bytes(data, self.keyring, name=name)
+        else:
+            ds, _ = read_dataset(data)
+            if is_transport(ds):
+                blob, uid, _ = read_transport(ds)
+                _, original = open_bytes(blob, self.keyring, name=uid, expect_uid=uid)
+            else:
+                original = data  # an ordinary instance (retrieve_as: decoded): as it came
+        ds, _ = read_dataset(original)
+        target = self.out_dir / str(ds.get("SeriesInstanceUID", "unknown-series")) / \
+            f"{ds.get('SOPInstanceUID', name)}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, original, mode=0o600)
+        return target
+
+    def on_store(self, event: Any) -> int:
+        """pynetdicom C-STORE handler: 0x0000 when written, 0xC000-range when not."""
+        uid = str(event.request.AffectedSOPInstanceUID)
+        try:
+            path = self.accept(event.encoded_dataset(), uid)
+        except (AepacsError, OSError) as exc:
+            log.error("%s", exc)
+            with self._lock:
+                self.summary.failed.append((uid, str(exc)))
+            return 0xC001
+        with self._lock:
+            self.summary.written.append(path)
+        return 0x0000
+
+
+def receive_files(paths: list[Path], keyring: Keyring, out_dir: Path) -> RetrieveSummary:
+    """Open and decode sealed objects that arrived as files (``.aepx`` or transport objects)."""
+    receiver = Receiver(keyring, out_dir)
+    for path in iter_files(paths):
+        try:
+            receiver.summary.written.append(receiver.accept(path.read_bytes(), str(path)))
+        except InputError:
+            continue  # not DICOM, or not sealed: not ours to open
+        except (OpenError, AepacsError, OSError) as exc:
+            receiver.summary.failed.append((str(path), str(exc)))
+    return receiver.summary
+
+
+def client_ssl_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    """TLS 1.2+ client context verifying the server against `ca`, optionally with a client certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        ctx.load_cert_chain(str(cert), str(key) if key else None)
+    return ctx
+
+
+def _identifier(level: str, value: str) -> tuple[Dataset, bool]:
+    qr_level, keyword = LEVEL_KEYS[level]
+    ds = Dataset()
+    ds.QueryRetrieveLevel = qr_level
+    setattr(ds, keyword, value)
+    return ds, level == "patient"
+
+
+def _storage_contexts() -> list[Any]:
+    """Raw Data Storage (sealed transport objects) first, then common storage classes (decoded)."""
+    contexts = [(RAW_DATA_STORAGE, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
+    for cx in StoragePresentationContexts:
+        if cx.abstract_syntax != RAW_DATA_STORAGE and len(contexts) < 126:
+            contexts.append((cx.abstract_syntax, ALL_TRANSFER_SYNTAXES))
+    return contexts
+
+
+def retrieve(host: str, port: int, called_aet: str, calling_aet: str, level: str, value: str,
+             keyring: Keyring, out_dir: Path, *, move_to_self: int | None = None, bind: str = "127.0.0.1",
+             tls: ssl.SSLContext | None = None, timeout: float = 60.0) -> RetrieveSummary:
+    """Retrieve and decode everything under one patient / study / series / instance.
+
+    Parameters
+    ----------
+    level : {"patient", "study", "series", "instance"}
+    value : str
+        Its Patient ID or UID.
+    move_to_self : int, optional
+        Use C-MOVE to a storage SCP this call runs on `bind`:`move_to_self`
+        (the archive must know `calling_aet` as a move destination there).
+
+    Raises
+    ------
+    AepacsError
+        The archive could not be reached or refused the association.
+    """
+    receiver = Receiver(keyring, out_dir)
+    identifier, patient_root = _identifier(level, value)
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    tls_args = (tls, host) if tls else None
+    handlers = [(evt.EVT_C_STORE, receiver.on_store)]
+    if move_to_self is None:
+        model = PatientRootQueryRetrieveInformationModelGet if patient_root else StudyRootQueryRetrieveInformationModelGet
+        ae.add_requested_context(model)
+        roles = []
+        for sop, syntaxes in _storage_contexts():
+            ae.add_requested_context(sop, syntaxes)
+            roles.append(build_role(sop, scp_role=True))
+        assoc = ae.associate(host, port, ae_title=called_aet, ext_neg=roles, evt_handlers=handlers,
+                             tls_args=tls_args)
+        server = None
+    else:
+        model = PatientRootQueryRetrieveInformationModelMove if patient_root else StudyRootQueryRetrieveInformationModelMove
+        ae.add_requested_context(model)
+        for sop, syntaxes in _storage_contexts():
+            ae.add_supported_context(sop, syntaxes)
+        server = ae.start_server((bind, move_to_self), block=False, evt_handlers=handlers)
+        assoc = ae.associate(host, port, ae_title=called_aet, tls_args=tls_args)
+    try:
+        if not assoc.is_established:
+            raise AepacsError(f"{called_aet}@{host}:{port}: association refused or failed")
+        responses = (assoc.send_c_get(identifier, model) if server is None
+                     else assoc.send_c_move(identifier, calling_aet, model))
+        for status, _ in responses:
+            if status is None:
+                raise AepacsError(f"{called_aet}@{host}:{port}: no response (timeout or abort)")
+            receiver.summary.status = int(status.Status)
+            for kw in ("Completed", "Failed", "Warning"):
+                attr = f"NumberOf{kw}Suboperations"
+                if attr in status:
+                    receiver.summary.sub_ops[kw.lower()] = int(status.get(attr))
+        assoc.release()
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+        if server is not None:
+            server.shutdown()
+    return receiver.summary

@@ -1,0 +1,285 @@
+"""The archive SCP: C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE over pynetdicom.
+
+Ingest on C-STORE (receive → route → encode → seal → store → index):
+the handler takes the encoded dataset as received and seals it in the fast
+spool form. It answers 0x0000 only once the blob and its index row are durable.
+A :class:`~aepacs.pipeline.convert.SpoolConverter` then re-encodes spooled
+objects with their route's codec in worker processes, so the association
+threads stay light. A restart resumes the conversion.
+
+Statuses (PS3.4 B.2.3): 0x0000 stored; 0xA700 out of resources (disk below
+its reserve, store failure); 0xA900 dataset does not match (no UIDs, a UID
+other than announced, pixel data not matching Rows × Columns); 0xC000
+cannot understand (not decodable). Every failure is logged with the calling
+AE title and the SOP Instance UID, never with pixel data or keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+import threading
+import time
+from io import BytesIO
+from typing import Any, Iterator
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
+from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
+                                  PatientRootQueryRetrieveInformationModelGet,
+                                  PatientRootQueryRetrieveInformationModelMove,
+                                  StudyRootQueryRetrieveInformationModelFind,
+                                  StudyRootQueryRetrieveInformationModelGet,
+                                  StudyRootQueryRetrieveInformationModelMove, Verification)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from aepacs.config import Config
+from aepacs.crypto.keyring import Keyring
+from aepacs.errors import AepacsError, ConfigError, DatasetMismatch, InputError, StoreFullError
+from aepacs.net.query import find, retrieve_rows
+from aepacs.net.transport import RAW_DATA_STORAGE, make_transport
+from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.convert import SpoolConverter
+from aepacs.pipeline.ingest import ingest
+from aepacs.pipeline.retrieve import fetch
+
+log = logging.getLogger("aepacs.serve")
+
+SUCCESS, PENDING, CANCEL = 0x0000, 0xFF00, 0xFE00
+OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
+PROCESSING_FAILURE, UNKNOWN_DESTINATION = 0x0110, 0xA801
+
+QR_CONTEXTS = (PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelGet,
+               PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelFind,
+               StudyRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelMove)
+
+
+def server_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS context of the server (TLS 1.2 or newer, per BCP 195), or None when TLS is off."""
+    tls = config.server.tls
+    if not tls.enabled:
+        return None
+    if not tls.certificate or not tls.private_key:
+        raise ConfigError("server.tls: enabled needs certificate and private_key")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(config.resolve(tls.certificate)), str(config.resolve(tls.private_key)))
+    if tls.ca:
+        ctx.load_verify_locations(str(config.resolve(tls.ca)))
+    if tls.require_client_certificate:
+        if not tls.ca:
+            raise ConfigError("server.tls: require_client_certificate needs ca")
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _calling(event: Any) -> str:
+    return str(event.assoc.requestor.ae_title).strip()
+
+
+class ArchiveServer:
+    """The archive SCP of one configuration.
+
+    Parameters
+    ----------
+    config : Config
+        ``server`` section: AE title, bind address, port, limits, allow-list,
+        move destinations, TLS, ``retrieve_as``.
+    keyring : Keyring, optional
+        Defaults to the configured keyring.
+    workers : int, optional
+        Conversion worker processes (default ``ingest.workers``).
+    """
+
+    def __init__(self, config: Config, keyring: Keyring | None = None, workers: int | None = None) -> None:
+        self.config = config
+        self.archive = Archive(config, keyring)
+        self.converter = SpoolConverter(config, config.ingest.workers if workers is None else workers)
+        self.ae = self._build_ae()
+        self.server: ThreadedAssociationServer | None = None
+
+    # -- set-up -----------------------------------------------------------------
+    def _build_ae(self) -> AE:
+        cfg = self.config.server
+        ae = AE(ae_title=cfg.ae_title)
+        ae.maximum_associations = cfg.max_associations
+        ae.maximum_pdu_size = cfg.max_pdu
+        if cfg.allowed_calling_aets:
+            ae.require_calling_aet = list(cfg.allowed_calling_aets)
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for cx in AllStoragePresentationContexts:
+            # as Storage SCP for C-STORE, and as Storage SCU towards a C-GET requestor
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=False, scp_role=True)
+        for sop in QR_CONTEXTS:
+            ae.add_supported_context(sop)
+        return ae
+
+    def _move_contexts(self, rows: list[Any]) -> list[Any]:
+        """Presentation contexts for a C-MOVE sub-association: what will be sent, nothing else."""
+        if self.config.server.retrieve_as == "sealed":
+            return [build_context(RAW_DATA_STORAGE, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
+        wanted: dict[str, set[str]] = {}
+        for row in rows:
+            wanted.setdefault(row.sop_class_uid, set()).add(row.transfer_syntax_uid)
+        return [build_context(sop, sorted(ts | {ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
+                for sop, ts in list(wanted.items())[:128]]
+
+    def _handlers(self) -> list[tuple[Any, Any]]:
+        return [(evt.EVT_C_ECHO, lambda event: SUCCESS),
+                (evt.EVT_C_STORE, self.on_store),
+                (evt.EVT_C_FIND, self.on_find),
+                (evt.EVT_C_GET, self.on_get),
+                (evt.EVT_C_MOVE, self.on_move),
+                (evt.EVT_ACCEPTED, self._on_accepted),
+                (evt.EVT_REJECTED, self._on_rejected),
+                (evt.EVT_RELEASED, self._on_closed),
+                (evt.EVT_ABORTED, self._on_closed)]
+
+    def start(self) -> ThreadedAssociationServer:
+        """Start listening (in background threads) and start the converter."""
+        cfg = self.config.server
+        self.converter.start()
+        self.server = self.ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers(),
+                                           ssl_context=server_ssl_context(self.config))
+        log.info("listening on %s:%d as %s%s", cfg.bind, cfg.port, cfg.ae_title,
+                 " (TLS)" if cfg.tls.enabled else "")
+        return self.server
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, let open associations finish (up to `timeout`), stop the converter."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        deadline = time.monotonic() + timeout
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in self.ae.active_associations:
+            assoc.abort()
+        self.converter.stop()
+        self.archive.close()
+        log.info("stopped")
+
+    def serve_forever(self) -> int:
+        """Run until SIGTERM or SIGINT; shut down cleanly and return 0."""
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        self.start()
+        stop.wait()
+        log.info("shutting down: no new associations; finishing open ones")
+        self.stop()
+        return 0
+
+    # -- association log lines -----------------------------------------------------
+    def _on_accepted(self, event: Any) -> None:
+        log.info("association accepted from %s (%s:%s)", _calling(event), event.assoc.requestor.address,
+                 event.assoc.requestor.port)
+
+    def _on_rejected(self, event: Any) -> None:
+        log.warning("association rejected from %s (%s)", _calling(event), event.assoc.requestor.address)
+
+    def _on_closed(self, event: Any) -> None:
+        log.info("association with %s %s", _calling(event),
+                 "released" if event.event is evt.EVT_RELEASED else "aborted")
+
+    # -- C-STORE ------------------------------------------------------------------
+    def on_store(self, event: Any) -> int:
+        """Seal the received instance in spool form, durably; then acknowledge."""
+        announced = str(event.request.AffectedSOPInstanceUID)
+        try:
+            data = event.encoded_dataset()
+            result = ingest(self.archive, data, spool=True, expect_uid=announced)
+        except StoreFullError as exc:
+            return self._fail(event, announced, OUT_OF_RESOURCES, exc)
+        except DatasetMismatch as exc:
+            return self._fail(event, announced, MISMATCH, exc)
+        except InputError as exc:
+            return self._fail(event, announced, CANNOT_UNDERSTAND, exc)
+        except AepacsError as exc:
+            return self._fail(event, announced, OUT_OF_RESOURCES, exc)
+        except Exception as exc:  # never let a bug take the association down
+            log.exception("C-STORE from %s of %s: unexpected error", _calling(event), announced)
+            return self._fail(event, announced, PROCESSING_FAILURE, exc)
+        if result.status == "added":
+            self.converter.wake()
+        elif result.status == "conflict":
+            log.warning("C-STORE from %s: %s already archived with other content; kept the first",
+                        _calling(event), announced)
+        return SUCCESS
+
+    def _fail(self, event: Any, uid: str, status: int, exc: BaseException) -> int:
+        log.error("C-STORE from %s of %s refused (0x%04X): %s", _calling(event), uid, status, exc)
+        return status
+
+    # -- C-FIND ---------------------------------------------------------------------
+    def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        try:
+            matches = find(self.archive.index, event.identifier, ae_title=self.config.server.ae_title)
+            for rsp in matches:
+                if event.is_cancelled:
+                    yield CANCEL, None
+                    return
+                yield PENDING, rsp
+        except DatasetMismatch as exc:
+            log.error("C-FIND from %s refused: %s", _calling(event), exc)
+            yield MISMATCH, None
+            return
+        except AepacsError as exc:
+            log.error("C-FIND from %s failed: %s", _calling(event), exc)
+            yield OUT_OF_RESOURCES, None
+            return
+        yield SUCCESS, None
+
+    # -- C-GET / C-MOVE -----------------------------------------------------------------
+    def _outgoing(self, event: Any, rows: list[Any]) -> Iterator[tuple[int, Dataset | None]]:
+        for row in rows:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            try:
+                yield PENDING, self._dataset_for(row)
+            except AepacsError as exc:
+                log.error("retrieve by %s of %s failed: %s", _calling(event), row.sop_uid, exc)
+                yield PENDING, None  # counted as a failed sub-operation
+
+    def _dataset_for(self, row: Any) -> Dataset:
+        """What is sent for one instance: its sealed transport object, or the decoded original."""
+        if self.config.server.retrieve_as == "decoded":
+            return pydicom.dcmread(BytesIO(fetch(self.archive, row.sop_uid)))
+        fresh = self.archive.index.get(row.sop_uid) or row  # the blob may have been converted since
+        return make_transport(self.archive.store.get(fresh.blob_key), fresh)
+
+    def _rows(self, event: Any) -> list[Any] | None:
+        try:
+            return retrieve_rows(self.archive.index, event.identifier)
+        except DatasetMismatch as exc:
+            log.error("retrieve from %s refused: %s", _calling(event), exc)
+            return None
+
+    def on_get(self, event: Any) -> Iterator[Any]:
+        rows = self._rows(event)
+        if rows is None:
+            yield 0
+            yield MISMATCH, None
+            return
+        yield len(rows)
+        yield from self._outgoing(event, rows)
+
+    def on_move(self, event: Any) -> Iterator[Any]:
+        dest = str(event.move_destination).strip()
+        known = self.config.server.move_destinations.get(dest)
+        if known is None:
+            log.error("C-MOVE from %s to unknown destination %r", _calling(event), dest)
+            yield None, None  # pynetdicom answers 0xA801
+            return
+        rows = self._rows(event)
+        yield known[0], known[1], {"contexts": self._move_contexts(rows or [])}
+        if rows is None:
+            yield 0
+            yield MISMATCH, None
+            return
+        yield len(rows)
+        yield from self._outgoing(event, rows)
