@@ -205,9 +205,6 @@ class ArchiveServer:
             return self._fail(event, announced, PROCESSING_FAILURE, exc)
         if result.status == "added":
             self.converter.wake()
-        elif result.status == "conflict":
-            log.warning("C-STORE from %s: %s already archived with other content; kept the first",
-                        _calling(event), announced)
         return SUCCESS
 
     def _fail(self, event: Any, uid: str, status: int, exc: BaseException) -> int:

@@ -1,0 +1,59 @@
+"""Fixtures: a real archive SCP on a free loopback port, and its keyring."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from aepacs.config import Config, load_config
+from aepacs.crypto.keyring import Keyring
+from aepacs.net.server import ArchiveServer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Running:
+    """A started archive server and what tests need to reach it."""
+
+    def __init__(self, server: ArchiveServer, config: Config, keyring: Keyring) -> None:
+        self.server, self.config, self.keyring = server, config, keyring
+        self.port = config.server.port
+        self.aet = config.server.ae_title
+        self.archive = server.archive
+
+    def wait_converted(self, timeout: float = 120) -> None:
+        assert self.server.converter.wait_idle(timeout), "spool not drained in time"
+
+
+@pytest.fixture
+def make_server(home: Path) -> Iterator[Callable[..., Running]]:
+    """Start archive servers with config overrides (``server={...}``, ``ingest={...}``)."""
+    started: list[ArchiveServer] = []
+    keyring_path = home / "keyring.json"
+
+    def start(**overrides: Any) -> Running:
+        overrides.setdefault("server", {})
+        overrides["server"].setdefault("port", free_port())
+        overrides.setdefault("ingest", {"workers": 1})
+        config = load_config(overrides=overrides)
+        keyring = Keyring.load(keyring_path) if keyring_path.exists() else Keyring.create(keyring_path)
+        server = ArchiveServer(config, keyring)
+        server.start()
+        started.append(server)
+        return Running(server, config, keyring)
+
+    yield start
+    for server in started:
+        server.stop(timeout=5)
+
+
+@pytest.fixture
+def server(make_server: Callable[..., Running]) -> Running:
+    return make_server()
