@@ -8,7 +8,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from aepacs.errors import DatasetMismatch
+from aepacs.errors import DatasetMismatch, InputError
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -73,10 +73,14 @@ class InstanceRecord:
 
         Raises
         ------
+        InputError
+            Neither SOP Class nor SOP Instance UID: not a composite instance.
         DatasetMismatch
             When the dataset lacks an SOP Instance UID, SOP Class UID,
             Study or Series Instance UID: it cannot be archived and queried.
         """
+        if not _text(ds, "SOPInstanceUID") and not _text(ds, "SOPClassUID"):
+            raise InputError("no SOP Class UID and no SOP Instance UID: not a DICOM composite instance")
         for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
             if not _text(ds, keyword):
                 raise DatasetMismatch(f"missing {keyword}: not an archivable instance")
