@@ -1,0 +1,134 @@
+"""The real ``aepacs serve`` process: clean SIGTERM shutdown, and SIGKILL at random moments."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from aepacs.config import load_config
+from aepacs.crypto.keyring import Keyring
+from aepacs.crypto.seal import open_sealed
+from aepacs.net.client import retrieve
+from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.retrieve import fetch
+from tests.net.conftest import free_port
+from tests.net.test_server import scu, tiny_ct
+
+
+def start_serve(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``aepacs serve`` in its own process group and wait until it answers C-ECHO."""
+    proc = subprocess.Popen([sys.executable, "-m", "aepacs", "serve", "--port", str(port), "--workers", "1"],
+                            env={**os.environ, "AEPACS_HOME": str(home)}, start_new_session=True,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    ae = AE()
+    ae.add_requested_context(Verification)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        assert proc.poll() is None, log.read_text()
+        assoc = ae.associate("127.0.0.1", port, ae_title="AEPACS")
+        if assoc.is_established:
+            assoc.release()
+            return proc
+        time.sleep(0.1)
+    raise AssertionError("server did not start")
+
+
+def stream(port: int, study: str, acked: list[str], stop: threading.Event, seed: int) -> None:
+    """Send instances until the server goes away; record those acknowledged with success."""
+    rng = np.random.default_rng(seed)
+    assoc = scu().associate("127.0.0.1", port, ae_title="AEPACS")
+    if not assoc.is_established:
+        return
+    series = generate_uid()
+    i = 0
+    while not stop.is_set():
+        ds = tiny_ct(i, study, series, rng)
+        try:
+            rsp = assoc.send_c_store(ds)
+        except Exception:
+            break
+        if rsp is None or "Status" not in rsp:
+            break
+        if int(rsp.Status) == 0:
+            acked.append(str(ds.SOPInstanceUID))
+        i += 1
+    if assoc.is_established:
+        assoc.abort()
+
+
+def test_sigterm_shuts_down_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home, port = tmp_path / "home", free_port()
+    Keyring.create(home / "keyring.json")
+    proc = start_serve(home, port, tmp_path / "serve.log")
+    acked: list[str] = []
+    stop = threading.Event()
+    sender = threading.Thread(target=stream, args=(port, generate_uid(), acked, stop, 0))
+    sender.start()
+    time.sleep(1.0)
+    stop.set()
+    sender.join(30)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(60) == 0, (tmp_path / "serve.log").read_text()
+    assert "shutting down" in (tmp_path / "serve.log").read_text()
+    assert acked
+    monkeypatch.setenv("AEPACS_HOME", str(home))
+    with Archive(load_config()) as archive:
+        assert archive.index.count() == len(acked)
+        for uid in acked:
+            fetch(archive, uid)
+
+
+def test_sigkill_at_random_moments_never_loses_an_acknowledged_instance(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    home, port = tmp_path / "home", free_port()
+    ring = Keyring.create(home / "keyring.json")
+    log = tmp_path / "serve.log"
+    study = generate_uid()
+    acked: list[str] = []
+    rnd = random.Random(11)
+    for trial in range(10):
+        proc = start_serve(home, port, log)
+        stop = threading.Event()
+        sender = threading.Thread(target=stream, args=(port, study, acked, stop, trial))
+        sender.start()
+        time.sleep(rnd.uniform(0.05, 1.2))
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: server and its conversion workers
+        proc.wait(30)
+        stop.set()
+        sender.join(30)
+    assert len(acked) > 50
+
+    # after restart: every acknowledged instance is retrievable over DICOM and opens
+    proc = start_serve(home, port, log)
+    try:
+        monkeypatch.setenv("AEPACS_HOME", str(home))
+        archive = Archive(load_config(), ring)
+        deadline = time.time() + 120
+        while archive.index.spooled() and time.time() < deadline:  # the restart resumes conversion
+            time.sleep(0.2)
+        assert archive.index.spooled() == []
+        for uid in acked:
+            fetch(archive, uid)
+        rows = archive.index.find()
+        blobs = {p.name[:64]: p for p in archive.store.root.rglob("*.aepx")}
+        for row in rows:
+            assert row.blob_key in blobs
+            open_sealed(blobs[row.blob_key].read_bytes(), ring, name=row.sop_uid)
+        s = retrieve("127.0.0.1", port, "AEPACS", "CRASHTEST", "study", study, ring, tmp_path / "out")
+        got = {p.stem for p in s.written}
+        assert not s.failed and set(acked) <= got
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0
