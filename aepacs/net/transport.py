@@ -85,6 +85,9 @@ def make_transport(blob: bytes, row: Any) -> Dataset:
     ds.SeriesNumber = row.series_number
     if row.series_description:
         ds.SeriesDescription = row.series_description
+    if row.body_part_examined:
+        ds.BodyPartExamined = row.body_part_examined
+    ds.Laterality = ""  # General Series 2C: the transport object does not know it (empty = unknown)
     ds.Manufacturer = "aepacs"
     ds.SoftwareVersions = __version__
     ds.AcquisitionContextSequence = Sequence()
