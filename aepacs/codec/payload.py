@@ -84,7 +84,8 @@ def _pixel_section(parts: Part10, codec_id: str, zstd_level: int) -> tuple[bytes
 
 
 def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "jpegls",
-                  zstd_level: int = 12, header_level: int = HEADER_ZSTD_LEVEL) -> EncodedObject:
+                  zstd_level: int = 12, header_level: int = HEADER_ZSTD_LEVEL,
+                  sha256: str | None = None) -> EncodedObject:
     """Code a Part 10 stream into a payload that decodes to the same bytes.
 
     Each candidate pixel codec is tried in turn (JPEG-LS, then zstd); the
@@ -103,6 +104,8 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
         Zstandard level for byte sections.
     header_level : int
         Zstandard level for the header section.
+    sha256 : str, optional
+        SHA-256 of `data` (hex), when the caller has it already.
 
     Returns
     -------
@@ -116,7 +119,7 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
         No candidate round-trips (a bug; nothing must be sealed then).
     """
     parts = parts or parse(data)
-    sha = hashlib.sha256(data).hexdigest()
+    sha = sha256 or hashlib.sha256(data).hexdigest()
     header = zstandard.ZstdCompressor(level=header_level).compress(parts.prefix + parts.suffix)
     manifest: dict[str, Any] = {"v": MANIFEST_VERSION, "size": len(data), "sha256": sha,
                                 "prefix": len(parts.prefix), "header": {"codec": "zstd", "length": len(header)}}
@@ -131,8 +134,9 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
             manifest["pixels"] = {"codec": codec_id, "length": len(stream), **extra}
         blob = json.dumps(manifest, separators=(",", ":")).encode("utf-8")
         payload = b"".join([struct.pack(">I", len(blob)), blob, *sections])
-        try:
-            if decode_object(payload) == data:
+        try:  # the round trip, checked on the rebuilt bytes' hash
+            decoded, *rebuilt = _decode_parts(payload)
+            if _matches(decoded, tuple(rebuilt)):  # type: ignore[arg-type]
                 return EncodedObject(payload, codec_id or "zstd", parts, sha, len(data))
         except CodecError:
             pass
@@ -151,15 +155,8 @@ def read_manifest(payload: bytes) -> tuple[dict[str, Any], int]:
     return manifest, 4 + n
 
 
-def decode_object(payload: bytes) -> bytes:
-    """Rebuild the original Part 10 stream from a payload.
-
-    Raises
-    ------
-    CodecError
-        A section does not decode, or the result does not match the
-        recorded SHA-256.
-    """
+def _decode_parts(payload: bytes) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+    """Decode a payload into (manifest, prefix, pixels, suffix) without joining them."""
     manifest, pos = read_manifest(payload)
     try:
         hlen = manifest["header"]["length"]
@@ -174,11 +171,32 @@ def decode_object(payload: bytes) -> bytes:
             if "meta" in info:
                 meta = PixelMeta.from_dict(info["meta"])
                 pixels = pixels_to_bytes(codec.decode(stream, meta), meta) + bytes.fromhex(info["trailer"])
+            elif info["codec"] == "raw":
+                pixels = stream
             else:
                 pixels = codec.decode(stream, None).tobytes()
     except (KeyError, TypeError, ValueError, zstandard.ZstdError) as exc:
         raise CodecError(f"payload damaged ({type(exc).__name__}: {exc})") from None
-    data = header[:cut] + pixels + header[cut:]
-    if len(data) != manifest["size"] or hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+    return manifest, header[:cut], pixels, header[cut:]
+
+
+def _matches(manifest: dict[str, Any], parts: tuple[bytes, bytes, bytes]) -> bool:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return sum(map(len, parts)) == manifest["size"] and digest.hexdigest() == manifest["sha256"]
+
+
+def decode_object(payload: bytes) -> bytes:
+    """Rebuild the original Part 10 stream from a payload.
+
+    Raises
+    ------
+    CodecError
+        A section does not decode, or the result does not match the
+        recorded SHA-256.
+    """
+    manifest, *parts = _decode_parts(payload)
+    if not _matches(manifest, tuple(parts)):  # type: ignore[arg-type]
         raise CodecError("decoded object does not match its recorded SHA-256")
-    return data
+    return b"".join(parts)

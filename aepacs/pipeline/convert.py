@@ -58,6 +58,7 @@ _WORKER_ARCHIVE: Archive | None = None
 
 def _init_worker(config: Config) -> None:
     global _WORKER_ARCHIVE
+    os.nice(10)  # conversion is background work: the network and the spool writes come first
     _WORKER_ARCHIVE = Archive(config)
 
 
@@ -75,11 +76,12 @@ class SpoolConverter:
         Workers open their own archive from it (keyring passphrase from the
         environment, as the server's).
     workers : int
-        Worker processes; 0 means one per CPU core.
+        Worker processes; 0 means one per CPU core but one, which is left to
+        the network and the spool writes.
     """
 
     def __init__(self, config: Config, workers: int = 0) -> None:
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or max(1, (os.cpu_count() or 1) - 1)
         self.index = Index(config.index_url)
         self._config = config
         self._pool: ProcessPoolExecutor | None = None

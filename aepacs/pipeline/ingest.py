@@ -57,19 +57,20 @@ def route(parts: Part10, config: Config) -> str:
 SPOOL = {"lossless": "raw", "zstd_level": 1, "header_level": 3}
 
 
-def encode(data: bytes, parts: Part10, config: Config, *, spool: bool = False) -> EncodedObject:
+def encode(data: bytes, parts: Part10, config: Config, *, spool: bool = False,
+           sha256: str | None = None) -> EncodedObject:
     """Encode per the object's route (only ``lossless`` exists so far), or in the spool form."""
     if spool:
-        return encode_object(data, parts=parts, **SPOOL)  # type: ignore[arg-type]
+        return encode_object(data, parts=parts, sha256=sha256, **SPOOL)  # type: ignore[arg-type]
     name = route(parts, config)
     if name != "lossless":
         raise CodecError(f"route {name!r} has no codec")
     return encode_object(data, parts=parts, lossless=config.codec.lossless,
-                         zstd_level=config.codec.zstd_level)
+                         zstd_level=config.codec.zstd_level, sha256=sha256)
 
 
 def seal_bytes(data: bytes, keyring: Keyring, config: Config, parts: Part10 | None = None, *,
-               spool: bool = False) -> tuple[EncodedObject, bytearray]:
+               spool: bool = False, sha256: str | None = None) -> tuple[EncodedObject, bytearray]:
     """Encode and seal one Part 10 stream; nothing is stored.
 
     Returns
@@ -78,7 +79,7 @@ def seal_bytes(data: bytes, keyring: Keyring, config: Config, parts: Part10 | No
         The coded object (its parsed dataset included) and the sealed blob.
     """
     parts = parts or parse(data)
-    encoded = encode(data, parts, config, spool=spool)
+    encoded = encode(data, parts, config, spool=spool, sha256=sha256)
     ds = parts.dataset
     blob = seal(encoded.payload, object_uid=object_uid(ds),
                 study_uid=str(ds.get("StudyInstanceUID", "") or "").strip(),
@@ -138,11 +139,11 @@ def ingest(archive: Archive, data: bytes, *, spool: bool = False,
     if expect_uid is not None and record.sop_uid != expect_uid.strip():
         raise DatasetMismatch(f"dataset SOP Instance UID {record.sop_uid} is not the announced {expect_uid}")
     sha = hashlib.sha256(data).hexdigest()
-    existing = archive.index.get(record.sop_uid)
+    existing = archive.index.source_sha256(record.sop_uid)
     if existing is not None:
-        return _duplicate(archive, record.sop_uid, existing.source_sha256 == sha)
+        return _duplicate(archive, record.sop_uid, existing == sha)
     archive.store.check_free(len(data), archive.config.store.min_free_mb * 1_000_000)
-    encoded, blob = seal_bytes(data, archive.keyring, archive.config, parts, spool=spool)
+    encoded, blob = seal_bytes(data, archive.keyring, archive.config, parts, spool=spool, sha256=sha)
     key = archive.store.put(blob)
     ref = BlobRef(codec=encoded.codec, kek_version=archive.keyring.active_version, blob_key=key,
                   blob_size=len(blob), source_size=len(data), source_sha256=sha)

@@ -124,6 +124,9 @@ class Index:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # level keys already in the table -> primary key; rows are never renumbered, so this
+        # cache only saves look-ups (ingest of a series hits the same three rows each time)
+        self._pks: dict[tuple[str, tuple[Any, ...]], int] = {}
         try:
             self.engine: Engine = create_engine(url, future=True)
             if self.engine.dialect.name == "sqlite":
@@ -143,12 +146,24 @@ class Index:
         return conn
 
     def _get_or_insert(self, conn: Connection, table: Table, where: dict[str, Any],
-                       values: dict[str, Any]) -> int:
+                       values: dict[str, Any]) -> tuple[int, bool]:
+        """Return (primary key, whether inserted now)."""
+        cache_key = (table.name, tuple(where.values()))
+        pk = self._pks.get(cache_key)
+        if pk is not None:
+            return pk, False
         cond = [table.c[k] == v for k, v in where.items()]
-        pk = conn.execute(select(table.c.pk).where(*cond)).scalar()
-        if pk is None:
-            pk = conn.execute(table.insert().values(**values)).inserted_primary_key[0]
-        return int(pk)
+        found = conn.execute(select(table.c.pk).where(*cond)).scalar()
+        inserted = found is None
+        if inserted:
+            found = conn.execute(table.insert().values(**values)).inserted_primary_key[0]
+        return int(found), inserted
+
+    def _remember(self, *entries: tuple[Table, dict[str, Any], int]) -> None:
+        if len(self._pks) > 100_000:
+            self._pks.clear()
+        for table, where, pk in entries:
+            self._pks[(table.name, tuple(where.values()))] = pk
 
     def add(self, rec: InstanceRecord, ref: BlobRef, state: str = FINAL) -> str:
         """Index an instance whose blob is already durable.
@@ -160,27 +175,27 @@ class Index:
             the same original bytes; ``"conflict"`` when it is indexed with
             different bytes (nothing is changed then).
         """
+        who = {"patient_id": rec.patient_id, "issuer_of_patient_id": rec.issuer_of_patient_id}
+        study_key, series_key = {"study_uid": rec.study_uid}, {"series_uid": rec.series_uid}
         try:
             with self._writer() as conn, conn.begin():
                 existing = conn.execute(select(instances.c.source_sha256)
                                         .where(instances.c.sop_uid == rec.sop_uid)).scalar()
                 if existing is not None:
                     return SAME if existing == ref.source_sha256 else CONFLICT
-                patient_pk = self._get_or_insert(
-                    conn, patients,
-                    {"patient_id": rec.patient_id, "issuer_of_patient_id": rec.issuer_of_patient_id},
-                    rec.values(PATIENT_FIELDS))
-                study_pk = self._get_or_insert(
-                    conn, studies, {"study_uid": rec.study_uid},
-                    {**rec.values(STUDY_FIELDS), "patient_pk": patient_pk})
-                series_pk = self._get_or_insert(
-                    conn, series, {"series_uid": rec.series_uid},
-                    {**rec.values(SERIES_FIELDS), "study_pk": study_pk})
-                self._refresh_modalities(conn, study_pk)
+                patient_pk, _ = self._get_or_insert(conn, patients, who, rec.values(PATIENT_FIELDS))
+                study_pk, _ = self._get_or_insert(conn, studies, study_key,
+                                                  {**rec.values(STUDY_FIELDS), "patient_pk": patient_pk})
+                series_pk, new_series = self._get_or_insert(conn, series, series_key,
+                                                            {**rec.values(SERIES_FIELDS), "study_pk": study_pk})
+                if new_series:
+                    self._refresh_modalities(conn, study_pk)
                 conn.execute(instances.insert().values(
                     **rec.values(INSTANCE_FIELDS), series_pk=series_pk, stored_at=time.time(),
                     state=state, **asdict(ref)))
-                return ADDED
+            self._remember((patients, who, patient_pk), (studies, study_key, study_pk),
+                           (series, series_key, series_pk))  # only once committed
+            return ADDED
         except SQLAlchemyError as exc:
             raise StoreError(f"index: cannot add {rec.sop_uid} ({type(exc).__name__}: {exc})") from None
 
@@ -246,6 +261,11 @@ class Index:
                        instances.c.instance_number, instances.c.sop_uid)
         with self.engine.connect() as conn:
             return list(conn.execute(q).all())
+
+    def source_sha256(self, sop_uid: str) -> str | None:
+        """SHA-256 of the original bytes archived under `sop_uid`, or None (a cheap existence check)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(instances.c.source_sha256).where(instances.c.sop_uid == sop_uid)).scalar()
 
     def get(self, sop_uid: str) -> Row[Any] | None:
         """The instance row of `sop_uid`, or None."""

@@ -1,0 +1,212 @@
+"""Ingest throughput: dcmtk storescu → each receiver, 500 real CT slices, one association each.
+
+Receivers, all measured in this one run, on loopback ports:
+
+(a) ``aepacs serve``, lossless route: the rate the sender sees (each instance
+    acknowledged once sealed and durable), and the sustained rate until every
+    object is in its final JPEG-LS form
+(b) ``aepacs serve``, learned route: not yet (arrives with the learned codec)
+(c) a minimal pynetdicom Storage SCP writing ``event.encoded_dataset()`` to disk
+(d) dcmtk ``storescp``
+(e) Orthanc, when installed (Debian package ``orthanc``)
+
+The slices are the real CT series of ``../shared/data/ct`` repeated with new
+UIDs (512×512, 16 bits allocated). dcmtk runs with TCP_NODELAY=1. The ratios
+(a/c, a/d, a/e) are the figures to compare across machines.
+
+Usage: ``python bench/ingest.py [--count 500]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+
+ROOT = Path(__file__).resolve().parents[1]
+CT = ROOT.parent / "shared" / "data" / "ct" / "lung-pet-ct-dx-A0001"
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+MINIMAL_SCP = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+    from pynetdicom.sop_class import CTImageStorage
+    out = Path(sys.argv[2])
+    def store(event):
+        (out / event.request.AffectedSOPInstanceUID).write_bytes(event.encoded_dataset())
+        return 0
+    ae = AE(ae_title="MINIMAL")
+    ae.maximum_pdu_size = int(sys.argv[3])
+    ae.add_supported_context(CTImageStorage, ALL_TRANSFER_SYNTAXES)
+    ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE, store)])
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+def make_slices(count: int, out: Path) -> int:
+    """`count` real CT slices with fresh UIDs; returns their total bytes."""
+    sources = sorted(CT.glob("*/*.dcm"))
+    if not sources:
+        sys.exit(f"bench/ingest.py needs the CT series in {CT}")
+    series = generate_uid()
+    total = 0
+    for i in range(count):
+        ds = pydicom.dcmread(sources[i % len(sources)])
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = i + 1
+        path = out / f"{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        total += path.stat().st_size
+    return total
+
+
+def send(port: int, aet: str, slices: Path) -> float:
+    """storescu over one association; return seconds."""
+    t0 = time.perf_counter()
+    subprocess.run(["/usr/bin/storescu", "-aec", aet, "+sd", "127.0.0.1", str(port), str(slices)],
+                   env=ENV, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def bench_aepacs(slices: Path, work: Path, count: int) -> tuple[float, float]:
+    home, port = work / "aepacs-home", free_port()
+    env = {**ENV, "AEPACS_HOME": str(home)}
+    subprocess.run([sys.executable, "-m", "aepacs", "keys", "init"], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen([sys.executable, "-m", "aepacs", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port)
+        t0 = time.perf_counter()
+        acked = send(port, "AEPACS", slices)
+        db = home / "index.sqlite3"
+        while True:
+            with sqlite3.connect(db, timeout=60) as conn:
+                left, total = conn.execute("select sum(state='spooled'), count(*) from instances").fetchone()
+            if total == count and not left:
+                break
+            time.sleep(0.05)
+        sustained = time.perf_counter() - t0
+    finally:
+        stop(proc)
+    return acked, sustained
+
+
+def bench_minimal(slices: Path, work: Path, max_pdu: int) -> float:
+    out, port = work / "minimal", free_port()
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", MINIMAL_SCP, str(port), str(out), str(max_pdu)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port)
+        return send(port, "MINIMAL", slices)
+    finally:
+        stop(proc)
+
+
+def bench_storescp(slices: Path, work: Path) -> float:
+    out, port = work / "storescp", free_port()
+    out.mkdir()
+    proc = subprocess.Popen(["/usr/bin/storescp", "-od", str(out), str(port)], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port)
+        return send(port, "STORESCP", slices)
+    finally:
+        stop(proc)
+
+
+def bench_orthanc(slices: Path, work: Path) -> float | None:
+    exe = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+    if exe is None:
+        return None
+    port, http = free_port(), free_port()
+    conf = work / "orthanc.json"
+    conf.write_text(json.dumps({"Name": "bench", "StorageDirectory": str(work / "orthanc-db"),
+                                "IndexDirectory": str(work / "orthanc-db"), "DicomAet": "ORTHANC",
+                                "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
+                                "DicomCheckCalledAet": False, "Plugins": []}))
+    proc = subprocess.Popen([exe, str(conf)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port)
+        return send(port, "ORTHANC", slices)
+    finally:
+        stop(proc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=500)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from aepacs.config import DEFAULT_CONFIG_PATH, load_config
+
+    max_pdu = load_config(DEFAULT_CONFIG_PATH).server.max_pdu
+    work = Path(tempfile.mkdtemp(prefix="aepacs-bench-ingest-"))
+    try:
+        slices = work / "slices"
+        slices.mkdir()
+        size = make_slices(args.count, slices)
+        n = args.count
+        a_ack, a_sustained = bench_aepacs(slices, work, n)
+        c = bench_minimal(slices, work, max_pdu)
+        d = bench_storescp(slices, work)
+        e = bench_orthanc(slices, work)
+        rate = {"a (ack)": n / a_ack, "a (sustained, all in final form)": n / a_sustained,
+                "c minimal pynetdicom": n / c, "d dcmtk storescp": n / d}
+        if e is not None:
+            rate["e Orthanc"] = n / e
+        print(f"# bench/ingest.py — {n} CT slices ({size / n / 1e3:.0f} kB each), storescu, one association, "
+              f"{os.cpu_count()} cores, max PDU {max_pdu}")
+        print("| receiver | slices/s |")
+        print("|---|---|")
+        for name, r in rate.items():
+            print(f"| {name} | {r:,.0f} |")
+        print("| b learned route | n/a (arrives with the learned codec) |")
+        print()
+        print(f"a/c = {rate['a (ack)'] / rate['c minimal pynetdicom']:.2f} (ack), "
+              f"{rate['a (sustained, all in final form)'] / rate['c minimal pynetdicom']:.2f} (sustained); "
+              f"a/d = {rate['a (ack)'] / rate['d dcmtk storescp']:.2f}"
+              + (f"; a/e = {rate['a (ack)'] / rate['e Orthanc']:.2f}" if e is not None else "; e: Orthanc not installed"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
