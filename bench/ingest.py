@@ -128,28 +128,27 @@ def bench_aepacs(slices: Path, work: Path, count: int) -> tuple[float, float]:
     return acked, sustained
 
 
+def time_receiver(cmd: list[str], port: int, aet: str, slices: Path) -> float:
+    """Start a receiver, wait until it listens, time storescu into it, stop it."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port)
+        return send(port, aet, slices)
+    finally:
+        stop(proc)
+
+
 def bench_minimal(slices: Path, work: Path, max_pdu: int) -> float:
     out, port = work / "minimal", free_port()
     out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", MINIMAL_SCP, str(port), str(out), str(max_pdu)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port)
-        return send(port, "MINIMAL", slices)
-    finally:
-        stop(proc)
+    return time_receiver([sys.executable, "-c", MINIMAL_SCP, str(port), str(out), str(max_pdu)],
+                         port, "MINIMAL", slices)
 
 
 def bench_storescp(slices: Path, work: Path) -> float:
     out, port = work / "storescp", free_port()
     out.mkdir()
-    proc = subprocess.Popen(["/usr/bin/storescp", "-od", str(out), str(port)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port)
-        return send(port, "STORESCP", slices)
-    finally:
-        stop(proc)
+    return time_receiver(["/usr/bin/storescp", "-od", str(out), str(port)], port, "STORESCP", slices)
 
 
 def bench_orthanc(slices: Path, work: Path) -> float | None:
@@ -162,12 +161,7 @@ def bench_orthanc(slices: Path, work: Path) -> float | None:
                                 "IndexDirectory": str(work / "orthanc-db"), "DicomAet": "ORTHANC",
                                 "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
                                 "DicomCheckCalledAet": False, "Plugins": []}))
-    proc = subprocess.Popen([exe, str(conf)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port)
-        return send(port, "ORTHANC", slices)
-    finally:
-        stop(proc)
+    return time_receiver([exe, str(conf)], port, "ORTHANC", slices)
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from aepacs.net.transport import RAW_DATA_STORAGE, make_transport
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.convert import SpoolConverter
 from aepacs.pipeline.ingest import ingest
-from aepacs.pipeline.retrieve import fetch
+from aepacs.pipeline.retrieve import fetch, fetch_blob
 
 log = logging.getLogger("aepacs.serve")
 
@@ -246,8 +246,8 @@ class ArchiveServer:
         """What is sent for one instance: its sealed transport object, or the decoded original."""
         if self.config.server.retrieve_as == "decoded":
             return pydicom.dcmread(BytesIO(fetch(self.archive, row.sop_uid)))
-        fresh = self.archive.index.get(row.sop_uid) or row  # the blob may have been converted since
-        return make_transport(self.archive.store.get(fresh.blob_key), fresh)
+        current, blob = fetch_blob(self.archive, row.sop_uid)  # the blob may have been converted since
+        return make_transport(blob, current)
 
     def _rows(self, event: Any) -> list[Any] | None:
         try:
@@ -256,14 +256,17 @@ class ArchiveServer:
             log.error("retrieve from %s refused: %s", _calling(event), exc)
             return None
 
-    def on_get(self, event: Any) -> Iterator[Any]:
-        rows = self._rows(event)
+    def _suboperations(self, event: Any, rows: list[Any] | None) -> Iterator[Any]:
+        """The handler's tail for C-GET and C-MOVE: the count, then one dataset per instance."""
         if rows is None:
             yield 0
             yield MISMATCH, None
             return
         yield len(rows)
         yield from self._outgoing(event, rows)
+
+    def on_get(self, event: Any) -> Iterator[Any]:
+        yield from self._suboperations(event, self._rows(event))
 
     def on_move(self, event: Any) -> Iterator[Any]:
         dest = str(event.move_destination).strip()
@@ -274,9 +277,4 @@ class ArchiveServer:
             return
         rows = self._rows(event)
         yield known[0], known[1], {"contexts": self._move_contexts(rows or [])}
-        if rows is None:
-            yield 0
-            yield MISMATCH, None
-            return
-        yield len(rows)
-        yield from self._outgoing(event, rows)
+        yield from self._suboperations(event, rows)

@@ -13,6 +13,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -49,6 +50,33 @@ def open_bytes(blob: bytes, keyring: Keyring, *, name: str = "object",
         raise OpenError(name, str(exc)) from None
 
 
+def fetch_blob(archive: Archive, sop_uid: str) -> tuple[Any, bytes]:
+    """Return an archived instance's index row and its sealed blob, checked against its content key.
+
+    A conversion or rekey may switch the row to a new blob and remove the old
+    one between the two reads; the row is then read again, so a retrieval
+    never sees a missing blob.
+
+    Raises
+    ------
+    OpenError
+        Not archived, or its blob missing or altered on disk.
+    """
+    row = archive.index.get(sop_uid)
+    if row is None:
+        raise OpenError(sop_uid, "not in the archive")
+    try:
+        blob = archive.store.get(row.blob_key)
+    except AepacsError as exc:
+        moved = archive.index.get(sop_uid)
+        if moved is None or moved.blob_key == row.blob_key:
+            raise OpenError(sop_uid, str(exc)) from None
+        row, blob = moved, archive.store.get(moved.blob_key)
+    if blob_key(blob) != row.blob_key:
+        raise OpenError(sop_uid, f"blob {row.blob_key} was altered on disk")
+    return row, blob
+
+
 def fetch(archive: Archive, sop_uid: str) -> bytes:
     """Return the original bytes of an archived instance.
 
@@ -57,19 +85,7 @@ def fetch(archive: Archive, sop_uid: str) -> bytes:
     OpenError
         Not archived, blob missing or altered, or its key is not in the keyring.
     """
-    row = archive.index.get(sop_uid)
-    if row is None:
-        raise OpenError(sop_uid, "not in the archive")
-    try:
-        blob = archive.store.get(row.blob_key)
-    except AepacsError as exc:
-        # a conversion or rekey may have just moved the row to a new blob and removed the old one
-        moved = archive.index.get(sop_uid)
-        if moved is None or moved.blob_key == row.blob_key:
-            raise OpenError(sop_uid, str(exc)) from None
-        row, blob = moved, archive.store.get(moved.blob_key)
-    if blob_key(blob) != row.blob_key:
-        raise OpenError(sop_uid, f"blob {row.blob_key} was altered on disk")
+    row, blob = fetch_blob(archive, sop_uid)
     _, data = open_bytes(blob, archive.keyring, name=sop_uid, expect_uid=sop_uid)
     if hashlib.sha256(data).hexdigest() != row.source_sha256:
         raise OpenError(sop_uid, "opened object does not match the index")
