@@ -17,8 +17,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/aepacs demo
 
-## the test suite
+## the test suite (after a lint for unused and undefined names)
 test: $(STAMP)
+	$(BIN)/ruff check aepacs tests bench
 	$(BIN)/python -m pytest -q
 
 ## benchmarks (results go to docs/BENCHMARKS.md by hand)

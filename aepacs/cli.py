@@ -291,7 +291,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.DEBUG if debug else config.log.level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if not debug:  # pydicom's remarks on odd input: the archive keeps the bytes as they came
-            import pydicom.config  # sets its logger's level on import: import first, then override
 
             logging.getLogger("pydicom").setLevel(logging.ERROR)
             logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # aepacs logs one line per association

@@ -85,7 +85,7 @@ def main() -> None:
 
     print(f"# bench/seal.py — {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, pycryptodome {pycryptodome_version}, repeat {args.repeat}")
-    print(f"| object | operation | AES-GCM MB/s | container MB/s | ratio | pipeline MB/s | ratio | stored/original |")
+    print("| object | operation | AES-GCM MB/s | container MB/s | ratio | pipeline MB/s | ratio | stored/original |")
     print("|---|---|---|---|---|---|---|---|")
     for name, data in ct_objects().items():
         mb = len(data) / 1e6

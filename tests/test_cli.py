@@ -193,3 +193,33 @@ def test_os_errors_are_one_line_too(env: dict[str, str], tmp_path: Path) -> None
     proc = run_cli("export", "--study", study, "-o", str(blocked), "-q", env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert str(blocked) in proc.stderr
+
+
+def test_serve_and_retrieve_commands(env: dict[str, str], tmp_path: Path) -> None:
+    from tests.net.conftest import free_port, start_serve
+
+    run_cli("keys", "init", env=env, check=True)
+    port = free_port()
+    server = start_serve(Path(env["AEPACS_HOME"]), port, tmp_path / "serve.log")
+    try:
+        src = tmp_path / "src"
+        src.mkdir()
+        for p in ct_files()[:3]:
+            shutil.copy(p, src)
+        sent = subprocess.run(["/usr/bin/storescu", "-aec", "AEPACS", "+sd", "127.0.0.1", str(port), str(src)],
+                              env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True)
+        assert sent.returncode == 0, sent.stderr
+        import pydicom
+
+        study = str(pydicom.dcmread(ct_files()[0], stop_before_pixels=True).StudyInstanceUID)
+        out = run_cli("retrieve", "--host", "127.0.0.1", "--port", str(port), "--study", study,
+                      "-o", str(tmp_path / "out"), env=env, check=True).stdout
+        assert "retrieved 3 instances" in out and "final status 0x0000" in out
+        got = {str(pydicom.dcmread(p).SOPInstanceUID) for p in (tmp_path / "out").rglob("*.dcm")}
+        assert got == {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in src.iterdir()}
+        moved = run_cli("retrieve", "--host", "127.0.0.1", "--port", str(port), "--study", study,
+                        "--move-to-self", str(free_port()), "--aet", "UNKNOWN", "-o", str(tmp_path / "m"), env=env)
+        assert moved.returncode == 1 and "0xA801" in moved.stdout  # not a configured move destination
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0

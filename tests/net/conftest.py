@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -11,12 +15,32 @@ import pytest
 from aepacs.config import Config, load_config
 from aepacs.crypto.keyring import Keyring
 from aepacs.net.server import ArchiveServer
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_serve(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``aepacs serve`` in its own process group and wait until it answers C-ECHO."""
+    proc = subprocess.Popen([sys.executable, "-m", "aepacs", "serve", "--port", str(port), "--workers", "1"],
+                            env={**os.environ, "AEPACS_HOME": str(home)}, start_new_session=True,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    ae = AE()
+    ae.add_requested_context(Verification)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        assert proc.poll() is None, log.read_text()
+        assoc = ae.associate("127.0.0.1", port, ae_title="AEPACS")
+        if assoc.is_established:
+            assoc.release()
+            return proc
+        time.sleep(0.1)
+    raise AssertionError("server did not start")
 
 
 class Running:

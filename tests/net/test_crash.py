@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification
 
 from aepacs.config import load_config
 from aepacs.crypto.keyring import Keyring
@@ -23,26 +19,8 @@ from aepacs.crypto.seal import open_sealed
 from aepacs.net.client import retrieve
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.retrieve import fetch
-from tests.net.conftest import free_port
+from tests.net.conftest import free_port, start_serve
 from tests.net.test_server import scu, tiny_ct
-
-
-def start_serve(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """Start ``aepacs serve`` in its own process group and wait until it answers C-ECHO."""
-    proc = subprocess.Popen([sys.executable, "-m", "aepacs", "serve", "--port", str(port), "--workers", "1"],
-                            env={**os.environ, "AEPACS_HOME": str(home)}, start_new_session=True,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    ae = AE()
-    ae.add_requested_context(Verification)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        assert proc.poll() is None, log.read_text()
-        assoc = ae.associate("127.0.0.1", port, ae_title="AEPACS")
-        if assoc.is_established:
-            assoc.release()
-            return proc
-        time.sleep(0.1)
-    raise AssertionError("server did not start")
 
 
 def stream(port: int, study: str, acked: list[str], stop: threading.Event, seed: int) -> None:

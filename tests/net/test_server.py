@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 from io import BytesIO
@@ -200,3 +199,30 @@ def test_tls_server_talks_tls_and_refuses_plain(make_server: Callable[..., Runni
     no_cert = client_ssl_context(certs["ca.pem"], None, None)
     anonymous = scu().associate("127.0.0.1", srv.port, ae_title=srv.aet, tls_args=(no_cert, "127.0.0.1"))
     assert not anonymous.is_established
+
+
+def test_disk_reserve_refuses_with_out_of_resources(make_server: Callable[..., Running]) -> None:
+    srv = make_server(store={"min_free_mb": 10**9})  # a reserve no disk here has
+    assoc = scu().associate("127.0.0.1", srv.port, ae_title=srv.aet)
+    rsp = assoc.send_c_store(tiny_ct(1, generate_uid(), generate_uid(), np.random.default_rng(2)))
+    assoc.release()
+    assert int(rsp.Status) == 0xA700
+    assert srv.archive.index.count() == 0 and list(srv.archive.store.keys()) == []
+
+
+def test_retrieve_as_decoded_sends_the_originals(make_server: Callable[..., Running], tmp_path: Path) -> None:
+    from aepacs.net.client import retrieve
+
+    srv = make_server(server={"retrieve_as": "decoded"})
+    study, series, rng = generate_uid(), generate_uid(), np.random.default_rng(3)
+    sent = [tiny_ct(i, study, series, rng) for i in range(5)]
+    assoc = scu().associate("127.0.0.1", srv.port, ae_title=srv.aet)
+    assert all(int(assoc.send_c_store(ds).Status) == 0 for ds in sent)
+    assoc.release()
+    s = retrieve("127.0.0.1", srv.port, srv.aet, "VIEWER", "study", study, srv.keyring, tmp_path / "out")
+    assert not s.failed and s.status == 0
+    got = {str(pydicom.dcmread(p).SOPInstanceUID): pydicom.dcmread(p) for p in s.written}
+    for ds in sent:
+        back = got[str(ds.SOPInstanceUID)]
+        assert back.SOPClassUID == CTImageStorage  # the original, not a sealed transport object
+        assert back == ds and back.PixelData == ds.PixelData
