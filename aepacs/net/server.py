@@ -141,6 +141,7 @@ class ArchiveServer:
     def start(self) -> ThreadedAssociationServer:
         """Start listening (in background threads) and start the converter."""
         cfg = self.config.server
+        self.archive.sweep_orphans()  # leftovers of a crash, old enough not to be in flight
         self.converter.start()
         self.server = self.ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers(),
                                            ssl_context=server_ssl_context(self.config))

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring, passphrase_from_env
 from aepacs.store.blobs import BlobStore
 from aepacs.store.index import Index
+
+
+log = logging.getLogger("aepacs.archive")
+
+#: A blob younger than this may belong to a write still on its way to the index.
+ORPHAN_MIN_AGE_S = 3600.0
 
 
 def load_keyring(config: Config) -> Keyring:
@@ -30,6 +39,28 @@ class Archive:
         self.keyring = keyring or load_keyring(config)
         self.store = BlobStore(config.store_path)
         self.index = Index(config.index_url)
+
+    def sweep_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> int:
+        """Remove blobs that no index row references and that are older than `min_age_s`.
+
+        Such blobs are left by a crash between a blob write and its index row,
+        or between a conversion's swap and the removal of the old blob. Young
+        blobs are kept: they may belong to a write still in flight.
+
+        Returns
+        -------
+        int
+            How many blobs were removed.
+        """
+        candidates = set(self.store.keys(older_than=time.time() - min_age_s))
+        if not candidates:
+            return 0
+        orphans = candidates - set(self.index.blob_keys())
+        for key in orphans:
+            self.store.delete(key)
+        if orphans:
+            log.info("removed %d unreferenced blobs from %s", len(orphans), self.store.root)
+        return len(orphans)
 
     def close(self) -> None:
         self.index.close()

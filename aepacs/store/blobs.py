@@ -95,12 +95,18 @@ class BlobStore:
         except FileNotFoundError:
             pass
 
-    def keys(self) -> Iterator[str]:
-        """Every stored key (walks the tree)."""
+    def keys(self, older_than: float | None = None) -> Iterator[str]:
+        """Every stored key (walks the tree); with `older_than`, only blobs last written before it (epoch s)."""
         for dirpath, dirs, files in os.walk(self.root):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             for name in files:
                 if name.endswith(SUFFIX) and len(name) == 64 + len(SUFFIX):
+                    if older_than is not None:
+                        try:
+                            if os.stat(os.path.join(dirpath, name)).st_mtime >= older_than:
+                                continue
+                        except FileNotFoundError:
+                            continue
                     yield name[:64]
 
     def sweep(self) -> int:

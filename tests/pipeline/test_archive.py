@@ -118,3 +118,20 @@ def test_conflicting_instance_policy(archive: Archive, config: Config) -> None:
     archive.config = dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, on_conflict="reject"))
     with pytest.raises(InputError, match="already archived"):
         ingest(archive, buf.getvalue())
+
+
+def test_sweep_removes_only_old_unreferenced_blobs(archive: Archive, ct_dir: Path) -> None:
+    import os
+    import time
+
+    import_paths(archive, [ct_dir], progress=False)
+    referenced = set(archive.index.blob_keys())
+    young = archive.store.put(b"a blob whose index row is still on its way")
+    old = archive.store.put(b"a blob left by a crash")
+    an_hour_ago = time.time() - 7200
+    os.utime(archive.store.path_for(old), (an_hour_ago, an_hour_ago))
+    assert archive.sweep_orphans() == 1
+    assert archive.store.exists(young) and not archive.store.exists(old)
+    assert referenced <= set(archive.store.keys())
+    for row in archive.index.find():
+        fetch(archive, row.sop_uid)
