@@ -65,6 +65,7 @@ class CodecConfig:
 class IngestConfig:
     on_conflict: str = field(metadata=_choices("keep-first", "reject"))
     workers: int = field(metadata={"range": (0, 256)})
+    spool_path: str
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,10 @@ class Config:
     @property
     def store_path(self) -> Path:
         return self.resolve(self.store.path)
+
+    @property
+    def spool_path(self) -> Path:
+        return self.resolve(self.ingest.spool_path)
 
     @property
     def keyring_path(self) -> Path:

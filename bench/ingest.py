@@ -3,8 +3,8 @@
 Receivers, all measured in this one run, on loopback ports:
 
 (a) ``aepacs serve``, lossless route: the rate the sender sees (each instance
-    acknowledged once sealed and durable), and the sustained rate until every
-    object is in its final JPEG-LS form
+    acknowledged once checked, sealed and spooled), and the sustained rate
+    until every object is archived in its final JPEG-LS form
 (b) ``aepacs serve``, learned route: not yet (arrives with the learned codec)
 (c) a minimal pynetdicom Storage SCP writing ``event.encoded_dataset()`` to disk
 (d) dcmtk ``storescp``
@@ -115,11 +115,11 @@ def bench_aepacs(slices: Path, work: Path, count: int) -> tuple[float, float]:
         wait_listening(port)
         t0 = time.perf_counter()
         acked = send(port, "AEPACS", slices)
-        db = home / "index.sqlite3"
-        while True:
+        db, spool = home / "index.sqlite3", home / "spool"
+        while True:  # every instance archived in its final form, nothing left in the spool
             with sqlite3.connect(db, timeout=60) as conn:
-                left, total = conn.execute("select sum(state='spooled'), count(*) from instances").fetchone()
-            if total == count and not left:
+                total = conn.execute("select count(*) from instances").fetchone()[0]
+            if total == count and not list(spool.glob("*.aepx")):
                 break
             time.sleep(0.05)
         sustained = time.perf_counter() - t0

@@ -212,6 +212,9 @@ def test_serve_and_retrieve_commands(env: dict[str, str], tmp_path: Path) -> Non
         import pydicom
 
         study = str(pydicom.dcmread(ct_files()[0], stop_before_pixels=True).StudyInstanceUID)
+        deadline = time.time() + 60  # acknowledged = spooled; archived (and queryable) moments later
+        while _indexed(Path(env["AEPACS_HOME"]) / "index.sqlite3") < 3 and time.time() < deadline:
+            time.sleep(0.1)
         out = run_cli("retrieve", "--host", "127.0.0.1", "--port", str(port), "--study", study,
                       "-o", str(tmp_path / "out"), env=env, check=True).stdout
         assert "retrieved 3 instances" in out and "final status 0x0000" in out

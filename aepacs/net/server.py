@@ -1,21 +1,25 @@
 """The archive SCP: C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE over pynetdicom.
 
-Ingest on C-STORE (receive → route → encode → seal → store → index):
-the handler takes the encoded dataset as received and seals it in the fast
-spool form. It answers 0x0000 only once the blob and its index row are durable.
-A :class:`~aepacs.pipeline.convert.SpoolConverter` then re-encodes spooled
-objects with their route's codec in worker processes, so the association
-threads stay light. A restart resumes the conversion.
+Ingest on C-STORE: the handler takes the encoded dataset as received, checks
+it (the statuses below), seals it as it is and writes it to the spool
+(:mod:`aepacs.pipeline.spool`); then it answers 0x0000. The instance then
+survives a crash of the process, and the spool's grouped fsync follows
+within milliseconds. Worker processes archive each spool entry (route →
+encode → seal → store → index) off the association threads; a restart
+archives what is still spooled. A stored instance becomes visible to C-FIND
+once archived, typically well under a second later.
 
 Statuses (PS3.4 B.2.3): 0x0000 stored; 0xA700 out of resources (disk below
-its reserve, store failure); 0xA900 dataset does not match (no UIDs, a UID
-other than announced, pixel data not matching Rows × Columns); 0xC000
-cannot understand (not decodable). Every failure is logged with the calling
-AE title and the SOP Instance UID, never with pixel data or keys.
+its reserve, spool write failure); 0xA900 dataset does not match (no UIDs, a
+UID other than announced, pixel data not matching Rows × Columns, a
+conflicting re-send with ``on_conflict: reject``); 0xC000 cannot understand
+(not decodable). Every failure is logged with the calling AE title and the
+SOP Instance UID, never with pixel data or keys.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import ssl
@@ -42,8 +46,9 @@ from aepacs.errors import AepacsError, ConfigError, DatasetMismatch, InputError,
 from aepacs.net.query import find, retrieve_rows
 from aepacs.net.transport import RAW_DATA_STORAGE, make_transport
 from aepacs.pipeline.archive import Archive
-from aepacs.pipeline.convert import SpoolConverter
-from aepacs.pipeline.ingest import ingest
+from aepacs.codec.part10 import parse
+from aepacs.pipeline.ingest import check
+from aepacs.pipeline.spool import Spool, SpoolWorker, seal_entry
 from aepacs.pipeline.retrieve import fetch, fetch_blob
 
 log = logging.getLogger("aepacs.serve")
@@ -97,7 +102,8 @@ class ArchiveServer:
     def __init__(self, config: Config, keyring: Keyring | None = None, workers: int | None = None) -> None:
         self.config = config
         self.archive = Archive(config, keyring)
-        self.converter = SpoolConverter(config, config.ingest.workers if workers is None else workers)
+        self.spool = Spool(config.spool_path)
+        self.worker = SpoolWorker(config, self.spool, config.ingest.workers if workers is None else workers)
         self.ae = self._build_ae()
         self.server: ThreadedAssociationServer | None = None
 
@@ -139,10 +145,11 @@ class ArchiveServer:
                 (evt.EVT_ABORTED, self._on_closed)]
 
     def start(self) -> ThreadedAssociationServer:
-        """Start listening (in background threads) and start the converter."""
+        """Start listening (in background threads), the spool flusher and the spool workers."""
         cfg = self.config.server
         self.archive.sweep_orphans()  # leftovers of a crash, old enough not to be in flight
-        self.converter.start()
+        self.spool.start()
+        self.worker.start()  # archives what a previous run left in the spool first
         self.server = self.ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers(),
                                            ssl_context=server_ssl_context(self.config))
         log.info("listening on %s:%d as %s%s", cfg.bind, cfg.port, cfg.ae_title,
@@ -150,7 +157,7 @@ class ArchiveServer:
         return self.server
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting, let open associations finish (up to `timeout`), stop the converter."""
+        """Stop accepting, let open associations finish (up to `timeout`), flush the spool, stop the workers."""
         if self.server is not None:
             self.server.shutdown()
             self.server = None
@@ -159,7 +166,8 @@ class ArchiveServer:
             time.sleep(0.05)
         for assoc in self.ae.active_associations:
             assoc.abort()
-        self.converter.stop()
+        self.spool.close()
+        self.worker.stop()
         self.archive.close()
         log.info("stopped")
 
@@ -188,11 +196,18 @@ class ArchiveServer:
 
     # -- C-STORE ------------------------------------------------------------------
     def on_store(self, event: Any) -> int:
-        """Seal the received instance in spool form, durably; then acknowledge."""
+        """Check the received instance, seal it as it came into the spool; then acknowledge."""
         announced = str(event.request.AffectedSOPInstanceUID)
         try:
             data = event.encoded_dataset()
-            result = ingest(self.archive, data, spool=True, expect_uid=announced)
+            uids = check(parse(data), expect_uid=announced)
+            if self.config.ingest.on_conflict == "reject":
+                known = self.archive.index.source_sha256(uids["SOPInstanceUID"])
+                if known is not None and known != hashlib.sha256(data).hexdigest():
+                    raise DatasetMismatch("a different object with this SOP Instance UID is already archived")
+            self.archive.store.check_free(len(data), self.config.store.min_free_mb * 1_000_000)
+            self.spool.put(seal_entry(data, uids["SOPInstanceUID"], uids["StudyInstanceUID"],
+                                      self.archive.keyring), uids["SOPInstanceUID"])
         except StoreFullError as exc:
             return self._fail(event, announced, OUT_OF_RESOURCES, exc)
         except DatasetMismatch as exc:
@@ -204,8 +219,7 @@ class ArchiveServer:
         except Exception as exc:  # never let a bug take the association down
             log.exception("C-STORE from %s of %s: unexpected error", _calling(event), announced)
             return self._fail(event, announced, PROCESSING_FAILURE, exc)
-        if result.status == "added":
-            self.converter.wake()
+        self.worker.wake()
         return SUCCESS
 
     def _fail(self, event: Any, uid: str, status: int, exc: BaseException) -> int:

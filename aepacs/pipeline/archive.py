@@ -43,9 +43,8 @@ class Archive:
     def sweep_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> int:
         """Remove blobs that no index row references and that are older than `min_age_s`.
 
-        Such blobs are left by a crash between a blob write and its index row,
-        or between a conversion's swap and the removal of the old blob. Young
-        blobs are kept: they may belong to a write still in flight.
+        Such blobs are left by a crash between a blob write and its index row.
+        Young blobs are kept: they may belong to a write still in flight.
 
         Returns
         -------

@@ -29,8 +29,8 @@ from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import seal
 from aepacs.errors import AepacsError, CodecError, DatasetMismatch, InputError
 from aepacs.pipeline.archive import Archive
-from aepacs.store.index import ADDED, CONFLICT, FINAL, SAME, SPOOLED, BlobRef
-from aepacs.store.records import InstanceRecord
+from aepacs.store.index import ADDED, CONFLICT, SAME, BlobRef
+from aepacs.store.records import InstanceRecord, required_uids
 
 log = logging.getLogger("aepacs.ingest")
 
@@ -52,16 +52,8 @@ def route(parts: Part10, config: Config) -> str:
     return config.route_for(str(parts.dataset.get("Modality", "")))
 
 
-#: The spool form: pixels sealed as they came, header lightly compressed. Fast
-#: enough to acknowledge a C-STORE at network speed; a worker converts it later.
-SPOOL = {"lossless": "raw", "zstd_level": 1, "header_level": 3}
-
-
-def encode(data: bytes, parts: Part10, config: Config, *, spool: bool = False,
-           sha256: str | None = None) -> EncodedObject:
-    """Encode per the object's route (only ``lossless`` exists so far), or in the spool form."""
-    if spool:
-        return encode_object(data, parts=parts, sha256=sha256, **SPOOL)  # type: ignore[arg-type]
+def encode(data: bytes, parts: Part10, config: Config, *, sha256: str | None = None) -> EncodedObject:
+    """Encode per the object's route (only ``lossless`` exists so far)."""
     name = route(parts, config)
     if name != "lossless":
         raise CodecError(f"route {name!r} has no codec")
@@ -69,8 +61,27 @@ def encode(data: bytes, parts: Part10, config: Config, *, spool: bool = False,
                          zstd_level=config.codec.zstd_level, sha256=sha256)
 
 
+def check(parts: Part10, expect_uid: str | None = None) -> dict[str, str]:
+    """Refuse what the archive cannot keep; return the instance's required UIDs.
+
+    Raises
+    ------
+    DatasetMismatch
+        UIDs missing or not the announced one, pixel data not matching its description.
+    InputError
+        Not a composite instance.
+    """
+    if parts.problem:
+        raise DatasetMismatch(parts.problem)
+    uids = required_uids(parts.dataset)
+    if expect_uid is not None and uids["SOPInstanceUID"] != expect_uid.strip():
+        raise DatasetMismatch(f"dataset SOP Instance UID {uids['SOPInstanceUID']} is not the announced "
+                              f"{expect_uid}")
+    return uids
+
+
 def seal_bytes(data: bytes, keyring: Keyring, config: Config, parts: Part10 | None = None, *,
-               spool: bool = False, sha256: str | None = None) -> tuple[EncodedObject, bytearray]:
+               sha256: str | None = None) -> tuple[EncodedObject, bytearray]:
     """Encode and seal one Part 10 stream; nothing is stored.
 
     Returns
@@ -79,7 +90,7 @@ def seal_bytes(data: bytes, keyring: Keyring, config: Config, parts: Part10 | No
         The coded object (its parsed dataset included) and the sealed blob.
     """
     parts = parts or parse(data)
-    encoded = encode(data, parts, config, spool=spool, sha256=sha256)
+    encoded = encode(data, parts, config, sha256=sha256)
     ds = parts.dataset
     blob = seal(encoded.payload, object_uid=object_uid(ds),
                 study_uid=str(ds.get("StudyInstanceUID", "") or "").strip(),
@@ -98,18 +109,14 @@ class IngestResult:
     blob_size: int = 0
 
 
-def ingest(archive: Archive, data: bytes, *, spool: bool = False,
-           expect_uid: str | None = None) -> IngestResult:
-    """Archive one Part 10 stream.
+def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None) -> IngestResult:
+    """Archive one Part 10 stream: route → encode → seal → store → index.
 
     Parameters
     ----------
     archive : Archive
     data : bytes
         The Part 10 stream as received.
-    spool : bool
-        Seal in the fast spool form and mark it for conversion (the archive
-        SCP); otherwise encode with the route's codec now.
     expect_uid : str, optional
         The SOP Instance UID the sender announced (C-STORE request).
 
@@ -133,21 +140,18 @@ def ingest(archive: Archive, data: bytes, *, spool: bool = False,
         Sealing, store or index failure; nothing indexed.
     """
     parts = parse(data)
-    if parts.problem:
-        raise DatasetMismatch(parts.problem)
+    check(parts, expect_uid)
     record = InstanceRecord.from_dataset(parts.dataset)
-    if expect_uid is not None and record.sop_uid != expect_uid.strip():
-        raise DatasetMismatch(f"dataset SOP Instance UID {record.sop_uid} is not the announced {expect_uid}")
     sha = hashlib.sha256(data).hexdigest()
     existing = archive.index.source_sha256(record.sop_uid)
     if existing is not None:
         return _duplicate(archive, record.sop_uid, existing == sha)
     archive.store.check_free(len(data), archive.config.store.min_free_mb * 1_000_000)
-    encoded, blob = seal_bytes(data, archive.keyring, archive.config, parts, spool=spool, sha256=sha)
+    encoded, blob = seal_bytes(data, archive.keyring, archive.config, parts, sha256=sha)
     key = archive.store.put(blob)
     ref = BlobRef(codec=encoded.codec, kek_version=archive.keyring.active_version, blob_key=key,
                   blob_size=len(blob), source_size=len(data), source_sha256=sha)
-    outcome = archive.index.add(record, ref, SPOOLED if spool else FINAL)
+    outcome = archive.index.add(record, ref)
     if outcome != ADDED:  # lost a race with another writer of the same instance
         archive.store.delete(key)
         return _duplicate(archive, record.sop_uid, outcome == SAME)

@@ -38,7 +38,7 @@ def temp_name(directory: Path) -> Path:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, replace: bool = True,
-                 tmp_dir: Path | None = None) -> None:
+                 tmp_dir: Path | None = None, sync: bool = True) -> None:
     """Write `data` to `path` atomically and durably.
 
     Parameters
@@ -55,6 +55,10 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, replace: bool = 
     tmp_dir : Path, optional
         Where the temporary file is written (same filesystem as `path`);
         default: `path`'s directory.
+    sync : bool
+        fsync the file and its directory before returning. Without it the
+        write survives a crash of the process, not of the machine, until the
+        caller syncs (the spool syncs in groups).
 
     Raises
     ------
@@ -71,14 +75,16 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, replace: bool = 
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if not replace and path.exists():
             tmp.unlink()
             return
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if sync:
+            fsync_dir(path.parent)
     except OSError as exc:
         try:
             tmp.unlink()

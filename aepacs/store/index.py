@@ -78,8 +78,6 @@ instances = Table(
     Column("source_size", Integer, nullable=False),
     Column("source_sha256", String(64), nullable=False),
     Column("stored_at", Float, nullable=False),
-    # spooled: sealed in the fast spool form, awaiting conversion; final: in its route's codec
-    Column("state", String(16), nullable=False, default="final", index=True),
 )
 
 
@@ -97,8 +95,6 @@ class BlobRef:
 
 #: Outcomes of :meth:`Index.add`.
 ADDED, SAME, CONFLICT = "added", "same", "conflict"
-#: Instance states.
-SPOOLED, FINAL = "spooled", "final"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -165,7 +161,7 @@ class Index:
         for table, where, pk in entries:
             self._pks[(table.name, tuple(where.values()))] = pk
 
-    def add(self, rec: InstanceRecord, ref: BlobRef, state: str = FINAL) -> str:
+    def add(self, rec: InstanceRecord, ref: BlobRef) -> str:
         """Index an instance whose blob is already durable.
 
         Returns
@@ -192,41 +188,12 @@ class Index:
                     self._refresh_modalities(conn, study_pk)
                 conn.execute(instances.insert().values(
                     **rec.values(INSTANCE_FIELDS), series_pk=series_pk, stored_at=time.time(),
-                    state=state, **asdict(ref)))
+                    **asdict(ref)))
             self._remember((patients, who, patient_pk), (studies, study_key, study_pk),
                            (series, series_key, series_pk))  # only once committed
             return ADDED
         except SQLAlchemyError as exc:
             raise StoreError(f"index: cannot add {rec.sop_uid} ({type(exc).__name__}: {exc})") from None
-
-    def swap_blob(self, sop_uid: str, old_key: str, ref: BlobRef, state: str = FINAL) -> bool:
-        """Point an instance at a new blob, only if it still points at `old_key`.
-
-        A compare-and-swap: of two writers replacing the same blob, one wins
-        and the other learns it lost (and removes its own new blob).
-
-        Returns
-        -------
-        bool
-            True when the row was switched.
-        """
-        values = {k: v for k, v in asdict(ref).items() if k not in ("source_size", "source_sha256")}
-        try:
-            with self._writer() as conn, conn.begin():
-                res = conn.execute(update(instances)
-                                   .where(instances.c.sop_uid == sop_uid, instances.c.blob_key == old_key,
-                                          instances.c.source_sha256 == ref.source_sha256)
-                                   .values(state=state, **values))
-                return res.rowcount == 1
-        except SQLAlchemyError as exc:
-            raise StoreError(f"index: cannot update {sop_uid} ({type(exc).__name__}: {exc})") from None
-
-    def spooled(self, limit: int = 64) -> list[str]:
-        """SOP Instance UIDs still in the spool form, oldest first."""
-        q = (select(instances.c.sop_uid).where(instances.c.state == SPOOLED)
-             .order_by(instances.c.stored_at).limit(limit))
-        with self.engine.connect() as conn:
-            return list(conn.execute(q).scalars())
 
     def _refresh_modalities(self, conn: Connection, study_pk: int) -> None:
         mods = conn.execute(select(series.c.modality).where(series.c.study_pk == study_pk)

@@ -28,6 +28,30 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def required_uids(ds: Dataset) -> dict[str, str]:
+    """The UIDs an archived instance must have, by keyword.
+
+    Raises
+    ------
+    InputError
+        Neither SOP Class nor SOP Instance UID: not a composite instance.
+    DatasetMismatch
+        Any of them missing.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        uids = {k: _text(ds, k) for k in REQUIRED_UIDS}
+    if not uids["SOPInstanceUID"] and not uids["SOPClassUID"]:
+        raise InputError("no SOP Class UID and no SOP Instance UID: not a DICOM composite instance")
+    for keyword, value in uids.items():
+        if not value:
+            raise DatasetMismatch(f"missing {keyword}: not an archivable instance")
+    return uids
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
     """Index attributes of one instance, by query level."""
@@ -63,27 +87,20 @@ class InstanceRecord:
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> InstanceRecord:
-        with warnings.catch_warnings():  # an archive keeps what it gets; pydicom's value checks are noise here
-            warnings.simplefilter("ignore")
-            return cls._from_dataset(ds)
-
-    @classmethod
-    def _from_dataset(cls, ds: Dataset) -> InstanceRecord:
         """Extract the index attributes of `ds`.
 
         Raises
         ------
-        InputError
-            Neither SOP Class nor SOP Instance UID: not a composite instance.
-        DatasetMismatch
-            When the dataset lacks an SOP Instance UID, SOP Class UID,
-            Study or Series Instance UID: it cannot be archived and queried.
+        InputError, DatasetMismatch
+            As :func:`required_uids`: it cannot be archived and queried.
         """
-        if not _text(ds, "SOPInstanceUID") and not _text(ds, "SOPClassUID"):
-            raise InputError("no SOP Class UID and no SOP Instance UID: not a DICOM composite instance")
-        for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-            if not _text(ds, keyword):
-                raise DatasetMismatch(f"missing {keyword}: not an archivable instance")
+        with warnings.catch_warnings():  # an archive keeps what it gets; pydicom's value checks are noise here
+            warnings.simplefilter("ignore")
+            required_uids(ds)
+            return cls._from_dataset(ds)
+
+    @classmethod
+    def _from_dataset(cls, ds: Dataset) -> InstanceRecord:
         meta = getattr(ds, "file_meta", Dataset())
         return cls(
             patient_id=_text(ds, "PatientID"),

@@ -52,8 +52,10 @@ class Running:
         self.aet = config.server.ae_title
         self.archive = server.archive
 
-    def wait_converted(self, timeout: float = 120) -> None:
-        assert self.server.converter.wait_idle(timeout), "spool not drained in time"
+    def wait_archived(self, timeout: float = 120) -> None:
+        """Wait until every acknowledged instance has left the spool for the archive."""
+        assert self.server.worker.wait_idle(timeout), "spool not drained in time"
+        assert self.server.spool.entries() == []
 
 
 @pytest.fixture

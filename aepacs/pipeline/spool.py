@@ -1,0 +1,252 @@
+"""The ingest spool: received instances, sealed as they came, awaiting the archive.
+
+The archive SCP acknowledges a C-STORE once the instance has been checked,
+sealed (AES-256-GCM, the received bytes as they are) and written here. The
+write is atomic, so it survives a crash of the process at once. A flusher
+thread fsyncs new entries in groups every few milliseconds, which bounds
+what a power cut can take. Worker processes then archive each entry (index,
+route codec, blob store; :func:`aepacs.pipeline.ingest.ingest`) and remove
+it. A restart archives whatever is still here, so nothing acknowledged is lost.
+
+An entry is a sealed object whose codec field is ``spool`` and whose payload
+is the Part 10 stream exactly as received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import secrets
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aepacs.config import Config
+from aepacs.crypto.keyring import Keyring
+from aepacs.crypto.seal import open_sealed, seal
+from aepacs.errors import InputError
+from aepacs.store.atomic import atomic_write, fsync_dir, sweep_temporaries
+
+log = logging.getLogger("aepacs.spool")
+
+CODEC = "spool"
+SUFFIX = ".aepx"
+FLUSH_INTERVAL_S = 0.02
+
+
+def seal_entry(data: bytes, sop_uid: str, study_uid: str, keyring: Keyring) -> bytearray:
+    """Seal a received Part 10 stream as it is, bound to its UIDs."""
+    return seal(data, object_uid=sop_uid, study_uid=study_uid, codec=CODEC, keyring=keyring)
+
+
+def read_entry(path: Path, keyring: Keyring) -> tuple[str, bytes]:
+    """Return (SOP Instance UID, the Part 10 stream as received) of a spool entry."""
+    header, payload = open_sealed(path.read_bytes(), keyring, name=str(path))
+    return header.object_uid, payload
+
+
+class Spool:
+    """A directory of sealed, not yet archived instances, with grouped fsync.
+
+    Parameters
+    ----------
+    path : Path
+        The spool directory (created mode 0700).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sweep_temporaries(self.path)
+        self._pending: list[Path] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the flusher thread."""
+        self._flusher = threading.Thread(target=self._flush_loop, name="aepacs-spool-flush", daemon=True)
+        self._flusher.start()
+
+    def put(self, blob: bytes, sop_uid: str) -> Path:
+        """Write a sealed entry (atomically; fsync'ed by the flusher shortly after).
+
+        The name orders entries by arrival and groups them by SOP Instance UID
+        (hashed), so entries of one instance are archived in arrival order.
+        """
+        uid_tag = hashlib.sha256(sop_uid.encode()).hexdigest()[:16]
+        path = self.path / f"{time.time_ns():020d}-{uid_tag}-{secrets.token_hex(4)}{SUFFIX}"
+        atomic_write(path, blob, mode=0o600, sync=False)
+        with self._lock:
+            self._pending.append(path)
+        return path
+
+    def entries(self) -> list[Path]:
+        """Entries waiting to be archived, oldest first."""
+        return sorted(p for p in self.path.glob(f"*{SUFFIX}"))
+
+    def flush(self) -> None:
+        """fsync every entry written since the last flush, then the directory."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for path in pending:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # already archived and removed
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if pending:
+            fsync_dir(self.path)
+
+    def close(self) -> None:
+        """Stop the flusher after a last flush."""
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        self.flush()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            try:
+                self.flush()
+            except OSError as exc:  # keep trying; the entries stay in the spool
+                log.error("spool flush failed: %s", exc)
+
+
+# -- archiving the spool, in worker processes ------------------------------------------------
+_WORKER: tuple[Any, Path] | None = None  # (Archive, failed-entry directory) of this worker process
+
+
+def _init_worker(config: Config) -> None:
+    global _WORKER
+    os.nice(10)  # background work: the network and the spool writes come first
+    from aepacs.pipeline.archive import Archive
+
+    _WORKER = (Archive(config), config.spool_path / "failed")
+
+
+def archive_entry(archive: Any, path: Path, failed_dir: Path) -> str:
+    """Archive one spool entry (index, route codec, blob store), then remove it.
+
+    An entry that can no longer be archived as an instance (it passed the checks
+    when it was acknowledged, so this means a bug) is moved to `failed_dir`,
+    never deleted.
+
+    Returns
+    -------
+    str
+        The ingest status (added / same / conflict), or ``failed``.
+    """
+    from aepacs.pipeline.ingest import ingest
+
+    sop_uid, data = read_entry(path, archive.keyring)
+    try:
+        status = ingest(archive, data, expect_uid=sop_uid).status
+    except InputError as exc:
+        failed_dir.mkdir(mode=0o700, exist_ok=True)
+        os.replace(path, failed_dir / path.name)
+        log.error("spool entry %s (%s) cannot be archived, kept in %s: %s", path.name, sop_uid, failed_dir, exc)
+        return "failed"
+    path.unlink()
+    return status
+
+
+def _archive_in_worker(path: str) -> str:
+    assert _WORKER is not None
+    return archive_entry(_WORKER[0], Path(path), _WORKER[1])
+
+
+class SpoolWorker:
+    """Archives spool entries in a pool of worker processes, oldest first.
+
+    Parameters
+    ----------
+    config : Config
+        Workers open their own archive from it (keyring passphrase from the
+        environment, as the server's).
+    spool : Spool
+        The spool to drain.
+    workers : int
+        Worker processes; 0 means one per CPU core but one (left to the network).
+    """
+
+    RETRY_AFTER_S = 30.0
+
+    def __init__(self, config: Config, spool: Spool, workers: int = 0) -> None:
+        self.workers = workers or max(1, (os.cpu_count() or 1) - 1)
+        self.spool = spool
+        self._config = config
+        self._pool: ProcessPoolExecutor | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._retry_at: dict[Path, float] = {}
+        self._thread = threading.Thread(target=self._run, name="aepacs-spool-worker", daemon=True)
+        self.archived = 0
+
+    def start(self) -> None:
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_init_worker, initargs=(self._config,))
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Tell the worker new entries are there."""
+        self._idle.clear()
+        self._wake.set()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until the spool is empty (or only holds entries waiting for a retry)."""
+        self.wake()
+        return self._idle.wait(timeout)
+
+    def stop(self) -> None:
+        """Finish the entries under way and stop; the rest stays in the spool for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _next_batch(self) -> list[Path]:
+        """Oldest entries first, at most one per SOP Instance UID (so keep-first keeps the first)."""
+        now, seen, batch = time.monotonic(), set(), []
+        for path in self.spool.entries():
+            uid_tag = path.name.split("-")[1]
+            if uid_tag in seen:
+                continue
+            seen.add(uid_tag)
+            if self._retry_at.get(path, 0) <= now:
+                batch.append(path)
+                if len(batch) == self.workers * 16:
+                    break
+        return batch
+
+    def _run(self) -> None:
+        assert self._pool is not None
+        while not self._stop.is_set():
+            self._wake.clear()
+            batch = self._next_batch()
+            if not batch:
+                self._idle.set()
+                self._wake.wait(1.0 if self._retry_at else 5.0)
+                continue
+            futures = {self._pool.submit(_archive_in_worker, str(p)): p for p in batch}
+            for future, path in futures.items():
+                try:
+                    if future.result() != "failed":
+                        self.archived += 1
+                    self._retry_at.pop(path, None)
+                except Exception as exc:  # store full, index busy, a worker died: retry later
+                    if self._stop.is_set():
+                        return
+                    log.error("spool entry %s: archiving failed, will retry: %s: %s",
+                              path.name, type(exc).__name__, exc)
+                    self._retry_at[path] = time.monotonic() + self.RETRY_AFTER_S
