@@ -1,7 +1,8 @@
 """The archive SCP: C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE over pynetdicom.
 
 Ingest on C-STORE: the handler takes the encoded dataset as received, checks
-it (the statuses below), seals it as it is and writes it to the spool
+it (the statuses below; a structural scan, :mod:`aepacs.codec.scan`, gives the
+same verdict as a full parse), seals it as it is and writes it to the spool
 (:mod:`aepacs.pipeline.spool`); then it answers 0x0000. The instance then
 survives a crash of the process, and the spool's grouped fsync follows
 within milliseconds. Worker processes archive each spool entry (route →
@@ -46,8 +47,7 @@ from aepacs.errors import AepacsError, ConfigError, DatasetMismatch, InputError,
 from aepacs.net.query import find, retrieve_rows
 from aepacs.net.transport import RAW_DATA_STORAGE, make_transport
 from aepacs.pipeline.archive import Archive
-from aepacs.codec.part10 import parse
-from aepacs.pipeline.ingest import check
+from aepacs.pipeline.ingest import check_received
 from aepacs.pipeline.spool import Spool, SpoolWorker, seal_entry
 from aepacs.pipeline.retrieve import fetch, fetch_blob
 
@@ -200,7 +200,7 @@ class ArchiveServer:
         announced = str(event.request.AffectedSOPInstanceUID)
         try:
             data = event.encoded_dataset()
-            uids = check(parse(data), expect_uid=announced)
+            uids = check_received(data, expect_uid=announced)  # a structural scan, no full parse
             if self.config.ingest.on_conflict == "reject":
                 known = self.archive.index.source_sha256(uids["SOPInstanceUID"])
                 if known is not None and known != hashlib.sha256(data).hexdigest():

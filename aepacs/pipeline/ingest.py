@@ -30,7 +30,9 @@ from aepacs.crypto.seal import seal
 from aepacs.errors import AepacsError, CodecError, DatasetMismatch, InputError
 from aepacs.pipeline.archive import Archive
 from aepacs.store.index import ADDED, CONFLICT, SAME, BlobRef
-from aepacs.store.records import InstanceRecord, required_uids
+from aepacs.codec.scan import problem as scan_problem
+from aepacs.codec.scan import scan
+from aepacs.store.records import InstanceRecord, check_uids, required_uids
 
 log = logging.getLogger("aepacs.ingest")
 
@@ -73,11 +75,29 @@ def check(parts: Part10, expect_uid: str | None = None) -> dict[str, str]:
     """
     if parts.problem:
         raise DatasetMismatch(parts.problem)
-    uids = required_uids(parts.dataset)
+    return _announced(required_uids(parts.dataset), expect_uid)
+
+
+def _announced(uids: dict[str, str], expect_uid: str | None) -> dict[str, str]:
     if expect_uid is not None and uids["SOPInstanceUID"] != expect_uid.strip():
         raise DatasetMismatch(f"dataset SOP Instance UID {uids['SOPInstanceUID']} is not the announced "
                               f"{expect_uid}")
     return uids
+
+
+def check_received(data: bytes, expect_uid: str | None = None) -> dict[str, str]:
+    """:func:`check` for a stream as received, by a structural scan where it can (no pydicom parse).
+
+    Gives the same verdict as ``check(parse(data))`` (the tests hold the two to
+    it over the whole corpus); falls back to it where the scan cannot tell.
+    """
+    scanned = scan(data)
+    if scanned is None:
+        return check(parse(data), expect_uid)
+    verdict = scan_problem(scanned)
+    if verdict:
+        raise DatasetMismatch(verdict)
+    return _announced(check_uids(scanned.uids), expect_uid)
 
 
 def seal_bytes(data: bytes, keyring: Keyring, config: Config, parts: Part10 | None = None, *,

@@ -43,7 +43,12 @@ def required_uids(ds: Dataset) -> dict[str, str]:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        uids = {k: _text(ds, k) for k in REQUIRED_UIDS}
+        return check_uids({k: _text(ds, k) for k in REQUIRED_UIDS})
+
+
+def check_uids(uids: dict[str, str]) -> dict[str, str]:
+    """The rules of :func:`required_uids`, on UID values however they were read."""
+    uids = {k: uids.get(k, "") for k in REQUIRED_UIDS}
     if not uids["SOPInstanceUID"] and not uids["SOPClassUID"]:
         raise InputError("no SOP Class UID and no SOP Instance UID: not a DICOM composite instance")
     for keyword, value in uids.items():
