@@ -156,8 +156,9 @@ class ArchiveServer:
                  " (TLS)" if cfg.tls.enabled else "")
         return self.server
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting, let open associations finish (up to `timeout`), flush the spool, stop the workers."""
+    def stop(self, timeout: float = 30.0, drain: float = 60.0) -> None:
+        """Stop accepting; let open associations finish (up to `timeout`); archive what was
+        acknowledged (up to `drain` seconds, the rest at the next start); stop the workers."""
         if self.server is not None:
             self.server.shutdown()
             self.server = None
@@ -167,6 +168,9 @@ class ArchiveServer:
         for assoc in self.ae.active_associations:
             assoc.abort()
         self.spool.close()
+        if not self.worker.wait_idle(drain):
+            log.warning("%d acknowledged instances still spooled; they are archived at the next start",
+                        len(self.spool.entries()))
         self.worker.stop()
         self.archive.close()
         log.info("stopped")

@@ -77,7 +77,7 @@ def make_server(home: Path) -> Iterator[Callable[..., Running]]:
 
     yield start
     for server in started:
-        server.stop(timeout=5)
+        server.stop(timeout=5, drain=30)
 
 
 @pytest.fixture

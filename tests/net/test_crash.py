@@ -60,6 +60,7 @@ def test_sigterm_shuts_down_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(60) == 0, (tmp_path / "serve.log").read_text()
     assert "shutting down" in (tmp_path / "serve.log").read_text()
+    assert list((home / "spool").glob("*.aepx")) == []  # what was acknowledged was archived before exit
     assert acked
     monkeypatch.setenv("AEPACS_HOME", str(home))
     with Archive(load_config()) as archive:
