@@ -147,7 +147,8 @@ class ArchiveServer:
     def start(self) -> ThreadedAssociationServer:
         """Start listening (in background threads), the spool flusher and the spool workers."""
         cfg = self.config.server
-        self.archive.sweep_orphans()  # leftovers of a crash, old enough not to be in flight
+        # leftovers of a crash (old enough not to be in flight): a walk of the whole store, so in the background
+        threading.Thread(target=self._sweep, name="aepacs-sweep", daemon=True).start()
         self.spool.start()
         self.worker.start()  # archives what a previous run left in the spool first
         self.server = self.ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers(),
@@ -155,6 +156,12 @@ class ArchiveServer:
         log.info("listening on %s:%d as %s%s", cfg.bind, cfg.port, cfg.ae_title,
                  " (TLS)" if cfg.tls.enabled else "")
         return self.server
+
+    def _sweep(self) -> None:
+        try:
+            self.archive.sweep_orphans()
+        except Exception as exc:  # housekeeping only: never take the server down
+            log.error("sweep of unreferenced blobs failed: %s", exc)
 
     def stop(self, timeout: float = 30.0, drain: float = 60.0) -> None:
         """Stop accepting; let open associations finish (up to `timeout`); archive what was
