@@ -20,6 +20,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -159,17 +160,32 @@ def parse(data: bytes) -> Part10:
         return _split(data, ds, stop)
 
 
-def expected_pixel_bytes(ds: Dataset) -> int | None:
-    """Bytes of native Pixel Data that Rows, Columns, frames, samples and bits imply (no padding)."""
+def expected_pixel_bytes(values: Any) -> int | None:
+    """Bytes of native Pixel Data that Rows, Columns, frames, samples and bits imply (no padding).
+
+    `values` is anything that answers ``.get(keyword)``: a pydicom Dataset, or
+    the values a structural scan read (:mod:`aepacs.codec.scan`).
+    """
     try:
-        bits = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        if str(ds.get("PhotometricInterpretation", "")) in ("YBR_FULL_422", "YBR_PARTIAL_422"):
+        bits = int(values.get("BitsAllocated"))
+        samples = int(values.get("SamplesPerPixel", 1) or 1)
+        if str(values.get("PhotometricInterpretation", "")) in ("YBR_FULL_422", "YBR_PARTIAL_422"):
             samples = 2  # two chroma samples shared by each pair of pixels
-        count = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1) * samples
-    except (AttributeError, TypeError, ValueError):
+        frames = int(str(values.get("NumberOfFrames", 1) or 1))
+        count = int(values.get("Rows")) * int(values.get("Columns")) * frames * samples
+    except (TypeError, ValueError):
         return None
     return (count * bits + 7) // 8
+
+
+def pixel_problem(length: int, values: Any) -> str | None:
+    """Why native pixel data of `length` bytes contradicts its image description, or None."""
+    expected = expected_pixel_bytes(values)
+    if expected is None:
+        return "pixel data without a valid Rows/Columns/Bits Allocated description"
+    if length < expected:
+        return f"pixel data has {length} bytes where the image description implies {expected}"
+    return None
 
 
 def _split(data: bytes, ds: Dataset, stop: int) -> Part10:
@@ -190,11 +206,7 @@ def _split(data: bytes, ds: Dataset, stop: int) -> Part10:
     tag, start, end, undefined = bounds
     meta, problem = None, None
     if tag == PIXEL_DATA and not undefined and ts in NATIVE_SYNTAXES:
-        expected = expected_pixel_bytes(ds)
-        if expected is None:
-            problem = "pixel data without a valid Rows/Columns/Bits Allocated description"
-        elif end - start < expected:
-            problem = f"pixel data has {end - start} bytes where the image description implies {expected}"
-        elif end - start - expected <= MAX_TRAILER:
+        problem = pixel_problem(end - start, ds)
+        if problem is None and end - start - (expected_pixel_bytes(ds) or 0) <= MAX_TRAILER:
             meta = _pixel_meta(ds)  # excess bytes (padding) are kept as the codec's trailer
     return Part10(ds, data[:start], data[start:end], data[end:], tag, undefined, meta, problem)

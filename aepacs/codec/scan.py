@@ -13,11 +13,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from aepacs.codec.part10 import PIXEL_DATA, PIXEL_TAGS, _LONG_VRS
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from aepacs.codec.part10 import _LONG_VRS, NATIVE_SYNTAXES, PIXEL_DATA, PIXEL_TAGS, pixel_problem
 
 _ITEM, _ITEM_DELIM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-IMPLICIT_LE, EXPLICIT_BE, DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
-NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", EXPLICIT_BE)
 UIDS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x0020000D: "StudyInstanceUID",
         0x0020000E: "SeriesInstanceUID"}
 SHORTS = {0x00280010: "Rows", 0x00280011: "Columns", 0x00280100: "BitsAllocated", 0x00280002: "SamplesPerPixel"}
@@ -98,9 +98,9 @@ def scan(data: bytes) -> Scan | None:
             if tag == 0x00020010:
                 ts = _text(data[start:start + length])
             pos = start + length
-        if ts is None or ts == DEFLATED:
+        if ts is None or ts == DeflatedExplicitVRLittleEndian:
             return None
-        implicit, fmt = ts == IMPLICIT_LE, ">" if ts == EXPLICIT_BE else "<"
+        implicit, fmt = ts == ImplicitVRLittleEndian, ">" if ts == ExplicitVRBigEndian else "<"
         uids: dict[str, str] = {}
         image: dict[str, str | int] = {}
         pixel_tag = pixel_length = None
@@ -128,28 +128,10 @@ def scan(data: bytes) -> Scan | None:
     return Scan(uids, image, pixel_tag, pixel_length, ts, None)
 
 
-def expected_pixel_bytes(image: dict[str, str | int]) -> int | None:
-    """As :func:`aepacs.codec.part10.expected_pixel_bytes`, from scanned values."""
-    try:
-        bits = int(image["BitsAllocated"])
-        samples = int(image.get("SamplesPerPixel", 1) or 1)
-        if str(image.get("PhotometricInterpretation", "")) in ("YBR_FULL_422", "YBR_PARTIAL_422"):
-            samples = 2
-        frames = int(str(image.get("NumberOfFrames", "1") or "1"))
-        count = int(image["Rows"]) * int(image["Columns"]) * frames * samples
-    except (KeyError, TypeError, ValueError):
-        return None
-    return (count * bits + 7) // 8
-
-
 def problem(s: Scan) -> str | None:
     """The same pixel-data verdict as :func:`aepacs.codec.part10.parse` gives, from a scan."""
     if s.problem:
         return s.problem
-    if s.pixel_tag == PIXEL_DATA and s.pixel_length is not None and s.transfer_syntax in NATIVE:
-        expected = expected_pixel_bytes(s.image)
-        if expected is None:
-            return "pixel data without a valid Rows/Columns/Bits Allocated description"
-        if s.pixel_length < expected:
-            return f"pixel data has {s.pixel_length} bytes where the image description implies {expected}"
+    if s.pixel_tag == PIXEL_DATA and s.pixel_length is not None and s.transfer_syntax in NATIVE_SYNTAXES:
+        return pixel_problem(s.pixel_length, s.image)
     return None

@@ -24,14 +24,14 @@ from tqdm import tqdm
 
 from aepacs.codec.part10 import Part10, parse
 from aepacs.codec.payload import EncodedObject, encode_object
+from aepacs.codec.scan import problem as scan_problem
+from aepacs.codec.scan import scan
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import seal
 from aepacs.errors import AepacsError, CodecError, DatasetMismatch, InputError
 from aepacs.pipeline.archive import Archive
 from aepacs.store.index import ADDED, CONFLICT, SAME, BlobRef
-from aepacs.codec.scan import problem as scan_problem
-from aepacs.codec.scan import scan
 from aepacs.store.records import InstanceRecord, check_uids, required_uids
 
 log = logging.getLogger("aepacs.ingest")
