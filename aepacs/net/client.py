@@ -71,6 +71,7 @@ class Receiver:
         InputError
             Neither a sealed object nor DICOM.
         """
+        ds = None
         if data[:4] == MAGIC:  # a bare sealed object
             _, original = open_bytes(data, self.keyring, name=name)
         else:
@@ -78,9 +79,11 @@ class Receiver:
             if is_transport(ds):
                 blob, uid, _ = read_transport(ds)
                 _, original = open_bytes(blob, self.keyring, name=uid, expect_uid=uid)
+                ds = None
             else:
                 original = data  # an ordinary instance (retrieve_as: decoded): as it came
-        ds, _ = read_dataset(original)
+        if ds is None:
+            ds, _ = read_dataset(original)
         target = self.out_dir / str(ds.get("SeriesInstanceUID", "unknown-series")) / \
             f"{ds.get('SOPInstanceUID', name)}.dcm"
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -272,7 +272,7 @@ class ArchiveServer:
         """What is sent for one instance: its sealed transport object, or the decoded original."""
         if self.config.server.retrieve_as == "decoded":
             return pydicom.dcmread(BytesIO(fetch(self.archive, row.sop_uid)))
-        current, blob = fetch_blob(self.archive, row.sop_uid)  # the row may point at a new blob since
+        current, blob = fetch_blob(self.archive, row.sop_uid)
         return make_transport(blob, current)
 
     def _rows(self, event: Any) -> list[Any] | None:

@@ -53,10 +53,6 @@ def open_bytes(blob: bytes, keyring: Keyring, *, name: str = "object",
 def fetch_blob(archive: Archive, sop_uid: str) -> tuple[Any, bytes]:
     """Return an archived instance's index row and its sealed blob, checked against its content key.
 
-    A conversion or rekey may switch the row to a new blob and remove the old
-    one between the two reads; the row is then read again, so a retrieval
-    never sees a missing blob.
-
     Raises
     ------
     OpenError
@@ -68,10 +64,7 @@ def fetch_blob(archive: Archive, sop_uid: str) -> tuple[Any, bytes]:
     try:
         blob = archive.store.get(row.blob_key)
     except AepacsError as exc:
-        moved = archive.index.get(sop_uid)
-        if moved is None or moved.blob_key == row.blob_key:
-            raise OpenError(sop_uid, str(exc)) from None
-        row, blob = moved, archive.store.get(moved.blob_key)
+        raise OpenError(sop_uid, str(exc)) from None
     if blob_key(blob) != row.blob_key:
         raise OpenError(sop_uid, f"blob {row.blob_key} was altered on disk")
     return row, blob

@@ -189,7 +189,6 @@ class SpoolWorker:
         self._idle = threading.Event()
         self._retry_at: dict[Path, float] = {}
         self._thread = threading.Thread(target=self._run, name="aepacs-spool-worker", daemon=True)
-        self.archived = 0
 
     def start(self) -> None:
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
@@ -241,8 +240,7 @@ class SpoolWorker:
             futures = {self._pool.submit(_archive_in_worker, str(p)): p for p in batch}
             for future, path in futures.items():
                 try:
-                    if future.result() != "failed":
-                        self.archived += 1
+                    future.result()
                     self._retry_at.pop(path, None)
                 except Exception as exc:  # store full, index busy, a worker died: retry later
                     if self._stop.is_set():
