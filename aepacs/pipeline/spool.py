@@ -22,6 +22,7 @@ import secrets
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -191,9 +192,12 @@ class SpoolWorker:
         self._thread = threading.Thread(target=self._run, name="aepacs-spool-worker", daemon=True)
 
     def start(self) -> None:
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_init_worker, initargs=(self._config,))
+        self._pool = self._new_pool()
         self._thread.start()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self._config,))
 
     def wake(self) -> None:
         """Tell the worker new entries are there."""
@@ -237,7 +241,14 @@ class SpoolWorker:
                 self._idle.set()
                 self._wake.wait(1.0 if self._retry_at else 5.0)
                 continue
-            futures = {self._pool.submit(_archive_in_worker, str(p)): p for p in batch}
+            try:
+                futures = {self._pool.submit(_archive_in_worker, str(p)): p for p in batch}
+            except BrokenProcessPool as exc:  # a worker died (or failed to start): replace the pool
+                log.error("spool worker pool broken (%s); starting a new one", exc)
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+                self._stop.wait(1.0)
+                continue
             for future, path in futures.items():
                 try:
                     future.result()

@@ -100,7 +100,8 @@ ADDED, SAME, CONFLICT = "added", "same", "conflict"
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN
     cur = dbapi_conn.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=60000"):
+    # busy_timeout first, so that switching to WAL waits for a lock another process holds
+    for pragma in ("busy_timeout=60000", "journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
         cur.execute(f"PRAGMA {pragma}")
     cur.close()
 
@@ -128,7 +129,10 @@ class Index:
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
                 event.listen(self.engine, "begin", _sqlite_begin)
-            metadata.create_all(self.engine)
+            # as a write transaction from the start: two processes creating the tables in deferred
+            # transactions would both read, then one would fail its lock upgrade at once
+            with self._writer() as conn, conn.begin():
+                metadata.create_all(conn)
         except SQLAlchemyError as exc:
             raise StoreError(f"index {url}: {exc}") from None
 

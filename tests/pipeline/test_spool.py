@@ -64,3 +64,29 @@ def test_worker_archives_in_arrival_order_per_instance(config: Config, keyring: 
     with Archive(config, keyring) as archive:
         assert archive.index.count() == 6
         assert fetch(archive, str(ds.SOPInstanceUID)) == first
+
+
+def test_worker_replaces_a_broken_pool(config: Config, keyring: Keyring) -> None:
+    """Worker processes killed from outside: archiving goes on with a new pool."""
+    import os
+    import signal
+    import time
+
+    Archive(config, keyring).close()  # the index exists, as under a running server
+    spool = Spool(config.spool_path)
+    files = ct_files()[:4]
+    _entry(spool, files[0].read_bytes(), keyring)
+    worker = SpoolWorker(config, spool, workers=1)
+    worker.start()
+    try:
+        assert worker.wait_idle(120) and spool.entries() == []
+        for pid in list(worker._pool._processes):  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(1.0)
+        for f in files[1:]:
+            _entry(spool, f.read_bytes(), keyring)
+        assert worker.wait_idle(120) and spool.entries() == []
+    finally:
+        worker.stop()
+    with Archive(config, keyring) as archive:
+        assert archive.index.count() == 4

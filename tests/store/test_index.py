@@ -77,3 +77,26 @@ def test_concurrent_writers_in_processes(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("select count(*) from patients").scalar() == 1
         assert conn.exec_driver_sql("select count(*) from studies").scalar() == 1
         assert conn.exec_driver_sql("select count(*) from series").scalar() == 5
+
+
+def _open(url: str, start: float) -> None:
+    import time
+
+    time.sleep(max(0.0, start - time.time()))  # all at once
+    Index(url).count()
+
+
+def test_processes_opening_a_new_index_at_once(tmp_path: Path) -> None:
+    """Several processes creating the tables of one new database together all succeed."""
+    import time
+
+    ctx = multiprocessing.get_context("spawn")
+    for trial in range(3):
+        url = f"sqlite:///{tmp_path}/i{trial}.sqlite3"
+        start = time.time() + 2.0
+        procs = [ctx.Process(target=_open, args=(url, start)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0], trial
