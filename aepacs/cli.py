@@ -98,7 +98,8 @@ def cmd_open(args: argparse.Namespace, config: Config) -> int:
     from aepacs.pipeline.archive import load_keyring
     from aepacs.pipeline.retrieve import open_bytes
 
-    header, data = open_bytes(_read(args.input), load_keyring(config), name=str(args.input))
+    header, data = open_bytes(_read(args.input), load_keyring(config), name=str(args.input),
+                              registry=_registry(config))
     _write(args.output, data)
     print(f"opened {args.input} -> {args.output}: {header.object_uid}, {len(data):,} bytes")
     return 0
@@ -116,10 +117,33 @@ def cmd_info(args: argparse.Namespace, config: Config) -> int:
             ("data key wrapped by key version", str(h.kek_version)),
             ("payload bytes (encrypted)", f"{h.payload_length:,}"), ("total bytes", f"{len(blob):,}"),
             ("sha256", blob_key(blob)), ("cipher", "AES-256-GCM, 96-bit nonce; DEK wrapped by AES-256-GCM")]
+    rows += _payload_rows(blob, config, str(args.input))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _payload_rows(blob: bytes, config: Config, name: str) -> list[tuple[str, str]]:
+    """What the encrypted manifest says (codec, model, measured quality), when the keyring opens it."""
+    from aepacs.codec.payload import read_manifest
+    from aepacs.crypto.seal import open_sealed
+    from aepacs.pipeline.archive import load_keyring
+
+    try:
+        _, payload = open_sealed(blob, load_keyring(config), name=name)
+        manifest, _ = read_manifest(payload)
+    except AepacsError as exc:
+        return [("payload", f"not opened ({exc})")]
+    rows = [("original bytes", f"{manifest['size']:,}"), ("original sha256", manifest["sha256"]),
+            ("pixel codec", manifest.get("pixels", {}).get("codec", "-"))]
+    lossy = manifest.get("lossy")
+    if lossy:
+        rows += [("lossy", f"yes: model {lossy['model']}, ratio {lossy['ratio']}:1"),
+                 ("quality at sealing", f"PSNR {lossy['psnr']} dB, SSIM {lossy['ssim']}")]
+    else:
+        rows += [("lossy", "no (decodes bit for bit)")]
+    return rows
 
 
 # -- import / export ------------------------------------------------------------
@@ -175,7 +199,7 @@ def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
 
     keyring = load_keyring(config)
     if args.from_files:
-        summary = receive_files(args.from_files, keyring, args.output)
+        summary = receive_files(args.from_files, keyring, args.output, registry=_registry(config))
     else:
         chosen = [(lvl, getattr(args, lvl)) for lvl in ("patient", "study", "series", "instance")
                   if getattr(args, lvl)]
@@ -185,7 +209,7 @@ def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
         tls = client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
         level, value = chosen[0]
         summary = retrieve(args.host, args.port, args.called_aet, args.aet, level, value, keyring, args.output,
-                           move_to_self=args.move_to_self, bind=args.bind, tls=tls)
+                           move_to_self=args.move_to_self, bind=args.bind, tls=tls, registry=_registry(config))
     print(f"retrieved {len(summary.written)} instances into {args.output}; {len(summary.failed)} failed"
           + (f"; final status 0x{summary.status:04X}" if summary.status is not None else ""))
     for uid, reason in summary.failed:
@@ -200,6 +224,88 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from aepacs.demo import run_demo
 
     return run_demo(config, data=args.data or None, keep=args.keep, home=args.home)
+
+
+# -- models / train / eval ---------------------------------------------------------
+def _registry(config: Config):  # type: ignore[no-untyped-def]
+    from aepacs.models.registry import config_registry
+
+    return config_registry(config)
+
+
+def cmd_train(args: argparse.Namespace, config: Config) -> int:
+    import torch
+
+    from aepacs.models.registry import Registry
+    from aepacs.models.train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hyper = dict(kv.split("=", 1) for kv in args.hyper or [])
+    cfg = TrainConfig(name=args.name or args.modality[0].lower(), modality=[m.upper() for m in args.modality],
+                      data=[str(d) for d in args.data], arch=args.arch, epochs=args.epochs, steps=args.steps,
+                      batch=args.batch, patch=args.patch, lmbda=args.lmbda, lr=args.lr, seed=args.seed,
+                      channels=args.channels, hyper={k: float(v) if "." in v else int(v) for k, v in hyper.items()})
+    registry = Registry(args.registry or config.models_path)
+    model = train(cfg, args.out, resume=args.resume, registry=registry, progress=not args.quiet)
+    print(f"trained {model.ref} ({model.arch}) -> {model.path}")
+    for row in model.manifest.get("metrics", {}).get("rate_distortion", []):
+        print(f"  gain {row['gain']:>2}: {row['bpp']:.3f} bpp, PSNR {row['psnr']:.2f} dB")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    registry = _registry(config)
+    if args.models_command == "list":
+        print(f"{'model':16} {'arch':10} {'modality':10} {'current':7} path")
+        for name, version, path in registry.entries():
+            cur = "yes" if registry.current(name) == version else ""
+            manifest = json.loads((path / "manifest.json").read_text())
+            print(f"{name + '@' + str(version):16} {manifest.get('arch', '?'):10} "
+                  f"{','.join(manifest.get('modality', [])):10} {cur:7} {path}")
+        return 0
+    if not args.ref:
+        raise AepacsError(f"models {args.models_command}: name the model (NAME or NAME@VERSION)")
+    if args.models_command == "verify":
+        model = registry.verify(args.ref)
+        print(f"{model.ref}: {len(model.manifest['files'])} files match their SHA-256 (digest {model.digest[:16]})")
+    elif args.models_command == "promote":
+        model = registry.promote(args.ref)
+        print(f"{model.ref} is now the current {model.name}")
+    else:
+        model = registry.verify(args.ref)
+        print(json.dumps(model.manifest, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, config: Config) -> int:
+    import shlex
+
+    import torch
+
+    from aepacs.eval.noise import KINDS
+    from aepacs.eval.report import write_report
+    from aepacs.eval.run import evaluate, frames_for
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    registry = _registry(config)
+    model = registry.load(args.model)
+    paper = registry.load(args.paper) if args.paper else None
+    frames = frames_for(model, [str(d) for d in args.data], args.limit)
+    if not frames:
+        raise AepacsError(f"no {'/'.join(model.manifest.get('modality', []))} images under {args.data}")
+    noise = list(KINDS) if args.noise == ["all"] else (args.noise or [])
+    result = evaluate(model, frames, gains=args.gains, paper=paper, noise=noise, progress=not args.quiet)
+    write_report(result, args.output, command="aepacs " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    for modality, s in result.summary.items():
+        for t, a in s["at_ratio"].items():
+            print(f"{modality} {t}:1  aepacs {a['aepacs_ratio']}:1 {a['aepacs_psnr']} dB   "
+                  f"JPEG 2000 {a['jpeg2000_ratio']}:1 {a['jpeg2000_psnr']} dB")
+    print(f"report: {args.output / 'report.md'}")
+    return 0
 
 
 # -- parser ---------------------------------------------------------------------
@@ -272,6 +378,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (with --tls-ca)")
     p.add_argument("--tls-key", type=Path, metavar="PEM", help="client key (with --tls-cert)")
     p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("train", parents=[common], help="train a codec model on DICOM files")
+    p.add_argument("--modality", nargs="+", required=True, metavar="MOD", help="modalities to train on (CT, MR, ...)")
+    p.add_argument("--data", type=Path, nargs="+", required=True, metavar="DIR", help="DICOM files or directories")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="training directory (checkpoints)")
+    p.add_argument("--name", help="model name (default: the modality, lower case)")
+    p.add_argument("--arch", choices=["factorized", "paper"], default="factorized")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--steps", type=int, default=200, help="steps per epoch (default 200)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--patch", type=int, default=128, help="crop size (default 128)")
+    p.add_argument("--lambda", dest="lmbda", type=float, default=2e4, help="rate-distortion weight at gain 0")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channels", type=int, default=1, choices=[1, 3])
+    p.add_argument("--hyper", nargs="*", metavar="KEY=VALUE", help="architecture arguments (n, m, s, gains, gain0)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--registry", type=Path, metavar="DIR", help="registry to add the model to (models.path)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", parents=[common], help="the model registry (list | show | verify | promote)")
+    p.add_argument("models_command", choices=["list", "show", "verify", "promote"])
+    p.add_argument("ref", nargs="?", metavar="NAME[@VERSION]")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("eval", parents=[common], help="measure a model against JPEG 2000 / JPEG-LS on images")
+    p.add_argument("--model", required=True, metavar="NAME@VERSION")
+    p.add_argument("--data", type=Path, nargs="+", required=True, metavar="DIR")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="REPORT_DIR")
+    p.add_argument("--noise", nargs="+", metavar="KIND", help="noise experiment: all, or salt-and-pepper speckle ...")
+    p.add_argument("--paper", metavar="NAME@VERSION", help="the paper's model to compare (arch paper)")
+    p.add_argument("--limit", type=int, help="at most this many images per modality (evenly spaced)")
+    p.add_argument("--gains", type=int, nargs="+", help="gains to measure (default: every other one)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", parents=[common],
                        help="import the bundled sample files into a fresh archive and export them back")

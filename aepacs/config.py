@@ -31,7 +31,66 @@ HOME_ENV = "AEPACS_HOME"
 CONFIG_ENV = "AEPACS_CONFIG"
 
 LOSSLESS_CODECS = ("jpegls", "zstd")
-ROUTES = ("lossless",)
+MODES = ("lossy", "lossless")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one modality's images go: ``lossless`` (standard codecs) or a registry model.
+
+    Written in a config as ``lossless``, ``MODEL[@VERSION]:MODE`` or a mapping
+    with ``model``, ``mode`` and optionally ``gain``, ``target_psnr``,
+    ``min_psnr`` and ``min_ssim`` (the quality gate of a lossy route).
+    """
+
+    model: str | None = None
+    mode: str = "lossless"
+    gain: int | None = None
+    target_psnr: float | None = None
+    min_psnr: float = 40.0
+    min_ssim: float = 0.95
+
+    @property
+    def name(self) -> str:
+        return "lossless" if self.model is None else f"{self.model}:{self.mode}"
+
+
+_ROUTE_KEYS = {"model": str, "mode": str, "gain": int, "target_psnr": float, "min_psnr": float, "min_ssim": float}
+
+
+def parse_route(name: str, value: Any) -> Route:
+    """Validate one ``routes`` entry (see :class:`Route`)."""
+    if value == "lossless":
+        return Route()
+    if isinstance(value, str):
+        model, sep, mode = value.rpartition(":")
+        if not sep:
+            raise ConfigError(f"{name}: {value!r} is not lossless, MODEL[@VERSION]:MODE or a mapping")
+        value = {"model": model, "mode": mode}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name}: expected lossless, MODEL[@VERSION]:MODE or a mapping, got {value!r}")
+    unknown = sorted(set(value) - set(_ROUTE_KEYS))
+    if unknown or "model" not in value:
+        raise ConfigError(f"{name}: {'unknown keys ' + ', '.join(unknown) if unknown else 'model missing'}")
+    kwargs: dict[str, Any] = {}
+    for key, tp in _ROUTE_KEYS.items():
+        if value.get(key) is not None:
+            v = value[key]
+            if tp is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, tp) or isinstance(v, bool):
+                raise ConfigError(f"{name}.{key}: expected {tp.__name__}, got {v!r}")
+            kwargs[key] = v
+    if kwargs.get("mode", "lossy") not in MODES:
+        raise ConfigError(f"{name}.mode: {kwargs['mode']!r} is not one of {', '.join(MODES)}")
+    kwargs.setdefault("mode", "lossy")
+    from aepacs.models.registry import ModelError, parse_ref
+
+    try:
+        parse_ref(kwargs["model"])
+    except ModelError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return Route(**kwargs)
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -91,6 +150,11 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class ModelsConfig:
+    path: str
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = field(metadata=_choices("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -104,9 +168,10 @@ class Config:
     store: StoreConfig
     keyring: KeyringConfig
     codec: CodecConfig
-    routes: dict[str, str] = field(metadata={"value_choices": ROUTES})
+    routes: dict[str, Route] = field(metadata={"routes": True})
     ingest: IngestConfig
     server: ServerConfig
+    models: ModelsConfig
     log: LogConfig
     #: The data directory every relative path is resolved against.
     data_dir: Path = field(default=Path("."), metadata={"derived": True})
@@ -136,12 +201,16 @@ class Config:
         return self.resolve(self.ingest.spool_path)
 
     @property
+    def models_path(self) -> Path:
+        return self.resolve(self.models.path)
+
+    @property
     def keyring_path(self) -> Path:
         return self.resolve(self.keyring.path)
 
-    def route_for(self, modality: str | None) -> str:
+    def route_for(self, modality: str | None) -> Route:
         """Return the route configured for `modality` (``default`` otherwise)."""
-        return self.routes.get((modality or "").upper(), self.routes.get("default", "lossless"))
+        return self.routes.get((modality or "").upper(), self.routes.get("default", Route()))
 
 
 #: Mappings whose keys are data (modalities, AE titles), not schema: merged, not checked.
@@ -200,6 +269,9 @@ def _check_field(f: dataclasses.Field[Any], tp: Any, value: Any, name: str) -> A
             raise ConfigError(f"{name}: expected a mapping, got {value!r}")
         if f.metadata.get("destinations"):
             return {str(k): _check_destination(f"{name}.{k}", v) for k, v in value.items()}
+        if f.metadata.get("routes"):
+            return {str(k).upper() if k != "default" else "default": parse_route(f"{name}.{k}", v)
+                    for k, v in value.items()}
         allowed = f.metadata.get("value_choices")
         checked = {}
         for k, v in value.items():

@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -114,3 +115,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False,
     if check and proc.returncode != 0:
         raise AssertionError(f"aepacs {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def shipped():  # type: ignore[no-untyped-def]
+    """The registry of models shipped inside the package (real trained weights)."""
+    from aepacs.models.registry import SHIPPED, Registry
+
+    return Registry(SHIPPED)
+
+
+@pytest.fixture(scope="session")
+def ct_model(shipped):  # type: ignore[no-untyped-def]
+    return shipped.load("ct")
+
+
+def ct_slices(n: int = 2) -> np.ndarray:
+    """`n` real CT slices as stored, ``(n, rows, cols, 1)`` int16."""
+    files = ct_files()[len(ct_files()) // 2:][:n]
+    return np.stack([pydicom.dcmread(f).pixel_array for f in files]).astype(np.int16)[..., None]

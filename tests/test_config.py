@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from aepacs.config import load_config
+from aepacs.config import Route, load_config
 from aepacs.errors import ConfigError
 
 
@@ -20,14 +20,23 @@ def test_default_config_resolves_under_home(home: Path) -> None:
     assert cfg.store_path == home.resolve() / "blobs"
     assert cfg.keyring_path == home.resolve() / "keyring.json"
     assert cfg.index_url == f"sqlite:///{home.resolve()}/index.sqlite3"
-    assert cfg.route_for("CT") == "lossless"
+    assert cfg.route_for("CT") == Route()  # lossless unless a site routes it to a model
 
 
 def test_site_file_overrides_only_what_it_names(home: Path, tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "codec:\n  zstd_level: 3\nroutes:\n  mr: lossless\n"))
     assert cfg.codec.zstd_level == 3
     assert cfg.codec.lossless == "jpegls"          # untouched default
-    assert cfg.routes == {"default": "lossless", "MR": "lossless"}
+    assert cfg.routes == {"default": Route(), "MR": Route()}
+
+
+def test_learned_routes(home: Path, tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "routes:\n  ct: ct@2:lossy\n  mr: {model: mr, mode: lossless}\n"
+                                      "  us: {model: us, min_psnr: 38, target_psnr: 45.5}\n"))
+    assert cfg.route_for("CT") == Route(model="ct@2", mode="lossy")
+    assert cfg.route_for("MR") == Route(model="mr", mode="lossless")
+    assert cfg.route_for("US") == Route(model="us", mode="lossy", min_psnr=38.0, target_psnr=45.5)
+    assert cfg.route_for("SR") == Route()
 
 
 def test_absolute_paths_stay_absolute(home: Path, tmp_path: Path) -> None:
@@ -40,7 +49,10 @@ def test_absolute_paths_stay_absolute(home: Path, tmp_path: Path) -> None:
     ("codec:\n  zstd_level: high\n", "codec.zstd_level: expected an integer"),
     ("codec:\n  zstd_level: 40\n", "codec.zstd_level: 40 is outside 1..22"),
     ("codec:\n  lossless: jpeg2000\n", "codec.lossless: 'jpeg2000' is not one of"),
-    ("routes:\n  CT: magic\n", "routes.CT: 'magic' is not one of"),
+    ("routes:\n  CT: magic\n", "routes.CT: 'magic' is not lossless"),
+    ("routes:\n  CT: ct:fuzzy\n", "routes.CT.mode: 'fuzzy' is not one of"),
+    ("routes:\n  CT: {model: ct, gain: high}\n", "routes.CT.gain: expected int"),
+    ("routes:\n  CT: {model: 'c t', mode: lossy}\n", "bad model reference"),
     ("storage:\n  path: x\n", "storage: unknown key"),
     ("index: sqlite://\n", "index: expected a mapping"),
     ("[1, 2]\n", "top level must be a mapping"),

@@ -12,6 +12,12 @@ sat in the stream, the pixel codec, its :class:`PixelMeta` and any padding
 byte. :func:`decode_object` rebuilds the original stream and checks it
 against the recorded hash; :func:`encode_object` runs that check before it
 returns, so nothing is sealed that would not come back bit for bit.
+
+A learned ``lossy`` pixel section is the exception, and says so: its
+manifest carries a ``lossy`` record (the reconstruction's SHA-256, PSNR,
+SSIM, ratio, model). Decoding rebuilds the original header around the
+reconstructed pixels and checks *that* hash, so a decoder that does not
+reproduce the encoder's pixels exactly fails loudly too.
 """
 
 from __future__ import annotations
@@ -34,14 +40,31 @@ MANIFEST_VERSION = 1
 HEADER_ZSTD_LEVEL = 19  # headers are small; spend the time
 
 
-def get_codec(codec_id: str, zstd_level: int = 12) -> Codec:
-    """Return the codec named `codec_id`.
+@dataclass(frozen=True)
+class QualityFloor:
+    """The quality gate of a lossy route: below either floor, the object goes lossless."""
+
+    min_psnr: float = 0.0
+    min_ssim: float = 0.0
+
+
+def get_codec(codec_id: str, zstd_level: int = 12, registry: Any = None) -> Codec:
+    """Return the codec named `codec_id` (``ae:NAME@VERSION``: a registry model).
 
     Raises
     ------
     CodecError
-        For an unknown id (an object sealed by a newer aepacs, say).
+        For an unknown id (an object sealed by a newer aepacs, say), or a
+        model the registry does not hold.
     """
+    if codec_id.startswith("ae:"):
+        from aepacs.codec.learned import LearnedCodec
+        from aepacs.models.registry import ModelError, Registry
+
+        try:
+            return LearnedCodec((registry or Registry.default()).load(codec_id[3:]))
+        except ModelError as exc:
+            raise CodecError(str(exc)) from None
     if codec_id == "jpegls":
         return JpegLsCodec()
     if codec_id == "zstd":
@@ -60,6 +83,8 @@ class EncodedObject:
     parts: Part10
     source_sha256: str
     source_size: int
+    lossy: dict[str, Any] | None = None
+    gate: str | None = None  # why a lossy route fell back to lossless
 
 
 def _candidates(parts: Part10, lossless: str) -> list[str | None]:
@@ -85,7 +110,8 @@ def _pixel_section(parts: Part10, codec_id: str, zstd_level: int) -> tuple[bytes
 
 def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "jpegls",
                   zstd_level: int = 12, header_level: int = HEADER_ZSTD_LEVEL,
-                  sha256: str | None = None) -> EncodedObject:
+                  sha256: str | None = None, learned: Codec | None = None,
+                  floor: QualityFloor | None = None) -> EncodedObject:
     """Code a Part 10 stream into a payload that decodes to the same bytes.
 
     Each candidate pixel codec is tried in turn (JPEG-LS, then zstd); the
@@ -106,6 +132,11 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
         Zstandard level for the header section.
     sha256 : str, optional
         SHA-256 of `data` (hex), when the caller has it already.
+    learned : LearnedCodec, optional
+        Tried first for native integer pixels it can code; a ``lossy`` one
+        must pass `floor` (PSNR and SSIM of its own decoded output), else
+        the lossless candidates follow and ``gate`` says why.
+    floor : QualityFloor, optional
 
     Returns
     -------
@@ -123,6 +154,12 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
     header = zstandard.ZstdCompressor(level=header_level).compress(parts.prefix + parts.suffix)
     manifest: dict[str, Any] = {"v": MANIFEST_VERSION, "size": len(data), "sha256": sha,
                                 "prefix": len(parts.prefix), "header": {"codec": "zstd", "length": len(header)}}
+    gate = None
+    if learned is not None and parts.meta is not None and not parts.encapsulated and not parts.whole:
+        try:
+            return _encode_learned(data, parts, learned, dict(manifest), header, floor or QualityFloor())
+        except CodecError as exc:
+            gate = str(exc)
     for codec_id in _candidates(parts, lossless):
         sections = [header]
         if codec_id is not None:
@@ -137,10 +174,44 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
         try:  # the round trip, checked on the rebuilt bytes' hash
             decoded, *rebuilt = _decode_parts(payload)
             if _matches(decoded, tuple(rebuilt)):  # type: ignore[arg-type]
-                return EncodedObject(payload, codec_id or "zstd", parts, sha, len(data))
+                return EncodedObject(payload, codec_id or "zstd", parts, sha, len(data), gate=gate)
         except CodecError:
             pass
     raise CodecError("no codec reproduces the original bytes")
+
+
+def _assemble(manifest: dict[str, Any], sections: list[bytes]) -> bytes:
+    blob = json.dumps(manifest, separators=(",", ":")).encode("utf-8")
+    return b"".join([struct.pack(">I", len(blob)), blob, *sections])
+
+
+def _encode_learned(data: bytes, parts: Part10, codec: Any, manifest: dict[str, Any], header: bytes,
+                    floor: QualityFloor) -> EncodedObject:
+    """The learned pixel section; lossy output measured against `floor` first."""
+    from aepacs.codec.quality import psnr, ssim
+
+    meta = parts.meta
+    assert meta is not None
+    original = pixels_from_bytes(parts.pixels, meta)
+    stream = codec.encode(original, meta)
+    manifest["pixels"] = {"codec": codec.id, "length": len(stream), "meta": meta.to_dict(),
+                          "trailer": parts.pixels[meta.nbytes:].hex()}
+    if codec.mode == "lossless":
+        payload = _assemble(manifest, [header, stream])
+        decoded, *rebuilt = _decode_parts(payload, codec=codec)
+        if not _matches(decoded, tuple(rebuilt)):  # type: ignore[arg-type]
+            raise CodecError(f"{codec.id} lossless round trip differs")
+        return EncodedObject(payload, codec.id, parts, manifest["sha256"], len(data))
+    recon = codec.decode(stream, meta)
+    quality = {"psnr": round(psnr(original, recon), 3), "ssim": round(ssim(original, recon), 5)}
+    if quality["psnr"] < floor.min_psnr or quality["ssim"] < floor.min_ssim:
+        raise CodecError(f"{codec.id} quality gate: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.4f} "
+                         f"below the floor ({floor.min_psnr} dB, {floor.min_ssim})")
+    recon_bytes = pixels_to_bytes(recon, meta)
+    manifest["lossy"] = {"recon_sha256": hashlib.sha256(recon_bytes).hexdigest(), "model": codec.id[3:],
+                         "ratio": round(len(parts.pixels) / max(len(stream), 1), 3), **quality}
+    payload = _assemble(manifest, [header, stream])
+    return EncodedObject(payload, codec.id, parts, manifest["sha256"], len(data), lossy=manifest["lossy"])
 
 
 def read_manifest(payload: bytes) -> tuple[dict[str, Any], int]:
@@ -155,7 +226,8 @@ def read_manifest(payload: bytes) -> tuple[dict[str, Any], int]:
     return manifest, 4 + n
 
 
-def _decode_parts(payload: bytes) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+def _decode_parts(payload: bytes, codec: Codec | None = None,
+                  registry: Any = None) -> tuple[dict[str, Any], bytes, bytes, bytes]:
     """Decode a payload into (manifest, prefix, pixels, suffix) without joining them."""
     manifest, pos = read_manifest(payload)
     try:
@@ -167,7 +239,7 @@ def _decode_parts(payload: bytes) -> tuple[dict[str, Any], bytes, bytes, bytes]:
         if "pixels" in manifest:
             info = manifest["pixels"]
             stream = payload[pos:pos + info["length"]]
-            codec = get_codec(info["codec"])
+            codec = codec or get_codec(info["codec"], registry=registry)
             if "meta" in info:
                 meta = PixelMeta.from_dict(info["meta"])
                 pixels = pixels_to_bytes(codec.decode(stream, meta), meta) + bytes.fromhex(info["trailer"])
@@ -187,16 +259,45 @@ def _matches(manifest: dict[str, Any], parts: tuple[bytes, bytes, bytes]) -> boo
     return sum(map(len, parts)) == manifest["size"] and digest.hexdigest() == manifest["sha256"]
 
 
-def decode_object(payload: bytes) -> bytes:
-    """Rebuild the original Part 10 stream from a payload.
+def decode_payload(payload: bytes, registry: Any = None) -> tuple[bytes, dict[str, Any] | None]:
+    """Rebuild the Part 10 stream of a payload and say whether it is a lossy reconstruction.
+
+    Returns
+    -------
+    (bytes, dict or None)
+        The original stream, or for a learned lossy object the original
+        header around the reconstructed pixels; and that object's ``lossy``
+        record (model, PSNR, SSIM, ratio) or None.
 
     Raises
     ------
     CodecError
         A section does not decode, or the result does not match the
-        recorded SHA-256.
+        recorded SHA-256 (of the original, or of the reconstruction).
     """
-    manifest, *parts = _decode_parts(payload)
-    if not _matches(manifest, tuple(parts)):  # type: ignore[arg-type]
+    manifest, prefix, pixels, suffix = _decode_parts(payload, registry=registry)
+    lossy = manifest.get("lossy")
+    if lossy is not None:
+        meta = PixelMeta.from_dict(manifest["pixels"]["meta"])
+        if hashlib.sha256(pixels[:meta.nbytes]).hexdigest() != lossy["recon_sha256"]:
+            raise CodecError("decoded pixels differ from the reconstruction recorded at sealing "
+                             "(a decoder that does not reproduce the encoder)")
+        return prefix + pixels + suffix, lossy
+    if not _matches(manifest, (prefix, pixels, suffix)):
         raise CodecError("decoded object does not match its recorded SHA-256")
-    return b"".join(parts)
+    return prefix + pixels + suffix, None
+
+
+def decode_object(payload: bytes, registry: Any = None) -> bytes:
+    """Rebuild the original Part 10 stream from a lossless payload.
+
+    Raises
+    ------
+    CodecError
+        A section does not decode, the result does not match the recorded
+        SHA-256, or the payload is a lossy reconstruction.
+    """
+    data, lossy = decode_payload(payload, registry)
+    if lossy is not None:
+        raise CodecError("payload holds a lossy reconstruction, not the original")
+    return data

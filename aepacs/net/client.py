@@ -55,8 +55,9 @@ class RetrieveSummary:
 class Receiver:
     """Turns received instances into original DICOM files under `out_dir`."""
 
-    def __init__(self, keyring: Keyring, out_dir: Path) -> None:
+    def __init__(self, keyring: Keyring, out_dir: Path, registry: Any = None) -> None:
         self.keyring = keyring
+        self.registry = registry
         self.out_dir = Path(out_dir)
         self.summary = RetrieveSummary()
         self._lock = threading.Lock()
@@ -73,12 +74,12 @@ class Receiver:
         """
         ds = None
         if data[:4] == MAGIC:  # a bare sealed object
-            _, original = open_bytes(data, self.keyring, name=name)
+            _, original = open_bytes(data, self.keyring, name=name, registry=self.registry)
         else:
             ds, _ = read_dataset(data)
             if is_transport(ds):
                 blob, uid, _ = read_transport(ds)
-                _, original = open_bytes(blob, self.keyring, name=uid, expect_uid=uid)
+                _, original = open_bytes(blob, self.keyring, name=uid, expect_uid=uid, registry=self.registry)
                 ds = None
             else:
                 original = data  # an ordinary instance (retrieve_as: decoded): as it came
@@ -105,9 +106,9 @@ class Receiver:
         return 0x0000
 
 
-def receive_files(paths: list[Path], keyring: Keyring, out_dir: Path) -> RetrieveSummary:
+def receive_files(paths: list[Path], keyring: Keyring, out_dir: Path, registry: Any = None) -> RetrieveSummary:
     """Open and decode sealed objects that arrived as files (``.aepx`` or transport objects)."""
-    receiver = Receiver(keyring, out_dir)
+    receiver = Receiver(keyring, out_dir, registry)
     for path in iter_files(paths):
         try:
             receiver.summary.written.append(receiver.accept(path.read_bytes(), str(path)))
@@ -146,7 +147,7 @@ def _storage_contexts() -> list[Any]:
 
 def retrieve(host: str, port: int, called_aet: str, calling_aet: str, level: str, value: str,
              keyring: Keyring, out_dir: Path, *, move_to_self: int | None = None, bind: str = "127.0.0.1",
-             tls: ssl.SSLContext | None = None, timeout: float = 60.0) -> RetrieveSummary:
+             tls: ssl.SSLContext | None = None, timeout: float = 60.0, registry: Any = None) -> RetrieveSummary:
     """Retrieve and decode everything under one patient / study / series / instance.
 
     Parameters
@@ -163,7 +164,7 @@ def retrieve(host: str, port: int, called_aet: str, calling_aet: str, level: str
     AepacsError
         The archive could not be reached or refused the association.
     """
-    receiver = Receiver(keyring, out_dir)
+    receiver = Receiver(keyring, out_dir, registry)
     identifier, patient_root = _identifier(level, value)
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -23,13 +24,15 @@ from pydicom.uid import generate_uid
 from tqdm import tqdm
 
 from aepacs.codec.part10 import Part10, parse
-from aepacs.codec.payload import EncodedObject, encode_object
+from aepacs.codec.learned import LearnedCodec
+from aepacs.codec.payload import EncodedObject, QualityFloor, encode_object
 from aepacs.codec.scan import problem as scan_problem
 from aepacs.codec.scan import scan
-from aepacs.config import Config
+from aepacs.config import Config, Route
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import seal
 from aepacs.errors import AepacsError, CodecError, DatasetMismatch, InputError
+from aepacs.models.registry import ModelError, Registry, config_registry
 from aepacs.pipeline.archive import Archive
 from aepacs.store.index import ADDED, CONFLICT, SAME, BlobRef
 from aepacs.store.records import InstanceRecord, check_uids, required_uids
@@ -49,18 +52,38 @@ def object_uid(ds: Dataset) -> str:
     return str(generate_uid())
 
 
-def route(parts: Part10, config: Config) -> str:
-    """The route (codec family) configured for this object's modality."""
+def route(parts: Part10, config: Config) -> Route:
+    """The route configured for this object's modality."""
     return config.route_for(str(parts.dataset.get("Modality", "")))
 
 
+#: Lossy objects that failed their route's quality gate (or that the model could not
+#: code) and went lossless instead, per model: a model meeting data it was not trained
+#: for shows up here at once.
+GATE_FALLBACKS: Counter[str] = Counter()
+
+
+def learned_codec(r: Route, registry: Registry) -> LearnedCodec:
+    """The codec of a learned route (the model verified by hash on first use)."""
+    assert r.model is not None
+    try:
+        model = registry.load(r.model)
+    except ModelError as exc:
+        raise CodecError(str(exc)) from None
+    return LearnedCodec(model, r.mode, gain=r.gain, target_psnr=r.target_psnr)
+
+
 def encode(data: bytes, parts: Part10, config: Config, *, sha256: str | None = None) -> EncodedObject:
-    """Encode per the object's route (only ``lossless`` exists so far)."""
-    name = route(parts, config)
-    if name != "lossless":
-        raise CodecError(f"route {name!r} has no codec")
-    return encode_object(data, parts=parts, lossless=config.codec.lossless,
-                         zstd_level=config.codec.zstd_level, sha256=sha256)
+    """Encode per the object's route; a lossy object below its route's quality floor goes lossless."""
+    r = route(parts, config)
+    learned = learned_codec(r, config_registry(config)) if r.model else None
+    encoded = encode_object(data, parts=parts, lossless=config.codec.lossless, zstd_level=config.codec.zstd_level,
+                            sha256=sha256, learned=learned, floor=QualityFloor(r.min_psnr, r.min_ssim))
+    if learned is not None and encoded.gate:
+        GATE_FALLBACKS[learned.id] += 1
+        log.warning("instance %s: %s; stored losslessly with %s",
+                    object_uid(parts.dataset), encoded.gate, encoded.codec)
+    return encoded
 
 
 def check(parts: Part10, expect_uid: str | None = None) -> dict[str, str]:
@@ -170,7 +193,8 @@ def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None) -> I
     encoded, blob = seal_bytes(data, archive.keyring, archive.config, parts, sha256=sha)
     key = archive.store.put(blob)
     ref = BlobRef(codec=encoded.codec, kek_version=archive.keyring.active_version, blob_key=key,
-                  blob_size=len(blob), source_size=len(data), source_sha256=sha)
+                  blob_size=len(blob), source_size=len(data), source_sha256=sha,
+                  psnr=(encoded.lossy or {}).get("psnr"), ssim=(encoded.lossy or {}).get("ssim"))
     outcome = archive.index.add(record, ref)
     if outcome != ADDED:  # lost a race with another writer of the same instance
         archive.store.delete(key)

@@ -17,35 +17,60 @@ from typing import Any
 
 from tqdm import tqdm
 
-from aepacs.codec.payload import decode_object
+from aepacs.codec.payload import decode_payload
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import SealedHeader, open_sealed
 from aepacs.errors import AepacsError, CodecError, OpenError
+from aepacs.models.registry import config_registry
 from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.derive import derive
 from aepacs.store.atomic import atomic_write
 from aepacs.store.blobs import blob_key
 
 log = logging.getLogger("aepacs.retrieve")
 
 
-def open_bytes(blob: bytes, keyring: Keyring, *, name: str = "object",
-               expect_uid: str | None = None) -> tuple[SealedHeader, bytes]:
-    """Open and decode a sealed object.
+def open_payload(blob: bytes, keyring: Keyring, *, name: str = "object", expect_uid: str | None = None,
+                 registry: Any = None) -> tuple[SealedHeader, bytes, dict[str, Any] | None]:
+    """Open and decode a sealed object: (clear header, Part 10 bytes, lossy record or None).
 
-    Returns
-    -------
-    (SealedHeader, bytes)
-        Its clear header and the original Part 10 bytes.
+    For a learned lossy object the bytes are the original header around the
+    reconstructed pixels (not yet marked as derived; :func:`open_bytes` does that).
 
     Raises
     ------
     OpenError
-        Tampered, swapped, wrong key, or a payload that does not decode;
-        the message names `name`.
+        Tampered, swapped, wrong key, a model missing or damaged, or a
+        payload that does not decode; the message names `name`.
     """
     header, payload = open_sealed(blob, keyring, name=name, expect_uid=expect_uid)
     try:
-        return header, decode_object(payload)
+        data, lossy = decode_payload(payload, registry)
+    except CodecError as exc:
+        raise OpenError(name, str(exc)) from None
+    return header, data, lossy
+
+
+def open_bytes(blob: bytes, keyring: Keyring, *, name: str = "object", expect_uid: str | None = None,
+               registry: Any = None) -> tuple[SealedHeader, bytes]:
+    """Open and decode a sealed object into DICOM a viewer can read.
+
+    Returns
+    -------
+    (SealedHeader, bytes)
+        Its clear header and the original Part 10 bytes, or for a learned
+        lossy object the derived image (:mod:`aepacs.pipeline.derive`).
+
+    Raises
+    ------
+    OpenError
+        As :func:`open_payload`.
+    """
+    header, data, lossy = open_payload(blob, keyring, name=name, expect_uid=expect_uid, registry=registry)
+    if lossy is None:
+        return header, data
+    try:
+        return header, derive(data, lossy)
     except CodecError as exc:
         raise OpenError(name, str(exc)) from None
 
@@ -71,7 +96,7 @@ def fetch_blob(archive: Archive, sop_uid: str) -> tuple[Any, bytes]:
 
 
 def fetch(archive: Archive, sop_uid: str) -> bytes:
-    """Return the original bytes of an archived instance.
+    """Return the original bytes of an archived instance (the derived image of a lossy one).
 
     Raises
     ------
@@ -79,7 +104,13 @@ def fetch(archive: Archive, sop_uid: str) -> bytes:
         Not archived, blob missing or altered, or its key is not in the keyring.
     """
     row, blob = fetch_blob(archive, sop_uid)
-    _, data = open_bytes(blob, archive.keyring, name=sop_uid, expect_uid=sop_uid)
+    _, data, lossy = open_payload(blob, archive.keyring, name=sop_uid, expect_uid=sop_uid,
+                                  registry=config_registry(archive.config))
+    if lossy is not None:  # its reconstruction's hash was checked by the decoder
+        try:
+            return derive(data, lossy)
+        except CodecError as exc:
+            raise OpenError(sop_uid, str(exc)) from None
     if hashlib.sha256(data).hexdigest() != row.source_sha256:
         raise OpenError(sop_uid, "opened object does not match the index")
     return data

@@ -77,6 +77,8 @@ instances = Table(
     Column("blob_size", Integer, nullable=False),
     Column("source_size", Integer, nullable=False),
     Column("source_sha256", String(64), nullable=False),
+    Column("psnr", Float),   # learned lossy objects: quality measured at sealing
+    Column("ssim", Float),
     Column("stored_at", Float, nullable=False),
 )
 
@@ -91,6 +93,8 @@ class BlobRef:
     blob_size: int
     source_size: int
     source_sha256: str
+    psnr: float | None = None
+    ssim: float | None = None
 
 
 #: Outcomes of :meth:`Index.add`.

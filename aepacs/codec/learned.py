@@ -1,0 +1,265 @@
+"""The learned codec: a registry model's latent, entropy-coded, per frame.
+
+Encode, per frame: normalise by the frame's own minimum and maximum,
+edge-pad to the model's stride, run the float analysis, round to the
+integer latent at gain ``k``, entropy-code it under per-block scales (the
+side information: one discrete-Laplace table index per block of 16x16
+latent values and channel, coded as differences). The reconstruction is computed by the *integer*
+synthesis, exactly as every decoder will compute it, then mapped back to
+stored values with integer arithmetic and clipped to ``[min, max]``.
+
+``lossy``     the latent alone. The gain is fixed, or the smallest meeting a
+              target PSNR.
+``lossless``  the latent plus the residual ``original - reconstruction``,
+              coded under 16 contexts from the reconstruction's local
+              activity (integers only); decoding is bit-identical.
+
+Stream (big-endian)::
+
+    "AEL1" u8 mode, u8 samples, u32 frames, u32 rows, u32 columns
+    per frame: u8 gain, i32 min, i32 max, u32 side, latent and residual bytes,
+               [16 x u8 residual tables (lossless)], side, latent, residual
+
+Only integers cross from encoder to decoder; :meth:`LearnedCodec.encode`
+entropy-decodes what it wrote before returning it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from aepacs.codec import entropy
+from aepacs.codec.base import PixelMeta
+from aepacs.codec.nets.factorized import BLOCK, STRIDE
+from aepacs.codec.nets.fixed import FA
+from aepacs.codec.quality import psnr
+from aepacs.errors import CodecError
+
+MAGIC = b"AEL1"
+MODES = ("lossy", "lossless")
+_HEAD = struct.Struct(">4sBBIII")
+_FRAME = struct.Struct(">BiiIII")
+CONTEXTS = 16
+BATCH_PIXELS = 4 * 512 * 512  # frames per network call: about four CT slices' worth
+
+__all__ = ["LearnedCodec", "psnr"]
+
+
+@dataclass
+class _Frame:
+    k: int
+    lo: int
+    hi: int
+    q: np.ndarray  # (M, h, w) int64
+    rec: np.ndarray  # (rows, cols, samples) int64
+
+
+def _to_stored(x_int: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Integer network output (``FA`` fraction bits, [0, 1]) -> stored values in [lo, hi]."""
+    span = hi - lo
+    v = (x_int * span + (1 << (FA - 1))) >> FA
+    return np.clip(v + lo, lo, hi)
+
+
+def _contexts(rec: np.ndarray) -> np.ndarray:
+    """Residual context per value: bit length of the local activity of the reconstruction."""
+    left = np.concatenate([rec[:, :1], rec[:, :-1]], axis=1)
+    up = np.concatenate([rec[:1], rec[:-1]], axis=0)
+    activity = np.abs(rec - left) + np.abs(rec - up)
+    ctx = np.zeros(activity.shape, dtype=np.int64)
+    a = activity.copy()
+    while a.any():  # bit_length, vectorised
+        nz = a > 0
+        ctx[nz] += 1
+        a >>= 1
+    return np.minimum(ctx, CONTEXTS - 1)
+
+
+_SIDE_TABLE = int(entropy.index_for_scales(np.array([1.0]))[0])
+
+
+def _block_tables(q: np.ndarray) -> np.ndarray:
+    """Encoder: table index per (channel, block row, block column) from mean |q| of the block."""
+    m, h, w = q.shape
+    bh, bw = -(-h // BLOCK), -(-w // BLOCK)
+    a = np.zeros((m, bh * BLOCK, bw * BLOCK))
+    a[:, :h, :w] = np.abs(q)
+    count = np.zeros((bh * BLOCK, bw * BLOCK))
+    count[:h, :w] = 1
+    sums = a.reshape(m, bh, BLOCK, bw, BLOCK).sum(axis=(2, 4))
+    n = count.reshape(bh, BLOCK, bw, BLOCK).sum(axis=(1, 3))
+    return entropy.index_for_scales(np.maximum(sums / n, 0.08))
+
+
+def _expand(tables: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Per-block table indices -> per-latent-value indices ``(M, h, w)``."""
+    return np.repeat(np.repeat(tables, BLOCK, axis=1), BLOCK, axis=2)[:, :h, :w]
+
+
+def _encode_side(tables: np.ndarray) -> bytes:
+    flat = tables.ravel()
+    return entropy.encode(np.diff(flat, prepend=0), _SIDE_TABLE)
+
+
+def _decode_side(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    n = shape[0] * shape[1] * shape[2]
+    tables = np.cumsum(entropy.decode(data, np.full(n, _SIDE_TABLE))).reshape(shape)
+    if tables.size and (tables.min() < 0 or tables.max() >= entropy.SCALES):
+        raise CodecError("learned stream side information out of range")
+    return tables
+
+
+def _residual_tables(residual: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+    """Per context, the table whose Laplace scale fits the residual best (encoder side)."""
+    tables = np.zeros(CONTEXTS, dtype=np.int64)
+    for c in range(CONTEXTS):
+        r = residual[ctx == c]
+        if r.size:
+            tables[c] = entropy.index_for_scales(np.array([max(np.abs(r).mean(), 0.05)]))[0]
+    return tables
+
+
+class LearnedCodec:
+    """A factorized registry model as an image codec.
+
+    Parameters
+    ----------
+    model : aepacs.models.registry.Model
+        A verified model of architecture ``factorized``.
+    mode : {"lossy", "lossless"}
+    gain : int, optional
+        Gain index (operating point); default: the model's ``default_gain``.
+    target_psnr : float, optional
+        Lossy only: use the smallest gain whose frame PSNR reaches this.
+    """
+
+    def __init__(self, model: Any, mode: str = "lossy", *, gain: int | None = None,
+                 target_psnr: float | None = None) -> None:
+        if model.arch != "factorized":
+            raise CodecError(f"model {model.ref} ({model.arch}) is not a codec model")
+        if mode not in MODES:
+            raise CodecError(f"unknown learned mode {mode!r}")
+        self.model, self.mode, self.target_psnr = model, mode, target_psnr
+        self.synthesis = model.synthesis
+        default = model.manifest.get("default_gain", self.synthesis.gains // 2)
+        self.gain = default if gain is None else gain
+        if not 0 <= self.gain < self.synthesis.gains:
+            raise CodecError(f"gain {self.gain} outside 0..{self.synthesis.gains - 1} of {model.ref}")
+        self.channels = int(model.manifest["hyper"]["channels"])
+        self.id = f"ae:{model.ref}"
+
+    # -- encoder ---------------------------------------------------------------------------
+
+    def _check(self, pixels: np.ndarray) -> None:
+        if pixels.ndim != 4 or pixels.dtype.kind not in "ui" or pixels.size == 0:
+            raise CodecError(f"learned codec takes integer frames, not {pixels.dtype} {pixels.shape}")
+        if int(pixels.min()) < -(1 << 15) or int(pixels.max()) >= (1 << 16):
+            raise CodecError("learned codec takes values of at most 16 bits")
+        if pixels.shape[3] != self.channels:
+            raise CodecError(f"{self.model.ref} codes {self.channels}-sample images, not {pixels.shape[3]}")
+
+    def _run(self, pixels: np.ndarray, k: int) -> list[_Frame]:
+        """Analysis, rounding and integer synthesis of frames at gain `k`."""
+        net, stride = self.model.network, self.model.network.stride
+        frames, rows, cols, _ = pixels.shape
+        ph, pw = -rows % stride, -cols % stride
+        per_call = max(1, BATCH_PIXELS // max(rows * cols, 1))
+        out: list[_Frame] = []
+        for a in range(0, frames, per_call):
+            chunk = pixels[a:a + per_call].astype(np.int64)
+            lo = chunk.reshape(len(chunk), -1).min(axis=1)
+            hi = chunk.reshape(len(chunk), -1).max(axis=1)
+            span = np.maximum(hi - lo, 1).astype(np.float32)
+            x = (chunk - lo[:, None, None, None]).astype(np.float32) / span[:, None, None, None]
+            x = np.pad(x.transpose(0, 3, 1, 2), ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
+            with torch.inference_mode():
+                q = net.quantize(torch.from_numpy(np.ascontiguousarray(x)), k).numpy().astype(np.int64)
+            x_int = self.synthesis(q, k)[:, :, :rows, :cols].transpose(0, 2, 3, 1)
+            for i in range(len(chunk)):
+                out.append(_Frame(k, int(lo[i]), int(hi[i]), q[i], _to_stored(x_int[i], int(lo[i]), int(hi[i]))))
+        return out
+
+    def _lossy_frames(self, pixels: np.ndarray) -> list[_Frame]:
+        """Frames at the fixed gain, or at the smallest gain meeting the target PSNR."""
+        if self.target_psnr is None:
+            return self._run(pixels, self.gain)
+        best, lo_k, hi_k = None, 0, self.synthesis.gains - 1
+        while lo_k <= hi_k:  # binary search: PSNR grows with the gain
+            mid = (lo_k + hi_k) // 2
+            run = self._run(pixels, mid)
+            if all(psnr(pixels[i], f.rec) >= self.target_psnr for i, f in enumerate(run)):
+                best, hi_k = run, mid - 1
+            else:
+                lo_k = mid + 1
+        return best or self._run(pixels, self.synthesis.gains - 1)
+
+    def encode(self, pixels: np.ndarray, meta: PixelMeta | None = None) -> bytes:
+        """Code frames ``(frames, rows, columns, samples)``; see the module docstring."""
+        self._check(pixels)
+        frames = self._lossy_frames(pixels) if self.mode == "lossy" else self._run(pixels, self.gain)
+        out = [_HEAD.pack(MAGIC, MODES.index(self.mode), pixels.shape[3], *pixels.shape[:3])]
+        for i, f in enumerate(frames):
+            blocks = _block_tables(f.q)
+            side = _encode_side(blocks)
+            table = _expand(blocks, *f.q.shape[1:])
+            latent = entropy.encode(f.q, table)
+            residual, extra = b"", b""
+            if self.mode == "lossless":
+                r = pixels[i].astype(np.int64) - f.rec
+                ctx = _contexts(f.rec)
+                tables = _residual_tables(r, ctx)
+                residual, extra = entropy.encode(r, tables[ctx]), tables.astype(np.uint8).tobytes()
+            out += [_FRAME.pack(f.k, f.lo, f.hi, len(side), len(latent), len(residual)),
+                    extra, side, latent, residual]
+            if not np.array_equal(entropy.decode(latent, table), f.q.ravel()):
+                raise CodecError(f"{self.model.ref}: latent does not survive its own entropy round trip")
+        self.last = frames
+        return b"".join(out)
+
+    # -- decoder ---------------------------------------------------------------------------
+
+    def decode(self, data: bytes, meta: PixelMeta | None = None) -> np.ndarray:
+        """Rebuild the frames; integer only, so every machine gets the same pixels."""
+        try:
+            magic, mode, samples, frames, rows, cols = _HEAD.unpack_from(data)
+        except struct.error:
+            raise CodecError("learned stream truncated") from None
+        if magic != MAGIC or mode >= len(MODES) or samples != self.channels:
+            raise CodecError("not a learned-codec stream for this model")
+        if meta is not None and (meta.frames, meta.rows, meta.columns, meta.samples) != (frames, rows, cols, samples):
+            raise CodecError("learned stream does not match its pixel description")
+        h, w = -(-rows // STRIDE), -(-cols // STRIDE)
+        bshape = (self.synthesis.latent_channels, -(-h // BLOCK), -(-w // BLOCK))
+        m = self.synthesis.latent_channels
+        pos = _HEAD.size
+        out = np.empty((frames, rows, cols, samples), dtype=np.int64)
+        for i in range(frames):
+            try:
+                k, lo, hi, nside, nlat, nres = _FRAME.unpack_from(data, pos)
+            except struct.error:
+                raise CodecError("learned stream truncated") from None
+            pos += _FRAME.size
+            if not 0 <= k < self.synthesis.gains:
+                raise CodecError(f"learned stream names gain {k}, model has {self.synthesis.gains}")
+            tables = None
+            if mode == 1:
+                tables = np.frombuffer(data, dtype=np.uint8, count=CONTEXTS, offset=pos).astype(np.int64)
+                pos += CONTEXTS
+            blocks = _decode_side(data[pos:pos + nside], bshape)
+            pos += nside
+            q = entropy.decode(data[pos:pos + nlat], _expand(blocks, h, w)).reshape(1, m, h, w)
+            pos += nlat
+            rec = _to_stored(self.synthesis(q, k)[0, :, :rows, :cols].transpose(1, 2, 0), lo, hi)
+            if mode == 1:
+                assert tables is not None
+                rec = rec + entropy.decode(data[pos:pos + nres], tables[_contexts(rec)]).reshape(rec.shape)
+            pos += nres
+            out[i] = rec
+        if pos != len(data):
+            raise CodecError("learned stream has trailing bytes")
+        return out.astype(meta.dtype.newbyteorder("=")) if meta is not None else out

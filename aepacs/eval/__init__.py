@@ -1,0 +1,1 @@
+"""``aepacs eval``: the learned codec measured against standard codecs on real images."""

@@ -1,0 +1,1 @@
+"""Model registry, training data and training of the learned codecs."""
