@@ -2,9 +2,7 @@
 
 Encode, per frame: normalise by the frame's own minimum and maximum,
 edge-pad to the model's stride, run the float analysis, round to the
-integer latent at gain ``k``, entropy-code it under per-block scales (the
-side information: one discrete-Laplace table index per block of 16x16
-latent values and channel, coded as differences). The reconstruction is computed by the *integer*
+integer latent at gain ``k``, entropy-code it (:mod:`aepacs.codec.latent`). The reconstruction is computed by the *integer*
 synthesis, exactly as every decoder will compute it, then mapped back to
 stored values with integer arithmetic and clipped to ``[min, max]``.
 
@@ -17,8 +15,8 @@ stored values with integer arithmetic and clipped to ``[min, max]``.
 Stream (big-endian)::
 
     "AEL1" u8 mode, u8 samples, u32 frames, u32 rows, u32 columns
-    per frame: u8 gain, i32 min, i32 max, u32 side, latent and residual bytes,
-               [16 x u8 residual tables (lossless)], side, latent, residual
+    per frame: u8 gain, i32 min, i32 max, u32 latent bytes, u32 residual bytes,
+               [16 x u8 residual tables (lossless)], latent, residual
 
 Only integers cross from encoder to decoder; :meth:`LearnedCodec.encode`
 entropy-decodes what it wrote before returning it.
@@ -33,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from aepacs.codec import entropy
+from aepacs.codec import entropy, latent
 from aepacs.codec.base import PixelMeta
-from aepacs.codec.nets.factorized import BLOCK, STRIDE
+from aepacs.codec.nets.factorized import STRIDE
 from aepacs.codec.nets.fixed import FA
 from aepacs.codec.quality import psnr
 from aepacs.errors import CodecError
@@ -43,7 +41,7 @@ from aepacs.errors import CodecError
 MAGIC = b"AEL1"
 MODES = ("lossy", "lossless")
 _HEAD = struct.Struct(">4sBBIII")
-_FRAME = struct.Struct(">BiiIII")
+_FRAME = struct.Struct(">BiiII")
 CONTEXTS = 16
 BATCH_PIXELS = 4 * 512 * 512  # frames per network call: about four CT slices' worth
 
@@ -80,40 +78,6 @@ def _contexts(rec: np.ndarray) -> np.ndarray:
     return np.minimum(ctx, CONTEXTS - 1)
 
 
-_SIDE_TABLE = int(entropy.index_for_scales(np.array([1.0]))[0])
-
-
-def _block_tables(q: np.ndarray) -> np.ndarray:
-    """Encoder: table index per (channel, block row, block column) from mean |q| of the block."""
-    m, h, w = q.shape
-    bh, bw = -(-h // BLOCK), -(-w // BLOCK)
-    a = np.zeros((m, bh * BLOCK, bw * BLOCK))
-    a[:, :h, :w] = np.abs(q)
-    count = np.zeros((bh * BLOCK, bw * BLOCK))
-    count[:h, :w] = 1
-    sums = a.reshape(m, bh, BLOCK, bw, BLOCK).sum(axis=(2, 4))
-    n = count.reshape(bh, BLOCK, bw, BLOCK).sum(axis=(1, 3))
-    return entropy.index_for_scales(np.maximum(sums / n, 0.08))
-
-
-def _expand(tables: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Per-block table indices -> per-latent-value indices ``(M, h, w)``."""
-    return np.repeat(np.repeat(tables, BLOCK, axis=1), BLOCK, axis=2)[:, :h, :w]
-
-
-def _encode_side(tables: np.ndarray) -> bytes:
-    flat = tables.ravel()
-    return entropy.encode(np.diff(flat, prepend=0), _SIDE_TABLE)
-
-
-def _decode_side(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
-    n = shape[0] * shape[1] * shape[2]
-    tables = np.cumsum(entropy.decode(data, np.full(n, _SIDE_TABLE))).reshape(shape)
-    if tables.size and (tables.min() < 0 or tables.max() >= entropy.SCALES):
-        raise CodecError("learned stream side information out of range")
-    return tables
-
-
 def _residual_tables(residual: np.ndarray, ctx: np.ndarray) -> np.ndarray:
     """Per context, the table whose Laplace scale fits the residual best (encoder side)."""
     tables = np.zeros(CONTEXTS, dtype=np.int64)
@@ -122,6 +86,17 @@ def _residual_tables(residual: np.ndarray, ctx: np.ndarray) -> np.ndarray:
         if r.size:
             tables[c] = entropy.index_for_scales(np.array([max(np.abs(r).mean(), 0.05)]))[0]
     return tables
+
+
+def frame_gains(data: bytes) -> list[int]:
+    """The gain index each frame of a learned stream was coded at."""
+    _, mode, _, frames, _, _ = _HEAD.unpack_from(data)
+    pos, gains = _HEAD.size, []
+    for _ in range(frames):
+        k, _, _, nlat, nres = _FRAME.unpack_from(data, pos)
+        gains.append(k)
+        pos += _FRAME.size + (CONTEXTS if mode == 1 else 0) + nlat + nres
+    return gains
 
 
 class LearnedCodec:
@@ -200,26 +175,30 @@ class LearnedCodec:
 
     def encode(self, pixels: np.ndarray, meta: PixelMeta | None = None) -> bytes:
         """Code frames ``(frames, rows, columns, samples)``; see the module docstring."""
+        return self.encode_reconstruct(pixels)[0]
+
+    def encode_reconstruct(self, pixels: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """The stream and the pixels every decoder will rebuild from it (int64).
+
+        The latent is entropy-decoded again before returning: the integers a
+        decoder will read are the integers the encoder meant.
+        """
         self._check(pixels)
         frames = self._lossy_frames(pixels) if self.mode == "lossy" else self._run(pixels, self.gain)
         out = [_HEAD.pack(MAGIC, MODES.index(self.mode), pixels.shape[3], *pixels.shape[:3])]
         for i, f in enumerate(frames):
-            blocks = _block_tables(f.q)
-            side = _encode_side(blocks)
-            table = _expand(blocks, *f.q.shape[1:])
-            latent = entropy.encode(f.q, table)
+            coded = latent.encode(f.q)
+            if not np.array_equal(latent.decode(coded, f.q.shape), f.q):
+                raise CodecError(f"{self.model.ref}: latent does not survive its own entropy round trip")
             residual, extra = b"", b""
             if self.mode == "lossless":
                 r = pixels[i].astype(np.int64) - f.rec
                 ctx = _contexts(f.rec)
                 tables = _residual_tables(r, ctx)
                 residual, extra = entropy.encode(r, tables[ctx]), tables.astype(np.uint8).tobytes()
-            out += [_FRAME.pack(f.k, f.lo, f.hi, len(side), len(latent), len(residual)),
-                    extra, side, latent, residual]
-            if not np.array_equal(entropy.decode(latent, table), f.q.ravel()):
-                raise CodecError(f"{self.model.ref}: latent does not survive its own entropy round trip")
-        self.last = frames
-        return b"".join(out)
+            out += [_FRAME.pack(f.k, f.lo, f.hi, len(coded), len(residual)), extra, coded, residual]
+        recon = pixels.astype(np.int64) if self.mode == "lossless" else np.stack([f.rec for f in frames])
+        return b"".join(out), recon
 
     # -- decoder ---------------------------------------------------------------------------
 
@@ -234,13 +213,12 @@ class LearnedCodec:
         if meta is not None and (meta.frames, meta.rows, meta.columns, meta.samples) != (frames, rows, cols, samples):
             raise CodecError("learned stream does not match its pixel description")
         h, w = -(-rows // STRIDE), -(-cols // STRIDE)
-        bshape = (self.synthesis.latent_channels, -(-h // BLOCK), -(-w // BLOCK))
         m = self.synthesis.latent_channels
         pos = _HEAD.size
         out = np.empty((frames, rows, cols, samples), dtype=np.int64)
         for i in range(frames):
             try:
-                k, lo, hi, nside, nlat, nres = _FRAME.unpack_from(data, pos)
+                k, lo, hi, nlat, nres = _FRAME.unpack_from(data, pos)
             except struct.error:
                 raise CodecError("learned stream truncated") from None
             pos += _FRAME.size
@@ -250,9 +228,7 @@ class LearnedCodec:
             if mode == 1:
                 tables = np.frombuffer(data, dtype=np.uint8, count=CONTEXTS, offset=pos).astype(np.int64)
                 pos += CONTEXTS
-            blocks = _decode_side(data[pos:pos + nside], bshape)
-            pos += nside
-            q = entropy.decode(data[pos:pos + nlat], _expand(blocks, h, w)).reshape(1, m, h, w)
+            q = latent.decode(data[pos:pos + nlat], (m, h, w))[None]
             pos += nlat
             rec = _to_stored(self.synthesis(q, k)[0, :, :rows, :cols].transpose(1, 2, 0), lo, hi)
             if mode == 1:
