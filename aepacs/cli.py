@@ -223,7 +223,7 @@ def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from aepacs.demo import run_demo
 
-    return run_demo(config, data=args.data or None, keep=args.keep, home=args.home)
+    return run_demo(config, data=args.data or None, keep=args.keep, home=args.home, learned=not args.lossless_only)
 
 
 # -- models / train / eval ---------------------------------------------------------
@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=200, help="steps per epoch (default 200)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=128, help="crop size (default 128)")
-    p.add_argument("--lambda", dest="lmbda", type=float, default=2e4, help="rate-distortion weight at gain 0")
+    p.add_argument("--lambda", dest="lmbda", type=float, default=150.0, help="rate-distortion weight at gain 0 (default 150)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", type=int, default=1, choices=[1, 3])
@@ -422,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, action="append", metavar="DIR", help="sample data (repeatable)")
     p.add_argument("--home", type=Path, metavar="DIR", help="data directory (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    p.add_argument("--lossless-only", action="store_true", help="skip the learned lossy part")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -72,6 +72,24 @@ def test_seal_info_open_round_trip(env: dict[str, str], tmp_path: Path) -> None:
     assert opened.read_bytes() == src.read_bytes()
 
 
+def test_lossy_route_seal_info_open(env: dict[str, str], tmp_path: Path) -> None:
+    import pydicom
+
+    src = ct_files()[12]
+    site = tmp_path / "site.yaml"
+    site.write_text("routes:\n  CT: {model: ct, mode: lossy, min_psnr: 30}\n")
+    env = {**env, "AEPACS_CONFIG": str(site)}
+    run_cli("keys", "init", env=env, check=True)
+    sealed, opened = tmp_path / "x.aepx", tmp_path / "x.dcm"
+    assert "codec ae:ct@1" in run_cli("seal", str(src), "-o", str(sealed), env=env, check=True).stdout
+    info = run_cli("info", str(sealed), env=env, check=True).stdout
+    assert re.search(r"lossy\s+yes: model ct@1", info) and re.search(r"quality at sealing\s+PSNR [\d.]+ dB", info)
+    run_cli("open", str(sealed), "-o", str(opened), env=env, check=True)
+    ds = pydicom.dcmread(opened)
+    assert ds.ImageType[0] == "DERIVED" and ds.SourceImageSequence[0].ReferencedSOPInstanceUID == \
+        pydicom.dcmread(src).SOPInstanceUID
+
+
 def test_errors_are_one_line_naming_the_file(env: dict[str, str], tmp_path: Path) -> None:
     run_cli("keys", "init", env=env, check=True)
     sealed = tmp_path / "x.aepx"

@@ -91,3 +91,17 @@ def test_server_section(home: Path, tmp_path: Path) -> None:
 def test_bad_server_config(home: Path, tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         load_config(write(tmp_path, text))
+
+
+def test_learned_example_config_names_shipped_models(home: Path) -> None:
+    from aepacs.config import DEFAULT_CONFIG_PATH
+    from aepacs.models.registry import SHIPPED, Registry
+
+    cfg = load_config(DEFAULT_CONFIG_PATH.parent / "learned.yaml")
+    models = {r.model for r in cfg.routes.values() if r.model}
+    assert models >= {"ct", "mr", "cr", "us"}
+    shipped = Registry(SHIPPED)
+    for name in models:
+        model = shipped.load(name)
+        assert model.manifest["modality"] and model.arch == "factorized"
+    assert cfg.route_for("DX").model == "cr" and cfg.route_for("SR") == Route()

@@ -22,3 +22,12 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
     if SHARED_CT.is_dir():
         assert str(SHARED_CT.parent) in out
     assert (home / "keyring.json").exists() and (home / "index.sqlite3").exists()
+    # part two: the learned lossy routes with the shipped models
+    assert "RESULT: every lossy object came back as a marked derived image" in out
+    learned = out.split("learned lossy routes", 1)[1]
+    for modality in ("CT", "MR", "CR", "US"):
+        row = re.search(rf"^{modality}\s+(\d+)\s+[\d.]+\s+[\d.]+\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+(\d+)/(\d+)$",
+                        learned, re.M)
+        assert row, modality
+        assert int(row[1]) > 0 and int(row[4]) == int(row[5]) == int(row[1])
+        assert float(row[2]) > 3  # lossy: well beyond what lossless reaches

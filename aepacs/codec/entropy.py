@@ -104,7 +104,7 @@ def encode(values: np.ndarray, tables: np.ndarray) -> bytes:
     sym, escaped = _symbols(values)
     if escaped.size and np.abs(escaped).max() >= 2**31:
         raise CodecError("value too large for the entropy coder")
-    order = np.argsort(tables, kind="stable")
+    order = np.argsort(tables.astype(np.uint8), kind="stable")  # radix sort: table indices are < 64
     sym, tab = sym[order], tables[order]
     bounds = np.flatnonzero(np.diff(tab)) + 1
     starts = np.concatenate([[0], bounds])
@@ -137,7 +137,7 @@ def decode(data: bytes, tables: np.ndarray) -> np.ndarray:
         raise CodecError("entropy stream has trailing or missing bytes")
     if tables.size and (tables.min() < 0 or tables.max() >= SCALES):
         raise CodecError("entropy table index out of range")
-    order = np.argsort(tables, kind="stable")
+    order = np.argsort(tables.astype(np.uint8), kind="stable")
     tab = tables[order]
     bounds = np.flatnonzero(np.diff(tab)) + 1
     coder = constriction.stream.stack.AnsCoder(words)

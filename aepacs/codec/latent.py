@@ -129,10 +129,11 @@ def encode(q: np.ndarray) -> bytes:
     blocks = np.stack([_block_tables(c) for c in coeffs])
     ctx_tables = np.zeros((m, CONTEXTS), dtype=np.int64)
     values, tables = [coeffs], [_expand(blocks, h, w)]
+    lead_ctx = {c: contexts(q[c]) for c in leads}
     for c in range(m):
         if c in leads:
             continue
-        ctx = contexts(q[c - c % LEAD_EVERY])
+        ctx = lead_ctx[c - c % LEAD_EVERY]
         sums = np.bincount(ctx.ravel(), weights=np.abs(q[c]).ravel(), minlength=CONTEXTS)
         counts = np.bincount(ctx.ravel(), minlength=CONTEXTS)
         ctx_tables[c] = entropy.index_for_scales(np.maximum(sums / np.maximum(counts, 1), 0.08))
@@ -176,6 +177,7 @@ def decode(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         q[c] = inverse_haar(coeffs[i])
     others = [c for c in range(m) if c not in leads]
     if others:
-        tables = np.stack([ctx_tables[c][contexts(q[c - c % LEAD_EVERY])] for c in others])
+        lead_ctx = {c: contexts(q[c]) for c in leads}
+        tables = np.stack([ctx_tables[c][lead_ctx[c - c % LEAD_EVERY]] for c in others])
         q[others] = entropy.decode(data[pos:pos + nrest], tables).reshape(len(others), h, w)
     return q

@@ -43,7 +43,7 @@ class TrainConfig:
     steps: int = 200  # per epoch
     batch: int = 8
     patch: int = 128
-    lmbda: float = 2e4
+    lmbda: float = 150.0
     lr: float = 1e-3
     seed: int = 0
     hyper: dict[str, Any] = field(default_factory=dict)

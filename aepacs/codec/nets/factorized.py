@@ -94,7 +94,7 @@ class FactorizedCodecNet(nn.Module):
 
     stride = STRIDE
 
-    def __init__(self, channels: int = 1, n: int = 32, gains: int = 16, gain0: float = 32.0) -> None:
+    def __init__(self, channels: int = 1, n: int = 32, gains: int = 22, gain0: float = 4.0) -> None:
         super().__init__()
         self.channels, self.n, self.gain0 = channels, n, gain0
         m = 16 * channels

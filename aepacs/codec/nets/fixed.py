@@ -110,11 +110,19 @@ class FixedSynthesis:
     def latent_channels(self) -> int:
         return int(self.mean.shape[1])
 
-    @torch.inference_mode()
     def __call__(self, q: torch.Tensor | np.ndarray, k: int) -> np.ndarray:
-        """Decode integer latents ``(B, M, h, w)`` at gain `k` to ``(B, C, 4h, 4w)`` int64."""
+        """Decode integer latents ``(B, M, h, w)`` at gain `k` to ``(B, C, 4h, 4w)`` int64.
+
+        One item at a time: float64 convolutions run about twice as fast per
+        image unbatched here, and the result is the same either way.
+        """
         if not 0 <= k < self.gains:
             raise CodecError(f"gain index {k} out of range")
+        q = np.asarray(q)
+        return np.concatenate([self._one(q[i:i + 1], k) for i in range(len(q))])
+
+    @torch.inference_mode()
+    def _one(self, q: np.ndarray, k: int) -> np.ndarray:
         limit = float(2 ** (FA + ACT_BITS))
         y = torch.floor(torch.as_tensor(np.asarray(q), dtype=torch.float64) * self.gain_mult[k]
                         * 2.0**-GAIN_BITS) + self.mean

@@ -1,0 +1,136 @@
+"""Codec speed on real CT slices, and the paper's Table 3 done honestly.
+
+In one run, on the same 512x512 slices of ``../shared/data/ct`` (series 3,
+held out from the shipped CT model's training):
+
+* ``aepacs``      the shipped CT model, lossy at its default gain: encode (analysis,
+                  rounding, integer synthesis for the reconstruction, entropy coding
+                  and its check) and decode (entropy decoding, integer synthesis)
+* ``JPEG 2000``   OpenJPEG (imagecodecs) at the same bytes per slice
+* ``paper``       the paper's autoencoder (a registry model of arch ``paper`` when
+                  one is given with ``--paper``, else its architecture untrained:
+                  speed does not depend on the weights), float32 latent
+* Table 3: AES-256-GCM of the raw slice against encoder + entropy coding +
+  AES-256-GCM of the latent, end to end, and the bytes each produces.
+
+Slices per second on the stated thread count; ratios divide by JPEG 2000
+in the same run (for speed) or by the raw AES path (Table 3).
+
+Usage: ``python bench/codec.py [--slices N] [--threads T] [--paper REF]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pydicom
+import torch
+from Crypto.Cipher import AES
+from Crypto.Random import get_random_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aepacs.codec.learned import LearnedCodec  # noqa: E402
+from aepacs.codec.nets.paper import PaperAutoencoder  # noqa: E402
+from aepacs.codec.quality import psnr  # noqa: E402
+from aepacs.eval.baselines import j2k_at_budget  # noqa: E402
+from aepacs.models.registry import SHIPPED, Registry  # noqa: E402
+
+CT_DIR = ROOT.parent / "shared" / "data" / "ct" / "lung-pet-ct-dx-A0001" / "series-3-5mm"
+
+
+def slices(n: int) -> np.ndarray:
+    files = sorted(glob.glob(str(CT_DIR / "*.dcm")))
+    if not files:
+        sys.exit(f"bench/codec.py needs the CT series in {CT_DIR}")
+    picks = np.linspace(0, len(files) - 1, min(n, len(files))).round().astype(int)
+    return np.stack([pydicom.dcmread(files[i]).pixel_array for i in picks]).astype(np.int16)[..., None]
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    """Median seconds of `repeat` calls (after one warm-up)."""
+    fn()
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--slices", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--paper", help="registry model of arch paper (default: untrained architecture)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    px = slices(args.slices)
+    n = len(px)
+    model = Registry(SHIPPED).load("ct")
+    codec = LearnedCodec(model, "lossy")
+    stream = codec.encode(px)
+    per_slice = [codec.encode(px[i:i + 1]) for i in range(n)]
+    enc = timed(lambda: codec.encode(px), args.repeat)
+    dec = timed(lambda: codec.decode(stream), args.repeat)
+    rec = codec.decode(stream)
+    quality = psnr(px, rec)
+
+    j2k = [j2k_at_budget(px[i], len(per_slice[i])) for i in range(n)]
+    j2k_enc = sum(r[2] for r in j2k) / 1000
+    j2k_dec = sum(r[3] for r in j2k) / 1000
+    j2k_psnr = float(np.mean([psnr(px[i], j2k[i][1]) for i in range(n)]))
+
+    paper = (Registry.default().load(args.paper).network if args.paper else PaperAutoencoder(channels=1)).eval()
+    x = torch.from_numpy(((px.astype(np.float32) - px.min()) / (px.max() - px.min())).transpose(0, 3, 1, 2).copy())
+    with torch.inference_mode():
+        latent = paper.encoder(x[:1])
+        p_enc = timed(lambda: [paper.encoder(x[i:i + 1]) for i in range(n)], args.repeat)
+        p_dec = timed(lambda: [paper.decoder(latent) for _ in range(n)], args.repeat)
+
+    # Table 3: encrypting the raw slice vs encoding it and encrypting the latent
+    key = get_random_bytes(32)
+
+    def aes(data: bytes) -> bytes:
+        cipher = AES.new(key, AES.MODE_GCM, nonce=get_random_bytes(12))
+        ct, tag = cipher.encrypt_and_digest(data)
+        return ct + tag
+
+    raw = px[0].tobytes()
+    t_raw = timed(lambda: aes(raw), 20)
+    t_ae = timed(lambda: aes(codec.encode(px[:1])), args.repeat)
+    with torch.inference_mode():
+        t_paper = timed(lambda: aes(paper.encoder(x[:1]).numpy().tobytes()), args.repeat)
+
+    print(f"# bench/codec.py — {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{args.threads} threads, {n} CT slices 512x512 (held out), allocator: default")
+    print(f"{'codec':30} {'enc slices/s':>12} {'dec slices/s':>12} {'enc vs J2K':>10} {'dec vs J2K':>10} "
+          f"{'ratio':>7} {'PSNR':>7}")
+    ratio = px.nbytes / sum(map(len, per_slice))
+    rows = [("aepacs ct@1 (default gain)", n / enc, n / dec, ratio, quality),
+            ("JPEG 2000 (same bytes)", n / j2k_enc, n / j2k_dec, px.nbytes / sum(r[0] for r in j2k), j2k_psnr),
+            ("paper (float32 latent)", n / p_enc, n / p_dec, px.nbytes / (latent.numel() * 4 * n), float("nan"))]
+    for name, e, d, r, q in rows:
+        print(f"{name:30} {e:12.1f} {d:12.1f} {e / rows[1][1]:10.2f} {d / rows[1][2]:10.2f} {r:7.2f} {q:7.2f}")
+    print()
+    print("Table 3, one slice end to end (median):")
+    print(f"{'path':44} {'ms':>8} {'bytes':>9} {'vs raw AES':>10}")
+    for name, t, size in (("AES-256-GCM of the raw slice", t_raw, len(raw) + 16),
+                          ("aepacs encode + entropy code + AES-256-GCM", t_ae, len(per_slice[0]) + 16),
+                          ("paper encoder + AES-256-GCM of float latent", t_paper, latent.numel() * 4 + 16)):
+        print(f"{name:44} {1000 * t:8.2f} {size:9,} {t / t_raw:10.1f}x")
+
+
+if __name__ == "__main__":
+    main()
