@@ -250,7 +250,8 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     model = train(cfg, args.out, resume=args.resume, registry=registry, progress=not args.quiet)
     print(f"trained {model.ref} ({model.arch}) -> {model.path}")
     for row in model.manifest.get("metrics", {}).get("rate_distortion", []):
-        print(f"  gain {row['gain']:>2}: {row['bpp']:.3f} bpp, PSNR {row['psnr']:.2f} dB")
+        quality = "lossless" if row["psnr"] is None else f"PSNR {row['psnr']:.2f} dB"
+        print(f"  gain {row['gain']:>2}: {row['bpp']:.3f} bpp, {quality}")
     return 0
 
 

@@ -210,9 +210,9 @@ class Registry:
         atomic_write(root / "CURRENT", f"{model.version}\n".encode(), 0o644)
         return model
 
-    def add_metrics(self, model: Model, metrics: dict[str, Any]) -> Model:
+    def add_metrics(self, model: Model, metrics: dict[str, Any], **extra: Any) -> Model:
         """Record metrics measured after training in the manifest (weights unchanged)."""
-        manifest = {**model.manifest, "metrics": metrics}
+        manifest = {**model.manifest, "metrics": metrics, **{k: v for k, v in extra.items() if v is not None}}
         atomic_write(model.path / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), 0o644)
         self._loaded.pop((model.name, model.version), None)
         return self.verify(model.ref)

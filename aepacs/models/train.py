@@ -150,7 +150,19 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, registry: Regist
     registry = registry or Registry(out / "registry")
     model = registry.add(cfg.name, manifest, weights)
     metrics = validation_metrics(model, val_frames)
-    return registry.add_metrics(model, metrics)
+    return registry.add_metrics(model, metrics, default_gain=default_gain(metrics))
+
+
+DEFAULT_PSNR = 50.0
+
+
+def default_gain(metrics: dict[str, Any]) -> int | None:
+    """The smallest measured gain reaching ``DEFAULT_PSNR`` on validation (else the finest measured)."""
+    rows = metrics.get("rate_distortion") or []
+    if not rows:
+        return None
+    good = [r["gain"] for r in rows if r["psnr"] is None or r["psnr"] >= DEFAULT_PSNR]
+    return min(good) if good else max(r["gain"] for r in rows)
 
 
 def _weights(net: torch.nn.Module, arch: str) -> dict[str, dict[str, torch.Tensor]]:
@@ -188,5 +200,7 @@ def validation_metrics(model: Model, frames: list[Frame], limit: int = 8) -> dic
             rec = codec.decode(data)
             bpp.append(8 * len(data) / (px.shape[1] * px.shape[2] * px.shape[3]))
             q.append(psnr(px, rec))
-        per_gain.append({"gain": k, "bpp": round(float(np.mean(bpp)), 4), "psnr": round(float(np.mean(q)), 2)})
+        mean_q = float(np.mean(q))  # inf: every validation frame came back exactly
+        per_gain.append({"gain": k, "bpp": round(float(np.mean(bpp)), 4),
+                         "psnr": None if math.isinf(mean_q) else round(mean_q, 2)})
     return {"validation_frames": len(frames), "rate_distortion": per_gain}

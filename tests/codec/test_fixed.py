@@ -35,12 +35,11 @@ def reference(frozen: dict[str, torch.Tensor], q: np.ndarray, k: int) -> np.ndar
     i = 0
     while f"w{i}" in frozen:
         out = _conv_int(a, frozen[f"w{i}"].numpy()) + frozen[f"b{i}"].numpy()[:, None, None]
-        last = f"w{i + 1}" not in frozen
-        if last:
-            out += _conv_int(y, frozen["skip_w"].numpy()) + frozen["skip_b"].numpy()[:, None, None]
-        a = out >> int(frozen[f"fw{i}"])
-        a = np.clip(a, -limit, limit) if last else np.clip(a, 0, limit)
+        a = np.clip(out >> int(frozen[f"fw{i}"]), 0, limit)
         i += 1
+    out = (_conv_int(a, frozen["w_last"][k].numpy()) + frozen["b_last"][k].numpy()[:, None, None]
+           + _conv_int(y, frozen["skip_w"][k].numpy()) + frozen["skip_b"][k].numpy()[:, None, None])
+    a = np.clip(out >> int(frozen["fw_last"][k]), -limit, limit)
     s = int(frozen["shuffle"])
     c, h, w = a.shape
     return a.reshape(c // (s * s), s, s, h, w).transpose(0, 3, 1, 4, 2).reshape(c // (s * s), h * s, w * s)

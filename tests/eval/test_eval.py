@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SHARED_CT, ct_files, run_cli
 
 
@@ -35,3 +37,19 @@ def test_eval_report_on_held_out_ct(home: Path, tmp_path: Path) -> None:
     assert "JPEG-LS" in report and "rd_CT.png" in report
     for png in ("rd_CT.png", "crops_CT.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("model, filename, modality", [
+    ("mr@1", "MR2_UNCR.dcm", "MR"), ("cr@1", "RG1_UNCR.dcm", "CR"), ("us@1", "US1_UNCR.dcm", "US")])
+def test_eval_other_modalities_on_held_out_images(home: Path, tmp_path: Path, model: str, filename: str,
+                                                 modality: str) -> None:
+    import data_store
+
+    data = Path(data_store.__file__).parent / "data" / filename  # not among the model's training files
+    out = tmp_path / "report"
+    run_cli("eval", "--model", model, "--data", str(data), "--gains", "6", "-o", str(out), "-q", check=True)
+    summary = json.loads((out / "results.json").read_text())["summary"][modality]
+    assert summary["images"] == 1
+    assert summary["aepacs"][0]["psnr"] > 25 and summary["jpeg2000"][0]["psnr"] > 25
+    assert summary["jpegls"]["ratio"] > 1 and summary["aepacs-lossless"]["ratio"] > 1
+    assert (out / f"rd_{modality}.png").is_file()

@@ -58,24 +58,36 @@ def freeze(net: FactorizedCodecNet) -> dict[str, torch.Tensor]:
     Returns
     -------
     dict
-        ``w{i}``, ``b{i}``, ``fw{i}`` per synthesis convolution (ReLU after
-        all but the last); ``skip_w``/``skip_b`` of the linear path, which
-        shares the last layer's ``fw``; ``mean`` and ``gain_mult``.
+        ``w{i}``, ``b{i}``, ``fw{i}`` per hidden synthesis convolution (ReLU
+        after each); per gain, the last convolution scaled by ``s_k``
+        (``w_last``, ``b_last``, ``fw_last``) and the linear path at the same
+        fraction bits (``skip_w``, ``skip_b``); ``mean``, ``gain_mult``.
     """
     convs = [m for m in net.synthesis if isinstance(m, nn.Conv2d)]
     frozen: dict[str, torch.Tensor] = {}
     last = len(convs) - 1
     skip_w = net.synthesis_skip.weight.detach().double()
-    for i, conv in enumerate(convs):
+    skip_b = net.synthesis_skip.bias.detach().double()
+    for i, conv in enumerate(convs[:last]):
         w = conv.weight.detach().double()
-        # the last layer's sum and the linear path's are added: each gets half the room
-        fw = min(_fw(w, _EXACT - 2), _fw(skip_w, _EXACT - 2)) if i == last else _fw(w, _EXACT - 1)
+        fw = _fw(w, _EXACT - 1)
         frozen[f"w{i}"] = torch.round(w * 2**fw).long()
         frozen[f"b{i}"] = torch.round(conv.bias.detach().double() * 2 ** (FA + fw)).long()
         frozen[f"fw{i}"] = torch.tensor(fw)
-        if i == last:
-            frozen["skip_w"] = torch.round(skip_w * 2**fw).long()
-            frozen["skip_b"] = torch.round(net.synthesis_skip.bias.detach().double() * 2 ** (FA + fw)).long()
+    # the last layer, scaled by s_k, one copy per gain; it and the linear path are added,
+    # so each gets half the room below 2**52 and they share their fraction bits
+    ws, bs, fws, sws, sbs = [], [], [], [], []
+    for k in range(len(net.gains)):
+        scale = float(net.fade[k]) * float(torch.exp(net.log_branch_s[k].detach().double()))
+        w = convs[last].weight.detach().double() * scale
+        fw = min(_fw(w, _EXACT - 2), _fw(skip_w, _EXACT - 2))
+        ws.append(torch.round(w * 2**fw).long())
+        bs.append(torch.round(convs[last].bias.detach().double() * scale * 2 ** (FA + fw)).long())
+        fws.append(fw)
+        sws.append(torch.round(skip_w * 2**fw).long())
+        sbs.append(torch.round(skip_b * 2 ** (FA + fw)).long())
+    frozen["w_last"], frozen["b_last"], frozen["fw_last"] = torch.stack(ws), torch.stack(bs), torch.tensor(fws)
+    frozen["skip_w"], frozen["skip_b"] = torch.stack(sws), torch.stack(sbs)
     for key, value in frozen.items():
         if key.startswith(("b", "skip_b")) and value.numel() and int(value.abs().max()) >= 2 ** (_EXACT - 2):
             raise CodecError(f"synthesis {key} too large to freeze exactly")
@@ -97,6 +109,7 @@ class FixedSynthesis:
             i += 1
         if not self.layers:
             raise CodecError("frozen synthesis has no layers")
+        self.last = (frozen["w_last"].double(), frozen["b_last"].double(), frozen["fw_last"].tolist())
         self.skip = (frozen["skip_w"].double(), frozen["skip_b"].double())
         self.mean = frozen["mean"].double().view(1, -1, 1, 1)
         self.gain_mult = frozen["gain_mult"].tolist()
@@ -127,11 +140,11 @@ class FixedSynthesis:
         y = torch.floor(torch.as_tensor(np.asarray(q), dtype=torch.float64) * self.gain_mult[k]
                         * 2.0**-GAIN_BITS) + self.mean
         a = y = y.clamp(-limit, limit)
-        last = len(self.layers) - 1
-        for i, (w, b, scale) in enumerate(self.layers):
+        for w, b, scale in self.layers:
             out = F.conv2d(a, w, padding=w.shape[-1] // 2) + b.view(1, -1, 1, 1)
-            if i == last:
-                out = out + F.conv2d(y, self.skip[0]) + self.skip[1].view(1, -1, 1, 1)
-            a = torch.floor(out * scale)
-            a = a.clamp(-limit, limit) if i == last else a.clamp(0.0, limit)
+            a = torch.floor(out * scale).clamp(0.0, limit)
+        w, b, fw = self.last[0][k], self.last[1][k], self.last[2][k]
+        out = (F.conv2d(a, w, padding=w.shape[-1] // 2) + b.view(1, -1, 1, 1)
+               + F.conv2d(y, self.skip[0][k]) + self.skip[1][k].view(1, -1, 1, 1))
+        a = torch.floor(out * 2.0**-fw).clamp(-limit, limit)
         return F.pixel_shuffle(a, self.shuffle).numpy().astype(np.int64)
