@@ -145,6 +145,7 @@ def lossy_demo(home: Path, sources: list[Path]) -> bool:
     Keyring.create(cfg.keyring_path)
     by_sha = {_sha(p): p for p in iter_files(sources)}
     table: dict[str, list[Any]] = defaultdict(lambda: [0, 0, 0, [], 0])  # n, source, stored, psnr, derived ok
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # remarks on odd sample files, as in part one
     with Archive(cfg) as archive:
         t0 = time.perf_counter()
         import_paths(archive, sources)

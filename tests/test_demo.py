@@ -30,4 +30,4 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
                         learned, re.M)
         assert row, modality
         assert int(row[1]) > 0 and int(row[4]) == int(row[5]) == int(row[1])
-        assert float(row[2]) > 3  # lossy: well beyond what lossless reaches
+        assert float(row[2]) > 2  # lossy, at each route's target PSNR

@@ -138,24 +138,34 @@ class LearnedCodec:
         if pixels.shape[3] != self.channels:
             raise CodecError(f"{self.model.ref} codes {self.channels}-sample images, not {pixels.shape[3]}")
 
-    def _run(self, pixels: np.ndarray, k: int) -> list[_Frame]:
-        """Analysis, rounding and integer synthesis of frames at gain `k`."""
+    def _analyse(self, pixels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, Any]]:
+        """Per chunk of frames: (min, max, the analysis' gain-independent parts)."""
         net, stride = self.model.network, self.model.network.stride
         frames, rows, cols, _ = pixels.shape
-        ph, pw = -rows % stride, -cols % stride
         per_call = max(1, BATCH_PIXELS // max(rows * cols, 1))
-        out: list[_Frame] = []
+        out = []
         for a in range(0, frames, per_call):
             chunk = pixels[a:a + per_call].astype(np.int64)
             lo = chunk.reshape(len(chunk), -1).min(axis=1)
             hi = chunk.reshape(len(chunk), -1).max(axis=1)
             span = np.maximum(hi - lo, 1).astype(np.float32)
             x = (chunk - lo[:, None, None, None]).astype(np.float32) / span[:, None, None, None]
-            x = np.pad(x.transpose(0, 3, 1, 2), ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
+            x = np.pad(x.transpose(0, 3, 1, 2), ((0, 0), (0, 0), (0, -rows % stride), (0, -cols % stride)),
+                       mode="edge")
             with torch.inference_mode():
-                q = net.quantize(torch.from_numpy(np.ascontiguousarray(x)), k).numpy().astype(np.int64)
+                out.append((lo, hi, net.analysis_parts(torch.from_numpy(np.ascontiguousarray(x)))))
+        return out
+
+    def _run(self, pixels: np.ndarray, k: int, parts: list[Any] | None = None) -> list[_Frame]:
+        """Rounding at gain `k` and the integer synthesis (the analysis given or computed)."""
+        net = self.model.network
+        _, rows, cols, _ = pixels.shape
+        out: list[_Frame] = []
+        for lo, hi, analysed in parts or self._analyse(pixels):
+            with torch.inference_mode():
+                q = net.quantize_parts(analysed, k).numpy().astype(np.int64)
             x_int = self.synthesis(q, k)[:, :, :rows, :cols].transpose(0, 2, 3, 1)
-            for i in range(len(chunk)):
+            for i in range(len(q)):
                 out.append(_Frame(k, int(lo[i]), int(hi[i]), q[i], _to_stored(x_int[i], int(lo[i]), int(hi[i]))))
         return out
 
@@ -163,15 +173,16 @@ class LearnedCodec:
         """Frames at the fixed gain, or at the smallest gain meeting the target PSNR."""
         if self.target_psnr is None:
             return self._run(pixels, self.gain)
+        parts = self._analyse(pixels)  # once: only rounding and synthesis depend on the gain
         best, lo_k, hi_k = None, 0, self.synthesis.gains - 1
         while lo_k <= hi_k:  # binary search: PSNR grows with the gain
             mid = (lo_k + hi_k) // 2
-            run = self._run(pixels, mid)
+            run = self._run(pixels, mid, parts)
             if all(psnr(pixels[i], f.rec) >= self.target_psnr for i, f in enumerate(run)):
                 best, hi_k = run, mid - 1
             else:
                 lo_k = mid + 1
-        return best or self._run(pixels, self.synthesis.gains - 1)
+        return best or self._run(pixels, self.synthesis.gains - 1, parts)
 
     def encode(self, pixels: np.ndarray, meta: PixelMeta | None = None) -> bytes:
         """Code frames ``(frames, rows, columns, samples)``; see the module docstring."""

@@ -196,7 +196,7 @@ def _encode_learned(data: bytes, parts: Part10, codec: Any, manifest: dict[str, 
     stream, recon = codec.encode_reconstruct(original)
     manifest["pixels"] = {"codec": codec.id, "length": len(stream), "meta": meta.to_dict(),
                           "trailer": parts.pixels[meta.nbytes:].hex()}
-    if codec.mode == "lossless":
+    if codec.mode == "lossless" or np.array_equal(recon, original):  # nothing lost: an ordinary object
         payload = _assemble(manifest, [header, stream])
         decoded, *rebuilt = _decode_parts(payload, codec=codec)
         if not _matches(decoded, tuple(rebuilt)):  # type: ignore[arg-type]

@@ -174,4 +174,17 @@ class FactorizedCodecNet(nn.Module):
     @torch.no_grad()
     def quantize(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Encoder: the integer latent of images `x` (padded to the stride) at gain `k`."""
-        return torch.round((self.analyse(x, k) - self.mean.view(1, -1, 1, 1)) * self.gains[k])
+        return self.quantize_parts(self.analysis_parts(x), k)
+
+    @torch.no_grad()
+    def analysis_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nonlinear branch and the linear (DCT) path of the analysis, before the gain's weighting."""
+        u = self.unshuffle(x)
+        return self.analysis(u), self.analysis_skip(u)
+
+    @torch.no_grad()
+    def quantize_parts(self, parts: tuple[torch.Tensor, torch.Tensor], k: int) -> torch.Tensor:
+        """:meth:`quantize` from :meth:`analysis_parts` (a rate search analyses once)."""
+        branch, linear = parts
+        y = self.fade[k] * torch.exp(self.log_branch_a[k]) * branch + linear
+        return torch.round((y - self.mean.view(1, -1, 1, 1)) * self.gains[k])
