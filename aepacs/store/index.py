@@ -12,6 +12,8 @@ instead of failing half-way.
 
 from __future__ import annotations
 
+import sqlite3
+
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
@@ -19,7 +21,7 @@ from typing import Any, Iterator, Sequence
 from sqlalchemy import (Column, Float, ForeignKey, Integer, MetaData, String, Table, UniqueConstraint,
                         create_engine, event, func, select, update)
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from aepacs.errors import StoreError
 from aepacs.store.records import INSTANCE_FIELDS, PATIENT_FIELDS, SERIES_FIELDS, STUDY_FIELDS, InstanceRecord
@@ -106,7 +108,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cur = dbapi_conn.cursor()
     # busy_timeout first, so that switching to WAL waits for a lock another process holds
     for pragma in ("busy_timeout=60000", "journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
-        cur.execute(f"PRAGMA {pragma}")
+        for attempt in range(200):
+            try:
+                cur.execute(f"PRAGMA {pragma}")
+                break
+            except sqlite3.OperationalError as exc:
+                # two processes switching a new database to WAL together: SQLite answers one
+                # "locked" at once (deadlock avoidance skips the busy handler); try again
+                if "locked" not in str(exc) or attempt == 199:
+                    raise
+                time.sleep(0.01 + 0.002 * attempt)
     cur.close()
 
 
@@ -135,8 +146,15 @@ class Index:
                 event.listen(self.engine, "begin", _sqlite_begin)
             # as a write transaction from the start: two processes creating the tables in deferred
             # transactions would both read, then one would fail its lock upgrade at once
-            with self._writer() as conn, conn.begin():
-                metadata.create_all(conn)
+            for attempt in range(100):
+                try:
+                    with self._writer() as conn, conn.begin():
+                        metadata.create_all(conn)
+                    break
+                except OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 99:
+                        raise
+                    time.sleep(0.02)
         except SQLAlchemyError as exc:
             raise StoreError(f"index {url}: {exc}") from None
 
