@@ -46,6 +46,11 @@ def index_for_scales(b: np.ndarray) -> np.ndarray:
     return np.clip(s, 0, SCALES - 1).astype(np.int64)
 
 
+def index_for_mean_abs(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Table index per group from its sum and count of absolute values (the Laplace scale's estimate)."""
+    return index_for_scales(np.maximum(np.asarray(sums) / np.maximum(counts, 1), 0.08))
+
+
 @lru_cache(maxsize=None)
 def frequencies(index: int) -> np.ndarray:
     """Integer frequencies of table `index`: ``2*SUPPORT + 2`` entries, the last the escape."""
@@ -71,6 +76,17 @@ def frequencies(index: int) -> np.ndarray:
 @lru_cache(maxsize=None)
 def _model(index: int) -> constriction.stream.model.Categorical:
     return constriction.stream.model.Categorical(frequencies(index), perfect=False)
+
+
+def _groups(tables: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """Order that sorts values by table, and the (start, end, table) runs of that order."""
+    if tables.size and (tables.min() < 0 or tables.max() >= SCALES):
+        raise CodecError("entropy table index out of range")
+    order = np.argsort(tables.astype(np.uint8), kind="stable")  # radix sort: table indices are < 64
+    tab = tables[order]
+    bounds = np.flatnonzero(np.diff(tab)) + 1
+    starts, ends = np.concatenate([[0], bounds]), np.concatenate([bounds, [tab.size]])
+    return order, [(int(a), int(b), int(tab[a])) for a, b in zip(starts, ends) if b > a]
 
 
 def _symbols(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,20 +115,14 @@ def encode(values: np.ndarray, tables: np.ndarray) -> bytes:
     values = np.asarray(values)
     tables = np.broadcast_to(np.asarray(tables, dtype=np.int64), values.shape).ravel()
     values = values.ravel()
-    if tables.size and (tables.min() < 0 or tables.max() >= SCALES):
-        raise CodecError("entropy table index out of range")
+    order, runs = _groups(tables)
     sym, escaped = _symbols(values)
     if escaped.size and np.abs(escaped).max() >= 2**31:
         raise CodecError("value too large for the entropy coder")
-    order = np.argsort(tables.astype(np.uint8), kind="stable")  # radix sort: table indices are < 64
-    sym, tab = sym[order], tables[order]
-    bounds = np.flatnonzero(np.diff(tab)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [tab.size]])
+    sym = sym[order]
     coder = constriction.stream.stack.AnsCoder()
-    for a, b in zip(starts[::-1], ends[::-1]):  # ANS is a stack: last group first
-        if b > a:
-            coder.encode_reverse(sym[a:b], _model(int(tab[a])))
+    for a, b, table in reversed(runs):  # ANS is a stack: last group first
+        coder.encode_reverse(sym[a:b], _model(table))
     words = coder.get_compressed().astype("<u4")
     return b"".join([struct.pack("<II", words.size, escaped.size), words.tobytes(),
                      escaped.astype("<i4").tobytes()])
@@ -135,17 +145,12 @@ def decode(data: bytes, tables: np.ndarray) -> np.ndarray:
         raise CodecError("entropy stream truncated") from None
     if len(data) != 8 + 4 * nwords + 4 * nesc:
         raise CodecError("entropy stream has trailing or missing bytes")
-    if tables.size and (tables.min() < 0 or tables.max() >= SCALES):
-        raise CodecError("entropy table index out of range")
-    order = np.argsort(tables.astype(np.uint8), kind="stable")
-    tab = tables[order]
-    bounds = np.flatnonzero(np.diff(tab)) + 1
+    order, runs = _groups(tables)
     coder = constriction.stream.stack.AnsCoder(words)
-    sym = np.empty(tab.size, dtype=np.int64)
-    for a, b in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [tab.size]])):
-        if b > a:
-            sym[a:b] = coder.decode(_model(int(tab[a])), int(b - a))
-    out = np.empty(tab.size, dtype=np.int64)
+    sym = np.empty(tables.size, dtype=np.int64)
+    for a, b, table in runs:
+        sym[a:b] = coder.decode(_model(table), b - a)
+    out = np.empty(tables.size, dtype=np.int64)
     out[order] = sym - SUPPORT
     esc = np.flatnonzero(out == _ESC - SUPPORT)
     if esc.size != escaped.size:

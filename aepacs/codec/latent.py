@@ -95,23 +95,34 @@ def _block_tables(plane: np.ndarray) -> np.ndarray:
     n[:h, :w] = 1
     sums = a.reshape(bh, BLOCK, bw, BLOCK).sum(axis=(1, 3))
     counts = n.reshape(bh, BLOCK, bw, BLOCK).sum(axis=(1, 3))
-    return entropy.index_for_scales(np.maximum(sums / counts, 0.08))
+    return entropy.index_for_mean_abs(sums, counts)
 
 
 def _expand(tables: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.repeat(np.repeat(tables, BLOCK, axis=-2), BLOCK, axis=-1)[..., :h, :w]
 
 
+def bit_lengths(a: np.ndarray) -> np.ndarray:
+    """``int.bit_length`` of each non-negative integer in `a`, vectorised."""
+    a = np.array(a, dtype=np.int64)
+    out = np.zeros(a.shape, dtype=np.int64)
+    while a.any():
+        out[a > 0] += 1
+        a >>= 1
+    return out
+
+
+def context_tables(values: np.ndarray, ctx: np.ndarray, n: int) -> np.ndarray:
+    """Per context ``0..n-1``, the table fitting the mean |value| found in it (encoder side)."""
+    sums = np.bincount(ctx.ravel(), weights=np.abs(values).ravel(), minlength=n)
+    return entropy.index_for_mean_abs(sums, np.bincount(ctx.ravel(), minlength=n))
+
+
 def contexts(lead: np.ndarray) -> np.ndarray:
     """Context per position: bit length of the lead plane's central-difference activity."""
     p = np.pad(lead, 1, mode="edge")
     activity = np.abs(p[1:-1, 2:] - p[1:-1, :-2]) + np.abs(p[2:, 1:-1] - p[:-2, 1:-1])
-    ctx = np.zeros(activity.shape, dtype=np.int64)
-    while activity.any():  # bit_length, vectorised
-        nz = activity > 0
-        ctx[nz] += 1
-        activity >>= 1
-    return np.minimum(ctx, CONTEXTS - 1)
+    return np.minimum(bit_lengths(activity), CONTEXTS - 1)
 
 
 def _leads(m: int) -> list[int]:
@@ -134,9 +145,7 @@ def encode(q: np.ndarray) -> bytes:
         if c in leads:
             continue
         ctx = lead_ctx[c - c % LEAD_EVERY]
-        sums = np.bincount(ctx.ravel(), weights=np.abs(q[c]).ravel(), minlength=CONTEXTS)
-        counts = np.bincount(ctx.ravel(), minlength=CONTEXTS)
-        ctx_tables[c] = entropy.index_for_scales(np.maximum(sums / np.maximum(counts, 1), 0.08))
+        ctx_tables[c] = context_tables(q[c], ctx, CONTEXTS)
         values.append(q[c][None])
         tables.append(ctx_tables[c][ctx][None])
     side = entropy.encode(np.diff(np.concatenate([blocks.ravel(), ctx_tables.ravel()]), prepend=0), _SIDE_TABLE)

@@ -45,7 +45,7 @@ _FRAME = struct.Struct(">BiiII")
 CONTEXTS = 16
 BATCH_PIXELS = 4 * 512 * 512  # frames per network call: about four CT slices' worth
 
-__all__ = ["LearnedCodec", "psnr"]
+__all__ = ["LearnedCodec", "frame_gains"]
 
 
 @dataclass
@@ -69,23 +69,7 @@ def _contexts(rec: np.ndarray) -> np.ndarray:
     left = np.concatenate([rec[:, :1], rec[:, :-1]], axis=1)
     up = np.concatenate([rec[:1], rec[:-1]], axis=0)
     activity = np.abs(rec - left) + np.abs(rec - up)
-    ctx = np.zeros(activity.shape, dtype=np.int64)
-    a = activity.copy()
-    while a.any():  # bit_length, vectorised
-        nz = a > 0
-        ctx[nz] += 1
-        a >>= 1
-    return np.minimum(ctx, CONTEXTS - 1)
-
-
-def _residual_tables(residual: np.ndarray, ctx: np.ndarray) -> np.ndarray:
-    """Per context, the table whose Laplace scale fits the residual best (encoder side)."""
-    tables = np.zeros(CONTEXTS, dtype=np.int64)
-    for c in range(CONTEXTS):
-        r = residual[ctx == c]
-        if r.size:
-            tables[c] = entropy.index_for_scales(np.array([max(np.abs(r).mean(), 0.05)]))[0]
-    return tables
+    return np.minimum(latent.bit_lengths(activity), CONTEXTS - 1)
 
 
 def frame_gains(data: bytes) -> list[int]:
@@ -205,7 +189,7 @@ class LearnedCodec:
             if self.mode == "lossless":
                 r = pixels[i].astype(np.int64) - f.rec
                 ctx = _contexts(f.rec)
-                tables = _residual_tables(r, ctx)
+                tables = latent.context_tables(r, ctx, CONTEXTS)
                 residual, extra = entropy.encode(r, tables[ctx]), tables.astype(np.uint8).tobytes()
             out += [_FRAME.pack(f.k, f.lo, f.hi, len(coded), len(residual)), extra, coded, residual]
         recon = pixels.astype(np.int64) if self.mode == "lossless" else np.stack([f.rec for f in frames])
