@@ -84,7 +84,7 @@ def run_demo(config: Config | None = None, *, data: list[Path] | None = None, ke
         t_export = time.perf_counter() - t0
         rows = archive.index.find()
 
-    source_hashes = {_sha(p) for p in iter_files(sources)}
+    source_files = {_sha(p): p for p in iter_files(sources)}  # SHA-256 -> file, for both parts
     table: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0])  # n, source, stored, exact
     for row in rows:
         t = table[row.modality or "(none)"]
@@ -94,7 +94,7 @@ def run_demo(config: Config | None = None, *, data: list[Path] | None = None, ke
         exported = out_dir / row.series_uid / f"{row.sop_uid}.dcm"
         if exported.is_file():
             digest = _sha(exported)
-            t[3] += digest == row.source_sha256 and digest in source_hashes
+            t[3] += digest == row.source_sha256 and digest in source_files
 
     print()
     print(f"{'modality':<9} {'instances':>9} {'original MB':>12} {'stored MB':>10} {'ratio':>6}  bit-exact")
@@ -114,7 +114,7 @@ def run_demo(config: Config | None = None, *, data: list[Path] | None = None, ke
     print(f"export: {len(rows)} files in {t_export:.1f} s ({len(rows) / max(t_export, 1e-9):.0f} files/s)")
     ok = n > 0 and exact == n and not summary.failed
     print("RESULT: " + ("every archived file came back bit for bit" if ok else "MISMATCH — see above"))
-    lossy_ok = lossy_demo(home / "learned", sources) if learned else True
+    lossy_ok = lossy_demo(home / "learned", sources, source_files) if learned else True
     if keep:
         print(f"archive kept in {home}")
     else:
@@ -122,7 +122,7 @@ def run_demo(config: Config | None = None, *, data: list[Path] | None = None, ke
     return 0 if ok and lossy_ok else 1
 
 
-def lossy_demo(home: Path, sources: list[Path]) -> bool:
+def lossy_demo(home: Path, sources: list[Path], source_files: dict[str, Path]) -> bool:
     """Part two: the learned lossy routes of ``configs/learned.yaml`` with the shipped models.
 
     Imports the same samples into a second archive, retrieves every lossy
@@ -143,7 +143,6 @@ def lossy_demo(home: Path, sources: list[Path]) -> bool:
           + ", ".join(f"{m} -> {model}" for m, model in sorted(routed.items())))
     home.mkdir(parents=True, exist_ok=True)
     Keyring.create(cfg.keyring_path)
-    by_sha = {_sha(p): p for p in iter_files(sources)}
     table: dict[str, list[Any]] = defaultdict(lambda: [0, 0, 0, [], 0])  # n, source, stored, psnr, derived ok
     logging.getLogger("pydicom").setLevel(logging.ERROR)  # remarks on odd sample files, as in part one
     with Archive(cfg) as archive:
@@ -154,7 +153,7 @@ def lossy_demo(home: Path, sources: list[Path]) -> bool:
         for row in lossy:
             t = table[row.modality]
             ds = pydicom.dcmread(BytesIO(fetch(archive, row.sop_uid)))
-            original = pydicom.dcmread(by_sha[row.source_sha256])
+            original = pydicom.dcmread(source_files[row.source_sha256])
             measured = psnr(np.asarray(original.pixel_array), np.asarray(ds.pixel_array))
             derived = (ds.ImageType[0] == "DERIVED" and ds.LossyImageCompression == "01"
                        and ds.SourceImageSequence[0].ReferencedSOPInstanceUID == row.sop_uid

@@ -169,11 +169,9 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
                 continue
             sections.append(stream)
             manifest["pixels"] = {"codec": codec_id, "length": len(stream), **extra}
-        blob = json.dumps(manifest, separators=(",", ":")).encode("utf-8")
-        payload = b"".join([struct.pack(">I", len(blob)), blob, *sections])
-        try:  # the round trip, checked on the rebuilt bytes' hash
-            decoded, *rebuilt = _decode_parts(payload)
-            if _matches(decoded, tuple(rebuilt)):  # type: ignore[arg-type]
+        payload = _assemble(manifest, sections)
+        try:
+            if _round_trips(payload):
                 return EncodedObject(payload, codec_id or "zstd", parts, sha, len(data), gate=gate)
         except CodecError:
             pass
@@ -183,6 +181,12 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
 def _assemble(manifest: dict[str, Any], sections: list[bytes]) -> bytes:
     blob = json.dumps(manifest, separators=(",", ":")).encode("utf-8")
     return b"".join([struct.pack(">I", len(blob)), blob, *sections])
+
+
+def _round_trips(payload: bytes, codec: Codec | None = None) -> bool:
+    """Whether `payload` decodes to the exact original (checked on the rebuilt bytes' hash)."""
+    decoded, *rebuilt = _decode_parts(payload, codec=codec)
+    return _matches(decoded, tuple(rebuilt))  # type: ignore[arg-type]
 
 
 def _encode_learned(data: bytes, parts: Part10, codec: Any, manifest: dict[str, Any], header: bytes,
@@ -198,8 +202,7 @@ def _encode_learned(data: bytes, parts: Part10, codec: Any, manifest: dict[str, 
                           "trailer": parts.pixels[meta.nbytes:].hex()}
     if codec.mode == "lossless" or np.array_equal(recon, original):  # nothing lost: an ordinary object
         payload = _assemble(manifest, [header, stream])
-        decoded, *rebuilt = _decode_parts(payload, codec=codec)
-        if not _matches(decoded, tuple(rebuilt)):  # type: ignore[arg-type]
+        if not _round_trips(payload, codec):
             raise CodecError(f"{codec.id} lossless round trip differs")
         return EncodedObject(payload, codec.id, parts, manifest["sha256"], len(data))
     recon = recon.astype(meta.dtype.newbyteorder("="))

@@ -114,15 +114,19 @@ class Model:
         return net.eval()
 
 
-_BY_PATH: dict[Path, Registry] = {}
+_SHARED: dict[tuple[Path, ...], Registry] = {}
+
+
+def _shared(*roots: Path) -> Registry:
+    """One registry per list of roots and process, so a model is verified and loaded once."""
+    if roots not in _SHARED:
+        _SHARED[roots] = Registry(*roots)
+    return _SHARED[roots]
 
 
 def config_registry(config: Any) -> Registry:
-    """The registry a configuration names (its ``models.path``, then the shipped models), one per process."""
-    path = config.models_path
-    if path not in _BY_PATH:
-        _BY_PATH[path] = Registry(path, SHIPPED)
-    return _BY_PATH[path]
+    """The registry a configuration names (its ``models.path``, then the shipped models)."""
+    return _shared(Path(config.models_path), SHIPPED)
 
 
 class Registry:
@@ -136,7 +140,7 @@ class Registry:
     def default(cls, site: str | Path | None = None) -> Registry:
         """The site registry (`site`, else ``$AEPACS_MODELS``) followed by the shipped models."""
         site = site or os.environ.get("AEPACS_MODELS")
-        return cls(*([Path(site)] if site else []), SHIPPED)
+        return _shared(*([Path(site)] if site else []), SHIPPED)
 
     def entries(self) -> list[tuple[str, int, Path]]:
         """Every (name, version, directory), first root winning on duplicates."""

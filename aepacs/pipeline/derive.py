@@ -30,7 +30,7 @@ METHOD = "AEPACS_AE1"
 """Lossy Image Compression Method: aepacs's defined term (explained in Derivation Description)."""
 
 
-_NAMESPACE = uuid.UUID("6f1c2d8e-5b7a-4e43-9a55-aepacs000001".replace("aepacs", "ae9ac5"))
+_NAMESPACE = uuid.UUID("6f1c2d8e-5b7a-4e43-9a55-ae9ac5000001")
 
 
 def derived_uid(original_uid: str, model: str) -> str:

@@ -67,10 +67,15 @@ def open_bytes(blob: bytes, keyring: Keyring, *, name: str = "object", expect_ui
         As :func:`open_payload`.
     """
     header, data, lossy = open_payload(blob, keyring, name=name, expect_uid=expect_uid, registry=registry)
+    return header, _viewable(data, lossy, name)
+
+
+def _viewable(data: bytes, lossy: dict[str, Any] | None, name: str) -> bytes:
+    """The opened bytes, or for a lossy reconstruction its derived image."""
     if lossy is None:
-        return header, data
+        return data
     try:
-        return header, derive(data, lossy)
+        return derive(data, lossy)
     except CodecError as exc:
         raise OpenError(name, str(exc)) from None
 
@@ -106,13 +111,10 @@ def fetch(archive: Archive, sop_uid: str) -> bytes:
     row, blob = fetch_blob(archive, sop_uid)
     _, data, lossy = open_payload(blob, archive.keyring, name=sop_uid, expect_uid=sop_uid,
                                   registry=config_registry(archive.config))
-    if lossy is not None:  # its reconstruction's hash was checked by the decoder
-        try:
-            return derive(data, lossy)
-        except CodecError as exc:
-            raise OpenError(sop_uid, str(exc)) from None
-    if hashlib.sha256(data).hexdigest() != row.source_sha256:
+    # a lossy reconstruction's hash was checked by the decoder; an original's is checked here
+    if lossy is None and hashlib.sha256(data).hexdigest() != row.source_sha256:
         raise OpenError(sop_uid, "opened object does not match the index")
+    return _viewable(data, lossy, sop_uid)
     return data
 
 

@@ -77,10 +77,11 @@ def freeze(net: FactorizedCodecNet) -> dict[str, torch.Tensor]:
     # the last layer, scaled by s_k, one copy per gain; it and the linear path are added,
     # so each gets half the room below 2**52 and they share their fraction bits
     ws, bs, fws, sws, sbs = [], [], [], [], []
+    skip_fw = _fw(skip_w, _EXACT - 2)
     for k in range(len(net.gains)):
         scale = float(net.fade[k]) * float(torch.exp(net.log_branch_s[k].detach().double()))
         w = convs[last].weight.detach().double() * scale
-        fw = min(_fw(w, _EXACT - 2), _fw(skip_w, _EXACT - 2))
+        fw = min(_fw(w, _EXACT - 2), skip_fw)
         ws.append(torch.round(w * 2**fw).long())
         bs.append(torch.round(convs[last].bias.detach().double() * scale * 2 ** (FA + fw)).long())
         fws.append(fw)
