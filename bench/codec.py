@@ -25,11 +25,8 @@ import argparse
 import glob
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pydicom
@@ -38,8 +35,10 @@ from Crypto.Cipher import AES
 from Crypto.Random import get_random_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
+from common import median_time  # noqa: E402
 from aepacs.codec.learned import LearnedCodec  # noqa: E402
 from aepacs.codec.nets.paper import PaperAutoencoder  # noqa: E402
 from aepacs.codec.quality import psnr  # noqa: E402
@@ -57,17 +56,6 @@ def slices(n: int) -> np.ndarray:
     return np.stack([pydicom.dcmread(files[i]).pixel_array for i in picks]).astype(np.int16)[..., None]
 
 
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    """Median seconds of `repeat` calls (after one warm-up)."""
-    fn()
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--slices", type=int, default=16)
@@ -82,8 +70,8 @@ def main() -> None:
     codec = LearnedCodec(model, "lossy")
     stream = codec.encode(px)
     per_slice = [codec.encode(px[i:i + 1]) for i in range(n)]
-    enc = timed(lambda: codec.encode(px), args.repeat)
-    dec = timed(lambda: codec.decode(stream), args.repeat)
+    enc = median_time(lambda: codec.encode(px), args.repeat)
+    dec = median_time(lambda: codec.decode(stream), args.repeat)
     rec = codec.decode(stream)
     quality = float(np.mean([psnr(px[i], rec[i]) for i in range(n)]))  # per slice, as for JPEG 2000
 
@@ -96,8 +84,8 @@ def main() -> None:
     x = torch.from_numpy(((px.astype(np.float32) - px.min()) / (px.max() - px.min())).transpose(0, 3, 1, 2).copy())
     with torch.inference_mode():
         latent = paper.encoder(x[:1])
-        p_enc = timed(lambda: [paper.encoder(x[i:i + 1]) for i in range(n)], args.repeat)
-        p_dec = timed(lambda: [paper.decoder(latent) for _ in range(n)], args.repeat)
+        p_enc = median_time(lambda: [paper.encoder(x[i:i + 1]) for i in range(n)], args.repeat)
+        p_dec = median_time(lambda: [paper.decoder(latent) for _ in range(n)], args.repeat)
 
     # Table 3: encrypting the raw slice vs encoding it and encrypting the latent
     key = get_random_bytes(32)
@@ -108,10 +96,10 @@ def main() -> None:
         return ct + tag
 
     raw = px[0].tobytes()
-    t_raw = timed(lambda: aes(raw), 20)
-    t_ae = timed(lambda: aes(codec.encode(px[:1])), args.repeat)
+    t_raw = median_time(lambda: aes(raw), 20)
+    t_ae = median_time(lambda: aes(codec.encode(px[:1])), args.repeat)
     with torch.inference_mode():
-        t_paper = timed(lambda: aes(paper.encoder(x[:1]).numpy().tobytes()), args.repeat)
+        t_paper = median_time(lambda: aes(paper.encoder(x[:1]).numpy().tobytes()), args.repeat)
 
     print(f"# bench/codec.py — {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{args.threads} threads, {n} CT slices 512x512 (held out), allocator: default")

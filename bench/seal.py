@@ -22,13 +22,10 @@ import dataclasses
 import glob
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from io import BytesIO
 from pathlib import Path
-from typing import Callable
 
 import pydicom
 from Crypto import __version__ as pycryptodome_version
@@ -36,8 +33,10 @@ from Crypto.Cipher import AES
 from Crypto.Random import get_random_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
+from common import median_time  # noqa: E402
 from aepacs.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from aepacs.crypto.keyring import Keyring  # noqa: E402
 from aepacs.crypto.seal import open_sealed, seal  # noqa: E402
@@ -60,16 +59,6 @@ def ct_objects() -> dict[str, bytes]:
     buf = BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return {"CT slice 0.5 MB": single, "CT 16 frames 8.4 MB": buf.getvalue()}
-
-
-def median_time(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -82,7 +82,7 @@ def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
     return out, 1000 * (time.perf_counter() - t0)
 
 
-def _paper_decode(model: Model, frame: Frame) -> tuple[np.ndarray, int, float]:
+def paper_decode(model: Model, frame: Frame) -> tuple[np.ndarray, int, float]:
     """The paper's model on one frame: reconstruction, float32 latent bytes, ms."""
     net = model.network
     x, lo, hi = normalize(frame.pixels)
@@ -128,7 +128,7 @@ def evaluate(model: Model, frames: list[Frame], *, gains: list[int] | None = Non
         nbytes, enc = jpegls_bytes(frame.pixels)
         result.rows.append(_row(i, frame, "jpegls", "JPEG-LS lossless", nbytes, None, enc, 0.0))
         if paper is not None and int(paper.manifest["hyper"]["channels"]) == frame.pixels.shape[2]:
-            rec, nbytes, ms = _paper_decode(paper, frame)
+            rec, nbytes, ms = paper_decode(paper, frame)
             result.rows.append(_row(i, frame, "paper", f"paper {paper.ref} (float32 latent)", nbytes, rec, ms, 0.0))
         for kind in noise or []:
             noisy = add_noise(frame.pixels, kind, seed=i)

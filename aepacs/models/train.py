@@ -174,21 +174,14 @@ def _weights(net: torch.nn.Module, arch: str) -> dict[str, dict[str, torch.Tenso
 
 def validation_metrics(model: Model, frames: list[Frame], limit: int = 8) -> dict[str, Any]:
     """Bits per pixel and PSNR of the real codec on validation frames, per gain."""
-    from aepacs.codec.learned import LearnedCodec, psnr
+    from aepacs.codec.learned import LearnedCodec
+    from aepacs.codec.quality import mse, psnr
+    from aepacs.eval.run import paper_decode
 
     frames = frames[:limit]
-    if model.arch != "factorized":
-        net = model.network
-        errs = []
-        for f in frames:
-            from aepacs.models.data import normalize
-
-            x, _, _ = normalize(f.pixels)
-            t = torch.from_numpy(x.transpose(2, 0, 1)[None])
-            h, w = t.shape[2] // 2 * 2, t.shape[3] // 2 * 2
-            with torch.no_grad():
-                y = net(t[:, :, :h, :w])
-            errs.append(float(torch.mean((y - t[:, :, :h, :w]) ** 2)))
+    if model.arch != "factorized":  # the paper's model: PSNR of the mean MSE over the data ranges
+        errs = [mse(f.pixels, paper_decode(model, f)[0]) / max(int(f.pixels.max()) - int(f.pixels.min()), 1) ** 2
+                for f in frames]
         return {"validation_frames": len(frames), "psnr": round(-10 * math.log10(max(np.mean(errs), 1e-20)), 2)}
     per_gain = []
     for k in range(0, model.synthesis.gains, max(1, model.synthesis.gains // 4)):
