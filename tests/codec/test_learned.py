@@ -23,9 +23,9 @@ def _variants() -> dict[str, np.ndarray]:
         "u16": np.round(unit * 65535).astype(np.uint16)[:1],
         "s12": np.clip(ct, -2048, 2047).astype(np.int16)[:1],
         "s16": ct.astype(np.int16)[:1],
-        "odd": ct.astype(np.int16)[:1, 101:138, 77:130],      # 37 x 53
-        "multiframe": ct.astype(np.int16)[:, 64:192, 64:256],
-        "tiny": ct.astype(np.int16)[:1, 250:253, 250:252],    # 3 x 2
+        "odd": ct.astype(np.int16)[:1, 11:48, 7:60],          # 37 x 53
+        "multiframe": ct.astype(np.int16)[:, 32:96, 16:112],  # 3 frames of 64 x 96
+        "tiny": ct.astype(np.int16)[:1, 60:63, 60:62],        # 3 x 2 (inside any CT slice here)
     }
 
 
