@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from aepacs import __version__
 from aepacs.config import Config, load_config
@@ -49,6 +49,8 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
               f"passphrase-protected: {'yes' if ring.protected else 'no'})")
         return 0
     ring = load_keyring(config)
+    if args.keys_command == "retire":
+        return _retire(config, ring, args.version)
     if args.keys_command == "rotate":
         version = ring.rotate()
         print(f"rotated keyring {path}: key version {version} is now active "
@@ -59,6 +61,49 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
     for k in ring.info():
         print(f"{k.version:>7}  {k.created:20}  {'active' if k.version == ring.active_version else 'decrypt-only'}")
     return 0
+
+
+def _retire(config: Config, ring: Any, version: int | None) -> int:
+    """``keys retire VERSION``: destroy a key once nothing is wrapped under it any more."""
+    from aepacs.crypto.seal import read_header
+    from aepacs.store.index import Index
+
+    if version is None:
+        raise AepacsError("keys retire needs the VERSION to retire")
+    index = Index(config.index_url)
+    try:
+        in_index = index.kek_versions().get(version, 0)
+    finally:
+        index.close()
+    spooled = 0
+    if config.spool_path.is_dir():
+        for entry in config.spool_path.rglob("*.aepx"):
+            try:
+                spooled += read_header(entry.read_bytes(), str(entry)).kek_version == version
+            except (OSError, AepacsError):
+                continue
+    if in_index or spooled:
+        raise AepacsError(f"key version {version} still opens {in_index} archived objects and {spooled} "
+                          f"spooled ones; run 'aepacs rekey' first (nothing was changed)")
+    ring.retire(version)
+    print(f"retired key version {version}: destroyed from {ring.path} "
+          f"(versions held: {', '.join(map(str, ring.versions))})")
+    return 0
+
+
+# -- rekey ----------------------------------------------------------------------
+def cmd_rekey(args: argparse.Namespace, config: Config) -> int:
+    from aepacs.pipeline.rekey import rekey
+
+    summary = rekey(config, mode=args.mode, workers=args.workers if args.workers is not None
+                    else config.rekey.workers, dask=args.dask, limit=args.limit, dry_run=args.dry_run,
+                    verify=args.verify, progress=not args.quiet)
+    if args.dry_run:
+        print(f"rekey {args.mode} (dry run): {summary.skipped} objects would be rekeyed")
+        return 0
+    for line in summary.lines():
+        print(line)
+    return 1 if summary.failed else 0
 
 
 # -- seal / open / info --------------------------------------------------------
@@ -317,9 +362,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aepacs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    keys = sub.add_parser("keys", parents=[common], help="manage the keyring (init | list | rotate)")
-    keys.add_argument("keys_command", choices=["init", "list", "rotate"])
+    keys = sub.add_parser("keys", parents=[common], help="manage the keyring (init | list | rotate | retire V)")
+    keys.add_argument("keys_command", choices=["init", "list", "rotate", "retire"])
+    keys.add_argument("version", type=int, nargs="?", metavar="VERSION", help="retire: the key version to destroy")
     keys.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("rekey", parents=[common],
+                       help="bring every object under the active key (nightly, after 'keys rotate')")
+    p.add_argument("--mode", choices=["rewrap", "full"], default="rewrap",
+                   help="rewrap: new key slot, same ciphertext; full: fresh data key, re-encrypted")
+    p.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: rekey.workers)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run on a Dask scheduler (tcp://host:8786)")
+    p.add_argument("--limit", type=int, metavar="N", help="rekey at most N objects")
+    p.add_argument("--dry-run", action="store_true", help="count what would be rekeyed; change nothing")
+    p.add_argument("--verify", action="store_true", help="rewrap: authenticate each whole object first")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_rekey)
 
     p = sub.add_parser("seal", parents=[common], help="encode and seal one DICOM file")
     p.add_argument("input", type=Path, metavar="IN.dcm")

@@ -121,6 +121,12 @@ class CodecConfig:
 
 
 @dataclass(frozen=True)
+class RekeyConfig:
+    full_after_days: float = field(metadata={"range": (0, 100_000)})
+    workers: int = field(metadata={"range": (0, 1024)})
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     on_conflict: str = field(metadata=_choices("keep-first", "reject"))
     workers: int = field(metadata={"range": (0, 256)})
@@ -170,6 +176,7 @@ class Config:
     codec: CodecConfig
     routes: dict[str, Route] = field(metadata={"routes": True})
     ingest: IngestConfig
+    rekey: RekeyConfig
     server: ServerConfig
     models: ModelsConfig
     log: LogConfig
@@ -195,6 +202,11 @@ class Config:
     @property
     def store_path(self) -> Path:
         return self.resolve(self.store.path)
+
+    @property
+    def store_location(self) -> str:
+        """The blob store: a resolved local path, or the fsspec URL as configured."""
+        return self.store.path if "://" in self.store.path else str(self.store_path)
 
     @property
     def spool_path(self) -> Path:

@@ -97,7 +97,7 @@ class Keyring:
 
     @property
     def active_version(self) -> int:
-        """The newest version: the one new objects are sealed under."""
+        """The newest version: the one new objects are sealed under (versions are never reused)."""
         if not self._keys:
             raise KeyringError(f"{self.path}: keyring holds no key")
         return max(self._keys)
@@ -199,6 +199,28 @@ class Keyring:
             self._keys[version] = _new_key(version)
             self._save()
         return version
+
+    def retire(self, version: int) -> None:
+        """Destroy key `version`: remove it from the keyring file for good.
+
+        The caller checks first that nothing is still wrapped under it
+        (``aepacs keys retire`` asks the index and the spool). The file is
+        rewritten atomically; the active version cannot be retired.
+
+        Raises
+        ------
+        KeyringError
+            When `version` is not held or is the active one.
+        """
+        with _locked(self.path):
+            current = Keyring.load(self.path, self._passphrase)
+            self._keys = current._keys
+            if version not in self._keys:
+                raise KeyringError(f"{self.path}: no key version {version} to retire")
+            if version == max(self._keys):
+                raise KeyringError(f"{self.path}: key version {version} is the active one; rotate first")
+            del self._keys[version]
+            self._save()
 
     def _save(self) -> None:
         entries = [{"version": k.version, "created": k.created, "key": _b64(k.key)}

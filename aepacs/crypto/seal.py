@@ -177,12 +177,7 @@ def read_header(blob: bytes | bytearray, name: str = "object") -> SealedHeader:
     OpenError
         When `blob` is not a well-formed sealed object of a known version.
     """
-    if len(blob) < _PREAMBLE.size or blob[:4] != MAGIC:
-        raise OpenError(name, "not an aepacs sealed object (bad magic)")
-    _, version, hlen = _PREAMBLE.unpack_from(blob)
-    if version != FORMAT_VERSION:
-        raise OpenError(name, f"sealed-object format version {version} not supported")
-    end = _PREAMBLE.size + hlen
+    end = header_span(blob, name)
     if len(blob) < end + SLOT_BYTES + TAG_BYTES:
         raise OpenError(name, "truncated sealed object")
     values: dict[int, bytes] = {}
@@ -256,6 +251,61 @@ def open_sealed(blob: bytes | bytearray, keyring: Keyring, *, name: str = "objec
     return header, payload
 
 
+def header_span(prefix: bytes | bytearray, name: str = "object") -> int:
+    """Length ``10 + H`` of the authenticated header, from at least the first 10 bytes of a blob.
+
+    The key slot follows at that offset (:data:`SLOT_BYTES` long).
+
+    Raises
+    ------
+    OpenError
+        Not an aepacs sealed object of a known version.
+    """
+    if len(prefix) < _PREAMBLE.size or prefix[:4] != MAGIC:
+        raise OpenError(name, "not an aepacs sealed object (bad magic)")
+    _, version, hlen = _PREAMBLE.unpack_from(prefix)
+    if version != FORMAT_VERSION:
+        raise OpenError(name, f"sealed-object format version {version} not supported")
+    return _PREAMBLE.size + hlen
+
+
+def with_slot(blob: bytes | bytearray, slot: bytes, name: str = "object") -> bytes:
+    """`blob` with its key slot replaced by `slot` (the packed slot the index holds after a rewrap)."""
+    start = header_span(blob, name)
+    if len(slot) != SLOT_BYTES or len(blob) < start + SLOT_BYTES:
+        raise OpenError(name, "key slot of the wrong size")
+    return b"".join((blob[:start], slot, blob[start + SLOT_BYTES:]))
+
+
+def rewrap_slot(aad: bytes, slot: bytes, keyring: Keyring, *, name: str = "object") -> bytes:
+    """Unwrap the data key in `slot` and wrap it again under the keyring's active KEK.
+
+    Parameters
+    ----------
+    aad : bytes
+        The object's authenticated header, bytes ``[0, 10+H)``.
+    slot : bytes
+        Its current packed key slot.
+
+    Returns
+    -------
+    bytes
+        The new packed key slot: same data key, active KEK version.
+
+    Raises
+    ------
+    OpenError
+        The slot does not unwrap (wrong header, tampered slot, key version missing).
+    """
+    if len(slot) != SLOT_BYTES:
+        raise OpenError(name, "key slot of the wrong size")
+    header = SealedHeader(object_uid="", study_uid="", codec="", sealed_kek_version=0, nonce=b"",
+                          payload_length=0, slot=KeySlot(*_SLOT.unpack(slot)), aad=bytes(aad))
+    dek = _unwrap(header, keyring, name)
+    version = keyring.active_version
+    return _wrap(dek, keyring.kek(version), version, bytes(aad)).pack()
+
+
 def rewrap(blob: bytes, keyring: Keyring, *, name: str = "object") -> bytes:
     """Re-wrap the data key under the keyring's active KEK.
 
@@ -268,11 +318,8 @@ def rewrap(blob: bytes, keyring: Keyring, *, name: str = "object") -> bytes:
         The re-wrapped sealed object.
     """
     header, _ = open_sealed(blob, keyring, name=name)
-    dek = _unwrap(header, keyring, name)
-    version = keyring.active_version
-    slot = _wrap(dek, keyring.kek(version), version, header.aad)
-    start = len(header.aad)
-    return b"".join((blob[:start], slot.pack(), blob[start + SLOT_BYTES:]))
+    return with_slot(blob, rewrap_slot(header.aad, header.slot.pack(), keyring, name=name), name)
 
 
-__all__ = ["SealedHeader", "KeySlot", "seal", "open_sealed", "read_header", "rewrap"]
+__all__ = ["SealedHeader", "KeySlot", "seal", "open_sealed", "read_header", "rewrap", "rewrap_slot",
+           "with_slot", "header_span", "SLOT_BYTES"]

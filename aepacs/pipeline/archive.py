@@ -7,7 +7,7 @@ import time
 
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring, passphrase_from_env
-from aepacs.store.blobs import BlobStore
+from aepacs.store.blobs import open_store
 from aepacs.store.index import Index
 
 
@@ -37,7 +37,7 @@ class Archive:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.keyring = keyring or load_keyring(config)
-        self.store = BlobStore(config.store_path)
+        self.store = open_store(config.store_location)
         self.index = Index(config.index_url)
 
     def sweep_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> int:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from aepacs.codec.payload import decode_payload
 from aepacs.crypto.keyring import Keyring
-from aepacs.crypto.seal import SealedHeader, open_sealed
+from aepacs.crypto.seal import SealedHeader, open_sealed, with_slot
 from aepacs.errors import AepacsError, CodecError, OpenError
 from aepacs.models.registry import config_registry
 from aepacs.pipeline.archive import Archive
@@ -83,21 +83,32 @@ def _viewable(data: bytes, lossy: dict[str, Any] | None, name: str) -> bytes:
 def fetch_blob(archive: Archive, sop_uid: str) -> tuple[Any, bytes]:
     """Return an archived instance's index row and its sealed blob, checked against its content key.
 
+    The blob comes with its current key slot (the index's, after a rewrap).
+    A blob that vanishes between reading the row and reading the file was
+    switched by a concurrent ``aepacs rekey``: the row is read again.
+
     Raises
     ------
     OpenError
         Not archived, or its blob missing or altered on disk.
     """
-    row = archive.index.get(sop_uid)
-    if row is None:
-        raise OpenError(sop_uid, "not in the archive")
-    try:
-        blob = archive.store.get(row.blob_key)
-    except AepacsError as exc:
-        raise OpenError(sop_uid, str(exc)) from None
-    if blob_key(blob) != row.blob_key:
-        raise OpenError(sop_uid, f"blob {row.blob_key} was altered on disk")
-    return row, blob
+    for attempt in range(5):
+        row = archive.index.get(sop_uid)
+        if row is None:
+            raise OpenError(sop_uid, "not in the archive")
+        try:
+            blob = archive.store.get(row.blob_key)
+        except AepacsError as exc:
+            again = archive.index.get(sop_uid)
+            if again is not None and again.blob_key != row.blob_key and attempt < 4:
+                continue  # switched by a rekey meanwhile
+            raise OpenError(sop_uid, str(exc)) from None
+        if blob_key(blob) != row.blob_key:
+            raise OpenError(sop_uid, f"blob {row.blob_key} was altered on disk")
+        if row.key_slot is not None:
+            blob = with_slot(blob, bytes(row.key_slot), sop_uid)
+        return row, blob
+    raise OpenError(sop_uid, "blob kept changing while being read")
 
 
 def fetch(archive: Archive, sop_uid: str) -> bytes:

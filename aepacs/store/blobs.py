@@ -1,4 +1,4 @@
-"""Content-addressed store of sealed blobs in a local directory.
+"""Content-addressed store of sealed blobs: a local directory, or any fsspec URL.
 
 A blob's key is the SHA-256 of its bytes; it lives at ``ab/cd/<key>.aepx``
 (65,536 leaf folders, so millions of objects never crowd one directory).
@@ -6,14 +6,22 @@ Writes are atomic (:mod:`aepacs.store.atomic`): a blob is written in
 ``.tmp/`` and renamed into place, so readers see a whole blob or none, and a
 failed write leaves nothing behind. Temporary files of killed writers are
 swept from ``.tmp/`` when a store is opened.
+
+:func:`open_store` takes a path or a URL: a path or ``file://`` URL gives
+the local store (atomic renames, fsync); any other fsspec URL
+(``s3://bucket/prefix``, ``gcs://...``, ``memory://...``) gives
+:class:`FsspecBlobStore`, whose object puts are atomic by the storage's own
+rules. Both have the same methods, so the data flows and ``aepacs rekey``
+workers on other machines use either unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Union
 
 from aepacs.errors import StoreError, StoreFullError
 from aepacs.store.atomic import atomic_write, sweep_temporaries
@@ -61,14 +69,22 @@ class BlobStore:
             raise StoreFullError(f"{self.root}: {free / 1e6:.0f} MB free, below the "
                                  f"{reserve / 1e6:.0f} MB reserve; refusing new data")
 
-    def put(self, blob: bytes) -> str:
-        """Store `blob` durably and return its key (a no-op when already there)."""
+    def put(self, blob: bytes, *, sync: bool = True) -> str:
+        """Store `blob` and return its key (a no-op when already there).
+
+        Durable on return; with ``sync=False`` only once :meth:`sync` has
+        returned (a batch writer syncs once for many blobs).
+        """
         key = blob_key(blob)
         path = self.path_for(key)
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write(path, blob, mode=0o600, replace=False, tmp_dir=self.tmp)
+        atomic_write(path, blob, mode=0o600, replace=False, tmp_dir=self.tmp, sync=sync)
         return key
+
+    def sync(self) -> None:
+        """Make every blob written with ``sync=False`` (and its directory entry) durable."""
+        os.sync()
 
     def get(self, key: str) -> bytes:
         """Return the blob with `key`.
@@ -80,6 +96,16 @@ class BlobStore:
         """
         try:
             return self.path_for(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"blob {key} missing from {self.root}") from None
+        except OSError as exc:
+            raise StoreError(f"blob {key}: {exc.strerror}") from None
+
+    def read_prefix(self, key: str, size: int) -> bytes:
+        """The first `size` bytes of the blob with `key` (a header read; raises as :meth:`get`)."""
+        try:
+            with open(self.path_for(key), "rb") as f:
+                return f.read(size)
         except FileNotFoundError:
             raise StoreError(f"blob {key} missing from {self.root}") from None
         except OSError as exc:
@@ -112,3 +138,112 @@ class BlobStore:
     def sweep(self) -> int:
         """Remove temporary files left by killed writers on this host; return how many."""
         return sweep_temporaries(self.tmp)
+
+
+class FsspecBlobStore:
+    """The same content-addressed layout on any fsspec filesystem (object storage).
+
+    Parameters
+    ----------
+    url : str
+        ``PROTOCOL://ROOT`` (credentials come from the protocol's usual
+        environment: ``AWS_*`` variables or ``~/.aws`` for S3).
+    """
+
+    def __init__(self, url: str) -> None:
+        import fsspec  # only object-storage sites need it
+
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.root = root.rstrip("/")
+
+    def path_for(self, key: str) -> str:
+        if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+            raise StoreError(f"invalid blob key {key!r}")
+        return f"{self.root}/{key[:2]}/{key[2:4]}/{key}{SUFFIX}"
+
+    def check_free(self, incoming: int, reserve: int) -> None:
+        """Object storage has no free-space figure to check."""
+
+    def put(self, blob: bytes, *, sync: bool = True) -> str:
+        key = blob_key(blob)
+        path = self.path_for(key)
+        try:
+            if not self.fs.exists(path):
+                self.fs.pipe_file(path, bytes(blob))
+        except OSError as exc:
+            raise StoreError(f"{self.url}: cannot write blob {key} ({exc})") from None
+        return key
+
+    def sync(self) -> None:
+        """Object puts are durable when they return."""
+
+    def get(self, key: str) -> bytes:
+        try:
+            return bytes(self.fs.cat_file(self.path_for(key)))
+        except FileNotFoundError:
+            raise StoreError(f"blob {key} missing from {self.url}") from None
+        except OSError as exc:
+            raise StoreError(f"blob {key}: {exc}") from None
+
+    def read_prefix(self, key: str, size: int) -> bytes:
+        try:
+            return bytes(self.fs.cat_file(self.path_for(key), start=0, end=size))
+        except FileNotFoundError:
+            raise StoreError(f"blob {key} missing from {self.url}") from None
+        except OSError as exc:
+            raise StoreError(f"blob {key}: {exc}") from None
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self.path_for(key)))
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self.path_for(key))
+        except FileNotFoundError:
+            pass
+
+    def keys(self, older_than: float | None = None) -> Iterator[str]:
+        try:
+            found = self.fs.find(self.root, detail=True)
+        except FileNotFoundError:
+            return
+        for path, info in found.items():
+            name = path.rsplit("/", 1)[-1]
+            if not (name.endswith(SUFFIX) and len(name) == 64 + len(SUFFIX)):
+                continue
+            if older_than is not None and _mtime(info) >= older_than:
+                continue
+            yield name[:64]
+
+    def sweep(self) -> int:
+        """Object puts leave no temporaries."""
+        return 0
+
+
+def _mtime(info: dict[str, Any]) -> float:
+    """Last-modified time (epoch s) from an fsspec info dict; now when the backend gives none."""
+    for name in ("mtime", "LastModified", "last_modified", "created", "updated"):
+        value = info.get(name)
+        if value is None:
+            continue
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            continue
+    return time.time()
+
+
+AnyBlobStore = Union[BlobStore, FsspecBlobStore]
+
+
+def open_store(location: str | Path) -> AnyBlobStore:
+    """The blob store at `location`: a path or ``file://`` URL (local), or any other fsspec URL."""
+    text = str(location)
+    if "://" not in text:
+        return BlobStore(Path(text))
+    if text.startswith("file://"):
+        return BlobStore(Path(text[len("file://"):]))
+    return FsspecBlobStore(text)

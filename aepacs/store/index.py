@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
-from sqlalchemy import (Column, Float, ForeignKey, Integer, MetaData, String, Table, UniqueConstraint,
-                        create_engine, event, func, select, update)
+from sqlalchemy import (Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table,
+                        UniqueConstraint, bindparam, create_engine, delete, event, func, inspect, or_, select, text, update)
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -82,7 +82,24 @@ instances = Table(
     Column("psnr", Float),   # learned lossy objects: quality measured at sealing
     Column("ssim", Float),
     Column("stored_at", Float, nullable=False),
+    # after a rewrap (aepacs rekey): the current key slot, which replaces the one in the blob
+    # file (see docs/FORMAT.md); NULL while the blob's own slot is current
+    Column("key_slot", LargeBinary),
+    # when the blob was last sealed with a fresh data key (NULL: at stored_at)
+    Column("sealed_at", Float),
 )
+#: Blobs that may have become garbage: a rekey's new blob not yet switched in, or the old
+#: blob of a switched row not yet removed. Cleared by the rekey that wrote them, or by the
+#: next one when that process died (:mod:`aepacs.pipeline.rekey`).
+pending_blobs = Table(
+    "pending_blobs", metadata,
+    Column("blob_key", String(64), primary_key=True),
+    Column("sop_uid", String(64), nullable=False),
+    Column("owner", String(160), nullable=False),
+    Column("created", Float, nullable=False),
+)
+#: Columns added after the first release: created on an older index when it is opened.
+_ADDED_COLUMNS = ("psnr", "ssim", "key_slot", "sealed_at")
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cur.close()
 
 
+def _add_missing_columns(conn: Connection) -> None:
+    """Bring an index made by an older release up to date (nullable columns only)."""
+    have = {c["name"] for c in inspect(conn).get_columns("instances")}
+    for name in _ADDED_COLUMNS:
+        if name not in have:
+            column = instances.c[name]
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE instances ADD COLUMN {name} {kind}"))
+
+
 def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.pop("aepacs_write", False) else "BEGIN")
 
@@ -150,6 +177,7 @@ class Index:
                 try:
                     with self._writer() as conn, conn.begin():
                         metadata.create_all(conn)
+                        _add_missing_columns(conn)
                     break
                 except OperationalError as exc:
                     if "locked" not in str(exc) or attempt == 99:
@@ -273,6 +301,139 @@ class Index:
         """Every blob key an instance row references."""
         with self.engine.connect() as conn:
             yield from conn.execute(select(instances.c.blob_key)).scalars()
+
+    # -- key rotation (aepacs rekey) ---------------------------------------------
+    @staticmethod
+    def _rekey_condition(active: int, sealed_before: float | None) -> Any:
+        cond = instances.c.kek_version != active
+        if sealed_before is not None:
+            cond = or_(cond, func.coalesce(instances.c.sealed_at, instances.c.stored_at) < sealed_before)
+        return cond
+
+    def rekey_count(self, active: int, *, sealed_before: float | None = None) -> int:
+        """How many instances :meth:`rekey_candidates` would select in all."""
+        q = select(func.count()).select_from(instances).where(self._rekey_condition(active, sealed_before))
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar() or 0)
+
+    def rekey_candidates(self, active: int, *, sealed_before: float | None = None, after_pk: int = 0,
+                         limit: int = 500) -> list[Row[Any]]:
+        """Instances to rekey, in primary-key order after `after_pk`.
+
+        Those whose key slot is not under KEK `active`; with `sealed_before`
+        (epoch s) also those whose data key is older than that. Rows carry
+        ``pk, sop_uid, blob_key, blob_size, kek_version, key_slot``.
+        """
+        cond = self._rekey_condition(active, sealed_before)
+        q = (select(instances.c.pk, instances.c.sop_uid, instances.c.blob_key, instances.c.blob_size,
+                    instances.c.kek_version, instances.c.key_slot)
+             .where(cond, instances.c.pk > after_pk).order_by(instances.c.pk).limit(limit))
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).all())
+
+    def swap_slots(self, swaps: Sequence[tuple[str, str, int, bytes, int]]) -> set[str]:
+        """Install rewrapped key slots, each only if its row is still as read.
+
+        Parameters
+        ----------
+        swaps : sequence of (sop_uid, blob_key, old_version, slot, new_version)
+
+        Returns
+        -------
+        set of str
+            The SOP Instance UIDs switched (the others changed meanwhile).
+        """
+        stmt = (update(instances)
+                .where(instances.c.sop_uid == bindparam("b_uid"), instances.c.blob_key == bindparam("b_key"),
+                       instances.c.kek_version == bindparam("b_old"))
+                .values(key_slot=bindparam("b_slot"), kek_version=bindparam("b_new")))
+        params = [{"b_uid": u, "b_key": k, "b_old": o, "b_slot": s, "b_new": n} for u, k, o, s, n in swaps]
+        try:
+            with self._writer() as conn, conn.begin():
+                matched = conn.execute(stmt, params).rowcount if params else 0
+                if matched == len(params):
+                    return {u for u, *_ in swaps}
+                # some rows changed meanwhile: see which ones now hold the slot written here
+                mine = {u: s for u, _, _, s, _ in swaps}
+                rows = conn.execute(select(instances.c.sop_uid, instances.c.key_slot)
+                                    .where(instances.c.sop_uid.in_(list(mine)))).all()
+                done = {u for u, slot in rows if slot is not None and bytes(slot) == mine[u]}
+        except SQLAlchemyError as exc:
+            raise StoreError(f"index: cannot switch key slots ({type(exc).__name__}: {exc})") from None
+        return done
+
+    def swap_blobs(self, swaps: Sequence[tuple[str, str, str, int, int]], owner: str) -> set[str]:
+        """Point each row at its new blob if it still points at the old one (compare and swap).
+
+        Parameters
+        ----------
+        swaps : sequence of (sop_uid, old_key, new_key, new_size, new_version)
+        owner : str
+            The process the old blobs are left pending for.
+
+        In the same transaction, each switched row's new blob leaves the
+        pending list and its old blob joins it, to be removed next.
+
+        Returns
+        -------
+        set of str
+            The SOP Instance UIDs switched.
+        """
+        now, done = time.time(), set()
+        try:
+            with self._writer() as conn, conn.begin():
+                for sop_uid, old_key, new_key, new_size, new_version in swaps:
+                    result = conn.execute(update(instances).where(
+                        instances.c.sop_uid == sop_uid, instances.c.blob_key == old_key).values(
+                        blob_key=new_key, blob_size=new_size, kek_version=new_version, key_slot=None,
+                        sealed_at=now))
+                    if result.rowcount != 1:
+                        continue
+                    done.add(sop_uid)
+                    conn.execute(delete(pending_blobs).where(pending_blobs.c.blob_key.in_([new_key, old_key])))
+                    conn.execute(pending_blobs.insert().values(blob_key=old_key, sop_uid=sop_uid, owner=owner,
+                                                               created=now))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"index: cannot switch blobs ({type(exc).__name__}: {exc})") from None
+        return done
+
+    def add_pending(self, entries: Sequence[tuple[str, str]], owner: str) -> None:
+        """Record, before they are written, blobs ``(blob_key, sop_uid)`` that may end up unreferenced."""
+        if not entries:
+            return
+        now = time.time()
+        try:
+            with self._writer() as conn, conn.begin():
+                conn.execute(delete(pending_blobs).where(pending_blobs.c.blob_key.in_([k for k, _ in entries])))
+                conn.execute(pending_blobs.insert(), [{"blob_key": k, "sop_uid": u, "owner": owner, "created": now}
+                                                      for k, u in entries])
+        except SQLAlchemyError as exc:
+            raise StoreError(f"index: cannot record pending blobs ({type(exc).__name__}: {exc})") from None
+
+    def pending(self) -> list[Row[Any]]:
+        """The pending blobs: ``blob_key, sop_uid, owner, created``."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(pending_blobs)).all())
+
+    def referenced(self, blob_key: str) -> bool:
+        """Whether any instance row points at `blob_key`."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(instances.c.pk).where(instances.c.blob_key == blob_key)
+                                .limit(1)).first() is not None
+
+    def drop_pending(self, *blob_keys: str) -> None:
+        """Forget pending blobs (after they were removed or found referenced)."""
+        if not blob_keys:
+            return
+        with self._writer() as conn, conn.begin():
+            conn.execute(delete(pending_blobs).where(pending_blobs.c.blob_key.in_(list(blob_keys))))
+
+    def kek_versions(self) -> dict[int, int]:
+        """Instances per KEK version their key slot is under."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(instances.c.kek_version, func.count())
+                                .group_by(instances.c.kek_version)).all()
+        return {int(v): int(n) for v, n in rows}
 
     def studies(self) -> list[Row[Any]]:
         """One row per study: UID, patient, date, modalities, instance count."""

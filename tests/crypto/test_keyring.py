@@ -85,3 +85,17 @@ def test_damaged_keyring_is_reported(tmp_path: Path) -> None:
         Keyring.load(path)
     with pytest.raises(KeyringError, match="no keyring"):
         Keyring.load(tmp_path / "missing.json")
+
+
+def test_retire_destroys_an_old_version_only(tmp_path: Path) -> None:
+    ring = Keyring.create(tmp_path / "k.json")
+    with pytest.raises(KeyringError, match="active"):
+        ring.retire(1)
+    ring.rotate()
+    ring.rotate()
+    ring.retire(1)
+    again = Keyring.load(tmp_path / "k.json")
+    assert again.versions == [2, 3] and again.active_version == 3
+    with pytest.raises(KeyringError, match="no key version 1"):
+        again.retire(1)
+    assert again.rotate() == 4  # versions are never reused

@@ -69,3 +69,21 @@ def test_temporaries_of_dead_writers_are_swept(tmp_path: Path) -> None:
     assert not dead.exists() and alive.exists() and foreign.exists()
     alive.unlink()
     assert os.listdir(store.tmp) == [foreign.name]
+
+
+def test_fsspec_store_has_the_local_stores_behaviour() -> None:
+    from pydicom.uid import generate_uid
+
+    from aepacs.store.blobs import FsspecBlobStore, open_store
+
+    store = open_store(f"memory://t-{generate_uid()}/blobs")
+    assert isinstance(store, FsspecBlobStore)
+    key = store.put(b"sealed bytes")
+    assert store.put(b"sealed bytes") == key  # content-addressed: a no-op
+    assert store.get(key) == b"sealed bytes" and store.read_prefix(key, 6) == b"sealed"
+    assert list(store.keys()) == [key] and list(store.keys(older_than=0)) == []
+    store.delete(key)
+    store.delete(key)
+    with pytest.raises(StoreError, match="missing"):
+        store.get(key)
+    assert isinstance(open_store("file:///tmp/aepacs-test-local"), BlobStore)

@@ -100,3 +100,45 @@ def test_processes_opening_a_new_index_at_once(tmp_path: Path) -> None:
         for p in procs:
             p.join(120)
         assert [p.exitcode for p in procs] == [0, 0, 0, 0], trial
+
+
+def test_an_older_index_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    Index(url).close()
+    db = sqlite3.connect(tmp_path / "old.sqlite3")
+    for column in ("key_slot", "sealed_at", "psnr"):
+        db.execute(f"ALTER TABLE instances DROP COLUMN {column}")
+    db.commit()
+    db.close()
+    index = Index(url)
+    assert index.kek_versions() == {}
+    assert index.rekey_count(1, sealed_before=1e12) == 0  # reads sealed_at
+    index.close()
+
+
+def test_key_rotation_swaps_are_compare_and_swap(tmp_path: Path) -> None:
+    index = Index(f"sqlite:///{tmp_path}/i.sqlite3")
+    for i in range(3):
+        index.add(record(sop_uid=f"1.2.3.{i}"), ref(key=f"{i:064x}"))
+    assert index.rekey_count(2) == 3 and index.rekey_count(1) == 0
+    slots = [bytes([i]) * 64 for i in range(3)]
+    swaps = [(f"1.2.3.{i}", f"{i:064x}", 1, slots[i], 2) for i in range(3)]
+    # the third row is stale: it was read under version 5, so it is left alone
+    assert index.swap_slots(swaps[:2] + [(*swaps[2][:2], 5, *swaps[2][3:])]) == {"1.2.3.0", "1.2.3.1"}
+    assert index.kek_versions() == {1: 1, 2: 2}
+    assert bytes(index.get("1.2.3.0").key_slot) == slots[0] and index.get("1.2.3.2").key_slot is None
+    fresh = [(u, k, o, bytes([9]) * 64, n) for u, k, o, _, n in swaps]  # slots have fresh nonces
+    assert index.swap_slots(fresh) == {"1.2.3.2"}  # the first two no longer match
+    # a blob swap: the old blob becomes pending in the same transaction
+    index.add_pending([("f" * 64, "1.2.3.0")], "host:1")
+    assert index.swap_blobs([("1.2.3.0", "e" * 64, "f" * 64, 10, 3)], "host:1") == set()  # stale old key
+    assert index.swap_blobs([("1.2.3.0", f"{0:064x}", "f" * 64, 10, 3)], "host:1") == {"1.2.3.0"}
+    assert [(p.blob_key, p.sop_uid) for p in index.pending()] == [(f"{0:064x}", "1.2.3.0")]
+    row = index.get("1.2.3.0")
+    assert (row.blob_key, row.kek_version, row.key_slot) == ("f" * 64, 3, None)
+    assert not index.referenced(f"{0:064x}") and index.referenced("f" * 64)
+    index.drop_pending(f"{0:064x}")
+    assert index.pending() == []
+    index.close()
