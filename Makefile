@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/seal.py
 	$(BIN)/python bench/codec.py --paper paper-ct@1
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/rekey.py
 
 ## the full evaluation of the shipped models on held-out images (reports in docs/eval/)
 GAINS  = 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21

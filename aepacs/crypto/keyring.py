@@ -85,6 +85,7 @@ class Keyring:
         self.path = path
         self._keys = dict(keys)
         self._passphrase = passphrase
+        self._seen = _signature(path)
 
     def __repr__(self) -> str:
         return f"Keyring({str(self.path)!r}, versions={self.versions}, protected={self.protected})"
@@ -122,6 +123,27 @@ class Keyring:
             return self._keys[version].key
         except KeyError:
             raise MissingKeyError(version) from None
+
+    def refresh(self) -> bool:
+        """Reload the file if another process rotated or retired a key since it was read.
+
+        Long-running processes (``aepacs serve``, its workers, rekey workers)
+        call this before sealing and when a key version is missing, so a
+        rotation takes effect without a restart and a retired key is gone.
+        A stat when nothing changed.
+
+        Returns
+        -------
+        bool
+            Whether the keys were reloaded.
+        """
+        seen = _signature(self.path)
+        if seen is None or seen == self._seen:
+            return False
+        with _locked(self.path):
+            fresh = Keyring.load(self.path, self._passphrase)
+        self._keys, self._seen = fresh._keys, fresh._seen
+        return True
 
     # -- persistence -----------------------------------------------------
     @classmethod
@@ -231,6 +253,16 @@ class Keyring:
         else:
             doc.update(_seal_entries(entries, self._passphrase))
         atomic_write(self.path, json.dumps(doc, indent=1).encode("utf-8") + b"\n", mode=0o600)
+        self._seen = _signature(self.path)
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the keyring file is replaced (atomic writes give a new inode)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _new_key(version: int) -> KeyVersion:

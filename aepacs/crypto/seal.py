@@ -115,6 +115,8 @@ def _wrap(dek: bytes, kek: bytes, kek_version: int, aad: bytes) -> KeySlot:
 def _unwrap(header: SealedHeader, keyring: Keyring, name: str) -> bytes:
     slot = header.slot
     try:
+        if slot.kek_version not in keyring.versions:
+            keyring.refresh()  # rotated by another process since this one loaded it
         kek = keyring.kek(slot.kek_version)
     except MissingKeyError:
         raise OpenError(name, f"keyring lacks key version {slot.kek_version} needed to open it") from None
@@ -147,6 +149,7 @@ def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring
         The sealed object (encrypted in place into one buffer: no copy of
         the ciphertext is made).
     """
+    keyring.refresh()  # a rotation by another process takes effect here
     try:
         kek_version = keyring.active_version
         kek = keyring.kek(kek_version)

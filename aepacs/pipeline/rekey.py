@@ -181,6 +181,7 @@ def _moved(archive: Archive, job: Job) -> bool:
 def rewrap_batch(archive: Archive, jobs: list[Job], *, verify: bool = False) -> list[Outcome]:
     """Rewrap the data keys of `jobs` and switch their slots in one index transaction."""
     ring = archive.keyring
+    ring.refresh()  # rotated since the last batch: wrap under the newest key
     active = ring.active_version
     swaps, outcomes, sizes = [], [], {}
     for job in jobs:
@@ -279,14 +280,11 @@ _OPEN: dict[str, Archive] = {}
 
 
 def _archive(config: Config) -> Archive:
-    """One open archive per worker process and configuration (keyring re-read each batch)."""
+    """One open archive per worker process and configuration."""
     key = f"{config.index_url}|{config.store_location}"
     archive = _OPEN.get(key)
     if archive is None:
         archive = _OPEN[key] = Archive(config)
-    else:  # a rotation since the last batch: seal under the newest key
-        from aepacs.pipeline.archive import load_keyring
-        archive.keyring = load_keyring(config)
     return archive
 
 

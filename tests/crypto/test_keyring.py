@@ -99,3 +99,16 @@ def test_retire_destroys_an_old_version_only(tmp_path: Path) -> None:
     with pytest.raises(KeyringError, match="no key version 1"):
         again.retire(1)
     assert again.rotate() == 4  # versions are never reused
+
+
+def test_a_loaded_keyring_sees_rotation_and_retirement_by_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "k.json"
+    server = Keyring.create(path)  # a long-running process's copy
+    other = Keyring.load(path)
+    assert not server.refresh()
+    other.rotate()
+    assert server.refresh() and server.active_version == 2
+    other.retire(1)
+    server.refresh()
+    with pytest.raises(MissingKeyError):
+        server.kek(1)
