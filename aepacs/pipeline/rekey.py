@@ -23,7 +23,9 @@ leaves every object openable from what the index points to::
          the pending list, old blob joins it) -> delete old blob -> forget it
 
 Pending entries of a process that died are cleared by the next run
-(:func:`recover`): a pending blob no row references is deleted. Two runs at
+(:func:`recover`): a pending blob no row references is deleted. Each run
+ends with the archive's orphan sweep (unreferenced blobs older than an
+hour, such as those of an ingest killed between blob and index row). Two runs at
 once, or a run next to ``aepacs serve``, meet only at the compare-and-swap:
 the loser's work is discarded, never applied twice. A retrieval that reads a
 row just before its switch finds the old blob gone and reads the row again.
@@ -96,6 +98,7 @@ class Summary:
     bytes_read: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+    swept: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, outcome: Outcome) -> None:
@@ -115,7 +118,8 @@ class Summary:
         rate = (mb_r + mb_w) / self.seconds if self.seconds > 0 else 0.0
         out = [f"rekey {self.mode}: {self.done} done, {self.skipped} skipped, {self.failed} failed "
                f"in {self.seconds:.1f} s ({self.objects_per_s:.0f} objects/s)",
-               f"read {mb_r:.1f} MB, wrote {mb_w:.1f} MB ({rate:.1f} MB/s)"]
+               f"read {mb_r:.1f} MB, wrote {mb_w:.1f} MB ({rate:.1f} MB/s); "
+               f"removed {self.swept} unreferenced blobs"]
         out += [f"FAILED {uid}: {reason}" for uid, reason in self.failures]
         return out
 
@@ -422,6 +426,9 @@ def rekey(config: Config, *, mode: str = "rewrap", workers: int | None = None, d
                 finally:
                     close()
         recover(archive)
+        # blobs no row references (a crash between an ingest's blob write and its index row),
+        # once old enough that no write can still be on its way to the index
+        summary.swept = archive.sweep_orphans()
     finally:
         summary.seconds = time.perf_counter() - started
         if own:

@@ -279,3 +279,14 @@ def test_fsspec_store_end_to_end(home: Path) -> None:
         assert set(archive.store.keys()) == set(archive.index.blob_keys())
         for uid, digest in originals.items():
             assert hashlib.sha256(fetch(archive, uid)).hexdigest() == digest
+
+
+def test_a_run_sweeps_old_unreferenced_blobs(config: Config, archive: Archive) -> None:
+    fill(archive, 3)
+    stray = archive.store.put(b"left by an ingest killed between blob and index row")
+    young = archive.store.put(b"an ingest still on its way to the index")
+    os.utime(archive.store.path_for(stray), (time.time() - 7200, time.time() - 7200))
+    summary = rekey(config, mode="rewrap", workers=1, progress=False)
+    assert summary.swept == 1
+    assert not archive.store.exists(stray) and archive.store.exists(young)
+    assert "removed 1 unreferenced blobs" in "\n".join(summary.lines())
