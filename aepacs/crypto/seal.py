@@ -112,8 +112,8 @@ def _wrap(dek: bytes, kek: bytes, kek_version: int, aad: bytes) -> KeySlot:
     return KeySlot(kek_version, nonce, wrapped, tag)
 
 
-def _unwrap(header: SealedHeader, keyring: Keyring, name: str) -> bytes:
-    slot = header.slot
+def _unwrap(slot: KeySlot, aad: bytes, keyring: Keyring, name: str) -> bytes:
+    """The data key in `slot` of the object whose authenticated header is `aad`."""
     try:
         if slot.kek_version not in keyring.versions:
             keyring.refresh()  # rotated by another process since this one loaded it
@@ -121,7 +121,7 @@ def _unwrap(header: SealedHeader, keyring: Keyring, name: str) -> bytes:
     except MissingKeyError:
         raise OpenError(name, f"keyring lacks key version {slot.kek_version} needed to open it") from None
     cipher = AES.new(kek, AES.MODE_GCM, nonce=slot.nonce)
-    cipher.update(_wrap_aad(slot.kek_version, header.aad))
+    cipher.update(_wrap_aad(slot.kek_version, aad))
     try:
         return cipher.decrypt_and_verify(slot.wrapped_key, slot.tag)
     except ValueError:
@@ -242,7 +242,7 @@ def open_sealed(blob: bytes | bytearray, keyring: Keyring, *, name: str = "objec
     header = read_header(blob, name)
     if expect_uid is not None and header.object_uid != expect_uid:
         raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
-    dek = _unwrap(header, keyring, name)
+    dek = _unwrap(header.slot, header.aad, keyring, name)
     start = len(header.aad) + SLOT_BYTES
     ciphertext = memoryview(blob)[start:start + header.payload_length]  # no copy
     cipher = AES.new(dek, AES.MODE_GCM, nonce=header.nonce)
@@ -302,9 +302,7 @@ def rewrap_slot(aad: bytes, slot: bytes, keyring: Keyring, *, name: str = "objec
     """
     if len(slot) != SLOT_BYTES:
         raise OpenError(name, "key slot of the wrong size")
-    header = SealedHeader(object_uid="", study_uid="", codec="", sealed_kek_version=0, nonce=b"",
-                          payload_length=0, slot=KeySlot(*_SLOT.unpack(slot)), aad=bytes(aad))
-    dek = _unwrap(header, keyring, name)
+    dek = _unwrap(KeySlot(*_SLOT.unpack(slot)), bytes(aad), keyring, name)
     version = keyring.active_version
     return _wrap(dek, keyring.kek(version), version, bytes(aad)).pack()
 

@@ -41,7 +41,7 @@ import hashlib
 import logging
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -169,10 +169,13 @@ def _header_and_slot(archive: Archive, job: Job) -> tuple[bytes, bytes]:
     return head[:span], bytes(slot)
 
 
-def _full_blob(archive: Archive, job: Job) -> bytes:
+def _current_blob(archive: Archive, job: Job) -> bytes:
+    """The sealed object with its current key slot.
+
+    No content-key check: opening it authenticates every byte (GCM over the
+    header and ciphertext, the wrap over the slot).
+    """
     blob = archive.store.get(job.blob_key)
-    if blob_key(blob) != job.blob_key:
-        raise OpenError(job.sop_uid, f"blob {job.blob_key} was altered on disk")
     return with_slot(blob, job.key_slot, job.sop_uid) if job.key_slot is not None else blob
 
 
@@ -180,6 +183,13 @@ def _moved(archive: Archive, job: Job) -> bool:
     """Whether the object's row no longer points at the blob this job was selected with."""
     row = archive.index.get(job.sop_uid)
     return row is None or row.blob_key != job.blob_key
+
+
+def _failure(archive: Archive, job: Job, exc: AepacsError) -> Outcome:
+    """A job that raised: skipped when another run switched the object meanwhile, else failed."""
+    if isinstance(exc, StoreError) and _moved(archive, job):
+        return Outcome(job.sop_uid, "skipped", reason="changed by another writer")
+    return Outcome(job.sop_uid, "failed", reason=str(exc))
 
 
 def rewrap_batch(archive: Archive, jobs: list[Job], *, verify: bool = False) -> list[Outcome]:
@@ -191,7 +201,7 @@ def rewrap_batch(archive: Archive, jobs: list[Job], *, verify: bool = False) -> 
     for job in jobs:
         try:
             if verify:  # authenticate the whole object under its new slot before switching
-                blob = _full_blob(archive, job)
+                blob = _current_blob(archive, job)
                 header, _ = open_sealed(blob, ring, name=job.sop_uid, expect_uid=job.sop_uid)
                 aad, slot, read = header.aad, header.slot.pack(), len(blob)
             else:
@@ -203,10 +213,7 @@ def rewrap_batch(archive: Archive, jobs: list[Job], *, verify: bool = False) -> 
             swaps.append((job.sop_uid, job.blob_key, job.kek_version, new, active))
             sizes[job.sop_uid] = read
         except AepacsError as exc:
-            if isinstance(exc, StoreError) and _moved(archive, job):
-                outcomes.append(Outcome(job.sop_uid, "skipped", reason="changed by another writer"))
-            else:
-                outcomes.append(Outcome(job.sop_uid, "failed", reason=str(exc)))
+            outcomes.append(_failure(archive, job, exc))
     switched = archive.index.swap_slots(swaps) if swaps else set()
     for sop_uid, *_ in swaps:
         if sop_uid in switched:
@@ -227,22 +234,13 @@ def full_batch(archive: Archive, jobs: list[Job], owner: str) -> list[Outcome]:
     fresh: list[tuple[Job, bytes, str, int, bytes]] = []  # job, new blob, its key, bytes read, plaintext hash
     for job in jobs:
         try:
-            try:
-                blob = store.get(job.blob_key)
-            except StoreError:
-                if _moved(archive, job):  # another run switched it meanwhile
-                    outcomes.append(Outcome(job.sop_uid, "skipped", reason="changed by another writer"))
-                    continue
-                raise
-            if job.key_slot is not None:
-                blob = with_slot(blob, job.key_slot, job.sop_uid)
-            # GCM authenticates every byte of the header and ciphertext, the wrap every byte of the slot
+            blob = _current_blob(archive, job)
             header, payload = open_sealed(blob, ring, name=job.sop_uid, expect_uid=job.sop_uid)
             new_blob = bytes(seal(payload, object_uid=header.object_uid, study_uid=header.study_uid,
                                   codec=header.codec, keyring=ring))
             fresh.append((job, new_blob, blob_key(new_blob), len(blob), hashlib.sha256(payload).digest()))
         except AepacsError as exc:
-            outcomes.append(Outcome(job.sop_uid, "failed", reason=str(exc)))
+            outcomes.append(_failure(archive, job, exc))
     index.add_pending([(key, job.sop_uid) for job, _, key, _, _ in fresh], owner)
     checked: list[tuple[Job, int, str, int, bytes]] = []
     for job, new_blob, key, read, digest in fresh:
@@ -312,61 +310,59 @@ def _batches(archive: Archive, *, sealed_before: float | None, limit: int | None
     after, left = 0, limit
     active = archive.keyring.active_version
     while left is None or left > 0:
-        size = BATCH if left is None else min(BATCH, left)
-        rows = archive.index.rekey_candidates(active, sealed_before=sealed_before, after_pk=after, limit=size)
+        rows = archive.index.rekey_candidates(active, sealed_before=sealed_before, after_pk=after,
+                                              limit=BATCH if left is None else min(BATCH, left))
         if not rows:
             return
         after = rows[-1].pk
         if left is not None:
             left -= len(rows)
         batch: list[Job] = []
-        size = 0
+        nbytes = 0
         for r in rows:
-            if batch and size + r.blob_size > BATCH_BYTES:
+            if batch and nbytes + r.blob_size > BATCH_BYTES:
                 yield batch
-                batch, size = [], 0
+                batch, nbytes = [], 0
             batch.append(Job(r.sop_uid, r.blob_key, r.blob_size, r.kek_version,
                              bytes(r.key_slot) if r.key_slot is not None else None))
-            size += r.blob_size
+            nbytes += r.blob_size
         yield batch
 
 
-def _pool_submit(workers: int) -> tuple[Callable[..., Future[list[Outcome]]], Callable[[], None]]:
+_Runner = tuple[Callable[..., Any], Callable[[set[Any]], set[Any]], Callable[[], None]]
+
+
+def _pool(workers: int) -> _Runner:
+    """(submit, wait for the first done, close) of a local process pool."""
     import multiprocessing
 
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    return pool.submit, lambda: pool.shutdown(wait=True, cancel_futures=True)
+    return (pool.submit, lambda fs: set(wait(fs, return_when=FIRST_COMPLETED).done),
+            lambda: pool.shutdown(wait=True, cancel_futures=True))
 
 
-def _dask_submit(address: str) -> tuple[Callable[..., Any], Callable[[], None]]:
+def _dask(address: str) -> _Runner:
+    """(submit, wait for the first done, close) on a Dask distributed scheduler."""
     try:
         from distributed import Client
+        from distributed import wait as dask_wait
     except ImportError:
         raise AepacsError("--dask needs the 'distributed' package (pip install 'aepacs[dask]')") from None
     client = Client(address)
-    return (lambda fn, *a: client.submit(fn, *a, pure=False)), client.close
+    return ((lambda fn, *a: client.submit(fn, *a, pure=False)),
+            lambda fs: set(dask_wait(list(fs), return_when="FIRST_COMPLETED").done), client.close)
 
 
-def _drain(pending: set[Any], summary: Summary, bar: Any, block: bool) -> set[Any]:
-    if not pending:
-        return pending
-    if hasattr(next(iter(pending)), "key"):  # Dask futures
-        from distributed import wait as dwait
-        finished, rest = dwait(list(pending), return_when="FIRST_COMPLETED") if block else (
-            {f for f in pending if f.done()}, None)
-    else:
-        finished, rest = wait(pending, return_when=FIRST_COMPLETED) if block else (
-            {f for f in pending if f.done()}, None)
+def _collect(finished: set[Any], summary: Summary, bar: Any) -> None:
     for fut in finished:
-        for outcome in fut.result():
+        outcomes = fut.result()
+        for outcome in outcomes:
             summary.add(outcome)
-        bar.update(len(fut.result()))
-    return set(pending) - set(finished)
+        bar.update(len(outcomes))
 
 
 def rekey(config: Config, *, mode: str = "rewrap", workers: int | None = None, dask: str | None = None,
-          limit: int | None = None, dry_run: bool = False, verify: bool = False, progress: bool = True,
-          archive: Archive | None = None) -> Summary:
+          limit: int | None = None, dry_run: bool = False, verify: bool = False, progress: bool = True) -> Summary:
     """Bring every selected object under the active KEK; see the module docstring.
 
     Parameters
@@ -392,8 +388,7 @@ def rekey(config: Config, *, mode: str = "rewrap", workers: int | None = None, d
     """
     if mode not in MODES:
         raise AepacsError(f"unknown rekey mode {mode!r} (choose {', '.join(MODES)})")
-    own = archive is None
-    archive = archive or Archive(config)
+    archive = Archive(config)
     summary = Summary(mode)
     started = time.perf_counter()
     try:
@@ -415,14 +410,19 @@ def rekey(config: Config, *, mode: str = "rewrap", workers: int | None = None, d
                         summary.add(outcome)
                     bar.update(len(jobs))
             else:
-                submit, close = _dask_submit(dask) if dask else _pool_submit(workers)
+                submit, first_done, close = _dask(dask) if dask else _pool(workers)
                 try:
                     inflight: set[Any] = set()
                     for jobs in batches:
                         inflight.add(submit(run_batch, config, jobs, mode, verify))
-                        inflight = _drain(inflight, summary, bar, block=len(inflight) >= 2 * workers)
+                        finished = first_done(inflight) if len(inflight) >= 2 * workers else \
+                            {f for f in inflight if f.done()}
+                        _collect(finished, summary, bar)
+                        inflight -= finished
                     while inflight:
-                        inflight = _drain(inflight, summary, bar, block=True)
+                        finished = first_done(inflight)
+                        _collect(finished, summary, bar)
+                        inflight -= finished
                 finally:
                     close()
         recover(archive)
@@ -431,7 +431,6 @@ def rekey(config: Config, *, mode: str = "rewrap", workers: int | None = None, d
         summary.swept = archive.sweep_orphans()
     finally:
         summary.seconds = time.perf_counter() - started
-        if own:
-            archive.close()
+        archive.close()
     return summary
 

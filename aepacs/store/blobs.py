@@ -34,6 +34,18 @@ def blob_key(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def _relative(key: str) -> str:
+    """Where the blob with `key` lives below a store's root: ``ab/cd/<key>.aepx``."""
+    if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+        raise StoreError(f"invalid blob key {key!r}")
+    return f"{key[:2]}/{key[2:4]}/{key}{SUFFIX}"
+
+
+def _key_of(name: str) -> str | None:
+    """The blob key a file name stands for, or None for anything else in the tree."""
+    return name[:64] if name.endswith(SUFFIX) and len(name) == 64 + len(SUFFIX) else None
+
+
 class BlobStore:
     """A directory of sealed blobs addressed by content.
 
@@ -51,9 +63,7 @@ class BlobStore:
 
     def path_for(self, key: str) -> Path:
         """Where the blob with `key` lives."""
-        if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
-            raise StoreError(f"invalid blob key {key!r}")
-        return self.root / key[:2] / key[2:4] / f"{key}{SUFFIX}"
+        return self.root / _relative(key)
 
     def check_free(self, incoming: int, reserve: int) -> None:
         """Refuse new data that would leave less than `reserve` bytes free.
@@ -94,18 +104,16 @@ class BlobStore:
         StoreError
             When it is missing or unreadable.
         """
-        try:
-            return self.path_for(key).read_bytes()
-        except FileNotFoundError:
-            raise StoreError(f"blob {key} missing from {self.root}") from None
-        except OSError as exc:
-            raise StoreError(f"blob {key}: {exc.strerror}") from None
+        return self._read(key, None)
 
     def read_prefix(self, key: str, size: int) -> bytes:
         """The first `size` bytes of the blob with `key` (a header read; raises as :meth:`get`)."""
+        return self._read(key, size)
+
+    def _read(self, key: str, size: int | None) -> bytes:
         try:
             with open(self.path_for(key), "rb") as f:
-                return f.read(size)
+                return f.read() if size is None else f.read(size)
         except FileNotFoundError:
             raise StoreError(f"blob {key} missing from {self.root}") from None
         except OSError as exc:
@@ -126,14 +134,16 @@ class BlobStore:
         for dirpath, dirs, files in os.walk(self.root):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             for name in files:
-                if name.endswith(SUFFIX) and len(name) == 64 + len(SUFFIX):
-                    if older_than is not None:
-                        try:
-                            if os.stat(os.path.join(dirpath, name)).st_mtime >= older_than:
-                                continue
-                        except FileNotFoundError:
+                key = _key_of(name)
+                if key is None:
+                    continue
+                if older_than is not None:
+                    try:
+                        if os.stat(os.path.join(dirpath, name)).st_mtime >= older_than:
                             continue
-                    yield name[:64]
+                    except FileNotFoundError:
+                        continue
+                yield key
 
     def sweep(self) -> int:
         """Remove temporary files left by killed writers on this host; return how many."""
@@ -158,9 +168,7 @@ class FsspecBlobStore:
         self.root = root.rstrip("/")
 
     def path_for(self, key: str) -> str:
-        if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
-            raise StoreError(f"invalid blob key {key!r}")
-        return f"{self.root}/{key[:2]}/{key[2:4]}/{key}{SUFFIX}"
+        return f"{self.root}/{_relative(key)}"
 
     def check_free(self, incoming: int, reserve: int) -> None:
         """Object storage has no free-space figure to check."""
@@ -179,16 +187,14 @@ class FsspecBlobStore:
         """Object puts are durable when they return."""
 
     def get(self, key: str) -> bytes:
-        try:
-            return bytes(self.fs.cat_file(self.path_for(key)))
-        except FileNotFoundError:
-            raise StoreError(f"blob {key} missing from {self.url}") from None
-        except OSError as exc:
-            raise StoreError(f"blob {key}: {exc}") from None
+        return self._read(key, None)
 
     def read_prefix(self, key: str, size: int) -> bytes:
+        return self._read(key, size)
+
+    def _read(self, key: str, size: int | None) -> bytes:
         try:
-            return bytes(self.fs.cat_file(self.path_for(key), start=0, end=size))
+            return bytes(self.fs.cat_file(self.path_for(key), start=None if size is None else 0, end=size))
         except FileNotFoundError:
             raise StoreError(f"blob {key} missing from {self.url}") from None
         except OSError as exc:
@@ -209,12 +215,10 @@ class FsspecBlobStore:
         except FileNotFoundError:
             return
         for path, info in found.items():
-            name = path.rsplit("/", 1)[-1]
-            if not (name.endswith(SUFFIX) and len(name) == 64 + len(SUFFIX)):
+            key = _key_of(path.rsplit("/", 1)[-1])
+            if key is None or (older_than is not None and _mtime(info) >= older_than):
                 continue
-            if older_than is not None and _mtime(info) >= older_than:
-                continue
-            yield name[:64]
+            yield key
 
     def sweep(self) -> int:
         """Object puts leave no temporaries."""

@@ -274,7 +274,7 @@ def test_fsspec_store_end_to_end(home: Path) -> None:
         assert isinstance(archive.store, FsspecBlobStore)
         originals = fill(archive, 8)
         Keyring.load(config.keyring_path).rotate()
-        assert rekey(config, mode="full", workers=1, progress=False, archive=Archive(config)).done == 8
+        assert rekey(config, mode="full", workers=1, progress=False).done == 8
     with Archive(config) as archive:
         assert set(archive.store.keys()) == set(archive.index.blob_keys())
         for uid, digest in originals.items():
