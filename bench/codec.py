@@ -3,10 +3,12 @@
 In one run, on the same 512x512 slices of ``../shared/data/ct`` (series 3,
 held out from the shipped CT model's training):
 
-* ``aepacs``      the shipped CT model, lossy at its default gain: encode (analysis,
-                  rounding, integer synthesis for the reconstruction, entropy coding
-                  and its check) and decode (entropy decoding, integer synthesis)
+* ``aepacs``      the shipped CT model, lossy at its default gain, one slice per task on
+                  ``--threads`` threads: encode (lifting, quantization, entropy coding and
+                  its check, the reconstruction) and decode
 * ``JPEG 2000``   OpenJPEG (imagecodecs) at the same bytes per slice
+* quality at 16:1 and 32:1: the finest gain reaching each ratio, and JPEG 2000
+  at the bytes of each of its slices
 * ``paper``       the paper's autoencoder (a registry model of arch ``paper`` when
                   one is given with ``--paper``, else its architecture untrained:
                   speed does not depend on the weights), float32 latent
@@ -22,6 +24,7 @@ Usage: ``python bench/codec.py [--slices N] [--threads T] [--paper REF]``
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 import glob
 import os
 import platform
@@ -39,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 from common import median_time  # noqa: E402
-from aepacs.codec.learned import LearnedCodec  # noqa: E402
+from aepacs.codec.learned import codec_for  # noqa: E402
 from aepacs.codec.nets.paper import PaperAutoencoder  # noqa: E402
 from aepacs.codec.quality import psnr  # noqa: E402
 from aepacs.eval.baselines import j2k_at_budget  # noqa: E402
@@ -61,17 +64,19 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--model", default="ct", help="registry model (default: the promoted shipped CT model)")
     ap.add_argument("--paper", help="registry model of arch paper (default: untrained architecture)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     px = slices(args.slices)
     n = len(px)
-    model = Registry(SHIPPED).load("ct")
-    codec = LearnedCodec(model, "lossy")
+    model = Registry(SHIPPED).load(args.model)
+    codec = codec_for(model, "lossy")
     stream = codec.encode(px)
     per_slice = [codec.encode(px[i:i + 1]) for i in range(n)]
-    enc = median_time(lambda: codec.encode(px), args.repeat)
-    dec = median_time(lambda: codec.decode(stream), args.repeat)
+    pool = ThreadPoolExecutor(args.threads)  # one slice per task: how the codec is used on many slices
+    enc = median_time(lambda: list(pool.map(lambda i: codec.encode(px[i:i + 1]), range(n))), args.repeat)
+    dec = median_time(lambda: list(pool.map(codec.decode, per_slice)), args.repeat)
     rec = codec.decode(stream)
     quality = float(np.mean([psnr(px[i], rec[i]) for i in range(n)]))  # per slice, as for JPEG 2000
 
@@ -106,7 +111,7 @@ def main() -> None:
     print(f"{'codec':30} {'enc slices/s':>12} {'dec slices/s':>12} {'enc vs J2K':>10} {'dec vs J2K':>10} "
           f"{'ratio':>7} {'PSNR':>7}")
     ratio = px.nbytes / sum(map(len, per_slice))
-    rows = [("aepacs ct@1 (default gain)", n / enc, n / dec, ratio, quality),
+    rows = [(f"aepacs {model.ref} (default gain)", n / enc, n / dec, ratio, quality),
             ("JPEG 2000 (same bytes)", n / j2k_enc, n / j2k_dec, px.nbytes / sum(r[0] for r in j2k), j2k_psnr),
             ("paper (float32 latent)", n / p_enc, n / p_dec, px.nbytes / (latent.numel() * 4 * n), float("nan"))]
     for name, e, d, r, q in rows:
@@ -118,6 +123,22 @@ def main() -> None:
                           ("aepacs encode + entropy code + AES-256-GCM", t_ae, len(per_slice[0]) + 16),
                           ("paper encoder + AES-256-GCM of float latent", t_paper, latent.numel() * 4 + 16)):
         print(f"{name:44} {1000 * t:8.2f} {size:9,} {t / t_raw:10.1f}x")
+    print()
+    print("Quality at equal bytes per slice (PSNR over max - min of each slice):")
+    print(f"{'target':>7} {'gain':>5} {'ratio':>7} {'aepacs dB':>10} {'J2K ratio':>10} {'J2K dB':>8} {'gap dB':>7}")
+    for target in (16, 32):
+        gains = []  # the finest gain whose ratio over these slices still reaches the target
+        for k in range(codec.gains):
+            c = codec_for(model, "lossy", gain=k)
+            coded = [c.encode_reconstruct(px[i:i + 1]) for i in range(n)]
+            if px.nbytes / sum(len(d) for d, _ in coded) >= target:
+                gains.append((k, coded))
+        k, coded = gains[-1]
+        ours = float(np.mean([psnr(px[i], coded[i][1][0]) for i in range(n)]))
+        theirs = [j2k_at_budget(px[i], len(coded[i][0])) for i in range(n)]
+        jq = float(np.mean([psnr(px[i], t[1]) for i, t in enumerate(theirs)]))
+        print(f"{target:>6}:1 {k:5} {px.nbytes / sum(len(d) for d, _ in coded):7.2f} {ours:10.2f} "
+              f"{px.nbytes / sum(t[0] for t in theirs):10.2f} {jq:8.2f} {ours - jq:+7.2f}")
 
 
 if __name__ == "__main__":

@@ -127,6 +127,13 @@ def shipped():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def ct_model(shipped):  # type: ignore[no-untyped-def]
+    """The first shipped CT model (``factorized``), kept to decode what it sealed."""
+    return shipped.load("ct@1")
+
+
+@pytest.fixture(scope="session")
+def ct_wavelet(shipped):  # type: ignore[no-untyped-def]
+    """The promoted shipped CT model (``wavelet``), the one CT routes use."""
     return shipped.load("ct")
 
 

@@ -81,9 +81,9 @@ def test_lossy_route_seal_info_open(env: dict[str, str], tmp_path: Path) -> None
     env = {**env, "AEPACS_CONFIG": str(site)}
     run_cli("keys", "init", env=env, check=True)
     sealed, opened = tmp_path / "x.aepx", tmp_path / "x.dcm"
-    assert "codec ae:ct@1" in run_cli("seal", str(src), "-o", str(sealed), env=env, check=True).stdout
+    assert "codec ae:ct@2" in run_cli("seal", str(src), "-o", str(sealed), env=env, check=True).stdout
     info = run_cli("info", str(sealed), env=env, check=True).stdout
-    assert re.search(r"lossy\s+yes: model ct@1", info) and re.search(r"quality at sealing\s+PSNR [\d.]+ dB", info)
+    assert re.search(r"lossy\s+yes: model ct@2", info) and re.search(r"quality at sealing\s+PSNR [\d.]+ dB", info)
     run_cli("open", str(sealed), "-o", str(opened), env=env, check=True)
     ds = pydicom.dcmread(opened)
     assert ds.ImageType[0] == "DERIVED" and ds.SourceImageSequence[0].ReferencedSOPInstanceUID == \

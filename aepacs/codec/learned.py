@@ -45,7 +45,7 @@ _FRAME = struct.Struct(">BiiII")
 CONTEXTS = 16
 BATCH_PIXELS = 4 * 512 * 512  # frames per network call: about four CT slices' worth
 
-__all__ = ["LearnedCodec", "frame_gains"]
+__all__ = ["LearnedCodec", "codec_for", "frame_gains"]
 
 
 @dataclass
@@ -110,6 +110,7 @@ class LearnedCodec:
         if not 0 <= self.gain < self.synthesis.gains:
             raise CodecError(f"gain {self.gain} outside 0..{self.synthesis.gains - 1} of {model.ref}")
         self.channels = int(model.manifest["hyper"]["channels"])
+        self.gains = self.synthesis.gains
         self.id = f"ae:{model.ref}"
 
     # -- encoder ---------------------------------------------------------------------------
@@ -234,3 +235,18 @@ class LearnedCodec:
         if pos != len(data):
             raise CodecError("learned stream has trailing bytes")
         return out.astype(meta.dtype.newbyteorder("=")) if meta is not None else out
+
+
+def codec_for(model: Any, mode: str = "lossy", *, gain: int | None = None,
+              target_psnr: float | None = None) -> Any:
+    """The codec of a registry model, by its architecture (``wavelet`` or ``factorized``).
+
+    Both take ``(frames, rows, columns, samples)`` integers, have ``gains``
+    lossy operating points and ``encode_reconstruct``; every sealed object
+    names the model version, so old architectures keep decoding.
+    """
+    if model.arch == "wavelet":
+        from aepacs.codec.wavelet import WaveletCodec
+
+        return WaveletCodec(model, mode, gain=gain, target_psnr=target_psnr)
+    return LearnedCodec(model, mode, gain=gain, target_psnr=target_psnr)

@@ -58,11 +58,11 @@ def get_codec(codec_id: str, zstd_level: int = 12, registry: Any = None) -> Code
         model the registry does not hold.
     """
     if codec_id.startswith("ae:"):
-        from aepacs.codec.learned import LearnedCodec
+        from aepacs.codec.learned import codec_for
         from aepacs.models.registry import ModelError, Registry
 
         try:
-            return LearnedCodec((registry or Registry.default()).load(codec_id[3:]))
+            return codec_for((registry or Registry.default()).load(codec_id[3:]))
         except ModelError as exc:
             raise CodecError(str(exc)) from None
     if codec_id == "jpegls":

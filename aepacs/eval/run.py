@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aepacs.codec.learned import LearnedCodec
+from aepacs.codec.learned import codec_for
 from aepacs.codec.quality import mse, psnr, ssim, window_psnr
 from aepacs.eval.baselines import j2k_at_budget, jpegls_bytes
 from aepacs.eval.noise import KINDS, add_noise
@@ -101,16 +101,16 @@ def paper_decode(model: Model, frame: Frame) -> tuple[np.ndarray, int, float]:
 def evaluate(model: Model, frames: list[Frame], *, gains: list[int] | None = None,
              paper: Model | None = None, noise: list[str] | None = None, progress: bool = True) -> EvalResult:
     """Measure `model` (and the baselines) on `frames`; see the module docstring."""
-    gains = gains if gains is not None else list(range(0, model.synthesis.gains, 2))
+    gains = gains if gains is not None else list(range(0, codec_for(model).gains, 2))
     result = EvalResult(model.ref)
-    lossless = LearnedCodec(model, "lossless")
+    lossless = codec_for(model, "lossless")
     for i, frame in enumerate(tqdm(frames, desc=f"eval {model.ref}", unit="image", disable=not progress)):
         px = frame.pixels[None]
         result.images.append({"image": i, "source": frame.source, "modality": frame.modality,
                               "rows": px.shape[1], "columns": px.shape[2], "samples": px.shape[3],
                               "bits_stored": frame.bits_stored})
         for k in gains:
-            codec = LearnedCodec(model, "lossy", gain=k)
+            codec = codec_for(model, "lossy", gain=k)
             stream, enc = _timed(codec.encode, px)
             decoded, dec = _timed(codec.decode, stream)
             result.rows.append(_row(i, frame, "aepacs", f"{model.ref} gain {k}", len(stream), decoded[0], enc, dec,
@@ -132,7 +132,7 @@ def evaluate(model: Model, frames: list[Frame], *, gains: list[int] | None = Non
             result.rows.append(_row(i, frame, "paper", f"paper {paper.ref} (float32 latent)", nbytes, rec, ms, 0.0))
         for kind in noise or []:
             noisy = add_noise(frame.pixels, kind, seed=i)
-            codec = LearnedCodec(model, "lossy")
+            codec = codec_for(model, "lossy")
             dec = codec.decode(codec.encode(noisy[None].astype(np.int64)))[0]
             a = frame.pixels[None]
             result.noise.append({"image": i, "modality": frame.modality, "kind": kind,

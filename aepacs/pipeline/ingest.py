@@ -17,14 +17,14 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
 from aepacs.codec.part10 import Part10, parse
-from aepacs.codec.learned import LearnedCodec
+from aepacs.codec.learned import codec_for
 from aepacs.codec.payload import EncodedObject, QualityFloor, encode_object
 from aepacs.codec.scan import problem as scan_problem
 from aepacs.codec.scan import scan
@@ -63,14 +63,14 @@ def route(parts: Part10, config: Config) -> Route:
 GATE_FALLBACKS: Counter[str] = Counter()
 
 
-def learned_codec(r: Route, registry: Registry) -> LearnedCodec:
+def learned_codec(r: Route, registry: Registry) -> Any:
     """The codec of a learned route (the model verified by hash on first use)."""
     assert r.model is not None
     try:
         model = registry.load(r.model)
     except ModelError as exc:
         raise CodecError(str(exc)) from None
-    return LearnedCodec(model, r.mode, gain=r.gain, target_psnr=r.target_psnr)
+    return codec_for(model, r.mode, gain=r.gain, target_psnr=r.target_psnr)
 
 
 def encode(data: bytes, parts: Part10, config: Config, *, sha256: str | None = None) -> EncodedObject:
