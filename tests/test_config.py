@@ -103,5 +103,5 @@ def test_learned_example_config_names_shipped_models(home: Path) -> None:
     shipped = Registry(SHIPPED)
     for name in models:
         model = shipped.load(name)
-        assert model.manifest["modality"] and model.arch == "factorized"
+        assert model.manifest["modality"] and model.arch == "wavelet"
     assert cfg.route_for("DX").model == "cr" and cfg.route_for("SR") == Route()
