@@ -59,105 +59,86 @@ def _state(init: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, inline="always")
-def _enc(low, rng, cache, csize, pos, out, p, i, bit):
-    pa = p[2 * i]
-    pb = p[2 * i + 1]
-    bound = (rng >> PB) * ((pa + pb) >> 1)
+def _shift_low(low, cache, csize, pos, out):
+    # emit the top byte of `low`, propagating a carry into the bytes held back
+    if low < 0xFF000000 or low > M32:
+        carry = low >> 32
+        temp = cache
+        while True:
+            if pos < out.shape[0]:
+                out[pos] = (temp + carry) & 0xFF
+            pos += 1
+            temp = 0xFF
+            csize -= 1
+            if csize == 0:
+                break
+        cache = (low >> 24) & 0xFF
+    return (low & 0x00FFFFFF) << 8, cache, csize + 1, pos
+
+
+@njit(cache=True, inline="always")
+def _adapt(p, i, bit):
+    # both estimates move toward the decision: fast (shift SA) and slow (shift SB)
+    if bit == 0:
+        p[2 * i] += (ONE - p[2 * i]) >> SA
+        p[2 * i + 1] += (ONE - p[2 * i + 1]) >> SB
+    else:
+        p[2 * i] -= p[2 * i] >> SA
+        p[2 * i + 1] -= p[2 * i + 1] >> SB
+
+
+@njit(cache=True, inline="always")
+def _put_bit(low, rng, cache, csize, pos, out, bound, bit):
     if bit == 0:
         rng = bound
-        p[2 * i] = pa + ((ONE - pa) >> SA)
-        p[2 * i + 1] = pb + ((ONE - pb) >> SB)
     else:
         low += bound
         rng -= bound
-        p[2 * i] = pa - (pa >> SA)
-        p[2 * i + 1] = pb - (pb >> SB)
     while rng < TOP:
         rng = (rng << 8) & M32
-        if low < 0xFF000000 or low > M32:
-            carry = low >> 32
-            temp = cache
-            while True:
-                if pos < out.shape[0]:
-                    out[pos] = (temp + carry) & 0xFF
-                pos += 1
-                temp = 0xFF
-                csize -= 1
-                if csize == 0:
-                    break
-            cache = (low >> 24) & 0xFF
-        csize += 1
-        low = (low & 0x00FFFFFF) << 8
+        low, cache, csize, pos = _shift_low(low, cache, csize, pos, out)
     return low, rng, cache, csize, pos
+
+
+@njit(cache=True, inline="always")
+def _enc(low, rng, cache, csize, pos, out, p, i, bit):
+    bound = (rng >> PB) * ((p[2 * i] + p[2 * i + 1]) >> 1)
+    _adapt(p, i, bit)
+    return _put_bit(low, rng, cache, csize, pos, out, bound, bit)
 
 
 @njit(cache=True, inline="always")
 def _enc_bypass(low, rng, cache, csize, pos, out, bit):
-    bound = rng >> 1
-    if bit == 0:
-        rng = bound
-    else:
-        low += bound
-        rng -= bound
-    while rng < TOP:
-        rng = (rng << 8) & M32
-        if low < 0xFF000000 or low > M32:
-            carry = low >> 32
-            temp = cache
-            while True:
-                if pos < out.shape[0]:
-                    out[pos] = (temp + carry) & 0xFF
-                pos += 1
-                temp = 0xFF
-                csize -= 1
-                if csize == 0:
-                    break
-            cache = (low >> 24) & 0xFF
-        csize += 1
-        low = (low & 0x00FFFFFF) << 8
-    return low, rng, cache, csize, pos
+    return _put_bit(low, rng, cache, csize, pos, out, rng >> 1, bit)
 
 
 @njit(cache=True, inline="always")
-def _dec(rng, code, pos, data, p, i):
-    pa = p[2 * i]
-    pb = p[2 * i + 1]
-    bound = (rng >> PB) * ((pa + pb) >> 1)
+def _get_bit(rng, code, pos, data, bound):
     if code < bound:
         rng = bound
-        p[2 * i] = pa + ((ONE - pa) >> SA)
-        p[2 * i + 1] = pb + ((ONE - pb) >> SB)
         bit = 0
     else:
         code -= bound
         rng -= bound
-        p[2 * i] = pa - (pa >> SA)
-        p[2 * i + 1] = pb - (pb >> SB)
         bit = 1
     while rng < TOP:
         rng = (rng << 8) & M32
         b = data[pos] if pos < data.shape[0] else 0
         code = ((code << 8) | b) & M32
         pos += 1
+    return bit, rng, code, pos
+
+
+@njit(cache=True, inline="always")
+def _dec(rng, code, pos, data, p, i):
+    bit, rng, code, pos = _get_bit(rng, code, pos, data, (rng >> PB) * ((p[2 * i] + p[2 * i + 1]) >> 1))
+    _adapt(p, i, bit)
     return bit, rng, code, pos
 
 
 @njit(cache=True, inline="always")
 def _dec_bypass(rng, code, pos, data):
-    bound = rng >> 1
-    if code < bound:
-        rng = bound
-        bit = 0
-    else:
-        code -= bound
-        rng -= bound
-        bit = 1
-    while rng < TOP:
-        rng = (rng << 8) & M32
-        b = data[pos] if pos < data.shape[0] else 0
-        code = ((code << 8) | b) & M32
-        pos += 1
-    return bit, rng, code, pos
+    return _get_bit(rng, code, pos, data, rng >> 1)
 
 
 @njit(cache=True, inline="always")
@@ -341,20 +322,7 @@ def _encode_planes(q, levels, out, p):
                                                            cls, bk, _psign(B, y, x))
                         B[y + 2, x + 2] = v
     for _ in range(5):
-        if low < 0xFF000000 or low > M32:
-            carry = low >> 32
-            temp = cache
-            while True:
-                if pos < out.shape[0]:
-                    out[pos] = (temp + carry) & 0xFF
-                pos += 1
-                temp = 0xFF
-                csize -= 1
-                if csize == 0:
-                    break
-            cache = (low >> 24) & 0xFF
-        csize += 1
-        low = (low & 0x00FFFFFF) << 8
+        low, cache, csize, pos = _shift_low(low, cache, csize, pos, out)
     return pos
 
 
