@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from aepacs import __version__
+from aepacs.audit import Party
 from aepacs.config import Config, load_config
 from aepacs.errors import AepacsError, ConfigError, KeyringError
+from aepacs.logs import configure as configure_logging
 
 log = logging.getLogger("aepacs")
 
@@ -45,6 +47,7 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
     path = config.keyring_path
     if args.keys_command == "init":
         ring = Keyring.create(path, passphrase_from_env(config.keyring.passphrase_env))
+        _audit(config).record("key-change", detail=f"keyring {path} created, key version {ring.active_version}")
         print(f"created keyring {path} (key version {ring.active_version}, "
               f"passphrase-protected: {'yes' if ring.protected else 'no'})")
         return 0
@@ -53,6 +56,7 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
         return _retire(config, ring, args.version)
     if args.keys_command == "rotate":
         version = ring.rotate()
+        _audit(config).record("key-change", detail=f"keyring {path} rotated: key version {version} active")
         print(f"rotated keyring {path}: key version {version} is now active "
               f"(versions held: {', '.join(map(str, ring.versions))})")
         return 0
@@ -86,6 +90,7 @@ def _retire(config: Config, ring: Any, version: int | None) -> int:
         raise AepacsError(f"key version {version} still opens {in_index} archived objects and {spooled} "
                           f"spooled ones; run 'aepacs rekey' first (nothing was changed)")
     ring.retire(version)
+    _audit(config).record("key-change", detail=f"key version {version} retired and destroyed")
     print(f"retired key version {version}: destroyed from {ring.path} "
           f"(versions held: {', '.join(map(str, ring.versions))})")
     return 0
@@ -103,6 +108,10 @@ def cmd_rekey(args: argparse.Namespace, config: Config) -> int:
         return 0
     for line in summary.lines():
         print(line)
+    from aepacs.audit import MINOR_FAILURE, SUCCESS
+
+    _audit(config).record("rekey", outcome=MINOR_FAILURE if summary.failed else SUCCESS,
+                          detail=f"rekey --mode {args.mode}: " + "; ".join(summary.lines()))
     return 1 if summary.failed else 0
 
 
@@ -201,6 +210,9 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
             raise AepacsError(f"{p}: no such file or directory")
     with Archive(config) as archive:
         s = import_paths(archive, args.paths, progress=not args.quiet)
+        archive.audit.record("import", outcome=4 if s.failed else 0, objects=s.added,
+                             source=Party(address=", ".join(map(str, args.paths))[:200]),
+                             detail=f"{s.added} added, {s.same} already archived, {len(s.failed)} failed")
     ratio = s.source_bytes / s.stored_bytes if s.stored_bytes else 0.0
     print(f"imported {s.added} new, {s.same} already archived, {s.conflicts} conflicting UIDs kept out, "
           f"{len(s.skipped)} skipped, {len(s.failed)} failed; "
@@ -219,6 +231,10 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     with Archive(config) as archive:
         s = export(archive, args.output, patient_id=args.patient, study_uid=args.study,
                    series_uid=args.series, sop_uid=args.instance, progress=not args.quiet)
+        archive.audit.record("export", outcome=4 if s.failed else 0, objects=len(s.written),
+                             patients=[args.patient or ""], studies=[args.study or ""],
+                             destination=Party(address=str(args.output)),
+                             detail=f"{len(s.failed)} failed" if s.failed else None)
     if not s.written and not s.failed:
         raise AepacsError("no archived instance matches the selection")
     print(f"exported {len(s.written)} files ({_mb(s.bytes_written)} MB) to {args.output}; "
@@ -255,6 +271,11 @@ def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
         level, value = chosen[0]
         summary = retrieve(args.host, args.port, args.called_aet, args.aet, level, value, keyring, args.output,
                            move_to_self=args.move_to_self, bind=args.bind, tls=tls, registry=_registry(config))
+    _audit(config).record("retrieve", outcome=4 if summary.failed else 0, objects=len(summary.written),
+                          source=Party(None if args.from_files else args.called_aet,
+                                       str(args.from_files) if args.from_files else f"{args.host}:{args.port}"),
+                          destination=Party(args.aet, str(args.output)), patients=[args.patient or ""],
+                          studies=[args.study or ""], detail="opened and decoded by aepacs retrieve")
     print(f"retrieved {len(summary.written)} instances into {args.output}; {len(summary.failed)} failed"
           + (f"; final status 0x{summary.status:04X}" if summary.status is not None else ""))
     for uid, reason in summary.failed:
@@ -263,6 +284,29 @@ def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
     if not summary.written and not summary.failed and not bad_status:
         raise AepacsError("nothing matched the selection")
     return 1 if summary.failed or bad_status else 0
+
+
+def cmd_audit(args: argparse.Namespace, config: Config) -> int:
+    from aepacs.audit import describe, parse_since, read, verify
+
+    path = config.audit_path
+    if args.audit_command == "verify":
+        result = verify(path)
+        for problem in result.problems:
+            print(f"  {problem}", file=sys.stderr)
+        print(f"audit trail {path}: {result.records} records, "
+              + ("chain intact" if result.ok else f"{len(result.problems)} problems: NOT INTACT"))
+        return 0 if result.ok else 1
+    since = parse_since(args.since) if args.since else None
+    for record in read(path, since=since, patient=args.patient):
+        print(describe(record))
+    return 0
+
+
+def _audit(config: Config):  # type: ignore[no-untyped-def]
+    from aepacs.audit import AuditTrail
+
+    return AuditTrail.for_config(config)
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
@@ -293,6 +337,7 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
                       channels=args.channels, hyper={k: float(v) if "." in v else int(v) for k, v in hyper.items()})
     registry = Registry(args.registry or config.models_path)
     model = train(cfg, args.out, resume=args.resume, registry=registry, progress=not args.quiet)
+    _audit(config).record("model-change", detail=f"trained {model.ref} ({model.arch}) into {model.path}")
     print(f"trained {model.ref} ({model.arch}) -> {model.path}")
     for row in model.manifest.get("metrics", {}).get("rate_distortion", []):
         quality = "lossless" if row["psnr"] is None else f"PSNR {row['psnr']:.2f} dB"
@@ -319,6 +364,7 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
         print(f"{model.ref}: {len(model.manifest['files'])} files match their SHA-256 (digest {model.digest[:16]})")
     elif args.models_command == "promote":
         model = registry.promote(args.ref)
+        _audit(config).record("model-change", detail=f"promoted {model.ref} (digest {model.digest[:16]})")
         print(f"{model.ref} is now the current {model.name}")
     else:
         model = registry.verify(args.ref)
@@ -452,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", type=int, default=1, choices=[1, 3])
-    p.add_argument("--hyper", nargs="*", metavar="KEY=VALUE", help="architecture arguments (n, m, s, gains, gain0)")
+    p.add_argument("--hyper", nargs="*", metavar="KEY=VALUE", help="architecture arguments (factorized: n, m, s, gains, gain0; wavelet: fit_taps=0 keeps CDF 9/7)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--registry", type=Path, metavar="DIR", help="registry to add the model to (models.path)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -476,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("audit", parents=[common], help="print the audit trail, or verify its hash chain")
+    p.add_argument("audit_command", nargs="?", choices=["verify"], help="verify: check the hash chain")
+    p.add_argument("--since", metavar="WHEN", help="from this date, date-time or age (12h, 7d)")
+    p.add_argument("--patient", metavar="ID", help="only records naming this patient ID")
+    p.set_defaults(func=cmd_audit)
+
     p = sub.add_parser("demo", parents=[common],
                        help="import the bundled sample files into a fresh archive and export them back")
     p.add_argument("--data", type=Path, action="append", metavar="DIR", help="sample data (repeatable)")
@@ -492,12 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     try:
         config = load_config(getattr(args, "config", None))
-        logging.basicConfig(level=logging.DEBUG if debug else config.log.level,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        if not debug:  # pydicom's remarks on odd input: the archive keeps the bytes as they came
-
-            logging.getLogger("pydicom").setLevel(logging.ERROR)
-            logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # aepacs logs one line per association
+        configure_logging(logging.DEBUG if debug else config.log.level, config.log.format)
         func: Callable[[argparse.Namespace, Config], int] = args.func
         return func(args, config)
     except (ConfigError, KeyringError) as exc:

@@ -163,6 +163,19 @@ class ModelsConfig:
 @dataclass(frozen=True)
 class LogConfig:
     level: str = field(metadata=_choices("DEBUG", "INFO", "WARNING", "ERROR"))
+    format: str = field(metadata=_choices("text", "json"))
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    path: str
+    syslog: str | None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = field(metadata={"range": (0, 65535)})
+    bind: str
 
 
 @dataclass(frozen=True)
@@ -180,6 +193,8 @@ class Config:
     server: ServerConfig
     models: ModelsConfig
     log: LogConfig
+    audit: AuditConfig
+    metrics: MetricsConfig
     #: The data directory every relative path is resolved against.
     data_dir: Path = field(default=Path("."), metadata={"derived": True})
 
@@ -219,6 +234,10 @@ class Config:
     @property
     def keyring_path(self) -> Path:
         return self.resolve(self.keyring.path)
+
+    @property
+    def audit_path(self) -> Path:
+        return self.resolve(self.audit.path)
 
     def route_for(self, modality: str | None) -> Route:
         """Return the route configured for `modality` (``default`` otherwise)."""

@@ -96,6 +96,15 @@ def config(home: Path) -> Config:
 
 
 @pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """Environment for ``aepacs`` subprocesses: a fresh data directory, no site config or passphrase."""
+    e = {"AEPACS_HOME": str(tmp_path / "home")}
+    os.environ.pop("AEPACS_KEYRING_PASSPHRASE", None)
+    os.environ.pop("AEPACS_CONFIG", None)
+    return e
+
+
+@pytest.fixture
 def keyring(config: Config) -> Keyring:
     return Keyring.create(config.keyring_path)
 
@@ -135,6 +144,13 @@ def ct_model(shipped):  # type: ignore[no-untyped-def]
 def ct_wavelet(shipped):  # type: ignore[no-untyped-def]
     """The promoted shipped CT model (``wavelet``), the one CT routes use."""
     return shipped.load("ct")
+
+
+def current_ref(name: str) -> str:
+    """The exact version a bare shipped model name (``ct``) resolves to, e.g. ``ct@3``."""
+    from aepacs.models.registry import SHIPPED, Registry
+
+    return Registry(SHIPPED).load(name).ref
 
 
 def ct_slices(n: int = 2) -> np.ndarray:

@@ -13,19 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import open_sealed, read_header
-from tests.conftest import ct_files, run_cli
+from tests.conftest import ct_files, run_cli, current_ref
 
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    e = {"AEPACS_HOME": str(tmp_path / "home")}
-    os.environ.pop("AEPACS_KEYRING_PASSPHRASE", None)
-    os.environ.pop("AEPACS_CONFIG", None)
-    return e
+CT = current_ref("ct")  # the version a bare "ct" route resolves to
 
 
 def test_keys_init_list_rotate(env: dict[str, str], tmp_path: Path) -> None:
@@ -60,7 +53,7 @@ def test_seal_info_open_round_trip(env: dict[str, str], tmp_path: Path) -> None:
     run_cli("keys", "init", env=env, check=True)
     sealed, opened = tmp_path / "x.aepx", tmp_path / "x.dcm"
     out = run_cli("seal", str(src), "-o", str(sealed), env=env, check=True).stdout
-    assert "codec jpegls" in out
+    assert f"codec ae:{CT}" in out  # the default CT route: the wavelet model, lossless
     info = run_cli("info", str(sealed), env=env, check=True).stdout
     header = read_header(sealed.read_bytes())
     assert header.object_uid in info and re.search(r"sealed under key version\s+1\n", info)
@@ -81,9 +74,9 @@ def test_lossy_route_seal_info_open(env: dict[str, str], tmp_path: Path) -> None
     env = {**env, "AEPACS_CONFIG": str(site)}
     run_cli("keys", "init", env=env, check=True)
     sealed, opened = tmp_path / "x.aepx", tmp_path / "x.dcm"
-    assert "codec ae:ct@2" in run_cli("seal", str(src), "-o", str(sealed), env=env, check=True).stdout
+    assert f"codec ae:{CT}" in run_cli("seal", str(src), "-o", str(sealed), env=env, check=True).stdout
     info = run_cli("info", str(sealed), env=env, check=True).stdout
-    assert re.search(r"lossy\s+yes: model ct@2", info) and re.search(r"quality at sealing\s+PSNR [\d.]+ dB", info)
+    assert re.search(rf"lossy\s+yes: model {CT}", info) and re.search(r"quality at sealing\s+PSNR [\d.]+ dB", info)
     run_cli("open", str(sealed), "-o", str(opened), env=env, check=True)
     ds = pydicom.dcmread(opened)
     assert ds.ImageType[0] == "DERIVED" and ds.SourceImageSequence[0].ReferencedSOPInstanceUID == \
@@ -244,3 +237,27 @@ def test_serve_and_retrieve_commands(env: dict[str, str], tmp_path: Path) -> Non
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(60) == 0
+
+
+def test_json_logs_are_one_object_per_line(env: dict[str, str], tmp_path: Path) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tests.net.conftest import free_port
+
+    site = tmp_path / "site.yaml"
+    site.write_text(f"log:\n  format: json\nserver:\n  port: {free_port()}\n")
+    run_cli("keys", "init", env=env, check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "aepacs", "serve", "--config", str(site)],
+                            env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # the "listening on" line
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 0
+    lines = [first, *rest.splitlines()]
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    assert any("listening on" in r["message"] for r in records) and records[-1]["message"] == "stopped"

@@ -20,14 +20,17 @@ def test_default_config_resolves_under_home(home: Path) -> None:
     assert cfg.store_path == home.resolve() / "blobs"
     assert cfg.keyring_path == home.resolve() / "keyring.json"
     assert cfg.index_url == f"sqlite:///{home.resolve()}/index.sqlite3"
-    assert cfg.route_for("CT") == Route()  # lossless unless a site routes it to a model
+    # lossless everywhere; CT, MR and US through the shipped wavelet models' lossless mode
+    assert cfg.route_for("CT") == Route(model="ct", mode="lossless")
+    assert cfg.route_for("US") == Route(model="us", mode="lossless")
+    assert cfg.route_for("CR") == cfg.route_for("SR") == Route()
 
 
 def test_site_file_overrides_only_what_it_names(home: Path, tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "codec:\n  zstd_level: 3\nroutes:\n  mr: lossless\n"))
     assert cfg.codec.zstd_level == 3
     assert cfg.codec.lossless == "jpegls"          # untouched default
-    assert cfg.routes == {"default": Route(), "MR": Route()}
+    assert cfg.routes["MR"] == Route() and cfg.routes["CT"] == Route(model="ct", mode="lossless")
 
 
 def test_learned_routes(home: Path, tmp_path: Path) -> None:

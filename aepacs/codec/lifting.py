@@ -36,21 +36,23 @@ __all__ = ["CDF97", "P", "band_norms", "forward", "inverse"]
 
 
 @njit(cache=True, inline="always")
-def _s_at(s: np.ndarray, i: int, h: int) -> int:
+def _reflect_s(i: int, h: int) -> int:
+    """Index `i` of the even half (length `h`) under whole-sample symmetric extension."""
     if i < 0:
         i = -i
     if i >= h:
         i = 2 * h - 1 - i
-    return s[min(max(i, 0), h - 1)]
+    return min(max(i, 0), h - 1)
 
 
 @njit(cache=True, inline="always")
-def _d_at(d: np.ndarray, i: int, h: int) -> int:
+def _reflect_d(i: int, h: int) -> int:
+    """Index `i` of the odd half (length `h`) under whole-sample symmetric extension."""
     if i < 0:
         i = -i - 1
     if i >= h:
         i = 2 * h - 2 - i
-    return d[min(max(i, 0), h - 1)]
+    return min(max(i, 0), h - 1)
 
 
 @njit(cache=True, nogil=True)
@@ -67,7 +69,7 @@ def _steps(s: np.ndarray, d: np.ndarray, h: int, taps: np.ndarray, sign: int, or
                         acc += t[j] * (s[i - j] + s[i + 1 + j])
                 else:
                     for j in range(ntap):
-                        acc += t[j] * (_s_at(s, i - j, h) + _s_at(s, i + 1 + j, h))
+                        acc += t[j] * (s[_reflect_s(i - j, h)] + s[_reflect_s(i + 1 + j, h)])
                 d[i] += sign * ((acc + half) >> P)
         else:  # update: s from d
             for i in range(h):
@@ -77,7 +79,7 @@ def _steps(s: np.ndarray, d: np.ndarray, h: int, taps: np.ndarray, sign: int, or
                         acc += t[j] * (d[i - 1 - j] + d[i + j])
                 else:
                     for j in range(ntap):
-                        acc += t[j] * (_d_at(d, i - 1 - j, h) + _d_at(d, i + j, h))
+                        acc += t[j] * (d[_reflect_d(i - 1 - j, h)] + d[_reflect_d(i + j, h)])
                 s[i] += sign * ((acc + half) >> P)
 
 
@@ -106,21 +108,47 @@ def _inverse_1d(line: np.ndarray, n: int, buf: np.ndarray, taps: np.ndarray) -> 
 
 
 @njit(cache=True, nogil=True)
+def _steps_rows(s: np.ndarray, d: np.ndarray, h: int, w: int, taps: np.ndarray, sign: int,
+                order: np.ndarray) -> None:
+    """:func:`_steps` on whole rows: row ``i`` of `s`/`d` is sample ``i`` of `w` columns at once."""
+    half = 1 << (P - 1)
+    ntap = taps.shape[1]
+    acc = np.empty(w, np.int64)
+    for k in order:
+        t = taps[k]
+        predict = k % 2 == 0
+        for i in range(h):
+            acc[:] = 0
+            for j in range(ntap):
+                if predict:  # d from s
+                    a, b = _reflect_s(i - j, h), _reflect_s(i + 1 + j, h)
+                    for x in range(w):
+                        acc[x] += t[j] * (s[a, x] + s[b, x])
+                else:  # s from d
+                    a, b = _reflect_d(i - 1 - j, h), _reflect_d(i + j, h)
+                    for x in range(w):
+                        acc[x] += t[j] * (d[a, x] + d[b, x])
+            out = d if predict else s
+            for x in range(w):
+                out[i, x] += sign * ((acc[x] + half) >> P)
+
+
+@njit(cache=True, nogil=True)
 def forward(img: np.ndarray, levels: int, taps: np.ndarray) -> None:
     """Transform `img` (2-D int64, C order) in place into `levels` levels of subbands."""
     rows, cols = img.shape
     buf = np.empty(max(rows, cols), np.int64)
-    col = np.empty(rows, np.int64)
+    block = np.empty((rows, cols), np.int64)
     for lv in range(levels):
         h, w = rows >> lv, cols >> lv
         for y in range(h):
             _forward_1d(img[y], w, buf, taps)
-        for x in range(w):
-            for y in range(h):
-                col[y] = img[y, x]
-            _forward_1d(col, h, buf, taps)
-            for y in range(h):
-                img[y, x] = col[y]
+        h2 = h // 2  # columns: even rows to the top half, odd to the bottom, lifted row-wise
+        for i in range(h2):
+            block[i, :w] = img[2 * i, :w]
+            block[h2 + i, :w] = img[2 * i + 1, :w]
+        _steps_rows(block[:h2], block[h2:h], h2, w, taps, 1, np.arange(taps.shape[0]))
+        img[:h, :w] = block[:h, :w]
 
 
 @njit(cache=True, nogil=True)
@@ -128,37 +156,44 @@ def inverse(img: np.ndarray, levels: int, taps: np.ndarray) -> None:
     """Undo :func:`forward` in place, exactly."""
     rows, cols = img.shape
     buf = np.empty(max(rows, cols), np.int64)
-    col = np.empty(rows, np.int64)
+    block = np.empty((rows, cols), np.int64)
     for lv in range(levels - 1, -1, -1):
         h, w = rows >> lv, cols >> lv
-        for x in range(w):
-            for y in range(h):
-                col[y] = img[y, x]
-            _inverse_1d(col, h, buf, taps)
-            for y in range(h):
-                img[y, x] = col[y]
+        h2 = h // 2
+        block[:h, :w] = img[:h, :w]
+        _steps_rows(block[:h2], block[h2:h], h2, w, taps, -1, np.arange(taps.shape[0] - 1, -1, -1))
+        for i in range(h2):
+            img[2 * i, :w] = block[i, :w]
+            img[2 * i + 1, :w] = block[h2 + i, :w]
         for y in range(h):
             _inverse_1d(img[y], w, buf, taps)
+
+
+def _synthesis_norm(taps: np.ndarray, levels: int, pos: int, size: int) -> float:
+    """L2 norm of the 1-D synthesis basis of coefficient `pos` in a `levels`-level line of `size`."""
+    amp = 1 << 20
+    line, buf = np.zeros(size, np.int64), np.empty(size, np.int64)
+    line[pos] = amp
+    for lv in range(levels - 1, -1, -1):
+        _inverse_1d(line, size >> lv, buf, taps)
+    return float(np.sqrt((line.astype(np.float64) ** 2).sum())) / amp
 
 
 def band_norms(taps: np.ndarray, levels: int, size: int = 512) -> np.ndarray:
     """L2 norm of each subband's synthesis basis function, ``(levels + 1, 3)``.
 
     Row 0 holds the low band (in column 0); row ``l`` the HL, LH, HH bands of
-    level ``l``. Measured by synthesising a large impulse in the middle of each
-    band; quantization steps divided by these norms spread the error evenly.
+    level ``l``. The 2-D transform is separable, so each norm is the product
+    of two 1-D norms, measured by synthesising a large impulse in the middle
+    of a band of a `size`-sample line. Quantization steps divided by these
+    norms spread the error evenly.
     """
-    amp = 1 << 20
     out = np.zeros((levels + 1, 3))
     for lv in range(1, levels + 1):
         h = size >> lv
-        for o, (y0, x0) in enumerate(((0, h), (h, 0), (h, h))):
-            z = np.zeros((size, size), np.int64)
-            z[y0 + h // 2, x0 + h // 2] = amp
-            inverse(z, levels, taps)
-            out[lv, o] = float(np.sqrt((z.astype(np.float64) ** 2).sum())) / amp
-    z = np.zeros((size, size), np.int64)
-    z[(size >> levels) // 2, (size >> levels) // 2] = amp
-    inverse(z, levels, taps)
-    out[0, 0] = float(np.sqrt((z.astype(np.float64) ** 2).sum())) / amp
+        low = _synthesis_norm(taps, lv, h // 2, size)
+        high = _synthesis_norm(taps, lv, h + h // 2, size)
+        out[lv] = (high * low, low * high, high * high)
+    low = _synthesis_norm(taps, levels, (size >> levels) // 2, size)
+    out[0, 0] = low * low
     return out

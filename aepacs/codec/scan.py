@@ -21,7 +21,7 @@ _ITEM, _ITEM_DELIM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 UIDS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x0020000D: "StudyInstanceUID",
         0x0020000E: "SeriesInstanceUID"}
 SHORTS = {0x00280010: "Rows", 0x00280011: "Columns", 0x00280100: "BitsAllocated", 0x00280002: "SamplesPerPixel"}
-TEXTS = {0x00280008: "NumberOfFrames", 0x00280004: "PhotometricInterpretation"}
+TEXTS = {0x00280008: "NumberOfFrames", 0x00280004: "PhotometricInterpretation", 0x00080060: "Modality"}
 
 
 class _Malformed(Exception):

@@ -19,7 +19,7 @@ the same transform with a step of one: the decoded pixels are the original
 bit for bit, with no residual to code.
 
 ``lossy`` operating points are gains ``0..GAINS-1``: the base step is the
-frame's value span times ``2**(-gain/4) / 8`` (a quarter octave, about 1.5 dB,
+frame's value span times ``2**(-gain/4) / 2`` (a quarter octave, about 1.5 dB,
 per gain), or the smallest gain whose PSNR meets a target.
 
 Stream (big-endian)::
@@ -35,6 +35,7 @@ import functools
 import math
 import struct
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ from aepacs.errors import CodecError
 
 MAGIC = b"AEW1"
 MODES = ("lossy", "lossless")
-GAINS = 32
+GAINS = 40
 MAX_LEVELS = 6
 _HEAD = struct.Struct(">4sBBIIIB")
 _FRAME = struct.Struct(">BIiiI")
@@ -55,7 +56,8 @@ _FRAME = struct.Struct(">BIiiI")
 #: Cb and Cr 11/16 each, so equal error slope means steps in ratio 1/sqrt(3) : 4/sqrt(11).
 _PLANE_WEIGHTS = {1: (256,), 3: (148, 309, 309)}
 
-__all__ = ["GAINS", "Draft", "WaveletCodec", "frame_gains", "band_weights", "levels_for", "rct", "inverse_rct"]
+__all__ = ["GAINS", "Draft", "WaveletCodec", "band_weights", "frame_gains", "inverse_rct", "levels_for", "rct",
+           "smallest_passing"]
 
 
 def frame_gains(data: bytes) -> list[int]:
@@ -110,7 +112,44 @@ def inverse_rct(planes: np.ndarray) -> np.ndarray:
 
 def base_step(span: int, gain: int) -> int:
     """The base quantization step (1/256) of a frame with value span `span` at `gain`."""
-    return max(256, int(round(max(span, 1) * 256 * 2.0 ** (-gain / 4) / 8)))
+    return max(256, int(round(max(span, 1) * 256 * 2.0 ** (-gain / 4) / 2)))
+
+
+def smallest_passing(passes: Callable[[int], bool], start: int, top: int) -> int | None:
+    """The smallest ``g`` in ``0..top`` with ``passes(g)`` (monotone in ``g``), or ``None``.
+
+    Probes outward from `start` in doubling steps until the answer is
+    bracketed, then bisects: about ``2 log2(|answer - start| + 1) + 2`` probes,
+    two or three when `start` is a good guess (the previous frame's gain).
+    """
+    start = min(max(start, 0), top)
+    if passes(start):
+        good, step = start, 1
+        while good > 0:  # down until one fails
+            probe = max(good - step, 0)
+            if not passes(probe):
+                bad = probe
+                break
+            good, step = probe, step * 2 if probe < start - 1 else 1  # steps 1, 1, 2, 4, ...
+        else:
+            return 0
+    else:
+        bad, step = start, 1
+        while True:  # up until one passes (or the top fails)
+            if bad == top:
+                return None
+            probe = min(bad + step, top)
+            if passes(probe):
+                good = probe
+                break
+            bad, step = probe, step * 2
+    while good - bad > 1:
+        mid = (good + bad) // 2
+        if passes(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
 
 
 @dataclass
@@ -228,7 +267,7 @@ class WaveletCodec:
         span = int(frame.max()) - int(frame.min())
         return self._quantized(self._transform(frame, levels), levels, span, gain)[1], levels
 
-    def _frame(self, frame: np.ndarray, levels: int) -> tuple[bytes, np.ndarray]:
+    def _frame(self, frame: np.ndarray, levels: int, hint: int) -> tuple[bytes, np.ndarray]:
         rows, cols, _ = frame.shape
         lo, hi = int(frame.min()), int(frame.max())
         coeffs = self._transform(frame, levels)
@@ -241,16 +280,15 @@ class WaveletCodec:
             step, gain, q = at(None)
         elif self.target_psnr is None:
             step, gain, q = at(self.gain)
-        else:  # binary search: PSNR grows with the gain
-            best, low, high = None, 0, GAINS - 1
-            while low <= high:
-                mid = (low + high) // 2
-                trial = at(mid)
-                if psnr(frame, self._rebuild(trial[2], trial[0], levels, rows, cols, lo, hi)) >= self.target_psnr:
-                    best, high = trial, mid - 1
-                else:
-                    low = mid + 1
-            step, gain, q = best or at(GAINS - 1)
+        else:  # the smallest gain reaching the target, searched outward from `hint`
+            trials: dict[int, tuple[int, int, np.ndarray]] = {}
+
+            def reaches(gain: int) -> bool:
+                trials[gain] = trial = at(gain)
+                return psnr(frame, self._rebuild(trial[2], trial[0], levels, rows, cols, lo, hi)) >= self.target_psnr
+
+            found = smallest_passing(reaches, hint, GAINS - 1)
+            step, gain, q = trials[found] if found is not None else at(GAINS - 1)
         coded = subband.encode(q, levels, self.init)
         if not np.array_equal(subband.decode(coded, q.shape, levels, self.init), q):
             raise CodecError(f"{self.model.ref}: subbands do not survive their own entropy round trip")
@@ -268,8 +306,10 @@ class WaveletCodec:
         levels = levels_for(rows, cols, self.most)
         out = [_HEAD.pack(MAGIC, MODES.index(self.mode), samples, frames, rows, cols, levels)]
         recon = np.empty(pixels.shape, np.int64)
+        hint = self.gain  # a target-PSNR search starts at the default, then at the previous frame's gain
         for i in range(frames):
-            coded, recon[i] = self._frame(pixels[i], levels)
+            coded, recon[i] = self._frame(pixels[i], levels, hint)
+            hint = _FRAME.unpack_from(coded)[0] if self.mode == "lossy" else hint
             out.append(coded)
         if self.mode == "lossless" and not np.array_equal(recon, pixels):
             raise CodecError(f"{self.model.ref}: lossless reconstruction differs from the original")

@@ -156,52 +156,48 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, registry: Regist
 
 
 #: Operating points the wavelet entropy model is fitted on: lossless and the lossy range in use.
-WAVELET_FIT_GAINS = (None, 8, 12, 16, 20, 24, 28)
+TAP_FRAMES = 6  #: training frames (evenly spaced) the lifting taps are fitted on
 
 
 def _train_wavelet(cfg: TrainConfig, train_frames: list[Frame], val_frames: list[Frame], registry: Registry,
                    progress: bool) -> Model:
-    """Fit a wavelet model's entropy model: its starting probabilities, per context.
+    """Fit a wavelet model: lifting taps on rate + lambda * distortion, then its entropy model.
 
-    Each epoch codes every training frame at every gain of :data:`WAVELET_FIT_GAINS`
-    from the current starting probabilities and replaces them by the mean of
-    where the adaptive probabilities ended: the coder then starts each frame
-    where this kind of image leads it (an estimate that minimises the rate of
-    the training frames, run to a fixed point). Deterministic; no randomness.
+    See :mod:`aepacs.models.wavelet_fit`. A one-epoch entropy model for CDF 9/7
+    codes the tap trials; the final entropy model is fitted for the fitted taps
+    over ``cfg.epochs`` epochs. Deterministic; no randomness. ``cfg.hyper["fit_taps"] = 0``
+    keeps CDF 9/7 (for a modality whose held-out images the fit does not help).
     """
     from aepacs.codec import subband
-    from aepacs.codec.lifting import CDF97
-    from aepacs.codec.wavelet import MAX_LEVELS, Draft, WaveletCodec
+    from aepacs.codec.wavelet import MAX_LEVELS, Draft
+    from aepacs.models import wavelet_fit
 
     t0 = time.monotonic()
-    init = subband.uniform_init()
-    bar = tqdm(total=cfg.epochs * len(train_frames) * len(WAVELET_FIT_GAINS), desc=f"train {cfg.name}",
-               disable=not progress, unit="frame", file=sys.stderr)
-    for _ in range(cfg.epochs):
-        total, n = np.zeros(subband.NCTX), 0
-        for frame in train_frames:
-            for gain in WAVELET_FIT_GAINS:
-                codec = WaveletCodec(Draft(cfg.channels, init), "lossless" if gain is None else "lossy", gain=gain)
-                q, levels = codec.subbands(frame.pixels)
-                total += subband.final_state(q, levels, init)
-                n += 1
-                bar.update()
-        init = np.round(total / n).astype(np.uint16)
-    bar.close()
+    pixels = [f.pixels for f in train_frames]
+    chosen = [pixels[i] for i in sorted({int(i) for i in np.linspace(0, len(pixels) - 1, TAP_FRAMES)})]
+    if int(cfg.hyper.get("fit_taps", 1)):
+        rough = wavelet_fit.fit_init(pixels, cfg.channels, wavelet_fit.cdf97_taps(), 1, progress=progress)
+        taps, taps_report = wavelet_fit.fit_taps(chosen, cfg.channels, rough, progress=progress)
+    else:  # --hyper fit_taps=0: CDF 9/7 as it is
+        taps, taps_report = wavelet_fit.cdf97_taps(1), {"fitted": False}
+    init = wavelet_fit.fit_init(pixels, cfg.channels, taps, cfg.epochs, progress=progress)
     manifest = {
         "arch": "wavelet", "modality": cfg.modality,
-        "hyper": {"channels": cfg.channels, "levels": MAX_LEVELS, "taps": "CDF 9/7 (integer lifting, 14 fraction bits)",
-                  "contexts": subband.NCTX},
+        "hyper": {**cfg.hyper, "channels": cfg.channels, "levels": MAX_LEVELS, "contexts": subband.NCTX,
+                  "taps": (f"fitted on rate + lambda * distortion from CDF 9/7, {taps.shape[1]} per step"
+                           if taps_report.get("fitted", True) else "CDF 9/7")
+                          + ", integer lifting with 14 fraction bits"},
         "training": {
             "command": " ".join(shlex.quote(a) for a in sys.argv) if sys.argv else "",
             "data": cfg.data, "sources": sorted({f.source for f in train_frames}),
             "validation": sorted({f.source for f in val_frames}),
             "frames": len(train_frames), "data_sha256": fingerprint(train_frames), "epochs": cfg.epochs,
-            "fit_gains": ["lossless" if g is None else g for g in WAVELET_FIT_GAINS],
+            "fit_gains": ["lossless" if g is None else g for g in wavelet_fit.INIT_GAINS],
+            "taps_fit": {"frames": len(chosen), **taps_report},
             "seconds": round(time.monotonic() - t0, 1), "device": "cpu",
         },
     }
-    model = registry.add(cfg.name, manifest, {"wavelet.safetensors": Draft(cfg.channels, init, CDF97).tensors()})
+    model = registry.add(cfg.name, manifest, {"wavelet.safetensors": Draft(cfg.channels, init, taps).tensors()})
     metrics = validation_metrics(model, val_frames)
     return registry.add_metrics(model, metrics, default_gain=default_gain(metrics))
 

@@ -26,6 +26,7 @@ import signal
 import ssl
 import threading
 import time
+from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Iterator
 
@@ -41,13 +42,17 @@ from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
                                   StudyRootQueryRetrieveInformationModelMove, Verification)
 from pynetdicom.transport import ThreadedAssociationServer
 
+from aepacs.audit import MINOR_FAILURE, SERIOUS_FAILURE, Party
+from aepacs.audit import SUCCESS as AUDIT_OK
+from aepacs.codec.scan import scan
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
 from aepacs.errors import AepacsError, ConfigError, DatasetMismatch, InputError, StoreFullError
+from aepacs.net.metrics import Metrics, MetricsServer
 from aepacs.net.query import find, retrieve_rows
 from aepacs.net.transport import RAW_DATA_STORAGE, make_transport
 from aepacs.pipeline.archive import Archive
-from aepacs.pipeline.ingest import check_received
+from aepacs.pipeline.ingest import IngestResult, check_received
 from aepacs.pipeline.spool import Spool, SpoolWorker, seal_entry
 from aepacs.pipeline.retrieve import fetch, fetch_blob
 
@@ -81,6 +86,26 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+@dataclass
+class _Session:
+    """What one association stored, for its audit record."""
+
+    stored: int = 0
+    refused: int = 0
+    studies: set[str] = field(default_factory=set)
+
+
+def _modality_of(data: bytes) -> str:
+    """The Modality of a received stream for metrics labels, by the structural scan ("unknown": none found)."""
+    scanned = scan(data) if data else None
+    return str(scanned.image.get("Modality") or "none") if scanned is not None else "unknown"
+
+
+def _requestor(event: Any) -> Party:
+    req = event.assoc.requestor
+    return Party(_calling(event), f"{req.address}:{req.port}")
+
+
 def _calling(event: Any) -> str:
     return str(event.assoc.requestor.ae_title).strip()
 
@@ -103,9 +128,15 @@ class ArchiveServer:
         self.config = config
         self.archive = Archive(config, keyring)
         self.spool = Spool(config.spool_path)
-        self.worker = SpoolWorker(config, self.spool, config.ingest.workers if workers is None else workers)
+        self.metrics = Metrics()
+        self.worker = SpoolWorker(config, self.spool, config.ingest.workers if workers is None else workers,
+                                  observer=self._archived)
+        self.http: MetricsServer | None = None
         self.ae = self._build_ae()
         self.server: ThreadedAssociationServer | None = None
+        self.audit = self.archive.audit
+        self._sessions: dict[int, _Session] = {}
+        self._sessions_lock = threading.Lock()
 
     # -- set-up -----------------------------------------------------------------
     def _build_ae(self) -> AE:
@@ -155,7 +186,47 @@ class ArchiveServer:
                                            ssl_context=server_ssl_context(self.config))
         log.info("listening on %s:%d as %s%s", cfg.bind, cfg.port, cfg.ae_title,
                  " (TLS)" if cfg.tls.enabled else "")
+        if self.config.metrics.port:
+            self.http = MetricsServer(self.metrics, self.health, self._refresh, self.config.metrics.bind,
+                                      self.config.metrics.port)
+            self.http.start()
+            log.info("metrics on http://%s:%d/metrics, health on /health", self.config.metrics.bind, self.http.port)
+        self.audit.record("application-start", destination=self._me(),
+                          detail=f"aepacs serve on {cfg.bind}:{cfg.port}{' (TLS)' if cfg.tls.enabled else ''}")
         return self.server
+
+    def _archived(self, result: IngestResult | None) -> None:
+        if result is None:
+            self.metrics.archive_failures.inc()
+        else:
+            self.metrics.archived_one(result)
+
+    def _refresh(self) -> None:
+        self.metrics.spool_depth.set(len(self.spool.entries()))
+        self.metrics.associations.set(len(self.ae.active_associations))
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the archive can take data now, and the figures that say so (``/health``)."""
+        problems = []
+        if self.server is None:
+            problems.append("not listening")
+        if not self.worker.alive:
+            problems.append("spool workers stopped")
+        try:
+            self.archive.store.check_free(0, self.config.store.min_free_mb * 1_000_000)
+        except StoreFullError as exc:
+            problems.append(str(exc))
+        details: dict[str, Any] = {"ae_title": self.config.server.ae_title,
+                                   "spool_depth": len(self.spool.entries()),
+                                   "associations": len(self.ae.active_associations),
+                                   "key_version": self.archive.keyring.active_version}
+        if problems:
+            details["problems"] = problems
+        return not problems, details
+
+    def _me(self) -> Party:
+        cfg = self.config.server
+        return Party(cfg.ae_title, f"{cfg.bind}:{cfg.port}")
 
     def _sweep(self) -> None:
         try:
@@ -179,6 +250,10 @@ class ArchiveServer:
             log.warning("%d acknowledged instances still spooled; they are archived at the next start",
                         len(self.spool.entries()))
         self.worker.stop()
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        self.audit.record("application-stop", destination=self._me())
         self.archive.close()
         log.info("stopped")
 
@@ -200,18 +275,33 @@ class ArchiveServer:
 
     def _on_rejected(self, event: Any) -> None:
         log.warning("association rejected from %s (%s)", _calling(event), event.assoc.requestor.address)
+        self.audit.record("association-rejected", outcome=MINOR_FAILURE, source=_requestor(event),
+                          destination=self._me(), detail="calling AE title not allowed")
+
+    def _session(self, event: Any) -> _Session:
+        with self._sessions_lock:
+            return self._sessions.setdefault(id(event.assoc), _Session())
 
     def _on_closed(self, event: Any) -> None:
         log.info("association with %s %s", _calling(event),
                  "released" if event.event is evt.EVT_RELEASED else "aborted")
+        with self._sessions_lock:
+            session = self._sessions.pop(id(event.assoc), None)
+        if session is not None and (session.stored or session.refused):
+            self.audit.record("store", outcome=AUDIT_OK if not session.refused else MINOR_FAILURE,
+                              source=_requestor(event), destination=self._me(), studies=session.studies,
+                              objects=session.stored,
+                              detail=f"{session.refused} refused" if session.refused else None)
 
     # -- C-STORE ------------------------------------------------------------------
     def on_store(self, event: Any) -> int:
         """Check the received instance, seal it as it came into the spool; then acknowledge."""
         announced = str(event.request.AffectedSOPInstanceUID)
+        data = b""
         try:
             data = event.encoded_dataset()
             uids = check_received(data, expect_uid=announced)  # a structural scan, no full parse
+            modality = uids["Modality"] or "none"
             if self.config.ingest.on_conflict == "reject":
                 known = self.archive.index.source_sha256(uids["SOPInstanceUID"])
                 if known is not None and known != hashlib.sha256(data).hexdigest():
@@ -220,40 +310,60 @@ class ArchiveServer:
             self.spool.put(seal_entry(data, uids["SOPInstanceUID"], uids["StudyInstanceUID"],
                                       self.archive.keyring), uids["SOPInstanceUID"])
         except StoreFullError as exc:
-            return self._fail(event, announced, OUT_OF_RESOURCES, exc)
+            return self._fail(event, announced, OUT_OF_RESOURCES, exc, data)
         except DatasetMismatch as exc:
-            return self._fail(event, announced, MISMATCH, exc)
+            return self._fail(event, announced, MISMATCH, exc, data)
         except InputError as exc:
-            return self._fail(event, announced, CANNOT_UNDERSTAND, exc)
+            return self._fail(event, announced, CANNOT_UNDERSTAND, exc, data)
         except AepacsError as exc:
-            return self._fail(event, announced, OUT_OF_RESOURCES, exc)
+            return self._fail(event, announced, OUT_OF_RESOURCES, exc, data)
         except Exception as exc:  # never let a bug take the association down
             log.exception("C-STORE from %s of %s: unexpected error", _calling(event), announced)
-            return self._fail(event, announced, PROCESSING_FAILURE, exc)
+            return self._fail(event, announced, PROCESSING_FAILURE, exc, data)
         self.worker.wake()
+        self.metrics.received.labels("0x0000", modality).inc()
+        self.metrics.bytes_received.inc(len(data))
+        session = self._session(event)
+        session.stored += 1
+        session.studies.add(uids["StudyInstanceUID"])
         return SUCCESS
 
-    def _fail(self, event: Any, uid: str, status: int, exc: BaseException) -> int:
+    def _fail(self, event: Any, uid: str, status: int, exc: BaseException, data: bytes) -> int:
         log.error("C-STORE from %s of %s refused (0x%04X): %s", _calling(event), uid, status, exc)
+        self.metrics.received.labels(f"0x{status:04X}", _modality_of(data)).inc()
+        self._session(event).refused += 1
         return status
 
     # -- C-FIND ---------------------------------------------------------------------
     def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        matched, outcome, ident = 0, AUDIT_OK, event.identifier
         try:
-            matches = find(self.archive.index, event.identifier, ae_title=self.config.server.ae_title)
+            matches = find(self.archive.index, ident, ae_title=self.config.server.ae_title)
             for rsp in matches:
                 if event.is_cancelled:
                     yield CANCEL, None
                     return
+                matched += 1
                 yield PENDING, rsp
         except DatasetMismatch as exc:
             log.error("C-FIND from %s refused: %s", _calling(event), exc)
+            outcome = MINOR_FAILURE
             yield MISMATCH, None
             return
         except AepacsError as exc:
             log.error("C-FIND from %s failed: %s", _calling(event), exc)
+            outcome = SERIOUS_FAILURE
             yield OUT_OF_RESOURCES, None
             return
+        finally:
+            level = str(ident.get("QueryRetrieveLevel", "") or "") if ident is not None else ""
+            patient = str(ident.get("PatientID", "") or "") if ident is not None else ""
+            study = str(ident.get("StudyInstanceUID", "") or "") if ident is not None else ""
+            self.metrics.queries.labels(level or "?").inc()
+            self.audit.record("query", outcome=outcome, source=_requestor(event), destination=self._me(),
+                              patients=[patient] if patient and not set(patient) & set("*?\\") else [],
+                              studies=[u for u in study.split("\\") if u and not set(u) & set("*?")],
+                              detail=f"C-FIND at {level or '?'} level, {matched} matches")
         yield SUCCESS, None
 
     # -- C-GET / C-MOVE -----------------------------------------------------------------
@@ -282,17 +392,24 @@ class ArchiveServer:
             log.error("retrieve from %s refused: %s", _calling(event), exc)
             return None
 
-    def _suboperations(self, event: Any, rows: list[Any] | None) -> Iterator[Any]:
+    def _suboperations(self, event: Any, rows: list[Any] | None, destination: Party) -> Iterator[Any]:
         """The handler's tail for C-GET and C-MOVE: the count, then one dataset per instance."""
         if rows is None:
+            self.audit.record("retrieve", outcome=MINOR_FAILURE, source=self._me(), destination=destination,
+                              detail="refused: no unique key")
             yield 0
             yield MISMATCH, None
             return
         yield len(rows)
         yield from self._outgoing(event, rows)
+        self.metrics.retrieved.labels(self.config.server.retrieve_as).inc(len(rows))
+        self.audit.record("retrieve", source=self._me(), destination=destination,
+                          patients=[r.patient_id for r in rows], studies=[r.study_uid for r in rows],
+                          objects=len(rows), detail=f"{self.config.server.retrieve_as} objects, requested by "
+                                                    f"{_calling(event)}")
 
     def on_get(self, event: Any) -> Iterator[Any]:
-        yield from self._suboperations(event, self._rows(event))
+        yield from self._suboperations(event, self._rows(event), _requestor(event))
 
     def on_move(self, event: Any) -> Iterator[Any]:
         dest = str(event.move_destination).strip()
@@ -303,4 +420,4 @@ class ArchiveServer:
             return
         rows = self._rows(event)
         yield known[0], known[1], {"contexts": self._move_contexts(rows or [])}
-        yield from self._suboperations(event, rows)
+        yield from self._suboperations(event, rows, Party(dest, f"{known[0]}:{known[1]}"))

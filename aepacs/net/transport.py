@@ -19,7 +19,10 @@ instance twice gives the same UID.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from io import BytesIO
+from types import SimpleNamespace
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -155,3 +158,30 @@ def _text(value: Any) -> str:
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("ascii", "replace")
     return str(value).strip("\0 ")
+
+
+def seal_as_transport(data: bytes, keyring: Any, config: Any) -> bytes:
+    """Check, encode (the object's route), seal and wrap one received Part 10 stream.
+
+    What another PACS stores in place of the original (the Orthanc plugin):
+    the same Raw Data Storage object ``aepacs serve`` sends on C-GET, as a
+    Part 10 stream, the original never written anywhere.
+
+    Raises
+    ------
+    AepacsError
+        As :func:`aepacs.pipeline.ingest.ingest`: not DICOM, missing UIDs,
+        pixel data not matching its description, a codec failure.
+    """
+    from aepacs.codec.part10 import parse
+    from aepacs.pipeline.ingest import check, seal_bytes
+    from aepacs.store.records import InstanceRecord
+
+    parts = parse(data)
+    check(parts)
+    _, blob = seal_bytes(data, keyring, config, parts)
+    record = InstanceRecord.from_dataset(parts.dataset)
+    ds = make_transport(bytes(blob), SimpleNamespace(**dataclasses.asdict(record), stored_at=time.time()))
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

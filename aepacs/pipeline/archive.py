@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from aepacs.audit import AuditTrail
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring, passphrase_from_env
 from aepacs.store.blobs import open_store
@@ -39,6 +40,7 @@ class Archive:
         self.keyring = keyring or load_keyring(config)
         self.store = open_store(config.store_location)
         self.index = Index(config.index_url)
+        self.audit = AuditTrail.for_config(config)
 
     def sweep_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> int:
         """Remove blobs that no index row references and that are older than `min_age_s`.

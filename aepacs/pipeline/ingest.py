@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ def encode(data: bytes, parts: Part10, config: Config, *, sha256: str | None = N
 
 
 def check(parts: Part10, expect_uid: str | None = None) -> dict[str, str]:
-    """Refuse what the archive cannot keep; return the instance's required UIDs.
+    """Refuse what the archive cannot keep; return the instance's required UIDs and its Modality.
 
     Raises
     ------
@@ -98,7 +99,8 @@ def check(parts: Part10, expect_uid: str | None = None) -> dict[str, str]:
     """
     if parts.problem:
         raise DatasetMismatch(parts.problem)
-    return _announced(required_uids(parts.dataset), expect_uid)
+    modality = str(parts.dataset.get("Modality", "") or "").strip()
+    return {**_announced(required_uids(parts.dataset), expect_uid), "Modality": modality}
 
 
 def _announced(uids: dict[str, str], expect_uid: str | None) -> dict[str, str]:
@@ -120,7 +122,7 @@ def check_received(data: bytes, expect_uid: str | None = None) -> dict[str, str]
     verdict = scan_problem(scanned)
     if verdict:
         raise DatasetMismatch(verdict)
-    return _announced(check_uids(scanned.uids), expect_uid)
+    return {**_announced(check_uids(scanned.uids), expect_uid), "Modality": str(scanned.image.get("Modality", ""))}
 
 
 def seal_bytes(data: bytes, keyring: Keyring, config: Config, parts: Part10 | None = None, *,
@@ -134,11 +136,14 @@ def seal_bytes(data: bytes, keyring: Keyring, config: Config, parts: Part10 | No
     """
     parts = parts or parse(data)
     encoded = encode(data, parts, config, sha256=sha256)
-    ds = parts.dataset
-    blob = seal(encoded.payload, object_uid=object_uid(ds),
-                study_uid=str(ds.get("StudyInstanceUID", "") or "").strip(),
+    return encoded, seal_encoded(encoded, keyring)
+
+
+def seal_encoded(encoded: EncodedObject, keyring: Keyring) -> bytearray:
+    """Seal a coded object under a fresh data key, bound to its SOP Instance and Study UIDs."""
+    ds = encoded.parts.dataset
+    return seal(encoded.payload, object_uid=object_uid(ds), study_uid=str(ds.get("StudyInstanceUID", "") or "").strip(),
                 codec=encoded.codec, keyring=keyring)
-    return encoded, blob
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,10 @@ class IngestResult:
     codec: str = ""
     source_size: int = 0
     blob_size: int = 0
+    modality: str = ""
+    encode_s: float = 0.0  #: route codec: decode, model, entropy coding, round-trip check
+    seal_s: float = 0.0  #: AES-256-GCM under a fresh data key
+    gate: str | None = None  #: the model whose quality gate (or image fit) sent this object lossless
 
 
 def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None) -> IngestResult:
@@ -190,7 +199,11 @@ def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None) -> I
     if existing is not None:
         return _duplicate(archive, record.sop_uid, existing == sha)
     archive.store.check_free(len(data), archive.config.store.min_free_mb * 1_000_000)
-    encoded, blob = seal_bytes(data, archive.keyring, archive.config, parts, sha256=sha)
+    t0 = time.perf_counter()
+    encoded = encode(data, parts, archive.config, sha256=sha)
+    t1 = time.perf_counter()
+    blob = seal_encoded(encoded, archive.keyring)
+    t2 = time.perf_counter()
     key = archive.store.put(blob)
     ref = BlobRef(codec=encoded.codec, kek_version=archive.keyring.active_version, blob_key=key,
                   blob_size=len(blob), source_size=len(data), source_sha256=sha,
@@ -199,7 +212,10 @@ def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None) -> I
     if outcome != ADDED:  # lost a race with another writer of the same instance
         archive.store.delete(key)
         return _duplicate(archive, record.sop_uid, outcome == SAME)
-    return IngestResult(record.sop_uid, ADDED, encoded.codec, len(data), len(blob))
+    r = route(parts, archive.config)
+    return IngestResult(record.sop_uid, ADDED, encoded.codec, len(data), len(blob),
+                        modality=str(parts.dataset.get("Modality", "") or ""), encode_s=t1 - t0, seal_s=t2 - t1,
+                        gate=(r.model or "") if encoded.gate and r.model else None)
 
 
 def _duplicate(archive: Archive, sop_uid: str, same: bool) -> IngestResult:

@@ -23,14 +23,18 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import open_sealed, seal
 from aepacs.errors import InputError
 from aepacs.store.atomic import atomic_write, fsync_dir, sweep_temporaries
+
+if TYPE_CHECKING:
+    from aepacs.pipeline.ingest import IngestResult
 
 log = logging.getLogger("aepacs.spool")
 
@@ -133,7 +137,7 @@ def _init_worker(config: Config) -> None:
     _WORKER = (Archive(config), config.spool_path / "failed")
 
 
-def archive_entry(archive: Any, path: Path, failed_dir: Path) -> str:
+def archive_entry(archive: Any, path: Path, failed_dir: Path) -> IngestResult:
     """Archive one spool entry (index, route codec, blob store), then remove it.
 
     An entry that can no longer be archived as an instance (it passed the checks
@@ -142,24 +146,25 @@ def archive_entry(archive: Any, path: Path, failed_dir: Path) -> str:
 
     Returns
     -------
-    str
-        The ingest status (added / same / conflict), or ``failed``.
+    IngestResult
+        What :func:`~aepacs.pipeline.ingest.ingest` did (status added / same /
+        conflict), or status ``failed``.
     """
-    from aepacs.pipeline.ingest import ingest
+    from aepacs.pipeline.ingest import IngestResult, ingest
 
     sop_uid, data = read_entry(path, archive.keyring)
     try:
-        status = ingest(archive, data, expect_uid=sop_uid).status
+        result = ingest(archive, data, expect_uid=sop_uid)
     except InputError as exc:
         failed_dir.mkdir(mode=0o700, exist_ok=True)
         os.replace(path, failed_dir / path.name)
         log.error("spool entry %s (%s) cannot be archived, kept in %s: %s", path.name, sop_uid, failed_dir, exc)
-        return "failed"
+        return IngestResult(sop_uid, "failed")
     path.unlink()
-    return status
+    return result
 
 
-def _archive_in_worker(path: str) -> str:
+def _archive_in_worker(path: str) -> IngestResult:
     assert _WORKER is not None
     return archive_entry(_WORKER[0], Path(path), _WORKER[1])
 
@@ -176,12 +181,17 @@ class SpoolWorker:
         The spool to drain.
     workers : int
         Worker processes; 0 means one per CPU core but one (left to the network).
+    observer : callable, optional
+        Called (in the worker thread) with each entry's :class:`IngestResult`, or
+        ``None`` for an attempt that failed and will be retried.
     """
 
     RETRY_AFTER_S = 30.0
 
-    def __init__(self, config: Config, spool: Spool, workers: int = 0) -> None:
+    def __init__(self, config: Config, spool: Spool, workers: int = 0,
+                 observer: Callable[[IngestResult | None], None] | None = None) -> None:
         self.workers = workers or max(1, (os.cpu_count() or 1) - 1)
+        self._observer = observer or (lambda result: None)
         self.spool = spool
         self._config = config
         self._pool: ProcessPoolExecutor | None = None
@@ -198,6 +208,11 @@ class SpoolWorker:
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(self._config,))
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread is running (and not told to stop)."""
+        return self._thread.is_alive() and not self._stop.is_set()
 
     def wake(self) -> None:
         """Tell the worker new entries are there."""
@@ -251,11 +266,13 @@ class SpoolWorker:
                 continue
             for future, path in futures.items():
                 try:
-                    future.result()
+                    result = future.result()
                     self._retry_at.pop(path, None)
+                    self._observer(result)
                 except Exception as exc:  # store full, index busy, a worker died: retry later
                     if self._stop.is_set():
                         return
+                    self._observer(None)
                     log.error("spool entry %s: archiving failed, will retry: %s: %s",
                               path.name, type(exc).__name__, exc)
                     self._retry_at[path] = time.monotonic() + self.RETRY_AFTER_S

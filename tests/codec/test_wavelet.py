@@ -10,7 +10,7 @@ import pytest
 
 from aepacs.codec import lifting, subband
 from aepacs.codec.quality import psnr
-from aepacs.codec.wavelet import GAINS, WaveletCodec, frame_gains, inverse_rct, rct
+from aepacs.codec.wavelet import GAINS, WaveletCodec, frame_gains, inverse_rct, rct, smallest_passing
 from aepacs.errors import CodecError
 from tests.codec.test_learned import _variants
 from tests.conftest import ct_slices
@@ -110,3 +110,18 @@ def test_damaged_or_foreign_streams_are_refused(ct_wavelet) -> None:  # type: ig
         codec.encode(np.zeros((1, 16, 16, 3), dtype=np.uint8))
     with pytest.raises(CodecError, match="integer"):
         codec.encode(np.zeros((1, 16, 16, 1), dtype=np.float32))
+
+
+def test_gain_search_finds_the_smallest_passing_gain_from_any_start() -> None:
+    for top in range(12):
+        for answer in range(top + 2):  # top + 1: nothing passes
+            for start in range(-1, top + 2):
+                probes: list[int] = []
+
+                def passes(g: int, answer: int = answer) -> bool:
+                    probes.append(g)
+                    return g >= answer
+
+                assert smallest_passing(passes, start, top) == (answer if answer <= top else None)
+                if 0 <= start <= top and abs(answer - start) <= 1 and answer <= top:
+                    assert len(probes) <= 3  # a good guess costs two or three probes

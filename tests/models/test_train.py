@@ -47,3 +47,25 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
     assert int(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"]) == 2
     straight = train(_cfg(epochs=2), tmp_path / "straight", registry=Registry(tmp_path / "r2"), progress=False)
     assert _weights(resumed) == _weights(straight)  # resuming is the same as never stopping
+
+
+def test_wavelet_training_fits_taps_and_an_entropy_model_that_pays(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    from aepacs.codec.learned import codec_for
+    from aepacs.codec.wavelet import Draft, WaveletCodec
+    from aepacs.models.data import collect
+
+    data = [str(get_testdata_file("emri_small.dcm"))]  # 10 real MR frames, 64 x 64
+    cfg = TrainConfig(name="mr", modality=["MR"], data=data, arch="wavelet", epochs=2)
+    model = train(cfg, tmp_path / "run", registry=Registry(tmp_path / "reg"), progress=False)
+    assert model.arch == "wavelet" and Registry(tmp_path / "reg").verify("mr@1").digest == model.digest
+    fit = model.manifest["training"]["taps_fit"]
+    assert fit["loss"]["fitted"] <= fit["loss"]["cdf97"] and len(fit["lambda"]) == len(fit["gains"])
+    assert model.manifest["metrics"]["rate_distortion"] and model.manifest["default_gain"] is not None
+    pixels = collect(data)[0].pixels[None]
+    trained = codec_for(model, "lossless")
+    stream = trained.encode(pixels)
+    assert (trained.decode(stream) == pixels).all()
+    untrained = WaveletCodec(Draft(1), "lossless")  # CDF 9/7, uniform starting probabilities
+    assert len(stream) < len(untrained.encode(pixels))

@@ -37,10 +37,10 @@ def test_an_entry_that_cannot_be_archived_is_kept_aside(archive: Archive, keyrin
     spool = Spool(archive.config.spool_path)
     bad = spool.put(seal_entry(b"not DICOM at all", "1.2.3.4", "", keyring), "1.2.3.4")
     failed = archive.config.spool_path / "failed"
-    assert archive_entry(archive, bad, failed) == "failed"
+    assert archive_entry(archive, bad, failed).status == "failed"
     assert not bad.exists() and (failed / bad.name).exists()   # never deleted
     good = _entry(spool, ct_files()[0].read_bytes(), keyring)
-    assert archive_entry(archive, good, failed) == "added" and not good.exists()
+    assert archive_entry(archive, good, failed).status == "added" and not good.exists()
 
 
 def test_worker_archives_in_arrival_order_per_instance(config: Config, keyring: Keyring) -> None:
