@@ -267,7 +267,7 @@ class WaveletCodec:
         span = int(frame.max()) - int(frame.min())
         return self._quantized(self._transform(frame, levels), levels, span, gain)[1], levels
 
-    def _frame(self, frame: np.ndarray, levels: int, hint: int) -> tuple[bytes, np.ndarray]:
+    def _frame(self, frame: np.ndarray, levels: int, hint: int, rebuild: bool) -> tuple[bytes, np.ndarray | None]:
         rows, cols, _ = frame.shape
         lo, hi = int(frame.min()), int(frame.max())
         coeffs = self._transform(frame, levels)
@@ -293,25 +293,37 @@ class WaveletCodec:
         if not np.array_equal(subband.decode(coded, q.shape, levels, self.init), q):
             raise CodecError(f"{self.model.ref}: subbands do not survive their own entropy round trip")
         head = _FRAME.pack(gain, step, lo, hi, len(coded))
-        return head + coded, self._rebuild(q, step, levels, rows, cols, lo, hi)
+        return head + coded, self._rebuild(q, step, levels, rows, cols, lo, hi) if rebuild else None
 
     def encode(self, pixels: np.ndarray, meta: PixelMeta | None = None) -> bytes:
-        """Code frames ``(frames, rows, columns, samples)``; see the module docstring."""
-        return self.encode_reconstruct(pixels)[0]
+        """Code frames ``(frames, rows, columns, samples)``; see the module docstring.
+
+        The entropy-coded subbands are decoded again and compared before this
+        returns; :meth:`encode_reconstruct` also rebuilds the pixels (for a
+        quality gate, or to check a lossless stream end to end).
+        """
+        return self._encode(pixels, rebuild=False)[0]
 
     def encode_reconstruct(self, pixels: np.ndarray) -> tuple[bytes, np.ndarray]:
         """The stream and the pixels every decoder will rebuild from it (int64)."""
+        stream, recon = self._encode(pixels, rebuild=True)
+        assert recon is not None
+        return stream, recon
+
+    def _encode(self, pixels: np.ndarray, rebuild: bool) -> tuple[bytes, np.ndarray | None]:
         self._check(pixels)
         frames, rows, cols, samples = pixels.shape
         levels = levels_for(rows, cols, self.most)
         out = [_HEAD.pack(MAGIC, MODES.index(self.mode), samples, frames, rows, cols, levels)]
-        recon = np.empty(pixels.shape, np.int64)
+        recon = np.empty(pixels.shape, np.int64) if rebuild else None
         hint = self.gain  # a target-PSNR search starts at the default, then at the previous frame's gain
         for i in range(frames):
-            coded, recon[i] = self._frame(pixels[i], levels, hint)
+            coded, frame = self._frame(pixels[i], levels, hint, rebuild)
+            if recon is not None:
+                recon[i] = frame
             hint = _FRAME.unpack_from(coded)[0] if self.mode == "lossy" else hint
             out.append(coded)
-        if self.mode == "lossless" and not np.array_equal(recon, pixels):
+        if self.mode == "lossless" and recon is not None and not np.array_equal(recon, pixels):
             raise CodecError(f"{self.model.ref}: lossless reconstruction differs from the original")
         return b"".join(out), recon
 
