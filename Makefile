@@ -30,14 +30,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/rekey.py
 
 ## the full evaluation of the shipped models on held-out images (reports in docs/eval/)
-GAINS  = 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21
+GAINS  = 6 8 10 12 14 16 18 20 22 24 26 28 30 32 34 36 38
 PYDATA = $(shell $(BIN)/python -c 'import data_store, os; print(os.path.dirname(data_store.__file__))')/data
 eval: $(STAMP)
-	$(BIN)/aepacs eval --model ct@1 --paper paper-ct@1 --data ../shared/data/ct/lung-pet-ct-dx-A0001/series-3-5mm \
+	$(BIN)/aepacs eval --model ct@3 --paper paper-ct@1 --data ../shared/data/ct/lung-pet-ct-dx-A0001/series-3-5mm \
 		--limit 16 --gains $(GAINS) --noise all -o docs/eval/ct
-	$(BIN)/aepacs eval --model mr@1 --data $(PYDATA)/MR2_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/mr
-	$(BIN)/aepacs eval --model cr@1 --data $(PYDATA)/RG1_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/cr
-	$(BIN)/aepacs eval --model us@1 --data $(PYDATA)/US1_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/us
+	$(BIN)/aepacs eval --model mr@3 --data $(PYDATA)/MR2_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/mr
+	$(BIN)/aepacs eval --model cr@3 --data $(PYDATA)/RG1_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/cr
+	$(BIN)/aepacs eval --model us@3 --data $(PYDATA)/US1_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/us
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -11,6 +11,8 @@ validation frames.
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import shlex
 import sys
@@ -27,6 +29,7 @@ from aepacs.codec.nets import ARCHITECTURES
 from aepacs.codec.nets.fixed import freeze
 from aepacs.models.data import Frame, collect, fingerprint, patches
 from aepacs.models.registry import Model, ModelError, Registry
+from aepacs.store.atomic import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -97,7 +100,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, registry: Regist
     train_frames, val_frames = split(frames, cfg.val_fraction)
     registry = registry or Registry(out / "registry")
     if cfg.arch == "wavelet":
-        return _train_wavelet(cfg, train_frames, val_frames, registry, progress)
+        return _train_wavelet(cfg, train_frames, val_frames, registry, progress, out, resume)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = _device()
@@ -160,13 +163,17 @@ TAP_FRAMES = 6  #: training frames (evenly spaced) the lifting taps are fitted o
 
 
 def _train_wavelet(cfg: TrainConfig, train_frames: list[Frame], val_frames: list[Frame], registry: Registry,
-                   progress: bool) -> Model:
+                   progress: bool, out: Path, resume: bool) -> Model:
     """Fit a wavelet model: lifting taps on rate + lambda * distortion, then its entropy model.
 
     See :mod:`aepacs.models.wavelet_fit`. A one-epoch entropy model for CDF 9/7
     codes the tap trials; the final entropy model is fitted for the fitted taps
     over ``cfg.epochs`` epochs. Deterministic; no randomness. ``cfg.hyper["fit_taps"] = 0``
     keeps CDF 9/7 (for a modality whose held-out images the fit does not help).
+
+    Checkpoints in `out`: ``wavelet-taps.json`` once the taps are fitted,
+    ``wavelet-init.npz`` after each entropy-model epoch; with `resume` a run
+    continues from them (same result as an uninterrupted run).
     """
     from aepacs.codec import subband
     from aepacs.codec.wavelet import MAX_LEVELS, Draft
@@ -175,12 +182,29 @@ def _train_wavelet(cfg: TrainConfig, train_frames: list[Frame], val_frames: list
     t0 = time.monotonic()
     pixels = [f.pixels for f in train_frames]
     chosen = [pixels[i] for i in sorted({int(i) for i in np.linspace(0, len(pixels) - 1, TAP_FRAMES)})]
-    if int(cfg.hyper.get("fit_taps", 1)):
-        rough = wavelet_fit.fit_init(pixels, cfg.channels, wavelet_fit.cdf97_taps(), 1, progress=progress)
-        taps, taps_report = wavelet_fit.fit_taps(chosen, cfg.channels, rough, progress=progress)
-    else:  # --hyper fit_taps=0: CDF 9/7 as it is
-        taps, taps_report = wavelet_fit.cdf97_taps(1), {"fitted": False}
-    init = wavelet_fit.fit_init(pixels, cfg.channels, taps, cfg.epochs, progress=progress)
+    taps_file, init_file = out / "wavelet-taps.json", out / "wavelet-init.npz"
+    if resume and taps_file.exists():
+        saved = json.loads(taps_file.read_text())
+        taps, taps_report = np.array(saved["taps"], np.int64), saved["report"]
+    else:
+        if int(cfg.hyper.get("fit_taps", 1)):
+            rough = wavelet_fit.fit_init(pixels, cfg.channels, wavelet_fit.cdf97_taps(), 1, progress=progress)
+            taps, taps_report = wavelet_fit.fit_taps(chosen, cfg.channels, rough, progress=progress)
+        else:  # --hyper fit_taps=0: CDF 9/7 as it is
+            taps, taps_report = wavelet_fit.cdf97_taps(1), {"fitted": False}
+        atomic_write(taps_file, json.dumps({"taps": taps.tolist(), "report": taps_report}).encode())
+    init, done = None, 0
+    if resume and init_file.exists():
+        with np.load(init_file) as saved:
+            init, done = saved["init"].astype(np.uint16), int(saved["epoch"])
+
+    def checkpoint(epoch: int, table: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, init=table, epoch=epoch)
+        atomic_write(init_file, buf.getvalue())
+
+    init = wavelet_fit.fit_init(pixels, cfg.channels, taps, cfg.epochs, progress=progress, start=init,
+                                done=done, checkpoint=checkpoint)
     manifest = {
         "arch": "wavelet", "modality": cfg.modality,
         "hyper": {**cfg.hyper, "channels": cfg.channels, "levels": MAX_LEVELS, "contexts": subband.NCTX,

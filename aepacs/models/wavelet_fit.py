@@ -149,13 +149,18 @@ def fit_taps(frames: Frames, channels: int, init: np.ndarray, *, progress: bool 
     return taps, report
 
 
-def fit_init(frames: Frames, channels: int, taps: np.ndarray, epochs: int, *, progress: bool = True
-             ) -> np.ndarray:
-    """The entropy model's starting probabilities for `taps`; see the module docstring."""
-    init = subband.uniform_init()
-    bar = tqdm(total=epochs * len(frames) * len(INIT_GAINS), desc="fit entropy model", unit="frame",
+def fit_init(frames: Frames, channels: int, taps: np.ndarray, epochs: int, *, progress: bool = True,
+             start: np.ndarray | None = None, done: int = 0,
+             checkpoint: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+    """The entropy model's starting probabilities for `taps`; see the module docstring.
+
+    `start` and `done` resume from a checkpoint (the table after epoch `done`);
+    `checkpoint(epoch, table)` is called after each epoch.
+    """
+    init = subband.uniform_init() if start is None else start
+    bar = tqdm(total=(epochs - done) * len(frames) * len(INIT_GAINS), desc="fit entropy model", unit="frame",
                disable=not progress, file=sys.stderr)
-    for _ in range(epochs):
+    for epoch in range(done, epochs):
         total, n = np.zeros(subband.NCTX), 0
         for frame in frames:
             for gain in INIT_GAINS:
@@ -165,5 +170,7 @@ def fit_init(frames: Frames, channels: int, taps: np.ndarray, epochs: int, *, pr
                 n += 1
                 bar.update()
         init = np.round(total / n).astype(np.uint16)
+        if checkpoint is not None:
+            checkpoint(epoch + 1, init)
     bar.close()
     return init

@@ -69,3 +69,19 @@ def test_wavelet_training_fits_taps_and_an_entropy_model_that_pays(tmp_path: Pat
     assert (trained.decode(stream) == pixels).all()
     untrained = WaveletCodec(Draft(1), "lossless")  # CDF 9/7, uniform starting probabilities
     assert len(stream) < len(untrained.encode(pixels))
+
+
+def test_wavelet_training_resumes_to_the_same_model(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    data = [str(get_testdata_file("emri_small.dcm"))]
+
+    def run(out: str, epochs: int, resume: bool = False, reg: str = "reg") -> bytes:
+        cfg = TrainConfig(name="mr", modality=["MR"], data=data, arch="wavelet", epochs=epochs)
+        model = train(cfg, tmp_path / out, resume=resume, registry=Registry(tmp_path / reg), progress=False)
+        return b"".join(t.numpy().tobytes() for _, t in sorted(model.tensors("wavelet.safetensors").items()))
+
+    run("run", 1)
+    assert (tmp_path / "run" / "wavelet-taps.json").exists() and (tmp_path / "run" / "wavelet-init.npz").exists()
+    resumed = run("run", 2, resume=True)
+    assert resumed == run("straight", 2, reg="reg2")  # resuming is the same as never stopping
