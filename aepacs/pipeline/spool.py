@@ -180,7 +180,8 @@ class SpoolWorker:
     spool : Spool
         The spool to drain.
     workers : int
-        Worker processes; 0 means one per CPU core but one (left to the network).
+        Worker processes; 0 means one per CPU core. They run at nice 10, so the network and
+        the spool writes still come first while they work.
     observer : callable, optional
         Called (in the worker thread) with each entry's :class:`IngestResult`, or
         ``None`` for an attempt that failed and will be retried.
@@ -190,7 +191,7 @@ class SpoolWorker:
 
     def __init__(self, config: Config, spool: Spool, workers: int = 0,
                  observer: Callable[[IngestResult | None], None] | None = None) -> None:
-        self.workers = workers or max(1, (os.cpu_count() or 1) - 1)
+        self.workers = workers or max(1, os.cpu_count() or 1)
         self._observer = observer or (lambda result: None)
         self.spool = spool
         self._config = config
