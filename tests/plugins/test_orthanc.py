@@ -110,8 +110,9 @@ def test_orthanc_keeps_only_sealed_objects_and_aepacs_retrieve_decodes_them(
         for f in files:  # the CT route is lossless: the instance as Orthanc received it, element for element
             original = pydicom.dcmread(f)
             got = pydicom.dcmread(back[original.SOPInstanceUID])
-            assert [e.tag for e in got] == [e.tag for e in original]
-            for elem in original:
+            kept = [e for e in original if e.tag != 0xFFFCFFFC]  # Orthanc (DCMTK) drops trailing padding
+            assert [e.tag for e in got] == [e.tag for e in kept]
+            for elem in kept:
                 assert got[elem.tag].value == elem.value, elem.keyword
 
 
