@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aepacs.codec.learned import LearnedCodec, frame_gains
+from aepacs.codec.learned import LearnedCodec, codec_for, frame_gains
 from aepacs.codec.quality import psnr
 from aepacs.errors import CodecError
 from tests.conftest import ct_slices
@@ -61,15 +61,18 @@ def test_target_psnr_picks_the_smallest_gain_reaching_it(ct_model) -> None:  # t
         assert psnr(pixels, lower.decode(lower.encode(pixels))) < 50.0
 
 
-def test_decoding_in_another_process_gives_the_same_pixels(ct_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    pixels = ct_slices(1)
-    codec = LearnedCodec(ct_model, "lossy", gain=6)
+@pytest.mark.parametrize(("ref", "gain", "slices"), [("ct@1", 6, 1), ("ct", 12, 2)])  # factorized, wavelet
+def test_decoding_in_another_process_gives_the_same_pixels(shipped, ref: str, gain: int, slices: int,  # type: ignore[no-untyped-def]
+                                                           tmp_path: Path) -> None:
+    model = shipped.load(ref)
+    pixels = ct_slices(slices)
+    codec = codec_for(model, "lossy", gain=gain)
     stream = codec.encode(pixels)
     (tmp_path / "s.bin").write_bytes(stream)
     code = ("import hashlib, torch; torch.set_num_threads(1); from pathlib import Path; "
-            "from aepacs.codec.learned import LearnedCodec, frame_gains; from aepacs.models.registry import Registry; "
-            f"m = Registry({str(ct_model.path.parents[1])!r}).load({ct_model.ref!r}); "
-            f"print(hashlib.sha256(LearnedCodec(m).decode(Path({str(tmp_path / 's.bin')!r}).read_bytes())"
+            "from aepacs.codec.learned import codec_for; from aepacs.models.registry import Registry; "
+            f"m = Registry({str(model.path.parents[1])!r}).load({model.ref!r}); "
+            f"print(hashlib.sha256(codec_for(m).decode(Path({str(tmp_path / 's.bin')!r}).read_bytes())"
             ".tobytes()).hexdigest())")
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
             for _ in range(2)}
