@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from aepacs import __version__
-from aepacs.audit import Party
+from aepacs.audit import MINOR_FAILURE, SUCCESS, AuditTrail, Party
 from aepacs.config import Config, load_config
 from aepacs.errors import AepacsError, ConfigError, KeyringError
 from aepacs.logs import configure as configure_logging
@@ -108,8 +108,6 @@ def cmd_rekey(args: argparse.Namespace, config: Config) -> int:
         return 0
     for line in summary.lines():
         print(line)
-    from aepacs.audit import MINOR_FAILURE, SUCCESS
-
     _audit(config).record("rekey", outcome=MINOR_FAILURE if summary.failed else SUCCESS,
                           detail=f"rekey --mode {args.mode}: " + "; ".join(summary.lines()))
     return 1 if summary.failed else 0
@@ -210,7 +208,7 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
             raise AepacsError(f"{p}: no such file or directory")
     with Archive(config) as archive:
         s = import_paths(archive, args.paths, progress=not args.quiet)
-        archive.audit.record("import", outcome=4 if s.failed else 0, objects=s.added,
+        archive.audit.record("import", outcome=MINOR_FAILURE if s.failed else SUCCESS, objects=s.added,
                              source=Party(address=", ".join(map(str, args.paths))[:200]),
                              detail=f"{s.added} added, {s.same} already archived, {len(s.failed)} failed")
     ratio = s.source_bytes / s.stored_bytes if s.stored_bytes else 0.0
@@ -231,7 +229,7 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     with Archive(config) as archive:
         s = export(archive, args.output, patient_id=args.patient, study_uid=args.study,
                    series_uid=args.series, sop_uid=args.instance, progress=not args.quiet)
-        archive.audit.record("export", outcome=4 if s.failed else 0, objects=len(s.written),
+        archive.audit.record("export", outcome=MINOR_FAILURE if s.failed else SUCCESS, objects=len(s.written),
                              patients=[args.patient or ""], studies=[args.study or ""],
                              destination=Party(address=str(args.output)),
                              detail=f"{len(s.failed)} failed" if s.failed else None)
@@ -271,7 +269,7 @@ def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
         level, value = chosen[0]
         summary = retrieve(args.host, args.port, args.called_aet, args.aet, level, value, keyring, args.output,
                            move_to_self=args.move_to_self, bind=args.bind, tls=tls, registry=_registry(config))
-    _audit(config).record("retrieve", outcome=4 if summary.failed else 0, objects=len(summary.written),
+    _audit(config).record("retrieve", outcome=MINOR_FAILURE if summary.failed else SUCCESS, objects=len(summary.written),
                           source=Party(None if args.from_files else args.called_aet,
                                        str(args.from_files) if args.from_files else f"{args.host}:{args.port}"),
                           destination=Party(args.aet, str(args.output)), patients=[args.patient or ""],
@@ -303,9 +301,7 @@ def cmd_audit(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _audit(config: Config):  # type: ignore[no-untyped-def]
-    from aepacs.audit import AuditTrail
-
+def _audit(config: Config) -> AuditTrail:
     return AuditTrail.for_config(config)
 
 
