@@ -132,9 +132,22 @@ _WORKER: tuple[Any, Path] | None = None  # (Archive, failed-entry directory) of 
 def _init_worker(config: Config) -> None:
     global _WORKER
     os.nice(10)  # background work: the network and the spool writes come first
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="aepacs-parent-watch", daemon=True).start()
     from aepacs.pipeline.archive import Archive
 
     _WORKER = (Archive(config), config.spool_path / "failed")
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker once the server that started it is gone (killed, say, by the OOM killer).
+
+    A pool worker holds both ends of its task queue, so it never sees the parent
+    close it and would otherwise wait forever. Leaving mid-entry is safe: the
+    entry stays in the spool and the restarted server archives it.
+    """
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
 
 
 def archive_entry(archive: Any, path: Path, failed_dir: Path) -> IngestResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -119,3 +120,49 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_instance(tmp_path
     assert set(archive.store.keys()) == referenced
     for uid in acked:
         fetch(archive, uid)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_end_when_the_server_is_killed_alone(tmp_path: Path) -> None:
+    """An OOM kill takes the server process only: its archiving workers must not live on."""
+    home, port = tmp_path / "home", free_port()
+    Keyring.create(home / "keyring.json")
+    proc = start_serve(home, port, tmp_path / "serve.log")
+    try:
+        assoc = scu().associate("127.0.0.1", port, ae_title="AEPACS")
+        ds = tiny_ct(0, generate_uid(), generate_uid(), np.random.default_rng(0))
+        assert int(assoc.send_c_store(ds).Status) == 0
+        assoc.release()
+        deadline = time.time() + 60
+        while list((home / "spool").glob("*.aepx")) and time.time() < deadline:  # a worker archived it
+            time.sleep(0.1)
+        children = _children(proc.pid)
+        assert children  # the worker pool (and its resource tracker)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.time() + 15
+        while any(_alive(c) for c in children) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [c for c in children if _alive(c)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
