@@ -131,11 +131,24 @@ _WORKER: tuple[Any, Path] | None = None  # (Archive, failed-entry directory) of 
 
 def _init_worker(config: Config) -> None:
     global _WORKER
-    os.nice(10)  # background work: the network and the spool writes come first
+    _background()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="aepacs-parent-watch", daemon=True).start()
     from aepacs.pipeline.archive import Archive
 
     _WORKER = (Archive(config), config.spool_path / "failed")
+
+
+def _background() -> None:
+    """Run this worker only on CPU time the network leaves: SCHED_IDLE where there is one, else nice 10.
+
+    A received instance needs several thread wake-ups in the server (socket,
+    DIMSE reactor, handler); under SCHED_IDLE each one preempts a worker at
+    once, where nice 10 still leaves them waiting up to a scheduler slice.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(10)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -193,8 +206,8 @@ class SpoolWorker:
     spool : Spool
         The spool to drain.
     workers : int
-        Worker processes; 0 means one per CPU core. They run at nice 10, so the network and
-        the spool writes still come first while they work.
+        Worker processes; 0 means one per CPU core. They run under SCHED_IDLE (else
+        nice 10), so the network and the spool writes still come first while they work.
     observer : callable, optional
         Called (in the worker thread) with each entry's :class:`IngestResult`, or
         ``None`` for an attempt that failed and will be retried.

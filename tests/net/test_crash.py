@@ -143,7 +143,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_workers_end_when_the_server_is_killed_alone(tmp_path: Path) -> None:
-    """An OOM kill takes the server process only: its archiving workers must not live on."""
+    """An OOM kill takes the server process only: its archiving workers must not live on.
+
+    (On the way: the workers run under SCHED_IDLE.)
+    """
     home, port = tmp_path / "home", free_port()
     Keyring.create(home / "keyring.json")
     proc = start_serve(home, port, tmp_path / "serve.log")
@@ -157,6 +160,8 @@ def test_workers_end_when_the_server_is_killed_alone(tmp_path: Path) -> None:
             time.sleep(0.1)
         children = _children(proc.pid)
         assert children  # the worker pool (and its resource tracker)
+        # archiving runs only on CPU time the network leaves
+        assert os.SCHED_IDLE in {os.sched_getscheduler(c) for c in children}
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
         deadline = time.time() + 15
