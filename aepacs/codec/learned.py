@@ -243,10 +243,15 @@ def codec_for(model: Any, mode: str = "lossy", *, gain: int | None = None,
 
     Both take ``(frames, rows, columns, samples)`` integers, have ``gains``
     lossy operating points and ``encode_reconstruct``; every sealed object
-    names the model version, so old architectures keep decoding.
+    names the model version, so old architectures keep decoding. One codec
+    per model and settings per process: a target-PSNR search starts where the
+    last one ended (slices of a series need about the same gain).
     """
-    if model.arch == "wavelet":
-        from aepacs.codec.wavelet import WaveletCodec
+    def make() -> Any:
+        if model.arch == "wavelet":
+            from aepacs.codec.wavelet import WaveletCodec
 
-        return WaveletCodec(model, mode, gain=gain, target_psnr=target_psnr)
-    return LearnedCodec(model, mode, gain=gain, target_psnr=target_psnr)
+            return WaveletCodec(model, mode, gain=gain, target_psnr=target_psnr)
+        return LearnedCodec(model, mode, gain=gain, target_psnr=target_psnr)
+
+    return model.cached(("codec", mode, gain, target_psnr), make)

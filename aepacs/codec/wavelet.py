@@ -10,9 +10,11 @@ Encode, per frame (:class:`WaveletCodec`):
    colour plane), so the error spreads evenly over the image;
    ``lossless``: the coefficients are coded as they are;
 4. the integers are range-coded under the model's learned context model
-   (:mod:`aepacs.codec.subband`), then decoded again and compared;
-5. the reconstruction every decoder will compute is computed the same way:
-   dequantize, inverse lifting, crop, inverse RCT, clip to the frame's range.
+   (:mod:`aepacs.codec.subband`);
+5. for a quality gate (:meth:`WaveletCodec.encode_reconstruct`), the
+   reconstruction every decoder will compute, computed the same way
+   (dequantize, inverse lifting, crop, inverse RCT, clip to the frame's range),
+   with the range-coded subbands decoded again and compared.
 
 Because every lifting step is integer and exactly invertible, ``lossless`` is
 the same transform with a step of one: the decoded pixels are the original
@@ -208,6 +210,7 @@ class WaveletCodec:
         self.channels = int(model.manifest["hyper"]["channels"])
         self.gains = GAINS
         self.id = f"ae:{model.ref}"
+        self._start = self.gain  #: where a target-PSNR search starts: the gain the last frame coded needed
 
     # -- shared by both sides ---------------------------------------------------------------
 
@@ -276,31 +279,37 @@ class WaveletCodec:
             step, q = self._quantized(coeffs, levels, hi - lo, gain)
             return step, gain or 0, q
 
+        recon = None  # the pixels a decoder rebuilds, once known
         if self.mode == "lossless":
             step, gain, q = at(None)
         elif self.target_psnr is None:
             step, gain, q = at(self.gain)
         else:  # the smallest gain reaching the target, searched outward from `hint`
-            trials: dict[int, tuple[int, int, np.ndarray]] = {}
+            trials: dict[int, tuple[int, int, np.ndarray, np.ndarray]] = {}
 
             def reaches(gain: int) -> bool:
-                trials[gain] = trial = at(gain)
-                return psnr(frame, self._rebuild(trial[2], trial[0], levels, rows, cols, lo, hi)) >= self.target_psnr
+                step, gain, q = at(gain)
+                trials[gain] = (step, gain, q, self._rebuild(q, step, levels, rows, cols, lo, hi))
+                return psnr(frame, trials[gain][3]) >= self.target_psnr
 
             found = smallest_passing(reaches, hint, GAINS - 1)
-            step, gain, q = trials[found] if found is not None else at(GAINS - 1)
+            step, gain, q, recon = trials[GAINS - 1 if found is None else found]
         coded = subband.encode(q, levels, self.init)
-        if not np.array_equal(subband.decode(coded, q.shape, levels, self.init), q):
+        if rebuild and not np.array_equal(subband.decode(coded, q.shape, levels, self.init), q):
+            # the pixels returned are rebuilt from `q`: they must be what the stream decodes to
             raise CodecError(f"{self.model.ref}: subbands do not survive their own entropy round trip")
         head = _FRAME.pack(gain, step, lo, hi, len(coded))
-        return head + coded, self._rebuild(q, step, levels, rows, cols, lo, hi) if rebuild else None
+        if rebuild and recon is None:
+            recon = self._rebuild(q, step, levels, rows, cols, lo, hi)
+        return head + coded, recon if rebuild else None
 
     def encode(self, pixels: np.ndarray, meta: PixelMeta | None = None) -> bytes:
         """Code frames ``(frames, rows, columns, samples)``; see the module docstring.
 
-        The entropy-coded subbands are decoded again and compared before this
-        returns; :meth:`encode_reconstruct` also rebuilds the pixels (for a
-        quality gate, or to check a lossless stream end to end).
+        The stream is not decoded again here: whoever stores it checks it (the
+        payload layer decodes every lossless payload end to end before sealing).
+        :meth:`encode_reconstruct` returns the pixels a decoder rebuilds, with
+        the entropy round trip checked, for a quality gate.
         """
         return self._encode(pixels, rebuild=False)[0]
 
@@ -316,12 +325,12 @@ class WaveletCodec:
         levels = levels_for(rows, cols, self.most)
         out = [_HEAD.pack(MAGIC, MODES.index(self.mode), samples, frames, rows, cols, levels)]
         recon = np.empty(pixels.shape, np.int64) if rebuild else None
-        hint = self.gain  # a target-PSNR search starts at the default, then at the previous frame's gain
         for i in range(frames):
-            coded, frame = self._frame(pixels[i], levels, hint, rebuild)
+            coded, frame = self._frame(pixels[i], levels, self._start, rebuild)
             if recon is not None:
                 recon[i] = frame
-            hint = _FRAME.unpack_from(coded)[0] if self.mode == "lossy" else hint
+            if self.target_psnr is not None:  # the next frame (or slice) likely needs about the same
+                self._start = _FRAME.unpack_from(coded)[0]
             out.append(coded)
         if self.mode == "lossless" and recon is not None and not np.array_equal(recon, pixels):
             raise CodecError(f"{self.model.ref}: lossless reconstruction differs from the original")

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -63,7 +64,7 @@ class Model:
 
     path: Path
     manifest: dict[str, Any]
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -89,9 +90,13 @@ class Model:
 
     def tensors(self, filename: str) -> dict[str, torch.Tensor]:
         """The tensors of one weight file (safetensors, verified at load)."""
-        if filename not in self._cache:
-            self._cache[filename] = load_file(str(self.path / filename))
-        return self._cache[filename]
+        return self.cached(filename, lambda: load_file(str(self.path / filename)))
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        """What `make` builds from this model, built once per process (weights, codecs)."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
     @cached_property
     def synthesis(self) -> Any:
