@@ -16,7 +16,14 @@ The slices are the real CT series of ``../shared/data/ct`` repeated with new
 UIDs (512×512, 16 bits allocated). dcmtk runs with TCP_NODELAY=1. The ratios
 (a/c, a/d, a/e) are the figures to compare across machines.
 
-Usage: ``python bench/ingest.py [--count 500]``
+Each round runs every receiver once; the medians over rounds (default 3) are printed, with
+each ratio the median of its per-round ratios (peers measured minutes apart on a noisy
+machine differ more than the receivers do). Each receiver writes into a fresh directory
+that is deleted and synced before the next one starts: the writeback of 250 MB left by one
+receiver otherwise slows the file writes of the next (measured: 0.15 → 1.4 ms per 0.5 MB
+write).
+
+Usage: ``python bench/ingest.py [--count 500] [--rounds 3]``
 """
 
 from __future__ import annotations
@@ -27,12 +34,14 @@ import os
 import shutil
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -40,6 +49,7 @@ from pydicom.uid import generate_uid
 ROOT = Path(__file__).resolve().parents[1]
 CT = ROOT.parent / "shared" / "data" / "ct" / "lung-pet-ct-dx-A0001"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
+T = TypeVar("T")
 
 MINIMAL_SCP = textwrap.dedent("""
     import sys
@@ -115,6 +125,7 @@ def bench_aepacs(slices: Path, work: Path, count: int, config: Path | None = Non
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port)
+        wait_workers(proc, os.cpu_count() or 1)  # a started server: its workers up, as in production
         t0 = time.perf_counter()
         acked = send(port, "AEPACS", slices)
         db, spool = home / "index.sqlite3", home / "spool"
@@ -128,6 +139,24 @@ def bench_aepacs(slices: Path, work: Path, count: int, config: Path | None = Non
     finally:
         stop(proc)
     return acked, sustained
+
+
+def wait_workers(server: subprocess.Popen[bytes], count: int, timeout: float = 120) -> None:
+    """Wait until the server's archiving workers have started (they turn SCHED_IDLE when ready)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ready = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == server.pid and \
+                        os.sched_getscheduler(int(stat.parent.name)) == os.SCHED_IDLE:
+                    ready += 1
+            except (OSError, ValueError, IndexError):
+                continue
+        if ready >= count:
+            return
+        time.sleep(0.1)
+    raise SystemExit("the server's archiving workers did not start")
 
 
 def time_receiver(cmd: list[str], port: int, aet: str, slices: Path) -> float:
@@ -166,9 +195,25 @@ def bench_orthanc(slices: Path, work: Path) -> float | None:
     return time_receiver([exe, str(conf)], port, "ORTHANC", slices)
 
 
+def settled(measure: Callable[..., T], slices: Path, work: Path, *args: Any) -> T:
+    """Run one receiver in a fresh directory; then delete what it wrote and wait for the disk.
+
+    No receiver then pays for the writeback of the one before.
+    """
+    out = work / "receiver"
+    out.mkdir()
+    try:
+        return measure(slices, out, *args)
+    finally:
+        shutil.rmtree(out)
+        os.sync()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="every receiver once per round; medians are printed (default 3)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from aepacs.config import DEFAULT_CONFIG_PATH, load_config
@@ -179,29 +224,38 @@ def main() -> None:
         slices = work / "slices"
         slices.mkdir()
         size = make_slices(args.count, slices)
+        os.sync()
         n = args.count
-        a_ack, a_sustained = bench_aepacs(slices, work, n)
-        b_ack, b_sustained = bench_aepacs(slices, work, n, ROOT / "configs" / "learned.yaml")
-        c = bench_minimal(slices, work, max_pdu)
-        d = bench_storescp(slices, work)
-        e = bench_orthanc(slices, work)
-        rate = {"a (ack)": n / a_ack, "a (sustained, all in final form)": n / a_sustained,
-                "b (ack)": n / b_ack, "b (sustained, all in final learned form)": n / b_sustained,
-                "c minimal pynetdicom": n / c, "d dcmtk storescp": n / d}
-        if e is not None:
-            rate["e Orthanc"] = n / e
+        rounds: list[dict[str, float]] = []
+        for r in range(args.rounds):
+            a_ack, a_sustained = settled(bench_aepacs, slices, work, n)
+            b_ack, b_sustained = settled(bench_aepacs, slices, work, n, ROOT / "configs" / "learned.yaml")
+            rate = {"a (ack)": n / a_ack, "a (sustained, all in final form)": n / a_sustained,
+                    "b (ack)": n / b_ack, "b (sustained, all in final learned form)": n / b_sustained,
+                    "c minimal pynetdicom": n / settled(bench_minimal, slices, work, max_pdu),
+                    "d dcmtk storescp": n / settled(bench_storescp, slices, work)}
+            e = settled(bench_orthanc, slices, work)
+            if e is not None:
+                rate["e Orthanc"] = n / e
+            rounds.append(rate)
+            print(f"round {r + 1}: " + "; ".join(f"{k} {v:,.0f}" for k, v in rate.items()), file=sys.stderr)
         print(f"# bench/ingest.py — {n} CT slices ({size / n / 1e3:.0f} kB each), storescu, one association, "
-              f"{os.cpu_count()} cores, max PDU {max_pdu}")
-        print("| receiver | slices/s |")
-        print("|---|---|")
-        for name, r in rate.items():
-            print(f"| {name} | {r:,.0f} |")
+              f"{os.cpu_count()} cores, max PDU {max_pdu}; median of {args.rounds} rounds")
+        print("| receiver | slices/s (median) | range |")
+        print("|---|---|---|")
+        for name in rounds[0]:
+            values = [r[name] for r in rounds]
+            print(f"| {name} | {statistics.median(values):,.0f} | {min(values):,.0f}–{max(values):,.0f} |")
         print()
-        print(f"a/c = {rate['a (ack)'] / rate['c minimal pynetdicom']:.2f} (ack), "
-              f"{rate['a (sustained, all in final form)'] / rate['c minimal pynetdicom']:.2f} (sustained); "
-              f"b/c = {rate['b (sustained, all in final learned form)'] / rate['c minimal pynetdicom']:.2f} "
-              f"(sustained); a/d = {rate['a (ack)'] / rate['d dcmtk storescp']:.2f}"
-              + (f"; a/e = {rate['a (ack)'] / rate['e Orthanc']:.2f}" if e is not None else "; e: Orthanc not installed"))
+
+        def ratio(top: str, bottom: str) -> str:  # the median of the per-round ratios (same-round peers)
+            values = [r[top] / r[bottom] for r in rounds if bottom in r]
+            return f"{statistics.median(values):.2f}" if values else "n/a"
+
+        c, d, e_name = "c minimal pynetdicom", "d dcmtk storescp", "e Orthanc"
+        print(f"a/c = {ratio('a (ack)', c)} (ack), {ratio('a (sustained, all in final form)', c)} (sustained); "
+              f"b/c = {ratio('b (sustained, all in final learned form)', c)} (sustained); "
+              f"a/d = {ratio('a (ack)', d)}; a/e = {ratio('a (ack)', e_name)}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -210,3 +210,33 @@ def _split(data: bytes, ds: Dataset, stop: int) -> Part10:
         if problem is None and end - start - (expected_pixel_bytes(ds) or 0) <= MAX_TRAILER:
             meta = _pixel_meta(ds)  # excess bytes (padding) are kept as the codec's trailer
     return Part10(ds, data[:start], data[start:end], data[end:], tag, undefined, meta, problem)
+
+
+def _meta_element(group_elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, group_elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, group_elem, vr, len(value)) + value
+
+
+def _even(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_meta_prefix(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
+                     implementation_uid: str, implementation_version: str) -> bytes:
+    """The 128-byte preamble, ``DICM`` and the File Meta Information of a received dataset.
+
+    The same bytes pydicom's ``write_file_meta_info`` writes for those
+    elements (the tests hold it to that), without building a dataset: it runs
+    once per instance received, where pydicom took 0.2 ms.
+    """
+    elements = b"".join([
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", _even(sop_class_uid, b"\x00")),
+        _meta_element(0x0003, b"UI", _even(sop_instance_uid, b"\x00")),
+        _meta_element(0x0010, b"UI", _even(transfer_syntax, b"\x00")),
+        _meta_element(0x0012, b"UI", _even(implementation_uid, b"\x00")),
+        _meta_element(0x0013, b"SH", _even(implementation_version, b" ")),
+    ])
+    return b"\x00" * 128 + b"DICM" + struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(elements)) + elements

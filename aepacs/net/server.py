@@ -33,7 +33,8 @@ from typing import Any, Iterator
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
+from pynetdicom import (AE, ALL_TRANSFER_SYNTAXES, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION,
+                        AllStoragePresentationContexts, build_context, evt)
 from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
                                   PatientRootQueryRetrieveInformationModelGet,
                                   PatientRootQueryRetrieveInformationModelMove,
@@ -44,6 +45,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from aepacs.audit import MINOR_FAILURE, SERIOUS_FAILURE, Party
 from aepacs.audit import SUCCESS as AUDIT_OK
+from aepacs.codec.part10 import file_meta_prefix
 from aepacs.codec.scan import scan
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
@@ -108,6 +110,19 @@ def _requestor(event: Any) -> Party:
 
 def _calling(event: Any) -> str:
     return str(event.assoc.requestor.ae_title).strip()
+
+
+def received_stream(event: Any) -> bytes:
+    """A C-STORE's dataset as a Part 10 stream: the bytes of ``event.encoded_dataset()``.
+
+    Its File Meta Information is encoded directly (0.01 ms instead of 0.2 ms
+    through a pydicom dataset: this runs before every acknowledgement).
+    """
+    request = event.request
+    meta = file_meta_prefix(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
+                            str(event.context.transfer_syntax), PYNETDICOM_IMPLEMENTATION_UID,
+                            PYNETDICOM_IMPLEMENTATION_VERSION)
+    return b"".join((meta, request.DataSet.getvalue()))
 
 
 class ArchiveServer:
@@ -299,7 +314,7 @@ class ArchiveServer:
         announced = str(event.request.AffectedSOPInstanceUID)
         data = b""
         try:
-            data = event.encoded_dataset()
+            data = received_stream(event)
             uids = check_received(data, expect_uid=announced)  # a structural scan, no full parse
             modality = uids["Modality"] or "none"
             if self.config.ingest.on_conflict == "reject":

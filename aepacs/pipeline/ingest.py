@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from tqdm import tqdm
@@ -85,6 +86,28 @@ def encode(data: bytes, parts: Part10, config: Config, *, sha256: str | None = N
         log.warning("instance %s: %s; stored losslessly with %s",
                     object_uid(parts.dataset), encoded.gate, encoded.codec)
     return encoded
+
+
+def warm_up(config: Config) -> None:
+    """Run every learned route's codec once on a small frame, so the first instance does not wait.
+
+    The first use of a codec in a process loads its model (hash-checked) and
+    numba's compiled code: half a second that would otherwise fall on the
+    first instance received. A route whose model cannot be loaded is left for
+    ingest to report.
+    """
+    from aepacs.codec.quality import psnr, ssim
+
+    registry = config_registry(config)
+    for r in {r for r in config.routes.values() if r.model}:
+        try:
+            codec = learned_codec(r, registry)
+            frame = np.zeros((1, 64, 64, codec.channels), np.int16)
+            frame[0, 16:48, 16:48] = 100
+            _, recon = codec.encode_reconstruct(frame)
+            psnr(frame, recon), ssim(frame, recon)
+        except AepacsError as exc:
+            log.warning("route %s: %s", r.name, exc)
 
 
 def check(parts: Part10, expect_uid: str | None = None) -> dict[str, str]:

@@ -134,8 +134,10 @@ def _init_worker(config: Config) -> None:
     _background()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="aepacs-parent-watch", daemon=True).start()
     from aepacs.pipeline.archive import Archive
+    from aepacs.pipeline.ingest import warm_up
 
     _WORKER = (Archive(config), config.spool_path / "failed")
+    warm_up(config)
 
 
 def _background() -> None:
@@ -190,6 +192,10 @@ def archive_entry(archive: Any, path: Path, failed_dir: Path) -> IngestResult:
     return result
 
 
+def _started() -> None:
+    """Nothing: submitted once per worker so that the pool starts them all at once."""
+
+
 def _archive_in_worker(path: str) -> IngestResult:
     assert _WORKER is not None
     return archive_entry(_WORKER[0], Path(path), _WORKER[1])
@@ -233,8 +239,17 @@ class SpoolWorker:
         self._thread.start()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+        """A pool whose workers start now, not on the first instance received.
+
+        A worker's start (imports, the archive opened) costs about a second of CPU
+        at normal priority, before it turns itself to SCHED_IDLE: started lazily, it
+        would compete with the first associations.
+        """
+        pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(self._config,))
+        for _ in range(self.workers):
+            pool.submit(_started)
+        return pool
 
     @property
     def alive(self) -> bool:
