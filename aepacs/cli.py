@@ -308,7 +308,7 @@ def _audit(config: Config) -> AuditTrail:
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from aepacs.demo import run_demo
 
-    return run_demo(config, data=args.data or None, keep=args.keep, home=args.home, learned=not args.lossless_only)
+    return run_demo(data=args.data or None, keep=args.keep, home=args.home, learned=not args.lossless_only)
 
 
 # -- models / train / eval ---------------------------------------------------------
@@ -525,9 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("demo", parents=[common],
-                       help="import the bundled sample files into a fresh archive and export them back")
+                       help="the archive over DICOM on the bundled sample files: send, find, retrieve, compare")
     p.add_argument("--data", type=Path, action="append", metavar="DIR", help="sample data (repeatable)")
-    p.add_argument("--home", type=Path, metavar="DIR", help="data directory (default: a temporary one)")
+    p.add_argument("--home", type=Path, metavar="DIR",
+                   help="data directory, kept, with the report (default: a temporary one; report in ~/.aepacs/demo)")
     p.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     p.add_argument("--lossless-only", action="store_true", help="skip the learned lossy part")
     p.set_defaults(func=cmd_demo)

@@ -1,39 +1,67 @@
-"""``aepacs demo``: the main job on embedded defaults, end to end.
+"""``aepacs demo``: the archive over DICOM, end to end, on embedded defaults.
 
-Creates a fresh data directory and keyring, imports the bundled sample
-files (pydicom's test files, the ``pydicom-data`` package, and the real
-chest CT series in ``../shared/data/ct`` when present), exports every study
-back, and prints a table per modality of sizes, ratio and a bit-exact check
-of each exported file against the SHA-256 of the file it came from. Then
-it does the same with the learned lossy routes of ``configs/learned.yaml``
-(the shipped models) and checks each lossy object comes back as a marked
-derived image whose measured PSNR is what the index recorded.
+1. A fresh home (temporary, or ``--home``) with a new keyring.
+2. Part one, the embedded defaults: ``aepacs serve`` starts on a free loopback
+   port; every bundled sample instance (pydicom's test files, the
+   ``pydicom-data`` package, the real chest CT series in ``../shared/data/ct``
+   when present) is sent with C-STORE, modality by modality, found with
+   C-FIND, retrieved with C-GET by the SCU-side decoder
+   (:func:`aepacs.net.client.retrieve`), and compared with the file it came
+   from, element by element and pixel byte by pixel byte.
+3. Part two, learned lossy: the same for the images of the modalities the
+   shipped models code, each through its model at the model's default gain.
+   What comes back is a derived image (Lossy Image Compression 01), measured
+   against the original as ``aepacs eval`` measures it (PSNR and SSIM over
+   the original's stored range, per frame), so ``aepacs eval --gains G`` on
+   the same images gives the same figures.
+4. A report: a table per modality, ``demo.json`` (every image's figures) and
+   a PNG of one CT slice (original / decoded / difference), in
+   ``~/.aepacs/demo`` (or the ``--home`` given).
 
-The demo always uses the embedded default configuration in its own data
-directory, so it never touches a real archive.
+The servers are real ``aepacs serve`` processes, stopped with SIGTERM.
+The demo never touches a real archive: its data directory is its own, and
+its configuration the embedded default (plus the lossy routes of part two).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import json
 import logging
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import warnings
 from collections import defaultdict
-from io import BytesIO
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pydicom
+from pydicom.multival import MultiValue
+
 import aepacs
-from aepacs.config import DEFAULT_CONFIG_PATH, Config, load_config
+from aepacs.codec.quality import psnr, ssim
+from aepacs.config import DEFAULT_CONFIG_PATH, load_config
 from aepacs.crypto.keyring import Keyring
+from aepacs.errors import AepacsError
+from aepacs.models.registry import SHIPPED, Registry
+from aepacs.net.client import query, retrieve
+from aepacs.net.send import Storable, send_files, storable
 from aepacs.pipeline.archive import Archive
-from aepacs.pipeline.ingest import import_paths, iter_files
-from aepacs.pipeline.retrieve import export
+from aepacs.pipeline.ingest import iter_files
 
 SHARED_CT = Path(aepacs.__file__).resolve().parents[2] / "shared" / "data" / "ct"
+AET, CALLING = "AEPACS", "AEPACSDEMO"
+REPORT_HOME = Path("~/.aepacs/demo")
+
+log = logging.getLogger("aepacs.demo")
 
 
 def sample_dirs() -> list[Path]:
@@ -52,128 +80,380 @@ def sample_dirs() -> list[Path]:
     return dirs
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def sample_instances(sources: list[Path]) -> tuple[list[Storable], int]:
+    """Every file under `sources` that a C-STORE can send, one per SOP Instance UID.
+
+    The sample sets hold variants of one image under one SOP Instance UID
+    (other transfer syntaxes); an archive keeps the first it receives, so the
+    demo sends the first only. Returns the files and how many were left out so.
+    """
+    seen: set[str] = set()
+    files, repeats = [], 0
+    for path in iter_files(sources):
+        f = storable(path)
+        if f is None:
+            continue
+        if f.sop_uid in seen:
+            repeats += 1
+            continue
+        seen.add(f.sop_uid)
+        files.append(f)
+    return files, repeats
 
 
-def run_demo(config: Config | None = None, *, data: list[Path] | None = None, keep: bool = False,
-             home: Path | None = None, learned: bool = True) -> int:
-    """Run the demo and print its report; return 0 when every file came back bit for bit."""
-    base = load_config(DEFAULT_CONFIG_PATH)
-    keep = keep or home is not None
+# -- comparing what came back -------------------------------------------------------------
+
+def _read(path: Path) -> pydicom.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path)
+
+
+def comparable(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """`ds` without group lengths and Data Set Trailing Padding (media-only: not sent over a network)."""
+    for elem in list(ds):
+        if elem.tag.element == 0 or elem.tag == 0xFFFCFFFC:
+            del ds[elem.tag]
+    return ds
+
+
+def same_instance(original: Path, retrieved: Path) -> bool:
+    """Every element equal, the raw pixel data bytes included (the file meta aside: each writer makes its own)."""
+    a, b = comparable(_read(original)), comparable(_read(retrieved))
+    return bool(a == b and a.get("PixelData") == b.get("PixelData"))
+
+
+def frames(ds: pydicom.Dataset) -> np.ndarray:
+    """Stored values ``(frames, rows, columns, samples)``, as ``aepacs eval`` reads them."""
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    return np.asarray(ds.pixel_array).reshape(n, int(ds.Rows), int(ds.Columns),
+                                              int(ds.get("SamplesPerPixel", 1))).astype(np.int32)
+
+
+# -- a real server ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Server:
+    """``aepacs serve`` in its own process on a free loopback port, stopped with SIGTERM."""
+
+    def __init__(self, home: Path, config_file: Path | None) -> None:
+        self.home, self.port = home, free_port()
+        env = {k: v for k, v in os.environ.items() if k != "AEPACS_KEYRING_PASSPHRASE"}  # its own keyring
+        env.update(AEPACS_HOME=str(home), AEPACS_CONFIG=str(config_file or ""))
+        self.log = home / "serve.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "aepacs", "serve", "--port", str(self.port)],
+                                     env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while not _listening(self.port):
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise AepacsError(f"aepacs serve did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        """SIGTERM; the exit status (0: stopped cleanly, everything acknowledged archived)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(300)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+# -- one part: send, find, retrieve, compare ------------------------------------------------
+
+@dataclass
+class ModalityResult:
+    """What one modality did in one part."""
+
+    sent: int = 0
+    acked: int = 0
+    found: int = 0
+    retrieved: int = 0
+    ingest_s: float = 0.0
+    retrieve_s: float = 0.0
+    original_bytes: int = 0
+    stored_bytes: int = 0
+    refused: dict[str, str] = field(default_factory=dict)  #: file name -> status the archive answered
+    exact: int = 0  #: came back identical to the file sent
+    derived: int = 0  #: came back as a correctly marked lossy derived image
+    images: list[dict[str, Any]] = field(default_factory=list)  #: per frame of a derived image
+
+
+def _archived(port: int, uids: list[str]) -> list[pydicom.Dataset]:
+    """The instances among `uids` that the archive finds (C-FIND, IMAGE level, UID-list matching)."""
+    if not uids:
+        return []
+    return query("127.0.0.1", port, AET, CALLING, "IMAGE",
+                 {"SOPInstanceUID": "\\".join(uids), "SeriesInstanceUID": ""})
+
+
+def _by_modality(files: list[Storable]) -> dict[str, list[Storable]]:
+    groups: dict[str, list[Storable]] = defaultdict(list)
+    for f in files:
+        groups[f.modality or "(none)"].append(f)
+    return dict(sorted(groups.items()))
+
+
+def run_part(home: Path, config_file: Path | None, files: list[Storable], keyring: Keyring,
+             lossy: bool) -> dict[str, ModalityResult]:
+    """Start a server in `home`, send `files`, find and retrieve them, compare; stop the server."""
+    results: dict[str, ModalityResult] = {}
+    out = home / "retrieved"
+    server = Server(home, config_file)
+    try:
+        for modality, group in _by_modality(files).items():
+            r = results[modality] = ModalityResult(sent=len(group))
+            mine = {f.sop_uid: f for f in group}
+            t0 = time.perf_counter()
+            sent = send_files("127.0.0.1", server.port, AET, CALLING, group)
+            stored = set(sent.stored)
+            acked = [f.sop_uid for f in group if f.path in stored]
+            r.refused = {p.name: "no response" if s is None else f"0x{s:04X}"
+                         for p, s in sent.statuses.items() if p not in stored}
+            r.acked = len(acked)
+            while len(found := _archived(server.port, acked)) < r.acked and time.perf_counter() - t0 < 1200:
+                time.sleep(0.1)  # acknowledged from the spool; findable once archived
+            r.ingest_s, r.found = time.perf_counter() - t0, len(found)
+            t0 = time.perf_counter()
+            for series in sorted({str(d.SeriesInstanceUID) for d in found}):
+                got = retrieve("127.0.0.1", server.port, AET, CALLING, "series", series, keyring,
+                               out / modality.strip("()"))
+                for path in got.written:  # a sample series may hold other modalities' instances too
+                    _compare(r, path, mine, lossy)
+            r.retrieve_s = time.perf_counter() - t0
+    finally:
+        status = server.stop()
+    if status != 0:
+        raise AepacsError(f"aepacs serve exited with status {status}; see {server.log}")
+    cfg = dataclasses.replace(load_config(config_file or DEFAULT_CONFIG_PATH), data_dir=home.resolve())
+    with Archive(cfg, keyring) as archive:
+        for row in archive.index.find():
+            r = results.get(row.modality or "(none)")
+            if r is not None:
+                r.original_bytes += row.source_size
+                r.stored_bytes += row.blob_size
+    return results
+
+
+def _compare(r: ModalityResult, path: Path, sources: dict[str, Storable], lossy: bool) -> None:
+    """Count a retrieved file against the one of `sources` it came from (others are left alone)."""
+    ds = _read(path)
+    source = sources.get(str(ds.SOPInstanceUID))
+    if source is not None:  # the original instance, as it was sent
+        r.retrieved += 1
+        r.exact += same_instance(source.path, path)
+        return
+    refs = ds.get("SourceImageSequence") or []
+    source = sources.get(str(refs[0].ReferencedSOPInstanceUID)) if refs else None
+    if source is None:
+        return
+    r.retrieved += 1
+    original, decoded = frames(_read(source.path)), frames(ds)
+    marked = (ds.ImageType[0] == "DERIVED" and str(ds.get("LossyImageCompression", "")) == "01"
+              and any(c.CodeValue == "113040" for c in ds.get("DerivationCodeSequence", [])))
+    r.derived += bool(lossy and marked and decoded.shape == original.shape)
+    ratios = ds.LossyImageCompressionRatio
+    ratio = float(ratios[-1] if isinstance(ratios, MultiValue) else ratios)  # ours is the last one
+    for i, (a, b) in enumerate(zip(original, decoded)):
+        r.images.append({"source": str(source.path), "sop_instance_uid": source.sop_uid, "frame": i,
+                         "modality": source.modality, "rows": a.shape[0], "columns": a.shape[1], "ratio": ratio,
+                         "psnr": round(psnr(a[None], b[None]), 4), "ssim": round(ssim(a[None], b[None]), 5),
+                         "retrieved": str(path)})
+
+
+# -- the report -----------------------------------------------------------------------------
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+def print_table(results: dict[str, ModalityResult], lossy: bool) -> list[str]:
+    """Print (and return) one part's table, one row per modality and a total."""
+    head = (f"{'modality':<9}{'instances':>10}{'original MB':>13}{'stored MB':>11}{'ratio':>7}{'image':>7}"
+            f"{'PSNR dB':>9}{'SSIM':>8}{'ingest/s':>10}{'retrieve/s':>12}  check")
+    lines = ["", head]
+    total = ModalityResult()
+    for modality, r in results.items():
+        lines.append(_row(modality, r, lossy))
+        for name in ("sent", "acked", "found", "retrieved", "original_bytes", "stored_bytes", "exact", "derived"):
+            setattr(total, name, getattr(total, name) + getattr(r, name))
+        total.ingest_s += r.ingest_s
+        total.retrieve_s += r.retrieve_s
+        total.images += r.images
+    lines.append(_row("all", total, lossy))
+    print("\n".join(lines))
+    return lines
+
+
+def _row(name: str, r: ModalityResult, lossy: bool) -> str:
+    if not r.acked:
+        return f"{name:<9}{0:>10}  (all {r.sent} refused: see below)"
+    ratio = r.original_bytes / r.stored_bytes if r.stored_bytes else 0.0
+    if r.images:
+        quality = (f"{np.mean([i['ratio'] for i in r.images]):>7.2f}{np.mean([i['psnr'] for i in r.images]):>9.2f}"
+                   f"{np.mean([i['ssim'] for i in r.images]):>8.4f}")
+    else:
+        quality = f"{'':>7}{'exact':>9}{'1':>8}"
+    check = (f"{r.derived} derived, {r.exact} exact of {r.acked}" if lossy
+             else f"{r.exact}/{r.acked} identical")
+    return (f"{name:<9}{r.acked:>10}{_mb(r.original_bytes):>13}{_mb(r.stored_bytes):>11}{ratio:>7.2f}{quality}"
+            f"{r.found / max(r.ingest_s, 1e-9):>10.1f}{r.retrieved / max(r.retrieve_s, 1e-9):>12.1f}  {check}")
+
+
+def draw_slice(image: dict[str, Any], path: Path) -> Path | None:
+    """Original / decoded / difference of one image, as a PNG (needs matplotlib: ``pip install aepacs[eval]``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    original = frames(_read(Path(image["source"])))[image["frame"], ..., 0].astype(np.float64)
+    decoded = frames(_read(Path(image["retrieved"])))[image["frame"], ..., 0].astype(np.float64)
+    diff = decoded - original
+    lo, hi = np.percentile(original, [1, 99])
+    span = max(float(np.abs(diff).max()), 1.0)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    for ax, data, title, kw in [
+        (axes[0], original, "original", {"cmap": "gray", "vmin": lo, "vmax": hi}),
+        (axes[1], decoded, f"decoded: {image['ratio']:.1f}:1, PSNR {image['psnr']:.2f} dB, SSIM {image['ssim']:.4f}",
+         {"cmap": "gray", "vmin": lo, "vmax": hi}),
+        (axes[2], diff, f"difference (stored units, ±{span:.0f})", {"cmap": "RdBu_r", "vmin": -span, "vmax": span}),
+    ]:
+        shown = ax.imshow(data, **kw)
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.colorbar(shown, ax=axes[2], fraction=0.046)
+    fig.suptitle(f"{image['modality']} {Path(image['source']).name}: sealed, stored, retrieved over DICOM")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def lossy_config(path: Path) -> dict[str, str]:
+    """Write the part-two configuration: each shipped model's modalities to it, lossy at its default gain."""
+    registry = Registry(SHIPPED)
+    routes = {"default": "lossless"}
+    for name in sorted({n for n, _, _ in registry.entries()}):
+        model = registry.load(name)
+        if model.arch != "wavelet":
+            continue
+        for modality in model.manifest.get("modality", []):
+            routes[modality] = f"{name}:lossy"
+    path.write_text(json.dumps({"routes": routes}, indent=2) + "\n")  # JSON is YAML
+    return routes
+
+
+def _gains(routes: dict[str, str]) -> dict[str, int]:
+    registry = Registry(SHIPPED)
+    return {m: int(registry.load(r.split(":")[0]).manifest["default_gain"]) for m, r in routes.items() if ":" in r}
+
+
+def run_demo(*, data: list[Path] | None = None, keep: bool = False, home: Path | None = None,
+             learned: bool = True) -> int:
+    """Run the demo and print its report; return 0 when everything came back as it should."""
+    # the sample sets hold deliberately odd files: pydicom remarks on them at every read
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module="pydicom")
+    temporary = home is None
     home = Path(home) if home else Path(tempfile.mkdtemp(prefix="aepacs-demo-"))
     if home.exists() and any(home.iterdir()) and not (home / "keyring.json").exists():
         print(f"aepacs demo: {home} is not empty; choose a fresh --home")
         return 2
-    cfg = dataclasses.replace(base, data_dir=home.resolve())
+    report_dir = home if not temporary else REPORT_HOME.expanduser()
+    report_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     sources = data or sample_dirs()
     print(f"aepacs demo: data directory {home}")
     print("sources: " + ", ".join(str(s) for s in sources))
-    if not cfg.keyring_path.exists():
-        Keyring.create(cfg.keyring_path)
-    out_dir = home / "export"
-    # the sample sets reuse SOP Instance UIDs across variants of one image: counted below, not logged
-    logging.getLogger("aepacs.ingest").setLevel(logging.ERROR)
-    with Archive(cfg) as archive:
-        t0 = time.perf_counter()
-        summary = import_paths(archive, sources)
-        t_import = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for study in archive.index.studies():
-            export(archive, out_dir, study_uid=study.study_uid, progress=False)
-        t_export = time.perf_counter() - t0
-        rows = archive.index.find()
-
-    source_files = {_sha(p): p for p in iter_files(sources)}  # SHA-256 -> file, for both parts
-    table: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0])  # n, source, stored, exact
-    for row in rows:
-        t = table[row.modality or "(none)"]
-        t[0] += 1
-        t[1] += row.source_size
-        t[2] += row.blob_size
-        exported = out_dir / row.series_uid / f"{row.sop_uid}.dcm"
-        if exported.is_file():
-            digest = _sha(exported)
-            t[3] += digest == row.source_sha256 and digest in source_files
-
-    print()
-    print(f"{'modality':<9} {'instances':>9} {'original MB':>12} {'stored MB':>10} {'ratio':>6}  bit-exact")
-    total = [0.0, 0.0, 0.0, 0.0]
-    for modality in sorted(table):
-        n, src, stored, exact = table[modality]
-        total = [a + b for a, b in zip(total, table[modality])]
-        print(f"{modality:<9} {n:>9} {src / 1e6:>12.2f} {stored / 1e6:>10.2f} {src / stored:>6.2f}  "
-              f"{int(exact)}/{n}")
-    n, src, stored, exact = total
-    print(f"{'all':<9} {int(n):>9} {src / 1e6:>12.2f} {stored / 1e6:>10.2f} {src / max(stored, 1):>6.2f}  "
-          f"{int(exact)}/{int(n)}")
-    print()
-    print(f"import: {summary.added} archived in {t_import:.1f} s ({summary.added / t_import:.0f} files/s); "
-          f"{summary.conflicts} kept out (SOP Instance UID already archived with other bytes); "
-          f"{len(summary.skipped)} skipped (not archivable DICOM instances); {len(summary.failed)} failed")
-    print(f"export: {len(rows)} files in {t_export:.1f} s ({len(rows) / max(t_export, 1e-9):.0f} files/s)")
-    ok = n > 0 and exact == n and not summary.failed
-    print("RESULT: " + ("every archived file came back bit for bit" if ok else "MISMATCH — see above"))
-    lossy_ok = lossy_demo(home / "learned", sources, source_files) if learned else True
-    if keep:
-        print(f"archive kept in {home}")
-    else:
-        shutil.rmtree(home, ignore_errors=True)
-    return 0 if ok and lossy_ok else 1
+    files, repeats = sample_instances(sources)
+    print(f"{len(files)} instances to send ({repeats} more files repeat a SOP Instance UID and are left out)")
+    try:
+        ok, report = _run(home, files, learned)
+        png = None
+        ct = [i for i in report.get("images", []) if i["modality"] == "CT"] or report.get("images", [])
+        if ct:
+            png = draw_slice(ct[len(ct) // 2], report_dir / "demo-slice.png")
+        for image in report.get("images", []):
+            image.pop("retrieved")  # a file of the demo's own (temporary) home
+        (report_dir / "demo.json").write_text(json.dumps(report, indent=1) + "\n")
+        print()
+        print(f"figures per image: {report_dir / 'demo.json'}")
+        if png is not None:
+            print(f"original / decoded / difference of one slice: {png}")
+        print("RESULT: " + ("every instance came back: identical over the lossless routes, a marked derived "
+                            "image at the measured quality over the learned ones" if ok else "MISMATCH — see above"))
+        return 0 if ok else 1
+    finally:
+        if temporary and not keep:
+            shutil.rmtree(home, ignore_errors=True)
+        elif temporary:
+            print(f"archive kept in {home}")
 
 
-def lossy_demo(home: Path, sources: list[Path], source_files: dict[str, Path]) -> bool:
-    """Part two: the learned lossy routes of ``configs/learned.yaml`` with the shipped models.
+def _run(home: Path, files: list[Storable], learned: bool) -> tuple[bool, dict[str, Any]]:
+    keyring = Keyring.create(home / "keyring.json") if not (home / "keyring.json").exists() \
+        else Keyring.load(home / "keyring.json")
+    report: dict[str, Any] = {"instances": len(files)}
 
-    Imports the same samples into a second archive, retrieves every lossy
-    object and checks it is a proper derived image whose pixels measure what
-    the index recorded at sealing.
-    """
-    import numpy as np
-    import pydicom
+    print("\npart one: embedded defaults (aepacs serve, lossless routes: the shipped models' lossless mode "
+          "for CT, MR and US; JPEG-LS, else zstd, for the rest)")
+    part1 = run_part(home, None, files, keyring, lossy=False)
+    report["lossless"] = {m: _summary(r) for m, r in part1.items()}
+    print_table(part1, lossy=False)
+    ok = all(r.exact == r.acked == r.found == r.retrieved for r in part1.values()) and bool(part1)
+    refused = {name: status for r in part1.values() for name, status in r.refused.items()}
+    print(f"{len(refused)} instances refused by the archive with a failure status, nothing of them stored "
+          f"(malformed samples; the reasons are in {home / 'serve.log'}):")
+    print("  " + ", ".join(f"{name} {status}" for name, status in sorted(refused.items())))
+    if not learned:
+        return ok, report
 
-    from aepacs.codec.quality import psnr
-    from aepacs.pipeline.ingest import GATE_FALLBACKS
-    from aepacs.pipeline.retrieve import fetch
+    lossy_home = home / "learned"
+    lossy_home.mkdir(exist_ok=True, mode=0o700)
+    shutil.copy2(home / "keyring.json", lossy_home / "keyring.json")
+    routes = lossy_config(lossy_home / "learned.yaml")
+    gains = _gains(routes)
+    images = [f for f in files if f.modality in gains]
+    print("\npart two: learned lossy routes, each shipped model at its default gain: "
+          + ", ".join(f"{m} -> {routes[m].split(':')[0]} gain {g}" for m, g in gains.items()))
+    part2 = run_part(lossy_home, lossy_home / "learned.yaml", images, keyring, lossy=True)
+    report["learned"] = {m: _summary(r) for m, r in part2.items()}
+    report["images"] = [i for r in part2.values() for i in r.images]
+    report["gains"] = gains
+    print_table(part2, lossy=True)
+    print("ratio: original bytes / bytes stored (header and encryption included); image: the codec's pixel "
+          "ratio\n(Lossy Image Compression Ratio); PSNR and SSIM: mean over the derived frames against the "
+          "originals.\nInstances not 'derived' came back exact: compressed as received (the learned codecs take "
+          "native\npixels), or below the route's quality floor.")
+    for modality, r in part2.items():
+        if r.images:
+            print(f"  the same figures from aepacs eval: aepacs eval --model {routes[modality].split(':')[0]} "
+                  f"--gains {gains[modality]} --data <these {modality} images> -o REPORT")
+    ok = ok and all(r.derived + r.exact == r.acked == r.retrieved for r in part2.values()) \
+        and any(r.derived for r in part2.values())
+    return ok, report
 
-    cfg = dataclasses.replace(load_config(DEFAULT_CONFIG_PATH.parent / "learned.yaml"), data_dir=home.resolve())
-    routed = {m: r.model for m, r in cfg.routes.items() if r.model}
-    print()
-    print("learned lossy routes (configs/learned.yaml, shipped models): "
-          + ", ".join(f"{m} -> {model}" for m, model in sorted(routed.items())))
-    home.mkdir(parents=True, exist_ok=True)
-    Keyring.create(cfg.keyring_path)
-    table: dict[str, list[Any]] = defaultdict(lambda: [0, 0, 0, [], 0])  # n, source, stored, psnr, derived ok
-    logging.getLogger("pydicom").setLevel(logging.ERROR)  # remarks on odd sample files, as in part one
-    with Archive(cfg) as archive:
-        t0 = time.perf_counter()
-        import_paths(archive, sources)
-        t_import = time.perf_counter() - t0
-        lossy = [r for r in archive.index.find() if r.psnr is not None]
-        for row in lossy:
-            t = table[row.modality]
-            ds = pydicom.dcmread(BytesIO(fetch(archive, row.sop_uid)))
-            original = pydicom.dcmread(source_files[row.source_sha256])
-            measured = psnr(np.asarray(original.pixel_array), np.asarray(ds.pixel_array))
-            derived = (ds.ImageType[0] == "DERIVED" and ds.LossyImageCompression == "01"
-                       and ds.SourceImageSequence[0].ReferencedSOPInstanceUID == row.sop_uid
-                       and abs(measured - row.psnr) < 0.01)
-            t[0] += 1
-            t[1] += row.source_size
-            t[2] += row.blob_size
-            t[3].append(row.psnr)
-            t[4] += derived
-    print(f"{'modality':<9} {'lossy':>6} {'original MB':>12} {'stored MB':>10} {'ratio':>6} {'PSNR mean':>10} "
-          f"{'min':>6}  derived images")
-    ok = bool(lossy)
-    for modality in sorted(table):
-        n, src, stored, q, good = table[modality]
-        ok = ok and good == n
-        print(f"{modality:<9} {n:>6} {src / 1e6:>12.2f} {stored / 1e6:>10.2f} {src / stored:>6.2f} "
-              f"{np.mean(q):>10.2f} {min(q):>6.2f}  {good}/{n}")
-    fallbacks = sum(GATE_FALLBACKS.values())
-    print(f"import with learned routes: {t_import:.1f} s; {fallbacks} images stored losslessly instead "
-          f"(below their route's quality floor, or not codable by the model)")
-    print("RESULT: " + ("every lossy object came back as a marked derived image with the quality recorded"
-                        if ok else "MISMATCH — see above"))
-    return ok
+
+def _summary(r: ModalityResult) -> dict[str, Any]:
+    return {"sent": r.sent, "acknowledged": r.acked, "refused": r.refused, "found": r.found, "retrieved": r.retrieved,
+            "original_bytes": r.original_bytes, "stored_bytes": r.stored_bytes, "exact": r.exact,
+            "derived": r.derived, "ingest_per_s": round(r.found / max(r.ingest_s, 1e-9), 2),
+            "retrieve_per_s": round(r.retrieved / max(r.retrieve_s, 1e-9), 2),
+            "psnr_mean": round(float(np.mean([i["psnr"] for i in r.images])), 4) if r.images else None,
+            "ssim_mean": round(float(np.mean([i["ssim"] for i in r.images])), 5) if r.images else None}

@@ -1,7 +1,8 @@
 """The retrieval client (SCU-side decoder): fetch → open → decode → write.
 
-``retrieve`` asks an archive for a patient, study, series or instance by
-C-GET (default) or by C-MOVE to a storage SCP it runs itself. Each instance
+``query`` asks an archive what it holds (C-FIND). ``retrieve`` asks it for
+a patient, study, series or instance by C-GET (default) or by C-MOVE to a
+storage SCP it runs itself. Each instance
 that arrives is handled by :class:`Receiver`. A sealed transport object is
 opened with the keyring and decoded back to the original instance; an
 ordinary instance (from ``retrieve_as: decoded``) is kept as it came. Each
@@ -24,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelGet,
                                   PatientRootQueryRetrieveInformationModelMove,
+                                  StudyRootQueryRetrieveInformationModelFind,
                                   StudyRootQueryRetrieveInformationModelGet,
                                   StudyRootQueryRetrieveInformationModelMove)
 
@@ -134,6 +136,43 @@ def _identifier(level: str, value: str) -> tuple[Dataset, bool]:
     ds.QueryRetrieveLevel = qr_level
     setattr(ds, keyword, value)
     return ds, level == "patient"
+
+
+def query(host: str, port: int, called_aet: str, calling_aet: str, level: str, keys: dict[str, str], *,
+          tls: ssl.SSLContext | None = None, timeout: float = 60.0) -> list[Dataset]:
+    """C-FIND (Study Root) at `level` (``STUDY``, ``SERIES`` or ``IMAGE``) with `keys`; the matches.
+
+    Keys with an empty value are return keys; the others match (wildcards,
+    ranges and UID lists as the archive supports them).
+
+    Raises
+    ------
+    AepacsError
+        The archive could not be reached, refused the association, or failed the query.
+    """
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(identifier, keyword, value)
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate(host, port, ae_title=called_aet, tls_args=(tls, host) if tls else None)
+    if not assoc.is_established:
+        raise AepacsError(f"{called_aet}@{host}:{port}: association refused or failed")
+    matches = []
+    try:
+        for status, ds in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
+            if status is None or int(status.Status) not in (0x0000, 0xFF00, 0xFF01):
+                raise AepacsError(f"{called_aet}@{host}:{port}: C-FIND failed "
+                                  f"({'no response' if status is None else hex(int(status.Status))})")
+            if ds is not None and int(status.Status) in (0xFF00, 0xFF01):
+                matches.append(ds)
+        assoc.release()
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+    return matches
 
 
 def _storage_contexts() -> list[Any]:
