@@ -233,6 +233,11 @@ def run_part(home: Path, config_file: Path | None, files: list[Storable], keyrin
                 for path in got.written:  # a sample series may hold other modalities' instances too
                     _compare(r, path, mine, lossy)
             r.retrieve_s = time.perf_counter() - t0
+        studies = query("127.0.0.1", server.port, AET, CALLING, "STUDY",
+                        {"StudyInstanceUID": "", "PatientID": "", "NumberOfStudyRelatedInstances": ""})
+        print(f"C-FIND, Study Root, STUDY level, universal match: {len(studies)} studies of "
+              f"{len({str(d.get('PatientID', '')) for d in studies})} patients, "
+              f"{sum(int(d.get('NumberOfStudyRelatedInstances', 0) or 0) for d in studies)} instances")
     finally:
         status = server.stop()
     if status != 0:
