@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from collections import defaultdict
@@ -401,8 +402,9 @@ def run_demo(*, data: list[Path] | None = None, keep: bool = False, home: Path |
         print(f"figures per image: {report_dir / 'demo.json'}")
         if png is not None:
             print(f"original / decoded / difference of one slice: {png}")
-        print("RESULT: " + ("every instance came back: identical over the lossless routes, a marked derived "
-                            "image at the measured quality over the learned ones" if ok else "MISMATCH — see above"))
+        done = "every instance came back: identical over the lossless routes" + (
+            ", a marked derived image at the measured quality over the learned ones" if learned else "")
+        print("RESULT: " + (done if ok else "MISMATCH — see above"))
         return 0 if ok else 1
     finally:
         if temporary and not keep:
@@ -423,9 +425,11 @@ def _run(home: Path, files: list[Storable], learned: bool) -> tuple[bool, dict[s
     print_table(part1, lossy=False)
     ok = all(r.exact == r.acked == r.found == r.retrieved for r in part1.values()) and bool(part1)
     refused = {name: status for r in part1.values() for name, status in r.refused.items()}
-    print(f"{len(refused)} instances refused by the archive with a failure status, nothing of them stored "
-          f"(malformed samples; the reasons are in {home / 'serve.log'}):")
-    print("  " + ", ".join(f"{name} {status}" for name, status in sorted(refused.items())))
+    if refused:
+        print(f"{len(refused)} instances refused by the archive with a failure status, nothing of them stored "
+              f"(malformed samples; the reasons are in {home / 'serve.log'}):")
+        print(textwrap.fill(", ".join(f"{name} {status}" for name, status in sorted(refused.items())),
+                            width=100, initial_indent="  ", subsequent_indent="  "))
     if not learned:
         return ok, report
 

@@ -146,6 +146,8 @@ def _background() -> None:
     A received instance needs several thread wake-ups in the server (socket,
     DIMSE reactor, handler); under SCHED_IDLE each one preempts a worker at
     once, where nice 10 still leaves them waiting up to a scheduler slice.
+    Under a load that keeps every core busy, archiving waits: the entries stay
+    sealed in the spool, and the store's free-space reserve (0xA700) bounds it.
     """
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
