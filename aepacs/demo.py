@@ -62,8 +62,6 @@ SHARED_CT = Path(aepacs.__file__).resolve().parents[2] / "shared" / "data" / "ct
 AET, CALLING = "AEPACS", "AEPACSDEMO"
 REPORT_HOME = Path("~/.aepacs/demo")
 
-log = logging.getLogger("aepacs.demo")
-
 
 def sample_dirs() -> list[Path]:
     """The bundled sample data that is present on this machine."""
@@ -285,8 +283,8 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.2f}"
 
 
-def print_table(results: dict[str, ModalityResult], lossy: bool) -> list[str]:
-    """Print (and return) one part's table, one row per modality and a total."""
+def print_table(results: dict[str, ModalityResult], lossy: bool) -> None:
+    """Print one part's table, one row per modality and a total."""
     head = (f"{'modality':<9}{'instances':>10}{'original MB':>13}{'stored MB':>11}{'ratio':>7}{'image':>7}"
             f"{'PSNR dB':>9}{'SSIM':>8}{'ingest/s':>10}{'retrieve/s':>12}  check")
     lines = ["", head]
@@ -300,7 +298,6 @@ def print_table(results: dict[str, ModalityResult], lossy: bool) -> list[str]:
         total.images += r.images
     lines.append(_row("all", total, lossy))
     print("\n".join(lines))
-    return lines
 
 
 def _row(name: str, r: ModalityResult, lossy: bool) -> str:
