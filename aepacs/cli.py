@@ -284,6 +284,31 @@ def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
     return 1 if summary.failed or bad_status else 0
 
 
+def cmd_send(args: argparse.Namespace, config: Config) -> int:
+    from aepacs.net.client import client_ssl_context
+    from aepacs.net.send import send_files, storable
+    from aepacs.pipeline.ingest import iter_files
+
+    files, skipped = [], 0
+    for path in iter_files(args.paths):
+        f = storable(path)
+        if f is None:
+            skipped += 1
+        else:
+            files.append(f)
+    if not files:
+        raise AepacsError(f"no sendable DICOM files under {', '.join(map(str, args.paths))}")
+    tls = client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+    summary = send_files(args.host, args.port, args.called_aet, args.aet, files, tls=tls)
+    stored = set(summary.stored)
+    for path, status in summary.statuses.items():
+        if path not in stored:
+            print(f"  REFUSED {path}: {'no response' if status is None else f'0x{status:04X}'}", file=sys.stderr)
+    print(f"sent {len(files)} files to {args.called_aet}@{args.host}:{args.port} in {summary.seconds:.1f} s: "
+          f"{len(stored)} stored, {len(files) - len(stored)} refused; {skipped} files skipped (not sendable DICOM)")
+    return 0 if len(stored) == len(files) else 1
+
+
 def cmd_audit(args: argparse.Namespace, config: Config) -> int:
     from aepacs.audit import describe, parse_since, read, verify
 
@@ -479,6 +504,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (with --tls-ca)")
     p.add_argument("--tls-key", type=Path, metavar="PEM", help="client key (with --tls-cert)")
     p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("send", parents=[common],
+                       help="C-STORE DICOM files to a storage SCP, each as stored (its own transfer syntax)")
+    p.add_argument("paths", type=Path, nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("--host", required=True, help="peer host")
+    p.add_argument("--port", type=int, required=True, help="peer port")
+    p.add_argument("--called-aet", default="AEPACS", metavar="TITLE", help="peer AE title (default AEPACS)")
+    p.add_argument("--aet", default="AEPACS_SCU", metavar="TITLE", help="our AE title (default AEPACS_SCU)")
+    p.add_argument("--tls-ca", type=Path, metavar="PEM", help="use TLS, trusting these CAs")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (with --tls-ca)")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="client key (with --tls-cert)")
+    p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("train", parents=[common], help="train a codec model on DICOM files")
     p.add_argument("--modality", nargs="+", required=True, metavar="MOD", help="modalities to train on (CT, MR, ...)")

@@ -9,6 +9,7 @@ from pydicom.data import get_testdata_file
 
 from aepacs.net.send import MAX_CONTEXTS, Storable, batches, send_files, storable
 from aepacs.pipeline.retrieve import fetch
+from tests.conftest import run_cli
 from tests.net.conftest import Running
 
 
@@ -51,3 +52,20 @@ def test_send_files_delivers_the_stored_bytes(server: Running) -> None:
         got = fetch(server.archive, f.sop_uid)
         assert _dataset_bytes(got) == _dataset_bytes(f.path.read_bytes()), f.path.name  # compressed ones too
         assert pydicom.dcmread(f.path).file_meta.TransferSyntaxUID == f.transfer_syntax
+
+
+def test_aepacs_send_command(server: Running, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("CT_small.dcm", "MR_small_RLE.dcm"):
+        (data / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+    (data / "README.txt").write_text("not DICOM")
+    (data / "nostudy.dcm").write_bytes(Path(get_testdata_file("JPEGLSNearLossless_08.dcm")).read_bytes())
+    proc = run_cli("send", str(data), "--host", "127.0.0.1", "--port", str(server.port), "--aet", "SENDCLI")
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # one file refused
+    assert "3 files to AEPACS" in proc.stdout and "2 stored, 1 refused; 1 files skipped" in proc.stdout
+    assert "REFUSED" in proc.stderr and "nostudy.dcm: 0xA900" in proc.stderr
+    server.wait_archived()
+    for name in ("CT_small.dcm", "MR_small_RLE.dcm"):
+        uid = str(pydicom.dcmread(data / name).SOPInstanceUID)
+        assert _dataset_bytes(fetch(server.archive, uid)) == _dataset_bytes((data / name).read_bytes())
