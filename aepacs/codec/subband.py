@@ -78,10 +78,12 @@ def _carry(out, n):
             out[k] &= 0xFF
 
 
-#: The most bytes one coefficient can emit: at most 90 binary decisions (zero, sign, one, 41
-#: unary, the top bit, 40 raw bits), none emitting more than 2 bytes (a probability is at
-#: least 1/2**15 of a range of at least 2**24). _encode_planes checks this much room per row.
-MAX_BYTES_PER_COEFF = 180
+#: The most bytes one coefficient can emit, for any int64 value (a bit length n <= 63): at most
+#: 68 adaptive decisions (zero, sign, one, n + 1 unary, the top bit), none emitting more than
+#: 2 bytes (a probability is at least 1/2**15 of a range of at least 2**24), and n - 2 raw
+#: bits of at most 1 byte each: 197. _encode_planes checks this much room per row, so that its
+#: byte stores need no check of their own.
+MAX_BYTES_PER_COEFF = 200
 
 
 @njit(cache=True, inline="always")
