@@ -17,8 +17,9 @@ JPEG-LS). Probabilities are 15-bit, each the mean of a fast and a slow
 estimate (shift 4 and 7), updated after every decision; their starting values
 are the model's learned table (:func:`learn_init`), so the entropy model is
 what the model was trained on, and every frame starts from it. The range coder
-is LZMA's (32-bit range; its byte stream, with the carries added afterwards). It is integer
-arithmetic only, compiled with numba, and decodes identically everywhere.
+is LZMA's (32-bit range; its byte stream, with the carries added afterwards).
+It is integer arithmetic only, compiled with numba, and decodes identically
+everywhere.
 """
 
 from __future__ import annotations
@@ -272,8 +273,7 @@ def _put(low, rng, pos, out, p, v, cls, bk, sc):
         bit = 1 if n > i else 0
         low, rng, pos = _enc(low, rng, pos, out, p, base + min(i, NU - 1), bit)
     if n >= 2:
-        low, rng, pos = _enc(low, rng, pos, out, p, M0 + cls * 24 + min(n, 23),
-                                           (r >> (n - 2)) & 1)
+        low, rng, pos = _enc(low, rng, pos, out, p, M0 + cls * 24 + min(n, 23), (r >> (n - 2)) & 1)
         for k in range(n - 3, -1, -1):
             low, rng, pos = _enc_bypass(low, rng, pos, out, (r >> k) & 1)
     return low, rng, pos
@@ -322,8 +322,7 @@ def _encode_planes(q, levels, out, p):
                 return -1  # no room: the caller retries with a larger buffer
             for x in range(wl):
                 v = qc[y, x] - _ll_pred(qc, y, x)
-                low, rng, pos = _put(low, rng, pos, out, p, v, 0,
-                                                   _bucket(_ll_act(qc, y, x)), 0)
+                low, rng, pos = _put(low, rng, pos, out, p, v, 0, _bucket(_ll_act(qc, y, x)), 0)
         for lv in range(levels, 0, -1):
             for o in range(3):
                 h, w, y0, x0, py0, px0, hp, nsib, s1y, s1x, s2y, s2x, cls = _geometry(rows, cols, levels, lv, o)
@@ -334,8 +333,7 @@ def _encode_planes(q, levels, out, p):
                     for x in range(w):
                         bk = _bucket(_pmag(B, qc, y, x, py0, px0, hp, s1y, s1x, s2y, s2x, nsib))
                         v = qc[y0 + y, x0 + x]
-                        low, rng, pos = _put(low, rng, pos, out, p, v,
-                                                           cls, bk, _psign(B, y, x))
+                        low, rng, pos = _put(low, rng, pos, out, p, v, cls, bk, _psign(B, y, x))
                         B[y + 2, x + 2] = v
     for _ in range(4):
         low, pos = _shift_low(low, pos, out)
