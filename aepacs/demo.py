@@ -52,6 +52,7 @@ from aepacs.codec.quality import psnr, ssim
 from aepacs.config import DEFAULT_CONFIG_PATH, load_config
 from aepacs.crypto.keyring import Keyring
 from aepacs.errors import AepacsError
+from aepacs.models.data import read_frames
 from aepacs.models.registry import SHIPPED, Registry
 from aepacs.net.client import query, retrieve
 from aepacs.net.send import Storable, send_files, storable
@@ -122,11 +123,13 @@ def same_instance(original: Path, retrieved: Path) -> bool:
     return bool(a == b and a.get("PixelData") == b.get("PixelData"))
 
 
-def frames(ds: pydicom.Dataset) -> np.ndarray:
-    """Stored values ``(frames, rows, columns, samples)``, as ``aepacs eval`` reads them."""
-    n = int(ds.get("NumberOfFrames", 1) or 1)
-    return np.asarray(ds.pixel_array).reshape(n, int(ds.Rows), int(ds.Columns),
-                                              int(ds.get("SamplesPerPixel", 1))).astype(np.int32)
+def frames(path: Path) -> np.ndarray:
+    """Stored values ``(frames, rows, columns, samples)``, read by ``aepacs eval``'s own reader.
+
+    Empty (no frames) for what that reader leaves out (other than 8 or 16 bits allocated).
+    """
+    found = read_frames(path)
+    return np.stack([f.pixels for f in found]) if found else np.empty((0, 0, 0, 0), np.int32)
 
 
 # -- a real server ----------------------------------------------------------------------------
@@ -264,7 +267,7 @@ def _compare(r: ModalityResult, path: Path, sources: dict[str, Storable], lossy:
     if source is None:
         return
     r.retrieved += 1
-    original, decoded = frames(_read(source.path)), frames(ds)
+    original, decoded = frames(source.path), frames(path)
     marked = (ds.ImageType[0] == "DERIVED" and str(ds.get("LossyImageCompression", "")) == "01"
               and any(c.CodeValue == "113040" for c in ds.get("DerivationCodeSequence", [])))
     r.derived += bool(lossy and marked and decoded.shape == original.shape)
@@ -324,8 +327,8 @@ def draw_slice(image: dict[str, Any], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    original = frames(_read(Path(image["source"])))[image["frame"], ..., 0].astype(np.float64)
-    decoded = frames(_read(Path(image["retrieved"])))[image["frame"], ..., 0].astype(np.float64)
+    original = frames(Path(image["source"]))[image["frame"], ..., 0].astype(np.float64)
+    decoded = frames(Path(image["retrieved"]))[image["frame"], ..., 0].astype(np.float64)
     diff = decoded - original
     lo, hi = np.percentile(original, [1, 99])
     span = max(float(np.abs(diff).max()), 1.0)
@@ -348,23 +351,20 @@ def draw_slice(image: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def lossy_config(path: Path) -> dict[str, str]:
-    """Write the part-two configuration: each shipped model's modalities to it, lossy at its default gain."""
+def lossy_config(path: Path) -> dict[str, tuple[str, int]]:
+    """Write the part-two configuration: each shipped model's modalities to it, lossy at its default gain.
+
+    Returns modality -> (model name, its default gain).
+    """
     registry = Registry(SHIPPED)
-    routes = {"default": "lossless"}
+    models: dict[str, tuple[str, int]] = {}
     for name in sorted({n for n, _, _ in registry.entries()}):
         model = registry.load(name)
-        if model.arch != "wavelet":
-            continue
-        for modality in model.manifest.get("modality", []):
-            routes[modality] = f"{name}:lossy"
+        if model.arch == "wavelet":
+            models.update({m: (name, int(model.manifest["default_gain"])) for m in model.manifest.get("modality", [])})
+    routes = {"default": "lossless", **{m: f"{name}:lossy" for m, (name, _) in models.items()}}
     path.write_text(json.dumps({"routes": routes}, indent=2) + "\n")  # JSON is YAML
-    return routes
-
-
-def _gains(routes: dict[str, str]) -> dict[str, int]:
-    registry = Registry(SHIPPED)
-    return {m: int(registry.load(r.split(":")[0]).manifest["default_gain"]) for m, r in routes.items() if ":" in r}
+    return models
 
 
 def run_demo(*, data: list[Path] | None = None, keep: bool = False, home: Path | None = None,
@@ -433,15 +433,14 @@ def _run(home: Path, files: list[Storable], learned: bool) -> tuple[bool, dict[s
     lossy_home = home / "learned"
     lossy_home.mkdir(exist_ok=True, mode=0o700)
     shutil.copy2(home / "keyring.json", lossy_home / "keyring.json")
-    routes = lossy_config(lossy_home / "learned.yaml")
-    gains = _gains(routes)
-    images = [f for f in files if f.modality in gains]
+    models = lossy_config(lossy_home / "learned.yaml")
+    images = [f for f in files if f.modality in models]
     print("\npart two: learned lossy routes, each shipped model at its default gain: "
-          + ", ".join(f"{m} -> {routes[m].split(':')[0]} gain {g}" for m, g in gains.items()))
+          + ", ".join(f"{m} -> {name} gain {g}" for m, (name, g) in models.items()))
     part2 = run_part(lossy_home, lossy_home / "learned.yaml", images, keyring, lossy=True)
     report["learned"] = {m: _summary(r) for m, r in part2.items()}
     report["images"] = [i for r in part2.values() for i in r.images]
-    report["gains"] = gains
+    report["gains"] = {m: g for m, (_, g) in models.items()}
     print_table(part2, lossy=True)
     print("ratio: original bytes / bytes stored (header and encryption included); image: the codec's pixel "
           "ratio\n(Lossy Image Compression Ratio); PSNR and SSIM: mean over the derived frames against the "
@@ -449,8 +448,9 @@ def _run(home: Path, files: list[Storable], learned: bool) -> tuple[bool, dict[s
           "native\npixels), or below the route's quality floor.")
     for modality, r in part2.items():
         if r.images:
-            print(f"  the same figures from aepacs eval: aepacs eval --model {routes[modality].split(':')[0]} "
-                  f"--gains {gains[modality]} --data <these {modality} images> -o REPORT")
+            name, gain = models[modality]
+            print(f"  the same figures from aepacs eval: aepacs eval --model {name} --gains {gain} "
+                  f"--data <these {modality} images> -o REPORT")
     ok = ok and all(r.derived + r.exact == r.acked == r.retrieved for r in part2.values()) \
         and any(r.derived for r in part2.values())
     return ok, report
