@@ -286,16 +286,9 @@ def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_send(args: argparse.Namespace, config: Config) -> int:
     from aepacs.net.client import client_ssl_context
-    from aepacs.net.send import send_files, storable
-    from aepacs.pipeline.ingest import iter_files
+    from aepacs.net.send import send_files, storables
 
-    files, skipped = [], 0
-    for path in iter_files(args.paths):
-        f = storable(path)
-        if f is None:
-            skipped += 1
-        else:
-            files.append(f)
+    files, skipped = storables(args.paths)
     if not files:
         raise AepacsError(f"no sendable DICOM files under {', '.join(map(str, args.paths))}")
     tls = client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None

@@ -55,9 +55,8 @@ from aepacs.errors import AepacsError
 from aepacs.models.data import read_frames
 from aepacs.models.registry import SHIPPED, Registry
 from aepacs.net.client import query, retrieve
-from aepacs.net.send import Storable, send_files, storable
+from aepacs.net.send import Storable, send_files, storables
 from aepacs.pipeline.archive import Archive
-from aepacs.pipeline.ingest import iter_files
 
 SHARED_CT = Path(aepacs.__file__).resolve().parents[2] / "shared" / "data" / "ct"
 AET, CALLING = "AEPACS", "AEPACSDEMO"
@@ -87,18 +86,11 @@ def sample_instances(sources: list[Path]) -> tuple[list[Storable], int]:
     (other transfer syntaxes); an archive keeps the first it receives, so the
     demo sends the first only. Returns the files and how many were left out so.
     """
-    seen: set[str] = set()
-    files, repeats = [], 0
-    for path in iter_files(sources):
-        f = storable(path)
-        if f is None:
-            continue
-        if f.sop_uid in seen:
-            repeats += 1
-            continue
-        seen.add(f.sop_uid)
-        files.append(f)
-    return files, repeats
+    first: dict[str, Storable] = {}
+    sendable, _ = storables(sources)
+    for f in sendable:
+        first.setdefault(f.sop_uid, f)
+    return list(first.values()), len(sendable) - len(first)
 
 
 # -- comparing what came back -------------------------------------------------------------

@@ -59,6 +59,20 @@ def storable(path: Path) -> Storable | None:
     return Storable(Path(path), sop_class, syntax, uid, str(ds.get("Modality", "") or "").strip())
 
 
+def storables(paths: Iterable[Path]) -> tuple[list[Storable], int]:
+    """Every sendable file under `paths` (files or directories, in a stable order), and how many others."""
+    from aepacs.pipeline.ingest import iter_files
+
+    files, others = [], 0
+    for path in iter_files(paths):
+        f = storable(path)
+        if f is None:
+            others += 1
+        else:
+            files.append(f)
+    return files, others
+
+
 def batches(files: list[Storable], limit: int = MAX_CONTEXTS) -> list[list[Storable]]:
     """Consecutive runs of `files` needing at most `limit` distinct (SOP class, transfer syntax) pairs."""
     out: list[list[Storable]] = []
