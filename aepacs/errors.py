@@ -69,3 +69,7 @@ class StoreError(AepacsError):
 
 class StoreFullError(StoreError):
     """The blob store refuses new data (disk full); nothing was written."""
+
+
+class PathError(AepacsError):
+    """A file name built from data would lead outside its directory; nothing was written."""

@@ -37,6 +37,8 @@ from aepacs.net.transport import RAW_DATA_STORAGE, is_transport, read_transport
 from aepacs.pipeline.ingest import iter_files
 from aepacs.pipeline.retrieve import open_bytes
 from aepacs.store.atomic import atomic_write
+from aepacs.store.paths import instance_path
+from aepacs.store.records import shown
 
 log = logging.getLogger("aepacs.retrieve")
 
@@ -87,8 +89,8 @@ class Receiver:
                 original = data  # an ordinary instance (retrieve_as: decoded): as it came
         if ds is None:
             ds, _ = read_dataset(original)
-        target = self.out_dir / str(ds.get("SeriesInstanceUID", "unknown-series")) / \
-            f"{ds.get('SOPInstanceUID', name)}.dcm"
+        target = instance_path(self.out_dir, str(ds.get("SeriesInstanceUID", "") or ""),
+                               str(ds.get("SOPInstanceUID", "") or name))
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(target, original, mode=0o600)
         return target
@@ -184,6 +186,18 @@ def _storage_contexts() -> list[Any]:
     return contexts
 
 
+def _not_sent(summary: RetrieveSummary, identifier: Dataset, archive: str) -> None:
+    """Add the final response's Failed SOP Instance UID List to `summary.failed` (once per UID)."""
+    listed = identifier.get("FailedSOPInstanceUIDList") or []
+    uids = [listed] if isinstance(listed, str) else list(listed)
+    known = {uid for uid, _ in summary.failed}
+    for uid in map(str, uids):
+        if uid and uid not in known:
+            summary.failed.append((uid, f"{shown(uid)}: {archive} could not send it (tampered, missing or "
+                                        f"unreadable there; its log names the reason)"))
+            known.add(uid)
+
+
 def retrieve(host: str, port: int, called_aet: str, calling_aet: str, level: str, value: str,
              keyring: Keyring, out_dir: Path, *, move_to_self: int | None = None, bind: str = "127.0.0.1",
              tls: ssl.SSLContext | None = None, timeout: float = 60.0, registry: Any = None) -> RetrieveSummary:
@@ -231,7 +245,7 @@ def retrieve(host: str, port: int, called_aet: str, calling_aet: str, level: str
             raise AepacsError(f"{called_aet}@{host}:{port}: association refused or failed")
         responses = (assoc.send_c_get(identifier, model) if server is None
                      else assoc.send_c_move(identifier, calling_aet, model))
-        for status, _ in responses:
+        for status, identifier in responses:
             if status is None:
                 raise AepacsError(f"{called_aet}@{host}:{port}: no response (timeout or abort)")
             receiver.summary.status = int(status.Status)
@@ -239,6 +253,8 @@ def retrieve(host: str, port: int, called_aet: str, calling_aet: str, level: str
                 attr = f"NumberOf{kw}Suboperations"
                 if attr in status:
                     receiver.summary.sub_ops[kw.lower()] = int(status.get(attr))
+            if identifier is not None and receiver.summary.status not in (0xFF00, 0xFF01):
+                _not_sent(receiver.summary, identifier, f"{called_aet}@{host}:{port}")
         assoc.release()
     finally:
         if assoc.is_established:

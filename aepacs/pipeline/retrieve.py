@@ -26,6 +26,7 @@ from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.derive import derive
 from aepacs.store.atomic import atomic_write
 from aepacs.store.blobs import blob_key
+from aepacs.store.paths import instance_path
 
 log = logging.getLogger("aepacs.retrieve")
 
@@ -126,7 +127,6 @@ def fetch(archive: Archive, sop_uid: str) -> bytes:
     if lossy is None and hashlib.sha256(data).hexdigest() != row.source_sha256:
         raise OpenError(sop_uid, "opened object does not match the index")
     return _viewable(data, lossy, sop_uid)
-    return data
 
 
 @dataclass
@@ -142,7 +142,8 @@ def export(archive: Archive, out_dir: Path, *, patient_id: str | None = None, st
            series_uid: str | None = None, sop_uid: str | None = None, progress: bool = True) -> ExportSummary:
     """Write the selected instances as ``OUT/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
 
-    One failure never stops the rest; failures are returned with reasons.
+    File names come from :func:`aepacs.store.paths.instance_path` (confined to
+    `out_dir`). One failure never stops the rest; failures are returned with reasons.
     """
     rows = archive.index.find(patient_id=patient_id, study_uid=study_uid, series_uid=series_uid,
                               sop_uid=sop_uid)
@@ -150,7 +151,7 @@ def export(archive: Archive, out_dir: Path, *, patient_id: str | None = None, st
     for row in tqdm(rows, desc="export", unit="file", disable=not progress):
         try:
             data = fetch(archive, row.sop_uid)
-            target = Path(out_dir) / row.series_uid / f"{row.sop_uid}.dcm"
+            target = instance_path(Path(out_dir), row.series_uid, row.sop_uid)
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(target, data, mode=0o600)
         except AepacsError as exc:

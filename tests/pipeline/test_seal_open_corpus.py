@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from io import BytesIO
 from pathlib import Path
@@ -12,11 +13,13 @@ import pytest
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import read_header
+from aepacs.errors import DatasetMismatch
 from aepacs.pipeline.retrieve import open_bytes
 from aepacs.pipeline.ingest import seal_bytes
 from tests.conftest import corpus_files
 
 FILES = corpus_files()
+UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # PS3.5 9.1, independently of aepacs's check
 
 
 def _read(data: bytes) -> pydicom.Dataset:
@@ -40,6 +43,12 @@ def sealing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Keyring, Config]:
 def test_seal_open_is_bit_exact(path: Path, sealing: tuple[Keyring, Config]) -> None:
     keyring, cfg = sealing
     data = path.read_bytes()
+    original = _read(data)
+    bound = [str(original.get(k, "") or "").strip("\0 ") for k in ("SOPInstanceUID", "StudyInstanceUID")]
+    if any(v and not UID.fullmatch(v) or len(v) > 64 for v in bound):  # a sealed object binds them: refused
+        with pytest.raises(DatasetMismatch, match="is not a valid UID"):
+            seal_bytes(data, keyring, cfg)
+        return
     encoded, blob = seal_bytes(data, keyring, cfg)
     header, back = open_bytes(blob, keyring, name=path.name, expect_uid=read_header(blob).object_uid)
     assert back == data
