@@ -131,6 +131,8 @@ class IngestConfig:
     on_conflict: str = field(metadata=_choices("keep-first", "reject"))
     workers: int = field(metadata={"range": (0, 256)})
     spool_path: str
+    max_sequence_depth: int = field(metadata={"range": (1, 128)})
+    max_lag_s: float = field(metadata={"range": (0, 86_400)})
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,12 @@ class ServerConfig:
     move_destinations: dict[str, list[Any]] = field(metadata={"destinations": True})
     retrieve_as: str = field(metadata=_choices("sealed", "decoded"))
     tls: TlsConfig
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    identifiers: str = field(metadata=_choices("clear", "pseudonymous"))
+    pseudonym_key: str
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,7 @@ class Config:
     ingest: IngestConfig
     rekey: RekeyConfig
     server: ServerConfig
+    transport: TransportConfig
     models: ModelsConfig
     log: LogConfig
     audit: AuditConfig
@@ -236,6 +245,10 @@ class Config:
         return self.resolve(self.keyring.path)
 
     @property
+    def pseudonym_key_path(self) -> Path:
+        return self.resolve(self.transport.pseudonym_key)
+
+    @property
     def audit_path(self) -> Path:
         return self.resolve(self.audit.path)
 
@@ -249,17 +262,27 @@ OPEN_MAPPINGS = ("routes", "move_destinations")
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """`over` laid over `base`; every unknown key is reported at once (not only the first)."""
+    unknown: list[str] = []
+    out = _merge_into(base, over, where, unknown)
+    if unknown:
+        raise ConfigError("; ".join(unknown))
+    return out
+
+
+def _merge_into(base: dict[str, Any], over: Mapping[str, Any], where: str, unknown: list[str]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
         name = f"{where}{key}"
         if key not in base:
             known = ", ".join(sorted(base)) or "none"
-            raise ConfigError(f"{name}: unknown key (known here: {known})")
+            unknown.append(f"{name}: unknown key (known here: {known})")
+            continue
         if isinstance(base[key], dict):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{name}: expected a mapping, got {value!r}")
             out[key] = ({**base[key], **value} if key in OPEN_MAPPINGS
-                        else _merge(base[key], value, f"{name}."))
+                        else _merge_into(base[key], value, f"{name}.", unknown))
         else:
             out[key] = value
     return out

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -157,3 +158,13 @@ def ct_slices(n: int = 2) -> np.ndarray:
     """`n` real CT slices as stored, ``(n, rows, cols, 1)`` int16."""
     files = ct_files()[len(ct_files()) // 2:][:n]
     return np.stack([pydicom.dcmread(f).pixel_array for f in files]).astype(np.int16)[..., None]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fuzz harness's counts (cases, statuses seen, acknowledged, archived), at the end of the run."""
+    from tests.fuzz.test_fuzz import STATS
+
+    if STATS:
+        terminalreporter.section("fuzz harness")
+        for key, value in sorted(STATS.items()):
+            terminalreporter.write_line(f"{key}: {value}")

@@ -25,6 +25,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, \
     ImplicitVRLittleEndian
 
@@ -34,7 +35,9 @@ from aepacs.errors import InputError
 PIXEL_DATA = 0x7FE00010
 PIXEL_TAGS = (PIXEL_DATA, 0x7FE00008, 0x7FE00009)
 NATIVE_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian)
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+#: The VRs pydicom knows, and those of them with a 4-byte length in explicit VR (SV and UV included).
+KNOWN_VRS = frozenset(vr.value.encode() for vr in VR if len(vr.value) == 2)
+LONG_VRS = frozenset(vr.value.encode() for vr in EXPLICIT_VR_LENGTH_32)
 _ITEM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE0DD
 MAX_TRAILER = 1024  # bytes of padding after native pixels kept beside an image codec's stream
 
@@ -95,7 +98,7 @@ def _element_bounds(data: bytes, pos: int, implicit: bool, little: bool) -> tupl
         # implicit, or an explicit-VR file that wrote this element implicitly (pydicom reads those too)
         (length,) = struct.unpack_from(f"{end}I", data, pos + 4)
         start = pos + 8
-    elif vr in _LONG_VRS:
+    elif vr in LONG_VRS:
         if pos + 12 > len(data):
             return None
         (length,) = struct.unpack_from(f"{end}I", data, pos + 8)
@@ -137,7 +140,7 @@ def _pixel_meta(ds: Dataset) -> PixelMeta | None:
             big_endian=ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian,
             modality=str(ds.get("Modality", "")),
         )
-    except (AttributeError, TypeError, ValueError):
+    except Exception:  # missing, not numbers, or values pydicom cannot convert: no image codec then
         return None
     if bits not in (8, 16) or samples not in (1, 3) or min(meta.rows, meta.columns, meta.frames) < 1:
         return None
@@ -173,7 +176,7 @@ def expected_pixel_bytes(values: Any) -> int | None:
             samples = 2  # two chroma samples shared by each pair of pixels
         frames = int(str(values.get("NumberOfFrames", 1) or 1))
         count = int(values.get("Rows")) * int(values.get("Columns")) * frames * samples
-    except (TypeError, ValueError):
+    except Exception:  # missing, not numbers, or values pydicom cannot convert
         return None
     return (count * bits + 7) // 8
 

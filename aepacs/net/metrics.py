@@ -55,6 +55,8 @@ class Metrics:
         self.queries = Counter("aepacs_queries", "C-FIND requests answered", ["level"], registry=r)
         self.retrieved = Counter("aepacs_instances_retrieved", "Instances sent by C-GET / C-MOVE", ["kind"],
                                  registry=r)
+        self.retrieve_failures = Counter("aepacs_retrieve_failures", "Instances a C-GET / C-MOVE could not send "
+                                         "(tampered, missing, key or model missing)", registry=r)
 
     def archived_one(self, result: Any) -> None:
         """Count one spool entry the workers archived (an :class:`~aepacs.pipeline.ingest.IngestResult`)."""

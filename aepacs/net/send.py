@@ -48,15 +48,17 @@ def storable(path: Path) -> Storable | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception:  # pydicom raises many kinds on files that are not DICOM
+            meta = getattr(ds, "file_meta", None)
+            sop_class = str(meta.get("MediaStorageSOPClassUID", "") if meta else "")
+            syntax = str(meta.get("TransferSyntaxUID", "") if meta else "")
+            uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+            same_class = str(ds.get("SOPClassUID", "")) == sop_class
+            modality = str(ds.get("Modality", "") or "").strip()
+    except Exception:  # pydicom raises many kinds on files that are not DICOM, some only when a value is read
         return None
-    meta = getattr(ds, "file_meta", None)
-    sop_class = str(meta.get("MediaStorageSOPClassUID", "") if meta else "")
-    syntax = str(meta.get("TransferSyntaxUID", "") if meta else "")
-    uid = str(ds.get("SOPInstanceUID", "") or "").strip()
-    if sop_class not in STORAGE_CLASSES or not syntax or not uid or str(ds.get("SOPClassUID", "")) != sop_class:
+    if sop_class not in STORAGE_CLASSES or not syntax or not uid or not same_class:
         return None
-    return Storable(Path(path), sop_class, syntax, uid, str(ds.get("Modality", "") or "").strip())
+    return Storable(Path(path), sop_class, syntax, uid, modality)
 
 
 def storables(paths: Iterable[Path]) -> tuple[list[Storable], int]:

@@ -10,12 +10,14 @@ encode → seal → store → index) off the association threads; a restart
 archives what is still spooled. A stored instance becomes visible to C-FIND
 once archived, typically well under a second later.
 
-Statuses (PS3.4 B.2.3): 0x0000 stored; 0xA700 out of resources (disk below
-its reserve, spool write failure); 0xA900 dataset does not match (no UIDs, a
-UID other than announced, pixel data not matching Rows × Columns, a
-conflicting re-send with ``on_conflict: reject``); 0xC000 cannot understand
-(not decodable). Every failure is logged with the calling AE title and the
-SOP Instance UID, never with pixel data or keys.
+Statuses (PS3.4 B.2.3), these four only: 0x0000 stored; 0xA700 out of
+resources (no room for the instance and its archiving, spool write failure);
+0xA900 dataset does not match (no UIDs, a UID that is not a UID or other than
+announced, sequences nested too deep, pixel data not matching Rows × Columns,
+a conflicting re-send with ``on_conflict: reject``); 0xC000 cannot understand
+(not decodable, or input no check foresaw). Every failure is logged in one
+line with the calling AE title and the SOP Instance UID, never with pixel
+data or keys, never with a traceback.
 """
 
 from __future__ import annotations
@@ -49,20 +51,22 @@ from aepacs.codec.part10 import file_meta_prefix
 from aepacs.codec.scan import scan
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
+from aepacs.crypto.pseudonym import site_key
 from aepacs.errors import AepacsError, ConfigError, DatasetMismatch, InputError, StoreFullError
 from aepacs.net.metrics import Metrics, MetricsServer
 from aepacs.net.query import find, retrieve_rows
 from aepacs.net.transport import RAW_DATA_STORAGE, make_transport
 from aepacs.pipeline.archive import Archive
-from aepacs.pipeline.ingest import IngestResult, check_received
+from aepacs.pipeline.ingest import IngestResult, check_received, check_routes
 from aepacs.pipeline.spool import Spool, SpoolWorker, seal_entry
 from aepacs.pipeline.retrieve import fetch, fetch_blob
+from aepacs.store.index import sqlite_path
+from aepacs.store.records import shown, uid_problem
 
 log = logging.getLogger("aepacs.serve")
 
 SUCCESS, PENDING, CANCEL = 0x0000, 0xFF00, 0xFE00
 OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
-PROCESSING_FAILURE, UNKNOWN_DESTINATION = 0x0110, 0xA801
 
 QR_CONTEXTS = (PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelGet,
                PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelFind,
@@ -88,6 +92,29 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+def refuse_shared(config: Config) -> None:
+    """Refuse to serve an archive whose index or keyring other local users may read.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, its mode and the fix (``aepacs serve`` exits 2).
+    """
+    paths = [config.keyring_path]
+    index = sqlite_path(config.index_url)
+    if index is not None:
+        paths += [index, index.with_name(index.name + "-wal"), index.with_name(index.name + "-shm")]
+    for path in paths:
+        try:
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            what = "keys" if path == config.keyring_path else "patient names, IDs and birth dates"
+            raise ConfigError(f"{path} is readable by group or others (mode {mode:04o}) and holds {what}; "
+                              f"run 'chmod 600 {path}' (and 'chmod 700' on its directory)")
+
+
 @dataclass
 class _Session:
     """What one association stored, for its audit record."""
@@ -110,6 +137,37 @@ def _requestor(event: Any) -> Party:
 
 def _calling(event: Any) -> str:
     return str(event.assoc.requestor.ae_title).strip()
+
+
+def _unsendable(sop_uid: str) -> Dataset:
+    """What a C-GET/C-MOVE handler yields for an object it cannot send: a failed sub-operation.
+
+    A dataset with only its SOP Instance UID: pynetdicom's C-STORE of it stops
+    before anything is sent (no SOP Class UID), which counts the sub-operation
+    as failed and lists the UID in the final response's Failed SOP Instance UID
+    List (0008,0058), status 0xB000 (0xA702 when every one failed). A ``None``
+    would not be counted at all, and the requestor would see a success.
+    """
+    ds = Dataset()
+    ds.SOPInstanceUID = sop_uid
+    return ds
+
+
+def _announced_uids(event: Any) -> str:
+    """The request's Affected SOP Instance UID, after both its UIDs passed :func:`uid_problem`.
+
+    Raises
+    ------
+    DatasetMismatch
+        Either is not a valid UID (it would become part of a file meta header).
+    """
+    request = event.request
+    for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+        value = str(getattr(request, keyword, "") or "")
+        problem = uid_problem(value)
+        if problem:
+            raise DatasetMismatch(f"C-STORE request's {keyword} {shown(value)} is not a valid UID: {problem}")
+    return str(request.AffectedSOPInstanceUID)
 
 
 def received_stream(event: Any) -> bytes:
@@ -141,6 +199,8 @@ class ArchiveServer:
 
     def __init__(self, config: Config, keyring: Keyring | None = None, workers: int | None = None) -> None:
         self.config = config
+        refuse_shared(config)
+        check_routes(config)
         self.archive = Archive(config, keyring)
         self.spool = Spool(config.spool_path)
         self.metrics = Metrics()
@@ -152,6 +212,8 @@ class ArchiveServer:
         self.audit = self.archive.audit
         self._sessions: dict[int, _Session] = {}
         self._sessions_lock = threading.Lock()
+        self._pseudonym_key = (site_key(config.pseudonym_key_path)
+                               if config.transport.identifiers == "pseudonymous" else None)
 
     # -- set-up -----------------------------------------------------------------
     def _build_ae(self) -> AE:
@@ -193,17 +255,27 @@ class ArchiveServer:
     def start(self) -> ThreadedAssociationServer:
         """Start listening (in background threads), the spool flusher and the spool workers."""
         cfg = self.config.server
+        try:  # first, so that an address in use is a configuration error at once, before workers start
+            self.server = self.ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers(),
+                                               ssl_context=server_ssl_context(self.config))
+        except OSError as exc:
+            raise ConfigError(f"server: cannot listen on {cfg.bind}:{cfg.port} ({exc.strerror or exc}); "
+                              f"set server.port (or --port) to a free port") from None
+        if self.config.metrics.port:
+            try:
+                self.http = MetricsServer(self.metrics, self.health, self._refresh, self.config.metrics.bind,
+                                          self.config.metrics.port)
+            except OSError as exc:
+                self.server.shutdown()
+                raise ConfigError(f"metrics: cannot listen on {self.config.metrics.bind}:{self.config.metrics.port} "
+                                  f"({exc.strerror or exc}); set metrics.port to a free port") from None
         # leftovers of a crash (old enough not to be in flight): a walk of the whole store, so in the background
         threading.Thread(target=self._sweep, name="aepacs-sweep", daemon=True).start()
         self.spool.start()
         self.worker.start()  # archives what a previous run left in the spool first
-        self.server = self.ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers(),
-                                           ssl_context=server_ssl_context(self.config))
         log.info("listening on %s:%d as %s%s", cfg.bind, cfg.port, cfg.ae_title,
                  " (TLS)" if cfg.tls.enabled else "")
-        if self.config.metrics.port:
-            self.http = MetricsServer(self.metrics, self.health, self._refresh, self.config.metrics.bind,
-                                      self.config.metrics.port)
+        if self.http is not None:
             self.http.start()
             log.info("metrics on http://%s:%d/metrics, health on /health", self.config.metrics.bind, self.http.port)
         self.audit.record("application-start", destination=self._me(),
@@ -310,18 +382,26 @@ class ArchiveServer:
 
     # -- C-STORE ------------------------------------------------------------------
     def on_store(self, event: Any) -> int:
-        """Check the received instance, seal it as it came into the spool; then acknowledge."""
-        announced = str(event.request.AffectedSOPInstanceUID)
+        """Check the received instance, seal it as it came into the spool; then acknowledge.
+
+        Every outcome is a status of ``docs/CONFORMANCE.md`` with one log line:
+        an exception of any kind on this path (a bug included) never reaches
+        pynetdicom, which would answer 0xC211/0x0110 and log a traceback.
+        """
+        announced = ""
         data = b""
         try:
+            announced = _announced_uids(event)
             data = received_stream(event)
-            uids = check_received(data, expect_uid=announced)  # a structural scan, no full parse
+            uids = check_received(data, expect_uid=announced,  # a structural scan, no full parse
+                                  max_depth=self.config.ingest.max_sequence_depth)
             modality = uids["Modality"] or "none"
             if self.config.ingest.on_conflict == "reject":
                 known = self.archive.index.source_sha256(uids["SOPInstanceUID"])
                 if known is not None and known != hashlib.sha256(data).hexdigest():
                     raise DatasetMismatch("a different object with this SOP Instance UID is already archived")
-            self.archive.store.check_free(len(data), self.config.store.min_free_mb * 1_000_000)
+            self.archive.store.check_free(self.spool.admission_need(len(data)),
+                                          self.config.store.min_free_mb * 1_000_000)
             self.spool.put(seal_entry(data, uids["SOPInstanceUID"], uids["StudyInstanceUID"],
                                       self.archive.keyring), uids["SOPInstanceUID"])
         except StoreFullError as exc:
@@ -330,11 +410,12 @@ class ArchiveServer:
             return self._fail(event, announced, MISMATCH, exc, data)
         except InputError as exc:
             return self._fail(event, announced, CANNOT_UNDERSTAND, exc, data)
-        except AepacsError as exc:
+        except (AepacsError, OSError, MemoryError) as exc:  # spool, store, keyring, index: resources
             return self._fail(event, announced, OUT_OF_RESOURCES, exc, data)
-        except Exception as exc:  # never let a bug take the association down
-            log.exception("C-STORE from %s of %s: unexpected error", _calling(event), announced)
-            return self._fail(event, announced, PROCESSING_FAILURE, exc, data)
+        except Exception as exc:  # input no check foresaw (a bug): refused as not understood, one line
+            log.debug("C-STORE of %s: traceback", shown(announced), exc_info=True)
+            return self._fail(event, announced, CANNOT_UNDERSTAND,
+                              InputError(f"unexpected {type(exc).__name__}: {exc}"), data)
         self.worker.wake()
         self.metrics.received.labels("0x0000", modality).inc()
         self.metrics.bytes_received.inc(len(data))
@@ -344,8 +425,13 @@ class ArchiveServer:
         return SUCCESS
 
     def _fail(self, event: Any, uid: str, status: int, exc: BaseException, data: bytes) -> int:
-        log.error("C-STORE from %s of %s refused (0x%04X): %s", _calling(event), uid, status, exc)
-        self.metrics.received.labels(f"0x{status:04X}", _modality_of(data)).inc()
+        log.error("C-STORE from %s of %s refused (0x%04X): %s", _calling(event), shown(uid) if uid else "?",
+                  status, str(exc)[:300])
+        try:
+            modality = _modality_of(data)
+        except Exception:
+            modality = "unknown"
+        self.metrics.received.labels(f"0x{status:04X}", modality).inc()
         self._session(event).refused += 1
         return status
 
@@ -382,23 +468,28 @@ class ArchiveServer:
         yield SUCCESS, None
 
     # -- C-GET / C-MOVE -----------------------------------------------------------------
-    def _outgoing(self, event: Any, rows: list[Any]) -> Iterator[tuple[int, Dataset | None]]:
+    def _outgoing(self, event: Any, rows: list[Any], failed: list[str]) -> Iterator[tuple[int, Dataset | None]]:
+        """One dataset per row; a row that cannot be sent is a failed sub-operation, its UID put in `failed`."""
         for row in rows:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
             try:
-                yield PENDING, self._dataset_for(row)
-            except AepacsError as exc:
-                log.error("retrieve by %s of %s failed: %s", _calling(event), row.sop_uid, exc)
-                yield PENDING, None  # counted as a failed sub-operation
+                dataset = self._dataset_for(row)
+            except Exception as exc:  # tampered, key missing, undecodable: this object fails, not the rest
+                log.error("retrieve by %s of %s failed: %s", _calling(event), shown(row.sop_uid), exc)
+                self.metrics.retrieve_failures.inc()
+                failed.append(row.sop_uid)
+                yield PENDING, _unsendable(row.sop_uid)
+                continue
+            yield PENDING, dataset
 
     def _dataset_for(self, row: Any) -> Dataset:
         """What is sent for one instance: its sealed transport object, or the decoded original."""
         if self.config.server.retrieve_as == "decoded":
             return pydicom.dcmread(BytesIO(fetch(self.archive, row.sop_uid)))
         current, blob = fetch_blob(self.archive, row.sop_uid)
-        return make_transport(blob, current)
+        return make_transport(blob, current, self._pseudonym_key)
 
     def _rows(self, event: Any) -> list[Any] | None:
         try:
@@ -416,12 +507,14 @@ class ArchiveServer:
             yield MISMATCH, None
             return
         yield len(rows)
-        yield from self._outgoing(event, rows)
-        self.metrics.retrieved.labels(self.config.server.retrieve_as).inc(len(rows))
-        self.audit.record("retrieve", source=self._me(), destination=destination,
-                          patients=[r.patient_id for r in rows], studies=[r.study_uid for r in rows],
-                          objects=len(rows), detail=f"{self.config.server.retrieve_as} objects, requested by "
-                                                    f"{_calling(event)}")
+        failed: list[str] = []
+        yield from self._outgoing(event, rows, failed)
+        self.metrics.retrieved.labels(self.config.server.retrieve_as).inc(len(rows) - len(failed))
+        self.audit.record("retrieve", outcome=MINOR_FAILURE if failed else AUDIT_OK, source=self._me(),
+                          destination=destination, patients=[r.patient_id for r in rows],
+                          studies=[r.study_uid for r in rows], objects=len(rows) - len(failed),
+                          detail=f"{self.config.server.retrieve_as} objects, requested by {_calling(event)}"
+                                 + (f"; {len(failed)} could not be sent" if failed else ""))
 
     def on_get(self, event: Any) -> Iterator[Any]:
         yield from self._suboperations(event, self._rows(event), _requestor(event))

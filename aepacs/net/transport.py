@@ -30,6 +30,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from aepacs import __version__
+from aepacs.crypto.pseudonym import pseudonym, site_key
 from aepacs.errors import InputError
 
 RAW_DATA_STORAGE = "1.2.840.10008.5.1.4.1.1.66"
@@ -49,7 +50,7 @@ def transport_uid(sop_uid: str) -> str:
     return str(generate_uid(None, entropy_srcs=["aepacs", "transport", sop_uid]))
 
 
-def make_transport(blob: bytes, row: Any) -> Dataset:
+def make_transport(blob: bytes, row: Any, pseudonym_key: bytes | None = None) -> Dataset:
     """Wrap a sealed blob in a Raw Data Storage dataset.
 
     Parameters
@@ -58,7 +59,13 @@ def make_transport(blob: bytes, row: Any) -> Dataset:
         The sealed object.
     row
         The instance's index row (attributes of all four levels).
+    pseudonym_key : bytes, optional
+        ``transport.identifiers: pseudonymous``: patient name and ID and the
+        accession number in clear as pseudonyms under this site key, the other
+        identifying attributes empty (:func:`clear_identifiers`).
     """
+    if pseudonym_key is not None:
+        row = pseudonymous(row, pseudonym_key)
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = RAW_DATA_STORAGE
@@ -115,6 +122,25 @@ def make_transport(blob: bytes, row: Any) -> Dataset:
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
     return ds
+
+
+def pseudonymous(row: Any, key: bytes) -> SimpleNamespace:
+    """The index row as a transport object for an untrusted PACS shows it: no identifying attribute in clear.
+
+    Patient ID and name carry one pseudonym (so the receiving PACS still files a
+    patient's studies together), the accession number another; the birth date,
+    sex, issuer, study date and time, study ID, referring physician and the
+    descriptions are emptied. UIDs stay: they are what files the object, and the
+    sealed header carries them in clear anyway.
+    """
+    values = dict(row._asdict()) if hasattr(row, "_asdict") else dict(vars(row))  # an index row, or a namespace
+    patient = pseudonym(key, "patient", f"{row.issuer_of_patient_id}^{row.patient_id}" if row.patient_id else "")
+    values.update(patient_id=f"AEP-{patient}" if patient else "", patient_name=f"AEP^{patient}" if patient else "",
+                  issuer_of_patient_id="", patient_birth_date="", patient_sex="", study_date="", study_time="",
+                  study_id="", referring_physician_name="", study_description="", series_description="",
+                  body_part_examined="",
+                  accession_number=pseudonym(key, "accession", row.accession_number, 16))
+    return SimpleNamespace(**values)
 
 
 def is_transport(ds: Dataset) -> bool:
@@ -181,7 +207,8 @@ def seal_as_transport(data: bytes, keyring: Any, config: Any) -> bytes:
     check(parts)
     _, blob = seal_bytes(data, keyring, config, parts)
     record = InstanceRecord.from_dataset(parts.dataset)
-    ds = make_transport(bytes(blob), SimpleNamespace(**dataclasses.asdict(record), stored_at=time.time()))
+    key = site_key(config.pseudonym_key_path) if config.transport.identifiers == "pseudonymous" else None
+    ds = make_transport(bytes(blob), SimpleNamespace(**dataclasses.asdict(record), stored_at=time.time()), key)
     out = BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()

@@ -15,13 +15,14 @@ import hashlib
 import logging
 import os
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
@@ -29,15 +30,15 @@ from aepacs.codec.part10 import Part10, parse
 from aepacs.codec.learned import codec_for
 from aepacs.codec.payload import EncodedObject, QualityFloor, encode_object
 from aepacs.codec.scan import problem as scan_problem
-from aepacs.codec.scan import scan
+from aepacs.codec.scan import DEFAULT_MAX_DEPTH, scan
 from aepacs.config import Config, Route
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import seal
-from aepacs.errors import AepacsError, CodecError, DatasetMismatch, InputError
+from aepacs.errors import AepacsError, CodecError, ConfigError, DatasetMismatch, InputError
 from aepacs.models.registry import ModelError, Registry, config_registry
 from aepacs.pipeline.archive import Archive
 from aepacs.store.index import ADDED, CONFLICT, SAME, BlobRef
-from aepacs.store.records import InstanceRecord, check_uids, required_uids
+from aepacs.store.records import InstanceRecord, check_uids, required_uids, shown, text_value, uid_problem
 
 log = logging.getLogger("aepacs.ingest")
 
@@ -48,15 +49,16 @@ def object_uid(ds: Dataset) -> str:
     The SOP Instance UID; else the file meta's Media Storage SOP Instance
     UID; else (a file with neither, sealed stand-alone) a fresh UID.
     """
-    for value in (ds.get("SOPInstanceUID"), getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPInstanceUID")):
-        if value and str(value).strip():
-            return str(value).strip()
+    for value in (text_value(ds, "SOPInstanceUID"), text_value(getattr(ds, "file_meta", Dataset()),
+                                                                 "MediaStorageSOPInstanceUID")):
+        if value:
+            return value
     return str(generate_uid())
 
 
 def route(parts: Part10, config: Config) -> Route:
     """The route configured for this object's modality."""
-    return config.route_for(str(parts.dataset.get("Modality", "")))
+    return config.route_for(text_value(parts.dataset, "Modality"))
 
 
 #: Lossy objects that failed their route's quality gate (or that the model could not
@@ -86,6 +88,26 @@ def encode(data: bytes, parts: Part10, config: Config, *, sha256: str | None = N
         log.warning("instance %s: %s; stored losslessly with %s",
                     object_uid(parts.dataset), encoded.gate, encoded.codec)
     return encoded
+
+
+def check_routes(config: Config) -> None:
+    """Refuse routes that name a model the registry does not hold (or whose files fail their hash).
+
+    Raises
+    ------
+    ConfigError
+        Naming every such route; a server or an import never starts on a guess.
+    """
+    registry = config_registry(config)
+    problems = []
+    for name, r in sorted(config.routes.items()):
+        if r.model:
+            try:
+                registry.load(r.model)
+            except ModelError as exc:
+                problems.append(f"routes.{name}: {exc}")
+    if problems:
+        raise ConfigError("; ".join(problems) + " ('aepacs models list' shows the models there are)")
 
 
 def warm_up(config: Config) -> None:
@@ -122,7 +144,9 @@ def check(parts: Part10, expect_uid: str | None = None) -> dict[str, str]:
     """
     if parts.problem:
         raise DatasetMismatch(parts.problem)
-    modality = str(parts.dataset.get("Modality", "") or "").strip()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        modality = text_value(parts.dataset, "Modality")  # as the scan reads it: values joined by "\\"
     return {**_announced(required_uids(parts.dataset), expect_uid), "Modality": modality}
 
 
@@ -133,13 +157,16 @@ def _announced(uids: dict[str, str], expect_uid: str | None) -> dict[str, str]:
     return uids
 
 
-def check_received(data: bytes, expect_uid: str | None = None) -> dict[str, str]:
+def check_received(data: bytes, expect_uid: str | None = None,
+                   max_depth: int = DEFAULT_MAX_DEPTH) -> dict[str, str]:
     """:func:`check` for a stream as received, by a structural scan where it can (no pydicom parse).
 
     Gives the same verdict as ``check(parse(data))`` (the tests hold the two to
-    it over the whole corpus); falls back to it where the scan cannot tell.
+    it over the whole corpus and the fuzz harness over mutations of it), and
+    refuses sequences nested deeper than `max_depth`; falls back to the full
+    parse where the scan cannot tell.
     """
-    scanned = scan(data)
+    scanned = scan(data, max_depth)
     if scanned is None:
         return check(parse(data), expect_uid)
     verdict = scan_problem(scanned)
@@ -163,10 +190,20 @@ def seal_bytes(data: bytes, keyring: Keyring, config: Config, parts: Part10 | No
 
 
 def seal_encoded(encoded: EncodedObject, keyring: Keyring) -> bytearray:
-    """Seal a coded object under a fresh data key, bound to its SOP Instance and Study UIDs."""
+    """Seal a coded object under a fresh data key, bound to its SOP Instance and Study UIDs.
+
+    Raises
+    ------
+    DatasetMismatch
+        Either UID is not a valid UID (nothing is sealed under it).
+    """
     ds = encoded.parts.dataset
-    return seal(encoded.payload, object_uid=object_uid(ds), study_uid=str(ds.get("StudyInstanceUID", "") or "").strip(),
-                codec=encoded.codec, keyring=keyring)
+    uid, study = object_uid(ds), text_value(ds, "StudyInstanceUID")
+    for keyword, value in (("SOPInstanceUID", uid), ("StudyInstanceUID", study)):
+        problem = uid_problem(value) if value else None
+        if problem:
+            raise DatasetMismatch(f"{keyword} {shown(value)} is not a valid UID: {problem}")
+    return seal(encoded.payload, object_uid=uid, study_uid=study, codec=encoded.codec, keyring=keyring)
 
 
 @dataclass(frozen=True)
@@ -184,7 +221,8 @@ class IngestResult:
     gate: str | None = None  #: the model whose quality gate (or image fit) sent this object lossless
 
 
-def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None) -> IngestResult:
+def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None,
+           acknowledged: bool = False) -> IngestResult:
     """Archive one Part 10 stream: route → encode → seal → store → index.
 
     Parameters
@@ -194,6 +232,10 @@ def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None) -> I
         The Part 10 stream as received.
     expect_uid : str, optional
         The SOP Instance UID the sender announced (C-STORE request).
+    acknowledged : bool
+        The archive SCP has acknowledged `data` (its structural scan accepted
+        it): should pydicom fail to read it, it is archived whole from the scan
+        (:func:`dataset_from_scan`) instead of being refused.
 
     Returns
     -------
@@ -214,14 +256,16 @@ def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None) -> I
     AepacsError
         Sealing, store or index failure; nothing indexed.
     """
-    parts = parse(data)
-    check(parts, expect_uid)
+    parts = _parsed(data, expect_uid, acknowledged)
     record = InstanceRecord.from_dataset(parts.dataset)
     sha = hashlib.sha256(data).hexdigest()
     existing = archive.index.source_sha256(record.sop_uid)
     if existing is not None:
         return _duplicate(archive, record.sop_uid, existing == sha)
-    archive.store.check_free(len(data), archive.config.store.min_free_mb * 1_000_000)
+    # an acknowledged instance may use half the reserve: its admission left room for it
+    # (Spool.admission_need), and archiving it frees its spool entry
+    reserve = archive.config.store.min_free_mb * 1_000_000 // (2 if acknowledged else 1)
+    archive.store.check_free(len(data), reserve)
     t0 = time.perf_counter()
     encoded = encode(data, parts, archive.config, sha256=sha)
     t1 = time.perf_counter()
@@ -237,8 +281,47 @@ def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None) -> I
         return _duplicate(archive, record.sop_uid, outcome == SAME)
     r = route(parts, archive.config)
     return IngestResult(record.sop_uid, ADDED, encoded.codec, len(data), len(blob),
-                        modality=str(parts.dataset.get("Modality", "") or ""), encode_s=t1 - t0, seal_s=t2 - t1,
+                        modality=text_value(parts.dataset, "Modality"), encode_s=t1 - t0, seal_s=t2 - t1,
                         gate=(r.model or "") if encoded.gate and r.model else None)
+
+
+def _parsed(data: bytes, expect_uid: str | None, acknowledged: bool) -> Part10:
+    """`data` parsed and checked; for an acknowledged stream pydicom cannot read, its scan."""
+    try:
+        parts = parse(data)
+        check(parts, expect_uid)
+        return parts
+    except InputError as exc:
+        whole = dataset_from_scan(data) if acknowledged else None
+        if whole is None:
+            raise
+        log.warning("instance %s: %s; archived whole (as received) with the attributes its scan read",
+                    shown(str(whole.dataset.SOPInstanceUID)), exc)
+        check(whole, expect_uid)
+        return whole
+
+
+def dataset_from_scan(data: bytes) -> Part10 | None:
+    """The stream kept whole, with a dataset of what the structural scan read (None: it cannot tell).
+
+    The last resort for an acknowledged instance that pydicom cannot read: the
+    scan accepted it, so it has valid UIDs; the index gets the attributes the
+    scan read (text decoded as ASCII), the blob the exact bytes received.
+    """
+    scanned = scan(data, DEFAULT_MAX_DEPTH)
+    if scanned is None or scanned.problem:
+        return None
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = scanned.transfer_syntax
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for keyword, value in {**scanned.image, **scanned.uids}.items():
+            try:
+                setattr(ds, keyword, value)
+            except (TypeError, ValueError, OverflowError):
+                continue  # the index keeps it empty
+    return Part10(ds, data, b"", b"", None, False, None)
 
 
 def _duplicate(archive: Archive, sop_uid: str, same: bool) -> IngestResult:

@@ -21,7 +21,7 @@ import os
 import secrets
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +31,7 @@ from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import open_sealed, seal
 from aepacs.errors import InputError
-from aepacs.store.atomic import atomic_write, fsync_dir, sweep_temporaries
+from aepacs.store.atomic import atomic_write, fsync_dir, private_dir, sweep_temporaries
 
 if TYPE_CHECKING:
     from aepacs.pipeline.ingest import IngestResult
@@ -41,6 +41,8 @@ log = logging.getLogger("aepacs.spool")
 CODEC = "spool"
 SUFFIX = ".aepx"
 FLUSH_INTERVAL_S = 0.02
+#: What an archived blob and its index row may take beyond the spool entry's size (manifest, key slot, row).
+ENTRY_SLACK = 16_384
 
 
 def seal_entry(data: bytes, sop_uid: str, study_uid: str, keyring: Keyring) -> bytearray:
@@ -65,10 +67,17 @@ class Spool:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path)
         sweep_temporaries(self.path)
         self._pending: list[Path] = []
         self._lock = threading.Lock()
+        self._sizes: dict[str, int] = {}
+        for entry in self.entries():
+            try:
+                self._sizes[entry.name] = entry.stat().st_size
+            except FileNotFoundError:
+                continue
+        self._waiting_bytes = sum(self._sizes.values())
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -88,7 +97,30 @@ class Spool:
         atomic_write(path, blob, mode=0o600, sync=False)
         with self._lock:
             self._pending.append(path)
+            self._sizes[path.name] = len(blob)
+            self._waiting_bytes += len(blob)
         return path
+
+    def release(self, path: Path) -> None:
+        """Forget an entry that left the spool (archived, or kept in ``failed/``)."""
+        with self._lock:
+            self._waiting_bytes -= self._sizes.pop(path.name, 0)
+
+    @property
+    def waiting_bytes(self) -> int:
+        """Bytes of the entries not yet archived."""
+        return self._waiting_bytes
+
+    def admission_need(self, size: int) -> int:
+        """Free bytes a new entry of `size` needs beyond the reserve: itself, its archived blob,
+        and the blob of every entry still waiting.
+
+        Archiving writes an entry's blob before it removes the entry, and a blob is
+        never larger than its entry (plus :data:`ENTRY_SLACK`); admitting only what
+        leaves room for all of them is what lets every acknowledged instance reach
+        the archive while the disk stays at its reserve (``docs/CONFORMANCE.md``).
+        """
+        return 2 * (size + ENTRY_SLACK) + self._waiting_bytes + ENTRY_SLACK * len(self._sizes)
 
     def entries(self) -> list[Path]:
         """Entries waiting to be archived, oldest first."""
@@ -129,15 +161,21 @@ class Spool:
 _WORKER: tuple[Any, Path] | None = None  # (Archive, failed-entry directory) of this worker process
 
 
-def _init_worker(config: Config) -> None:
+def _init_worker(config: Config, idle: bool) -> None:
+    """Open the archive and warm the codecs at normal priority (a second of CPU, once), then step back.
+
+    Warming up under SCHED_IDLE would leave a busy host's first learned-route
+    instances waiting minutes for model loading and numba's compiled code.
+    """
     global _WORKER
-    _background()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="aepacs-parent-watch", daemon=True).start()
     from aepacs.pipeline.archive import Archive
     from aepacs.pipeline.ingest import warm_up
 
     _WORKER = (Archive(config), config.spool_path / "failed")
     warm_up(config)
+    if idle:
+        _background()
 
 
 def _background() -> None:
@@ -182,15 +220,15 @@ def archive_entry(archive: Any, path: Path, failed_dir: Path) -> IngestResult:
     """
     from aepacs.pipeline.ingest import IngestResult, ingest
 
-    sop_uid, data = read_entry(path, archive.keyring)
+    sop_uid, data = read_entry(path, archive.keyring)  # FileNotFoundError: a copy of this task finished first
     try:
-        result = ingest(archive, data, expect_uid=sop_uid)
+        result = ingest(archive, data, expect_uid=sop_uid, acknowledged=True)
     except InputError as exc:
         failed_dir.mkdir(mode=0o700, exist_ok=True)
         os.replace(path, failed_dir / path.name)
         log.error("spool entry %s (%s) cannot be archived, kept in %s: %s", path.name, sop_uid, failed_dir, exc)
         return IngestResult(sop_uid, "failed")
-    path.unlink()
+    path.unlink(missing_ok=True)  # a copy of this task may have removed it already (SpoolWorker)
     return result
 
 
@@ -204,7 +242,15 @@ def _archive_in_worker(path: str) -> IngestResult:
 
 
 class SpoolWorker:
-    """Archives spool entries in a pool of worker processes, oldest first.
+    """Archives spool entries in a pool of worker processes, oldest first, with a bounded lag.
+
+    The pool's workers run under SCHED_IDLE (else nice 10), so the network and the
+    spool writes come first while they work. On a host that other work keeps busy
+    they would get no CPU at all; so once the oldest waiting entry is older than
+    ``ingest.max_lag_s``, entries go to one *catch-up* worker at normal priority
+    (entries queued for the idle pool move there too) until the lag is back under
+    the bound. An acknowledged instance therefore becomes visible within about
+    that bound plus its archiving time, whatever else runs.
 
     Parameters
     ----------
@@ -214,42 +260,49 @@ class SpoolWorker:
     spool : Spool
         The spool to drain.
     workers : int
-        Worker processes; 0 means one per CPU core. They run under SCHED_IDLE (else
-        nice 10), so the network and the spool writes still come first while they work.
+        Worker processes of the idle pool; 0 means one per CPU core.
     observer : callable, optional
         Called (in the worker thread) with each entry's :class:`IngestResult`, or
         ``None`` for an attempt that failed and will be retried.
     """
 
     RETRY_AFTER_S = 30.0
+    CATCH_UP_QUEUE = 2  #: entries queued at once for the catch-up worker (so the lag is re-read often)
 
     def __init__(self, config: Config, spool: Spool, workers: int = 0,
                  observer: Callable[[IngestResult | None], None] | None = None) -> None:
         self.workers = workers or max(1, os.cpu_count() or 1)
+        self.max_lag = float(config.ingest.max_lag_s)
         self._observer = observer or (lambda result: None)
         self.spool = spool
         self._config = config
         self._pool: ProcessPoolExecutor | None = None
+        self._catch_up: ProcessPoolExecutor | None = None
+        self._inflight: dict[Future[IngestResult], tuple[Path, bool]] = {}  # future -> (entry, catch-up?)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._retry_at: dict[Path, float] = {}
+        self._doubled: set[Path] = set()  # entries running in the idle pool that the catch-up worker also took
+        self.caught_up = 0  #: entries the catch-up worker archived (a busy host's count)
         self._thread = threading.Thread(target=self._run, name="aepacs-spool-worker", daemon=True)
 
     def start(self) -> None:
-        self._pool = self._new_pool()
+        self._pool = self._new_pool(self.workers, idle=True)
+        if self.max_lag > 0:
+            self._catch_up = self._new_pool(1, idle=False)
         self._thread.start()
 
-    def _new_pool(self) -> ProcessPoolExecutor:
+    def _new_pool(self, workers: int, *, idle: bool) -> ProcessPoolExecutor:
         """A pool whose workers start now, not on the first instance received.
 
-        A worker's start (imports, the archive opened) costs about a second of CPU
-        at normal priority, before it turns itself to SCHED_IDLE: started lazily, it
-        would compete with the first associations.
+        A worker's start (imports, the archive opened, codecs warmed) costs about a
+        second of CPU at normal priority, before an idle one turns itself to
+        SCHED_IDLE: started lazily, it would compete with the first associations.
         """
-        pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self._config,))
-        for _ in range(self.workers):
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self._config, idle))
+        for _ in range(workers):
             pool.submit(_started)
         return pool
 
@@ -274,49 +327,103 @@ class SpoolWorker:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._pool, self._catch_up):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
-    def _next_batch(self) -> list[Path]:
-        """Oldest entries first, at most one per SOP Instance UID (so keep-first keeps the first)."""
-        now, seen, batch = time.monotonic(), set(), []
-        for path in self.spool.entries():
+    def lag(self, entries: list[Path]) -> float:
+        """Seconds the oldest of `entries` has waited (its name starts with its arrival time)."""
+        try:
+            return max(0.0, time.time() - int(entries[0].name.split("-")[0]) / 1e9) if entries else 0.0
+        except ValueError:
+            return 0.0
+
+    def _next_batch(self, entries: list[Path], limit: int) -> list[Path]:
+        """Oldest entries first, at most one per SOP Instance UID and none of an instance in flight
+        (so entries of one instance are archived in arrival order, and keep-first keeps the first)."""
+        now, batch = time.monotonic(), []
+        if limit <= 0:
+            return batch
+        seen = {p.name.split("-")[1] for p, _ in self._inflight.values()}
+        for path in entries:
             uid_tag = path.name.split("-")[1]
             if uid_tag in seen:
                 continue
             seen.add(uid_tag)
             if self._retry_at.get(path, 0) <= now:
                 batch.append(path)
-                if len(batch) == self.workers * 16:
+                if len(batch) >= limit:
                     break
         return batch
 
+    def _submit(self, paths: list[Path], catch_up: bool) -> None:
+        pool = self._catch_up if catch_up else self._pool
+        assert pool is not None
+        for path in paths:
+            self._inflight[pool.submit(_archive_in_worker, str(path))] = (path, catch_up)
+
+    def _replace_broken(self, exc: BaseException) -> None:
+        """A worker died (or failed to start): new pools; what was in flight is tried again."""
+        log.error("spool worker pool broken (%s); starting a new one", exc)
+        for pool in (self._pool, self._catch_up):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._inflight.clear()
+        self._pool = self._new_pool(self.workers, idle=True)
+        if self._catch_up is not None:
+            self._catch_up = self._new_pool(1, idle=False)
+        self._stop.wait(1.0)
+
     def _run(self) -> None:
-        assert self._pool is not None
         while not self._stop.is_set():
             self._wake.clear()
-            batch = self._next_batch()
-            if not batch:
+            entries = self.spool.entries()
+            lagging = self._catch_up is not None and self.lag(entries) > self.max_lag
+            try:
+                if lagging:  # what waits for the idle pool goes to the catch-up worker instead
+                    for future, (path, catch_up) in list(self._inflight.items()):
+                        if catch_up:
+                            continue
+                        if future.cancel():
+                            del self._inflight[future]
+                        elif path not in self._doubled:  # running under SCHED_IDLE, maybe never to run again:
+                            self._doubled.add(path)      # a copy too (whichever finishes first archives it)
+                            self._submit([path], True)
+                    queued = sum(1 for _, c in self._inflight.values() if c)
+                    self._submit(self._next_batch(entries, self.CATCH_UP_QUEUE - queued), True)
+                else:
+                    queued = sum(1 for _, c in self._inflight.values() if not c)
+                    self._submit(self._next_batch(entries, self.workers * 16 - queued), False)
+            except BrokenProcessPool as exc:
+                self._replace_broken(exc)
+                continue
+            if not self._inflight:
                 self._idle.set()
                 self._wake.wait(1.0 if self._retry_at else 5.0)
                 continue
-            try:
-                futures = {self._pool.submit(_archive_in_worker, str(p)): p for p in batch}
-            except BrokenProcessPool as exc:  # a worker died (or failed to start): replace the pool
-                log.error("spool worker pool broken (%s); starting a new one", exc)
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-                self._stop.wait(1.0)
-                continue
-            for future, path in futures.items():
+            done, _ = wait(list(self._inflight), timeout=0.25, return_when=FIRST_COMPLETED)
+            for future in done:
+                path, catch_up = self._inflight.pop(future)
+                if future.cancelled():
+                    continue
                 try:
                     result = future.result()
-                    self._retry_at.pop(path, None)
-                    self._observer(result)
-                except Exception as exc:  # store full, index busy, a worker died: retry later
+                except FileNotFoundError:  # its copy on the other pool archived it first
+                    continue
+                except BrokenProcessPool as exc:
+                    if not self._stop.is_set():
+                        self._replace_broken(exc)
+                    break
+                except Exception as exc:  # store full, index busy: retry later
                     if self._stop.is_set():
                         return
                     self._observer(None)
                     log.error("spool entry %s: archiving failed, will retry: %s: %s",
                               path.name, type(exc).__name__, exc)
                     self._retry_at[path] = time.monotonic() + self.RETRY_AFTER_S
+                    continue
+                self._retry_at.pop(path, None)
+                self._doubled.discard(path)
+                self.spool.release(path)
+                self.caught_up += catch_up
+                self._observer(result)

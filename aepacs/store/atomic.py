@@ -32,13 +32,42 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` and every missing parent with mode 0700 (never wider, whatever the umask).
+
+    ``Path.mkdir(parents=True, mode=...)`` gives the mode to the last directory
+    only; the parents it creates get the umask's default (often 0755). Existing
+    directories are left as they are.
+    """
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+    return path
+
+
+def private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600 unless it exists (a database its engine will then open)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def temp_name(directory: Path) -> Path:
     """Return a fresh temporary path in `directory` naming this host and process."""
     return directory / f"{TMP_PREFIX}{_HOST}-{os.getpid()}-{secrets.token_hex(8)}"
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, replace: bool = True,
-                 tmp_dir: Path | None = None, sync: bool = True) -> None:
+                 tmp_dir: Path | None = None, sync: bool = True, owner: tuple[int, int] | None = None) -> None:
     """Write `data` to `path` atomically and durably.
 
     Parameters
@@ -59,6 +88,9 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, replace: bool = 
         fsync the file and its directory before returning. Without it the
         write survives a crash of the process, not of the machine, until the
         caller syncs (the spool syncs in groups).
+    owner : (uid, gid), optional
+        Give the new file this owner before it becomes visible (root only):
+        a file root rewrites for a service user stays that user's.
 
     Raises
     ------
@@ -71,6 +103,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, replace: bool = 
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
+            if owner is not None:
+                os.fchown(fd, *owner)
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)

@@ -16,6 +16,7 @@ import sqlite3
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from sqlalchemy import (Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table,
@@ -24,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from aepacs.errors import StoreError
+from aepacs.store.atomic import private_dir, private_file
 from aepacs.store.records import INSTANCE_FIELDS, PATIENT_FIELDS, SERIES_FIELDS, STUDY_FIELDS, InstanceRecord
 
 metadata = MetaData()
@@ -152,6 +154,14 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.pop("aepacs_write", False) else "BEGIN")
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (None: another engine, or in memory)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url[len(prefix):] in ("", ":memory:") or "mode=memory" in url:
+        return None
+    return Path(url[len(prefix):].split("?", 1)[0])
+
+
 class Index:
     """The archive's query index.
 
@@ -166,6 +176,10 @@ class Index:
         # level keys already in the table -> primary key; rows are never renumbered, so this
         # cache only saves look-ups (ingest of a series hits the same three rows each time)
         self._pks: dict[tuple[str, tuple[Any, ...]], int] = {}
+        path = sqlite_path(url)
+        if path is not None:  # patient data: owner-only from the first byte (SQLite gives -wal/-shm its mode)
+            private_dir(path.parent)
+            private_file(path)
         try:
             self.engine: Engine = create_engine(url, future=True)
             if self.engine.dialect.name == "sqlite":

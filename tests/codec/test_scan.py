@@ -44,3 +44,46 @@ def test_announced_uid_must_match() -> None:
     uid = check_received(data)["SOPInstanceUID"]
     assert check_received(data, uid)["SOPInstanceUID"] == uid
     assert _verdict(lambda d: check_received(d, "1.2.3"), data)[0] == "DatasetMismatch"
+
+
+def _ct_small() -> bytes:
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("CT_small.dcm")).read_bytes()
+
+
+@pytest.mark.parametrize("undefined", [True, False])
+@pytest.mark.parametrize("depth", [200, 2_000, 20_000])
+def test_deep_nesting_is_refused_by_the_scan_without_recursion(depth: int, undefined: bool) -> None:
+    """Defects 2 and 3 of issue 14: 200 levels passed the scan and failed the worker's parse
+    (RecursionError after the acknowledgement); 2,000 levels made the scan itself recurse."""
+    from tests.fuzz.mutate import nested_sequence, with_element
+
+    data = with_element(_ct_small(), nested_sequence(depth, undefined=undefined))
+    with pytest.raises(AepacsError, match="nested deeper than 32"):
+        check_received(data)
+
+
+@pytest.mark.parametrize("undefined", [True, False])
+def test_nesting_up_to_the_limit_is_accepted_and_parses(undefined: bool) -> None:
+    from tests.fuzz.mutate import nested_sequence, with_element
+
+    data = with_element(_ct_small(), nested_sequence(32, undefined=undefined))
+    uids = check_received(data)
+    assert check(parse(data))["SOPInstanceUID"] == uids["SOPInstanceUID"]
+    with pytest.raises(AepacsError, match="nested deeper than 31"):
+        check_received(data, max_depth=31)
+
+
+@pytest.mark.parametrize("uid", ["../../../../tmp/x/y", "/tmp/x/abs10", "1.2.03", "1..2", "1" * 65, "1.2.3.\u00e9"])
+def test_uids_that_are_not_uids_are_refused_by_scan_and_parse(uid: str) -> None:
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+
+    ds = pydicom.dcmread(DicomBytesIO(_ct_small()))
+    ds.SOPInstanceUID = uid
+    buf = DicomBytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    assert _verdict(check_received, data)[0] == "DatasetMismatch"
+    assert _verdict(lambda d: check(parse(d)), data)[0] == "DatasetMismatch"

@@ -24,7 +24,7 @@ from aepacs.crypto.keyring import Keyring
 from aepacs.net.client import receive_files, retrieve
 from aepacs.net.server import ArchiveServer
 from aepacs.net.transport import PRIVATE_CREATOR, RAW_DATA_STORAGE, read_transport
-from tests.conftest import SHARED_CT, corpus_files
+from tests.conftest import SHARED_CT, corpus_files, ct_files
 from tests.net.conftest import free_port
 from tests.net.dcmtk import readable_by_dcmtk, require, run, storescu_profile
 
@@ -49,11 +49,18 @@ def sendable(paths: list[Path]) -> list[Path]:
     return out
 
 
+UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # PS3.5 9.1, written out again here
+
+
 def expected_refusal(path: Path) -> bool:
-    """Independent of the archive's code: Type 1 UIDs missing, or an unreadable image description."""
+    """Independent of the archive's code: Type 1 UIDs missing or not UIDs, or an unreadable image description."""
     ds = _read(path, stop_before_pixels=True)
     if not ds.get("StudyInstanceUID") or not ds.get("SeriesInstanceUID"):
         return True
+    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = str(ds.get(keyword, "") or "").strip("\0 ")
+        if len(value) > 64 or not UID.fullmatch(value):
+            return True
     frames = ds.get("NumberOfFrames")
     return frames is not None and not str(frames).strip().isdigit()
 
@@ -297,3 +304,30 @@ def test_aepacs_retrieve_returns_the_whole_set(loaded: Loaded, tmp_path: Path) -
     for path in written[::3]:  # dciodvfy: no error the original did not have
         original = loaded.originals[str(_read(path, stop_before_pixels=True).SOPInstanceUID)]
         assert _dciodvfy_errors(path) <= _dciodvfy_errors(original), path.name
+
+
+def test_dcmtk_storescu_and_findscu_over_tls(make_server: Any, tmp_path: Path) -> None:
+    """A third-party TLS peer: dcmtk's storescu and findscu (+tls, BCP 195 profile) with a client certificate."""
+    from tests.net.test_server import _certificates
+
+    certs = _certificates(tmp_path)
+    srv = make_server(server={"tls": {"enabled": True, "certificate": str(certs["server.pem"]),
+                                      "private_key": str(certs["server.key"]), "ca": str(certs["ca.pem"]),
+                                      "require_client_certificate": True}})
+    tls = ["+tls", str(certs["client.key"]), str(certs["client.pem"]), "+cf", str(certs["ca.pem"])]
+    src = ct_files()[:2]
+    run("storescu", *tls, "-aec", srv.aet, "127.0.0.1", str(srv.port), *map(str, src))
+    srv.wait_archived()
+    assert srv.archive.index.count() == 2
+    study = str(pydicom.dcmread(src[0], stop_before_pixels=True).StudyInstanceUID)
+    out = tmp_path / "find"
+    out.mkdir()
+    run("findscu", *tls, "-S", "-aec", srv.aet, "-X", "-od", str(out), "-k", "QueryRetrieveLevel=IMAGE",
+        "-k", f"StudyInstanceUID={study}", "-k", "SOPInstanceUID", "127.0.0.1", str(srv.port))
+    found = {str(pydicom.dcmread(p).SOPInstanceUID) for p in out.iterdir()}
+    assert found == {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in src}
+    plain = run("storescu", "-aec", srv.aet, "127.0.0.1", str(srv.port), str(src[0]), check=False)
+    assert plain.returncode != 0  # without TLS the server does not talk
+    no_cert = run("storescu", "+tla", "+cf", str(certs["ca.pem"]), "-aec", srv.aet, "127.0.0.1", str(srv.port),
+                  str(src[0]), check=False)
+    assert no_cert.returncode != 0  # and without a client certificate neither

@@ -34,7 +34,9 @@ def tiny_ct(i: int, study: str, series: str, rng: np.random.Generator) -> Datase
 
 
 def scu(aet: str = "TESTSCU") -> AE:
+    """A CT storage SCU that waits as long as a busy host needs (the tests wait for conditions, not clocks)."""
     ae = AE(ae_title=aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 600
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     ae.add_requested_context(Verification)
     return ae
