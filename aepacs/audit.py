@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from aepacs.errors import InputError
+from aepacs.store.atomic import private_dir
 
 GENESIS = "0" * 64
 
@@ -147,7 +148,7 @@ class AuditTrail:
         return line
 
     def _append(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

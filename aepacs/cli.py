@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -53,7 +54,7 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
         return 0
     ring = load_keyring(config)
     if args.keys_command == "retire":
-        return _retire(config, ring, args.version)
+        return _retire(config, ring, args.version, args.yes)
     if args.keys_command == "rotate":
         version = ring.rotate()
         _audit(config).record("key-change", detail=f"keyring {path} rotated: key version {version} active")
@@ -67,8 +68,14 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _retire(config: Config, ring: Any, version: int | None) -> int:
-    """``keys retire VERSION``: destroy a key once nothing is wrapped under it any more."""
+STRANDED = ("Sealed copies outside this archive that are wrapped under key version {v} can then never be "
+            "opened again: transport objects already delivered by C-GET or C-MOVE (to other PACS, to "
+            "'aepacs retrieve' sites that kept them sealed), files made by 'aepacs seal', and backups of the "
+            "blob store or index taken before the last rekey.")
+
+
+def _retire(config: Config, ring: Any, version: int | None, yes: bool = False) -> int:
+    """``keys retire VERSION --yes``: destroy a key once nothing in the archive is wrapped under it."""
     from aepacs.crypto.seal import read_header
     from aepacs.store.index import Index
 
@@ -89,6 +96,11 @@ def _retire(config: Config, ring: Any, version: int | None) -> int:
     if in_index or spooled:
         raise AepacsError(f"key version {version} still opens {in_index} archived objects and {spooled} "
                           f"spooled ones; run 'aepacs rekey' first (nothing was changed)")
+    if not yes:
+        print(f"aepacs: nothing in the archive needs key version {version} any more, but retiring destroys it. "
+              + STRANDED.format(v=version) + f" Run 'aepacs keys retire {version} --yes' to destroy it "
+              "(nothing was changed).", file=sys.stderr)
+        return 2
     ring.retire(version)
     _audit(config).record("key-change", detail=f"key version {version} retired and destroyed")
     print(f"retired key version {version}: destroyed from {ring.path} "
@@ -201,8 +213,9 @@ def _payload_rows(blob: bytes, config: Config, name: str) -> list[tuple[str, str
 # -- import / export ------------------------------------------------------------
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
     from aepacs.pipeline.archive import Archive
-    from aepacs.pipeline.ingest import import_paths
+    from aepacs.pipeline.ingest import check_routes, import_paths
 
+    check_routes(config)
     for p in args.paths:
         if not Path(p).exists():
             raise AepacsError(f"{p}: no such file or directory")
@@ -274,14 +287,22 @@ def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
                                        str(args.from_files) if args.from_files else f"{args.host}:{args.port}"),
                           destination=Party(args.aet, str(args.output)), patients=[args.patient or ""],
                           studies=[args.study or ""], detail="opened and decoded by aepacs retrieve")
-    print(f"retrieved {len(summary.written)} instances into {args.output}; {len(summary.failed)} failed"
+    print(f"retrieved {_count(len(summary.written), 'instance')} into {args.output}; {len(summary.failed)} failed"
           + (f"; final status 0x{summary.status:04X}" if summary.status is not None else ""))
     for uid, reason in summary.failed:
         print(f"  FAILED {reason}", file=sys.stderr)
+    if summary.status == 0xA801:
+        print(f"  the archive does not know {args.aet} as a C-MOVE destination: add it to its configuration, "
+              f"server.move_destinations: {{{args.aet}: [HOST, {args.move_to_self}]}} "
+              f"(HOST: this machine's address as the archive reaches it), and restart it", file=sys.stderr)
     bad_status = summary.status is not None and summary.status not in (0x0000, 0xB000)
     if not summary.written and not summary.failed and not bad_status:
         raise AepacsError("nothing matched the selection")
     return 1 if summary.failed or bad_status else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def cmd_send(args: argparse.Namespace, config: Config) -> int:
@@ -387,8 +408,13 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, config: Config) -> int:
+    import importlib.util
     import shlex
 
+    missing = [m for m in ("imagecodecs", "SimpleITK", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:  # before a minute of work, not after it
+        raise ConfigError(f"aepacs eval needs the eval extra (missing: {', '.join(missing)}): "
+                          f"pip install 'aepacs[eval]'")
     import torch
 
     from aepacs.eval.noise import KINDS
@@ -425,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", parents=[common], help="manage the keyring (init | list | rotate | retire V)")
     keys.add_argument("keys_command", choices=["init", "list", "rotate", "retire"])
     keys.add_argument("version", type=int, nargs="?", metavar="VERSION", help="retire: the key version to destroy")
+    keys.add_argument("--yes", action="store_true",
+                      help="retire: destroy the key although sealed copies outside the archive may need it")
     keys.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("rekey", parents=[common],
@@ -567,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    os.umask(0o077)  # keys, index, spool, blobs, audit, exports: the owner's alone, whatever the shell's umask
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     try:
@@ -587,6 +616,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aepacs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # 'aepacs models list | head': the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except OSError as exc:
         if debug:
             raise

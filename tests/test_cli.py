@@ -17,6 +17,7 @@ from pathlib import Path
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import open_sealed, read_header
 from tests.conftest import ct_files, run_cli, current_ref
+from tests.net.dcmtk import run
 
 CT = current_ref("ct")  # the version a bare "ct" route resolves to
 
@@ -217,9 +218,7 @@ def test_serve_and_retrieve_commands(env: dict[str, str], tmp_path: Path) -> Non
         src.mkdir()
         for p in ct_files()[:3]:
             shutil.copy(p, src)
-        sent = subprocess.run(["/usr/bin/storescu", "-aec", "AEPACS", "+sd", "127.0.0.1", str(port), str(src)],
-                              env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True)
-        assert sent.returncode == 0, sent.stderr
+        run("storescu", "-aec", "AEPACS", "+sd", "127.0.0.1", str(port), str(src))  # skips without dcmtk
         import pydicom
 
         study = str(pydicom.dcmread(ct_files()[0], stop_before_pixels=True).StudyInstanceUID)
@@ -234,6 +233,7 @@ def test_serve_and_retrieve_commands(env: dict[str, str], tmp_path: Path) -> Non
         moved = run_cli("retrieve", "--host", "127.0.0.1", "--port", str(port), "--study", study,
                         "--move-to-self", str(free_port()), "--aet", "UNKNOWN", "-o", str(tmp_path / "m"), env=env)
         assert moved.returncode == 1 and "0xA801" in moved.stdout  # not a configured move destination
+        assert "server.move_destinations: {UNKNOWN: [HOST," in moved.stderr  # and what to configure
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(60) == 0
@@ -261,3 +261,44 @@ def test_json_logs_are_one_object_per_line(env: dict[str, str], tmp_path: Path) 
     records = [json.loads(line) for line in lines if line.strip()]
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     assert any("listening on" in r["message"] for r in records) and records[-1]["message"] == "stopped"
+
+
+def test_serve_on_a_port_in_use_is_a_configuration_error_at_once(env: dict[str, str]) -> None:
+    import socket
+
+    run_cli("keys", "init", env=env, check=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        t0 = time.monotonic()
+        proc = run_cli("serve", "--port", str(port), env=env, timeout=120)
+        elapsed = time.monotonic() - t0
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+    print(f"serve refused a port in use after {elapsed:.1f} s")
+
+
+def test_a_route_to_a_missing_model_stops_serve_and_import(env: dict[str, str], tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("routes:\n  CT: ct@9:lossy\n  MR: nosuch:lossless\n")
+    run_cli("keys", "init", env=env, check=True)
+    for args in (["serve", "--port", "11999"], ["import", str(ct_files()[0])]):
+        proc = run_cli("--config", str(site), *args, env=env, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "routes.CT: model ct@9 not found" in proc.stderr and "routes.MR: no model named 'nosuch'" in proc.stderr
+
+
+def test_config_reports_every_unknown_key(env: dict[str, str], tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("serverr: {}\nstore:\n  min_free: 3\ningest:\n  worker: 2\n")
+    proc = run_cli("--config", str(site), "keys", "list", env=env)
+    assert proc.returncode == 2
+    for key in ("serverr: unknown key", "store.min_free: unknown key", "ingest.worker: unknown key"):
+        assert key in proc.stderr
+
+
+def test_output_into_a_closed_pipe_is_no_error(env: dict[str, str]) -> None:
+    proc = subprocess.run(f"{sys.executable} -m aepacs models list | head -1", shell=True, capture_output=True,
+                          text=True, env={**os.environ, **env})
+    assert proc.stdout.startswith("model") and "Broken pipe" not in proc.stderr and "Error" not in proc.stderr

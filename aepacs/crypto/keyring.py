@@ -8,7 +8,8 @@ The file is JSON. With a passphrase (taken from an environment variable,
 never from the command line) the list of keys is itself sealed with
 AES-256-GCM under a key derived by scrypt; the KDF parameters are the
 associated data. The file is created with mode 0600 and refused when group
-or others may read it. Writes are atomic and serialised by a lock file.
+or others may read it. Writes are atomic (readers need no lock), serialised by a
+lock on the keyring's directory, and keep the file's owner when root makes them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from Crypto.Protocol.KDF import scrypt
 from Crypto.Random import get_random_bytes
 
 from aepacs.errors import KeyringError, MissingKeyError
-from aepacs.store.atomic import atomic_write
+from aepacs.store.atomic import atomic_write, private_dir
 
 FORMAT = "aepacs-keyring"
 FORMAT_VERSION = 1
@@ -140,8 +141,7 @@ class Keyring:
         seen = _signature(self.path)
         if seen is None or seen == self._seen:
             return False
-        with _locked(self.path):
-            fresh = Keyring.load(self.path, self._passphrase)
+        fresh = Keyring.load(self.path, self._passphrase)  # no lock: writers replace the file atomically
         self._keys, self._seen = fresh._keys, fresh._seen
         return True
 
@@ -156,7 +156,7 @@ class Keyring:
             When `path` already exists (a keyring is never overwritten).
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path.parent)
         with _locked(path):
             if path.exists():
                 raise KeyringError(f"{path}: keyring already exists; not overwriting it")
@@ -252,7 +252,8 @@ class Keyring:
             doc.update(protection="none", keys=entries)
         else:
             doc.update(_seal_entries(entries, self._passphrase))
-        atomic_write(self.path, json.dumps(doc, indent=1).encode("utf-8") + b"\n", mode=0o600)
+        atomic_write(self.path, json.dumps(doc, indent=1).encode("utf-8") + b"\n", mode=0o600,
+                     owner=_owner_to_keep(self.path))
         self._seen = _signature(self.path)
 
 
@@ -301,10 +302,27 @@ def _unseal_entries(path: Path, doc: dict[str, object], passphrase: bytes | None
     return json.loads(plain)
 
 
+def _owner_to_keep(path: Path) -> tuple[int, int] | None:
+    """Who must own the rewritten keyring: its current owner (else its directory's), when root writes it.
+
+    ``keys rotate`` run by root for a server running as ``aepacs`` would otherwise
+    leave a root-owned 0600 file the server can no longer read.
+    """
+    if os.geteuid() != 0:
+        return None
+    st = path.stat() if path.exists() else path.parent.stat()
+    return None if (st.st_uid, st.st_gid) == (0, 0) else (st.st_uid, st.st_gid)
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    """Serialise writers of the keyring at `path` by a lock on its directory.
+
+    The directory, not a lock file: a lock file left by root (``keys init`` run
+    as root) would be one the server's user cannot open. Readers take no lock:
+    every write replaces the file atomically.
+    """
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -9,6 +9,7 @@ from aepacs.audit import AuditTrail
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring, passphrase_from_env
 from aepacs.store.blobs import open_store
+from aepacs.store.atomic import private_dir
 from aepacs.store.index import Index
 
 
@@ -36,7 +37,7 @@ class Archive:
 
     def __init__(self, config: Config, keyring: Keyring | None = None) -> None:
         self.config = config
-        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(config.data_dir)
         self.keyring = keyring or load_keyring(config)
         self.store = open_store(config.store_location)
         self.index = Index(config.index_url)

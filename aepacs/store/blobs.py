@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Union
 
 from aepacs.errors import StoreError, StoreFullError
-from aepacs.store.atomic import atomic_write, sweep_temporaries
+from aepacs.store.atomic import atomic_write, private_dir, sweep_temporaries
 
 SUFFIX = ".aepx"
 
@@ -57,8 +57,7 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.tmp = self.root / ".tmp"
-        self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.tmp = private_dir(self.root / ".tmp")
         self.sweep()
 
     def path_for(self, key: str) -> Path:

@@ -112,3 +112,46 @@ def test_a_loaded_keyring_sees_rotation_and_retirement_by_another_process(tmp_pa
     server.refresh()
     with pytest.raises(MissingKeyError):
         server.kek(1)
+
+
+def test_keys_run_as_root_keep_the_service_users_ownership(tmp_path: Path) -> None:
+    """Issue 14: 'keys init' as root left a root-owned keyring.json.lock and 'keys rotate' a root:root
+    keyring.json, and the server (another user) then failed Keyring.refresh() with PermissionError."""
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (as CI runs) to act as root for another user")
+    service = 65534  # nobody
+    top = Path(tempfile.mkdtemp(prefix="aepacs-keys-", dir="/tmp"))
+    os.chmod(top, 0o755)
+    home = top / "home"
+    home.mkdir(mode=0o700)
+    os.chown(home, service, service)
+    path = home / "keyring.json"
+    ring = Keyring.create(path)  # as root, like 'sudo aepacs keys init'
+    assert (path.stat().st_uid, path.stat().st_gid) == (service, service)
+    # the server's side: a child that is the service user (forked: Python's files under /root are not its)
+    from_parent, to_child = os.pipe()
+    from_child, to_parent = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.setgid(service)
+            os.setuid(service)
+            served = Keyring.load(path)
+            os.write(to_parent, repr(served.versions).encode() + b"\n")
+            os.read(from_parent, 1)  # the root side rotates now
+            os.write(to_parent, f"{served.refresh()} {served.versions}\n".encode())
+            os._exit(0)
+        except BaseException as exc:
+            os.write(to_parent, f"{type(exc).__name__}: {exc}\n".encode())
+            os._exit(1)
+    child = os.fdopen(from_child, "rb")
+    assert child.readline().strip() == b"[1]"
+    assert ring.rotate() == 2  # as root again, like 'sudo aepacs keys rotate'
+    assert (path.stat().st_uid, path.stat().st_gid) == (service, service) and path.stat().st_mode & 0o777 == 0o600
+    os.write(to_child, b"g")
+    line = child.readline().strip()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and line == b"True [1, 2]", line
+    assert not list(home.glob("*.lock"))

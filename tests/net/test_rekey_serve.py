@@ -76,7 +76,7 @@ def test_rekey_beside_a_serving_archive(make_server: Callable[..., Running]) -> 
     assert (summary.done, summary.failed) == (60, 0)
     # what arrived after the rotation was sealed under the new key: nothing needs key 1 any more
     assert srv.archive.index.kek_versions() == {2: 70}
-    run_cli("keys", "retire", "1", check=True)
+    run_cli("keys", "retire", "1", "--yes", check=True)
     statuses, blobs = c_get_study(srv.port, srv.aet, study)
     assert statuses[-1] == 0 and len(blobs) == 70
     for blob in blobs:

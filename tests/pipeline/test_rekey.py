@@ -86,7 +86,10 @@ def test_2000_objects_full_rekey_then_retire(config: Config, archive: Archive) -
     assert not old_files & set(files), "a blob under an old data key remains"
     assert {read_header(b).sealed_kek_version for b in files.values()} == {2}
     assert {read_header(b).kek_version for b in files.values()} == {2}
-    proc = run_cli("keys", "retire", "1", check=True)
+    unconfirmed = run_cli("keys", "retire", "1")  # says what it strands, and changes nothing without --yes
+    assert unconfirmed.returncode == 2 and "transport objects already delivered" in unconfirmed.stderr
+    assert Keyring.load(config.keyring_path).versions == [1, 2]
+    proc = run_cli("keys", "retire", "1", "--yes", check=True)
     assert "retired key version 1" in proc.stdout
     assert Keyring.load(config.keyring_path).versions == [2]
     assert_consistent(config, originals)
@@ -103,7 +106,7 @@ def test_rewrap_changes_only_the_key_slot(config: Config, archive: Archive) -> N
     summary = rekey(config, mode="rewrap", workers=1, progress=False)
     assert (summary.done, summary.failed) == (40, 0)
     assert blob_files(config) == before, "rewrap rewrote blob files"
-    run_cli("keys", "retire", "1", check=True)
+    run_cli("keys", "retire", "1", "--yes", check=True)
     assert_consistent(config, originals)
     with Archive(config) as a:  # the sealed transport object carries the current slot
         uid = next(iter(originals))
@@ -258,7 +261,7 @@ def test_dask_local_cluster_gives_the_same_end_state(config: Config, archive: Ar
         summary = rekey(config, mode="full", dask=cluster.scheduler_address, progress=False)
     assert (summary.done, summary.failed) == (60, 0)
     assert_consistent(config, originals)
-    run_cli("keys", "retire", "1", check=True)
+    run_cli("keys", "retire", "1", "--yes", check=True)
     assert_consistent(config, originals)
 
 
