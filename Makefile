@@ -4,7 +4,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench eval clean
+.PHONY: install demo test fuzz bench eval clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check aepacs tests bench
 	$(BIN)/python -m pytest -q
+
+## the fuzzing harness at length (CI runs it with its default case count as part of make test)
+FUZZ_CASES ?= 5000
+fuzz: $(STAMP)
+	FUZZ_CASES=$(FUZZ_CASES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
 
 ## benchmarks (results go to docs/BENCHMARKS.md by hand)
 bench: $(STAMP)

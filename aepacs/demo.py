@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
+from tqdm import tqdm
 
 import aepacs
 from aepacs.codec.quality import psnr, ssim
@@ -193,6 +194,11 @@ def _archived(port: int, uids: list[str]) -> list[pydicom.Dataset]:
                  {"SOPInstanceUID": "\\".join(uids), "SeriesInstanceUID": ""})
 
 
+def _name(path: Path) -> str:
+    """A sample file's name as the report shows it: its directory too (names repeat across the sample sets)."""
+    return f"{path.parent.name}/{path.name}"
+
+
 def _by_modality(files: list[Storable]) -> dict[str, list[Storable]]:
     groups: dict[str, list[Storable]] = defaultdict(list)
     for f in files:
@@ -207,15 +213,21 @@ def run_part(home: Path, config_file: Path | None, files: list[Storable], keyrin
     out = home / "retrieved"
     server = Server(home, config_file)
     try:
-        for modality, group in _by_modality(files).items():
+        groups = _by_modality(files)
+        progress = tqdm(groups.items(), desc="send, find, retrieve", unit="modality", leave=False,
+                        disable=not sys.stderr.isatty())
+        for modality, group in progress:
+            progress.set_postfix_str(f"{modality} ({len(group)})")
             r = results[modality] = ModalityResult(sent=len(group))
             mine = {f.sop_uid: f for f in group}
             t0 = time.perf_counter()
             sent = send_files("127.0.0.1", server.port, AET, CALLING, group)
             stored = set(sent.stored)
             acked = [f.sop_uid for f in group if f.path in stored]
-            r.refused = {p.name: "no response" if s is None else f"0x{s:04X}"
+            r.refused = {_name(p): "no response" if s is None else f"0x{s:04X}"
                          for p, s in sent.statuses.items() if p not in stored}
+            r.refused.update({_name(f.path): "not sent (no presentation context)" for f in group
+                              if f.path not in sent.statuses})
             r.acked = len(acked)
             while len(found := _archived(server.port, acked)) < r.acked and time.perf_counter() - t0 < 1200:
                 time.sleep(0.1)  # acknowledged from the spool; findable once archived
@@ -297,17 +309,22 @@ def print_table(results: dict[str, ModalityResult], lossy: bool) -> None:
 
 def _row(name: str, r: ModalityResult, lossy: bool) -> str:
     if not r.acked:
-        return f"{name:<9}{0:>10}  (all {r.sent} refused: see below)"
+        return f"{name:<9}{0:>10}  (all {r.sent} refused: listed below)"
     ratio = r.original_bytes / r.stored_bytes if r.stored_bytes else 0.0
     if r.images:
         quality = (f"{np.mean([i['ratio'] for i in r.images]):>7.2f}{np.mean([i['psnr'] for i in r.images]):>9.2f}"
                    f"{np.mean([i['ssim'] for i in r.images]):>8.4f}")
     else:
-        quality = f"{'':>7}{'exact':>9}{'1':>8}"
+        quality = f"{'1.00' if not lossy else '-':>7}{'exact':>9}{'1':>8}"  # lossless: the pixels as they were
     check = (f"{r.derived} derived, {r.exact} exact of {r.acked}" if lossy
              else f"{r.exact}/{r.acked} identical")
     return (f"{name:<9}{r.acked:>10}{_mb(r.original_bytes):>13}{_mb(r.stored_bytes):>11}{ratio:>7.2f}{quality}"
-            f"{r.found / max(r.ingest_s, 1e-9):>10.1f}{r.retrieved / max(r.retrieve_s, 1e-9):>12.1f}  {check}")
+            f"{_rate(r.found, r.ingest_s):>10}{_rate(r.retrieved, r.retrieve_s):>12}  {check}")
+
+
+def _rate(count: int, seconds: float) -> str:
+    """Instances per second, or '-' where there is nothing to rate."""
+    return f"{count / seconds:.1f}" if count and seconds > 0 else "-"
 
 
 def draw_slice(image: dict[str, Any], path: Path) -> Path | None:
@@ -365,6 +382,7 @@ def run_demo(*, data: list[Path] | None = None, keep: bool = False, home: Path |
     # the sample sets hold deliberately odd files: pydicom remarks on them at every read
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font-cache line is not the demo's news
     warnings.filterwarnings("ignore", module="pydicom")
     temporary = home is None
     home = Path(home) if home else Path(tempfile.mkdtemp(prefix="aepacs-demo-"))
@@ -380,17 +398,28 @@ def run_demo(*, data: list[Path] | None = None, keep: bool = False, home: Path |
     print(f"{len(files)} instances to send ({repeats} more files repeat a SOP Instance UID and are left out)")
     try:
         ok, report = _run(home, files, learned)
-        png = None
+        png, why = None, "no image was coded lossy"
         ct = [i for i in report.get("images", []) if i["modality"] == "CT"] or report.get("images", [])
-        if ct:
-            png = draw_slice(ct[len(ct) // 2], report_dir / "demo-slice.png")
+        if ct:  # the largest slice there is (the 16 x 16 samples blown up into blocks show nothing)
+            largest = max(i["rows"] * i["columns"] for i in ct)
+            biggest = [i for i in ct if i["rows"] * i["columns"] == largest]
+            png = draw_slice(biggest[len(biggest) // 2], report_dir / "demo-slice.png")
+            why = "matplotlib is not installed: pip install 'aepacs[eval]'"
         for image in report.get("images", []):
             image.pop("retrieved")  # a file of the demo's own (temporary) home
         (report_dir / "demo.json").write_text(json.dumps(report, indent=1) + "\n")
         print()
         print(f"figures per image: {report_dir / 'demo.json'}")
-        if png is not None:
-            print(f"original / decoded / difference of one slice: {png}")
+        print(f"original / decoded / difference of one slice: {png}" if png is not None
+              else f"no slice picture ({why})")
+        logs = [p for p in (home / "serve.log", home / "learned" / "serve.log") if p.exists()]
+        for log_file in logs:  # the refusals' reasons, kept beside the report (the home may be temporary)
+            target = report_dir / ("serve.log" if log_file.parent == home else "serve-learned.log")
+            if target.resolve() != log_file.resolve():
+                shutil.copy2(log_file, target)
+        if logs:
+            print(f"the servers' logs (each refusal with its reason): {report_dir / 'serve.log'}"
+                  + (f", {report_dir / 'serve-learned.log'}" if len(logs) > 1 else ""))
         done = "every instance came back: identical over the lossless routes" + (
             ", a marked derived image at the measured quality over the learned ones" if learned else "")
         print("RESULT: " + (done if ok else "MISMATCH — see above"))
@@ -416,7 +445,7 @@ def _run(home: Path, files: list[Storable], learned: bool) -> tuple[bool, dict[s
     refused = {name: status for r in part1.values() for name, status in r.refused.items()}
     if refused:
         print(f"{len(refused)} instances refused by the archive with a failure status, nothing of them stored "
-              f"(malformed samples; the reasons are in {home / 'serve.log'}):")
+              f"(malformed samples; each reason is in the server's log, copied beside the report):")
         print(textwrap.fill(", ".join(f"{name} {status}" for name, status in sorted(refused.items())),
                             width=100, initial_indent="  ", subsequent_indent="  "))
     if not learned:

@@ -40,3 +40,23 @@ def test_the_production_example_config_loads_with_tls_and_an_allow_list() -> Non
     assert config.index_url.startswith("postgresql") and config.store_location.startswith("s3://")
     assert config.metrics.bind == "127.0.0.1" and config.metrics.port
     assert config.log.format == "json" and config.audit.syslog
+
+
+def test_the_wheel_installs_what_the_units_documentation_names(tmp_path: Path) -> None:
+    """Issue 14: Documentation= named a file no install put there."""
+    import re
+    import zipfile
+
+    root = DEPLOY.parent
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(root)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    [wheel] = list(tmp_path.glob("aepacs-*.whl"))
+    data = {n.split(".data/data/", 1)[1] for n in zipfile.ZipFile(wheel).namelist() if ".data/data/" in n}
+    prefix = "/opt/aepacs/"  # the runbook's venv
+    for unit in (DEPLOY / "systemd").glob("*.service"):
+        docs = re.search(r"^Documentation=(.*)$", unit.read_text(), re.M)
+        assert docs, unit.name
+        for url in docs.group(1).split():
+            assert url.startswith("file://" + prefix), url
+            assert url[len("file://" + prefix):] in data, (unit.name, url, sorted(data))
