@@ -27,6 +27,26 @@ from aepacs.logs import configure as configure_logging
 log = logging.getLogger("aepacs")
 
 
+def numba_cache(config: Config, package: Path | None = None) -> Path | None:
+    """Where numba caches the codecs' compiled loops: beside them when that is writable, else in the data directory.
+
+    A read-only install (a wheel in a system path) would otherwise compile them
+    again in every process: seconds before the first learned-route instance is
+    archived. Set before numba is imported; worker processes inherit it.
+    ``$NUMBA_CACHE_DIR``, when set, wins.
+    """
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    package = package or Path(__file__).resolve().parent / "codec"
+    if os.access(package, os.W_OK):
+        return None  # numba's own choice: the package's __pycache__
+    from aepacs.store.atomic import private_dir
+
+    cache = private_dir(config.data_dir / "cache" / "numba")
+    os.environ["NUMBA_CACHE_DIR"] = str(cache)
+    return cache
+
+
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
@@ -601,6 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(getattr(args, "config", None))
         configure_logging(logging.DEBUG if debug else config.log.level, config.log.format)
+        numba_cache(config)
         func: Callable[[argparse.Namespace, Config], int] = args.func
         return func(args, config)
     except (ConfigError, KeyringError) as exc:

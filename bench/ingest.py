@@ -299,6 +299,8 @@ def main() -> None:
     try:
         slices = work / "slices"
         slices.mkdir()
+        if args.startup_only:
+            args.count = min(args.count, 21)
         size = make_slices(args.count, slices)
         os.sync()
         n = args.count
@@ -315,10 +317,11 @@ def main() -> None:
                 rate["e Orthanc"] = n / e
             rounds.append(rate)
             print(f"round {r + 1}: " + "; ".join(f"{k} {v:,.0f}" for k, v in rate.items()), file=sys.stderr)
-        print(f"# bench/ingest.py — {n} CT slices ({size / n / 1e3:.0f} kB each), storescu, one association, "
-              f"{os.cpu_count()} cores, max PDU {max_pdu}; median of {args.rounds} rounds")
-        print("| receiver | slices/s (median) | range |")
-        print("|---|---|---|")
+        if rounds:
+            print(f"# bench/ingest.py — {n} CT slices ({size / n / 1e3:.0f} kB each), storescu, one association, "
+                  f"{os.cpu_count()} cores, max PDU {max_pdu}; median of {args.rounds} rounds")
+            print("| receiver | slices/s (median) | range |")
+            print("|---|---|---|")
         for name in rounds[0] if rounds else []:
             values = [r[name] for r in rounds]
             print(f"| {name} | {statistics.median(values):,.0f} | {min(values):,.0f}–{max(values):,.0f} |")

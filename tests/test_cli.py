@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import open_sealed, read_header
@@ -302,3 +304,27 @@ def test_output_into_a_closed_pipe_is_no_error(env: dict[str, str]) -> None:
     proc = subprocess.run(f"{sys.executable} -m aepacs models list | head -1", shell=True, capture_output=True,
                           text=True, env={**os.environ, **env})
     assert proc.stdout.startswith("model") and "Broken pipe" not in proc.stderr and "Error" not in proc.stderr
+
+
+def test_eval_without_its_extra_says_what_to_install_before_working(env: dict[str, str], tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['imagecodecs'] = None; from aepacs.cli import main; "
+            f"sys.exit(main(['eval', '--model', 'ct', '--data', {str(ct_files()[0])!r}, '-o', {str(tmp_path)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
+    assert proc.returncode == 2, proc.stderr
+    assert "needs the eval extra (missing: imagecodecs): pip install 'aepacs[eval]'" in proc.stderr
+    assert not list(tmp_path.iterdir())  # refused before any work
+
+
+def test_numba_caches_under_the_data_directory_when_the_package_is_read_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aepacs.cli import numba_cache
+    from aepacs.config import load_config
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("AEPACS_HOME", str(tmp_path / "home"))
+    config = load_config()
+    assert numba_cache(config, tmp_path) is None  # writable: numba's own place, beside the code
+    read_only = tmp_path / "no-such-install"  # os.access is true for root on any existing directory
+    cache = numba_cache(config, read_only)
+    assert cache == tmp_path / "home" / "cache" / "numba" and os.environ["NUMBA_CACHE_DIR"] == str(cache)
+    assert cache.stat().st_mode & 0o777 == 0o700

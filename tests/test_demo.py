@@ -47,6 +47,11 @@ def test_demo_sends_finds_and_retrieves_everything_over_dicom(demo: Demo) -> Non
     for r in refused.values():  # what was acknowledged was found by C-FIND and retrieved by C-GET
         assert r["acknowledged"] == r["found"] == r["retrieved"] == r["exact"]
         assert r["acknowledged"] == 0 or (r["ingest_per_s"] > 0 and r["retrieve_per_s"] > 0)
+        for name in r["refused"]:  # a row saying "all N refused: listed below" finds them listed
+            assert name in lossless, name
+    assert all(len(row) >= 10 for row in rows.values())  # no blank column (the image ratio was blank)
+    log = demo.home / "serve.log"  # each refusal's reason, kept beside the report
+    assert str(log) in out and "refused (0xA900)" in log.read_text()
 
     rows = _table(learned)
     for modality in ("CT", "MR", "CR", "US"):

@@ -8,7 +8,8 @@ survives a crash of the process, and the spool's grouped fsync follows
 within milliseconds. Worker processes archive each spool entry (route →
 encode → seal → store → index) off the association threads; a restart
 archives what is still spooled. A stored instance becomes visible to C-FIND
-once archived, typically well under a second later.
+once archived, typically well under a second later (within ``ingest.max_lag_s``
+plus its archiving time on a host that other work keeps busy).
 
 Statuses (PS3.4 B.2.3), these four only: 0x0000 stored; 0xA700 out of
 resources (no room for the instance and its archiving, spool write failure);

@@ -246,11 +246,12 @@ class SpoolWorker:
 
     The pool's workers run under SCHED_IDLE (else nice 10), so the network and the
     spool writes come first while they work. On a host that other work keeps busy
-    they would get no CPU at all; so once the oldest waiting entry is older than
-    ``ingest.max_lag_s``, entries go to one *catch-up* worker at normal priority
-    (entries queued for the idle pool move there too) until the lag is back under
-    the bound. An acknowledged instance therefore becomes visible within about
-    that bound plus its archiving time, whatever else runs.
+    they would get no CPU at all; so once the idle pool has held work for
+    ``ingest.max_lag_s`` without finishing any, what it holds and what arrives go
+    (as copies: whichever finishes first archives an entry) to one *catch-up*
+    worker at normal priority, until the idle pool moves again. An acknowledged
+    instance therefore becomes visible within about that bound plus its archiving
+    time, whatever else runs; a burst, which keeps the idle pool moving, is left to it.
 
     Parameters
     ----------
@@ -283,7 +284,9 @@ class SpoolWorker:
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._retry_at: dict[Path, float] = {}
-        self._doubled: set[Path] = set()  # entries running in the idle pool that the catch-up worker also took
+        self._doubled: set[Path] = set()  # entries of the stalled idle pool that the catch-up worker also took
+        self._idle_progress = time.monotonic()  # when the idle pool last finished an entry (or got its first)
+        self._was_stalled = False
         self.caught_up = 0  #: entries the catch-up worker archived (a busy host's count)
         self._thread = threading.Thread(target=self._run, name="aepacs-spool-worker", daemon=True)
 
@@ -331,13 +334,6 @@ class SpoolWorker:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def lag(self, entries: list[Path]) -> float:
-        """Seconds the oldest of `entries` has waited (its name starts with its arrival time)."""
-        try:
-            return max(0.0, time.time() - int(entries[0].name.split("-")[0]) / 1e9) if entries else 0.0
-        except ValueError:
-            return 0.0
-
     def _next_batch(self, entries: list[Path], limit: int) -> list[Path]:
         """Oldest entries first, at most one per SOP Instance UID and none of an instance in flight
         (so entries of one instance are archived in arrival order, and keep-first keeps the first)."""
@@ -374,26 +370,50 @@ class SpoolWorker:
             self._catch_up = self._new_pool(1, idle=False)
         self._stop.wait(1.0)
 
+    def _stalled(self) -> bool:
+        """Whether the idle pool has had work for ``max_lag`` seconds and finished none of it.
+
+        A burst keeps the idle pool busy but moving (it finishes an entry every few
+        tens of milliseconds): no catch-up then, which would only take CPU from the
+        associations. Other work that keeps every core busy stops it altogether.
+        """
+        if self._catch_up is None or not any(not c for _, c in self._inflight.values()):
+            return False
+        return time.monotonic() - self._idle_progress > self.max_lag
+
+    def _catch_up_work(self) -> None:
+        """Copies of what waits in the stalled idle pool, oldest first, to the catch-up worker."""
+        room = self.CATCH_UP_QUEUE - sum(1 for _, c in self._inflight.values() if c)
+        waiting = sorted(p for p, c in self._inflight.values() if not c and p not in self._doubled)
+        for path in waiting[:max(0, room)]:
+            self._doubled.add(path)  # whichever copy finishes first archives it; the other finds it gone
+            self._submit([path], True)
+        room -= len(waiting[:max(0, room)])
+        if room > 0:
+            self._submit(self._next_batch(self.spool.entries(), room), True)
+
+    def _refill(self) -> None:
+        """Entries for the idle pool, once half of what it holds is done (the spool is listed that often)."""
+        queued = sum(1 for _, c in self._inflight.values() if not c)
+        if queued <= self.workers * 8:
+            batch = self._next_batch(self.spool.entries(), self.workers * 16 - queued)
+            if batch and not queued:
+                self._idle_progress = time.monotonic()  # its clock starts with its first work
+            self._submit(batch, False)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
-            entries = self.spool.entries()
-            lagging = self._catch_up is not None and self.lag(entries) > self.max_lag
             try:
-                if lagging:  # what waits for the idle pool goes to the catch-up worker instead
-                    for future, (path, catch_up) in list(self._inflight.items()):
-                        if catch_up:
-                            continue
-                        if future.cancel():
-                            del self._inflight[future]
-                        elif path not in self._doubled:  # running under SCHED_IDLE, maybe never to run again:
-                            self._doubled.add(path)      # a copy too (whichever finishes first archives it)
-                            self._submit([path], True)
-                    queued = sum(1 for _, c in self._inflight.values() if c)
-                    self._submit(self._next_batch(entries, self.CATCH_UP_QUEUE - queued), True)
+                stalled = self._stalled()
+                if stalled != self._was_stalled:
+                    self._was_stalled = stalled
+                    log.info("spool: the idle workers %s", f"finished nothing in {self.max_lag:g} s; the catch-up "
+                             "worker (normal priority) takes their entries" if stalled else "move again")
+                if stalled:
+                    self._catch_up_work()
                 else:
-                    queued = sum(1 for _, c in self._inflight.values() if not c)
-                    self._submit(self._next_batch(entries, self.workers * 16 - queued), False)
+                    self._refill()
             except BrokenProcessPool as exc:
                 self._replace_broken(exc)
                 continue
@@ -406,6 +426,8 @@ class SpoolWorker:
                 path, catch_up = self._inflight.pop(future)
                 if future.cancelled():
                     continue
+                if not catch_up and not isinstance(future.exception(), FileNotFoundError):
+                    self._idle_progress = time.monotonic()  # the idle pool did some work (not: found it done)
                 try:
                     result = future.result()
                 except FileNotFoundError:  # its copy on the other pool archived it first
