@@ -257,8 +257,9 @@ class ArchiveServer:
         """Start listening (in background threads), the spool flusher and the spool workers."""
         cfg = self.config.server
         try:  # first, so that an address in use is a configuration error at once, before workers start
-            self.server = self.ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers(),
-                                               ssl_context=server_ssl_context(self.config))
+            server = self.ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers(),
+                                          ssl_context=server_ssl_context(self.config))
+            assert server is not None  # block=False returns the server
         except OSError as exc:
             raise ConfigError(f"server: cannot listen on {cfg.bind}:{cfg.port} ({exc.strerror or exc}); "
                               f"set server.port (or --port) to a free port") from None
@@ -267,9 +268,10 @@ class ArchiveServer:
                 self.http = MetricsServer(self.metrics, self.health, self._refresh, self.config.metrics.bind,
                                           self.config.metrics.port)
             except OSError as exc:
-                self.server.shutdown()
+                server.shutdown()
                 raise ConfigError(f"metrics: cannot listen on {self.config.metrics.bind}:{self.config.metrics.port} "
                                   f"({exc.strerror or exc}); set metrics.port to a free port") from None
+        self.server = server
         # leftovers of a crash (old enough not to be in flight): a walk of the whole store, so in the background
         threading.Thread(target=self._sweep, name="aepacs-sweep", daemon=True).start()
         self.spool.start()
@@ -281,7 +283,7 @@ class ArchiveServer:
             log.info("metrics on http://%s:%d/metrics, health on /health", self.config.metrics.bind, self.http.port)
         self.audit.record("application-start", destination=self._me(),
                           detail=f"aepacs serve on {cfg.bind}:{cfg.port}{' (TLS)' if cfg.tls.enabled else ''}")
-        return self.server
+        return server
 
     def _archived(self, result: IngestResult | None) -> None:
         if result is None:

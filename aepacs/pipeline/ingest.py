@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 from tqdm import tqdm
 
 from aepacs.codec.part10 import Part10, parse
@@ -313,7 +313,7 @@ def dataset_from_scan(data: bytes) -> Part10 | None:
         return None
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = scanned.transfer_syntax
+    ds.file_meta.TransferSyntaxUID = UID(scanned.transfer_syntax)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for keyword, value in {**scanned.image, **scanned.uids}.items():

@@ -337,7 +337,7 @@ class SpoolWorker:
     def _next_batch(self, entries: list[Path], limit: int) -> list[Path]:
         """Oldest entries first, at most one per SOP Instance UID and none of an instance in flight
         (so entries of one instance are archived in arrival order, and keep-first keeps the first)."""
-        now, batch = time.monotonic(), []
+        now, batch = time.monotonic(), list[Path]()
         if limit <= 0:
             return batch
         seen = {p.name.split("-")[1] for p, _ in self._inflight.values()}
