@@ -3,9 +3,10 @@
 :func:`scan` walks the elements with :mod:`struct`, iteratively (nested
 sequences on an explicit stack, their depth bounded), and returns the
 required UIDs, the image description, the attributes the index keeps and
-the bounds of the pixel data. It does not build a pydicom dataset. It answers the same questions as ``parse`` + ``check`` in a small
-fraction of the time, and returns None where it does not know enough
-(deflated streams, unusual framing); the caller then uses pydicom.
+the bounds of the pixel data. It does not build a pydicom dataset. It
+answers the same questions as ``parse`` + ``check`` in a small fraction of
+the time, and returns None where it does not know enough (deflated
+streams, unusual framing); the caller then uses pydicom.
 """
 
 from __future__ import annotations

@@ -56,8 +56,8 @@ class KeyVersion:
     key: bytes = field(repr=False)
 
 
-def check_private(path: Path) -> None:
-    """Refuse `path` when anyone but its owner may read or write it.
+def check_private(path: Path, what: str = "keyring") -> None:
+    """Refuse `path` (a `what`) when anyone but its owner may read or write it.
 
     Raises
     ------
@@ -67,7 +67,7 @@ def check_private(path: Path) -> None:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise KeyringError(
-            f"{path}: keyring is accessible by group or others (mode {mode:04o}); "
+            f"{path}: {what} is accessible by group or others (mode {mode:04o}); "
             f"run 'chmod 600 {path}'")
 
 

@@ -18,6 +18,7 @@ import os
 import secrets
 from pathlib import Path
 
+from aepacs.crypto.keyring import check_private
 from aepacs.errors import KeyringError
 from aepacs.store.atomic import private_dir
 
@@ -44,8 +45,7 @@ def site_key(path: Path) -> bytes:
             os.fsync(fd)
         finally:
             os.close(fd)
-    if path.stat().st_mode & 0o077:
-        raise KeyringError(f"{path}: pseudonym key is accessible by group or others; run 'chmod 600 {path}'")
+    check_private(path, "pseudonym key")
     try:
         key = bytes.fromhex(path.read_text().strip())
     except ValueError:

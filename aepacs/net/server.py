@@ -62,7 +62,7 @@ from aepacs.pipeline.ingest import IngestResult, check_received, check_routes
 from aepacs.pipeline.spool import Spool, SpoolWorker, seal_entry
 from aepacs.pipeline.retrieve import fetch, fetch_blob
 from aepacs.store.index import sqlite_path
-from aepacs.store.records import shown, uid_problem
+from aepacs.store.records import check_uid, shown
 
 log = logging.getLogger("aepacs.serve")
 
@@ -94,26 +94,26 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
 
 
 def refuse_shared(config: Config) -> None:
-    """Refuse to serve an archive whose index or keyring other local users may read.
+    """Refuse to serve an archive whose SQLite index other local users may read.
+
+    (A keyring others may read is refused by :meth:`Keyring.load`, for every command.)
 
     Raises
     ------
     ConfigError
         Naming the file, its mode and the fix (``aepacs serve`` exits 2).
     """
-    paths = [config.keyring_path]
     index = sqlite_path(config.index_url)
-    if index is not None:
-        paths += [index, index.with_name(index.name + "-wal"), index.with_name(index.name + "-shm")]
-    for path in paths:
+    if index is None:
+        return
+    for path in (index, index.with_name(index.name + "-wal"), index.with_name(index.name + "-shm")):
         try:
             mode = path.stat().st_mode & 0o777
         except FileNotFoundError:
             continue
         if mode & 0o077:
-            what = "keys" if path == config.keyring_path else "patient names, IDs and birth dates"
-            raise ConfigError(f"{path} is readable by group or others (mode {mode:04o}) and holds {what}; "
-                              f"run 'chmod 600 {path}' (and 'chmod 700' on its directory)")
+            raise ConfigError(f"{path} is readable by group or others (mode {mode:04o}) and holds patient names, "
+                              f"IDs and birth dates; run 'chmod 600 {path}' (and 'chmod 700' on its directory)")
 
 
 @dataclass
@@ -155,7 +155,7 @@ def _unsendable(sop_uid: str) -> Dataset:
 
 
 def _announced_uids(event: Any) -> str:
-    """The request's Affected SOP Instance UID, after both its UIDs passed :func:`uid_problem`.
+    """The request's Affected SOP Instance UID, after both its UIDs passed :func:`check_uid`.
 
     Raises
     ------
@@ -164,10 +164,7 @@ def _announced_uids(event: Any) -> str:
     """
     request = event.request
     for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
-        value = str(getattr(request, keyword, "") or "")
-        problem = uid_problem(value)
-        if problem:
-            raise DatasetMismatch(f"C-STORE request's {keyword} {shown(value)} is not a valid UID: {problem}")
+        check_uid(f"C-STORE request's {keyword}", str(getattr(request, keyword, "") or ""))
     return str(request.AffectedSOPInstanceUID)
 
 

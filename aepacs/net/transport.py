@@ -62,7 +62,7 @@ def make_transport(blob: bytes, row: Any, pseudonym_key: bytes | None = None) ->
     pseudonym_key : bytes, optional
         ``transport.identifiers: pseudonymous``: patient name and ID and the
         accession number in clear as pseudonyms under this site key, the other
-        identifying attributes empty (:func:`clear_identifiers`).
+        identifying attributes empty (:func:`pseudonymous`).
     """
     if pseudonym_key is not None:
         row = pseudonymous(row, pseudonym_key)
@@ -139,7 +139,7 @@ def pseudonymous(row: Any, key: bytes) -> SimpleNamespace:
                   issuer_of_patient_id="", patient_birth_date="", patient_sex="", study_date="", study_time="",
                   study_id="", referring_physician_name="", study_description="", series_description="",
                   body_part_examined="",
-                  accession_number=pseudonym(key, "accession", row.accession_number, 16))
+                  accession_number=pseudonym(key, "accession", row.accession_number))
     return SimpleNamespace(**values)
 
 

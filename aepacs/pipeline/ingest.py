@@ -38,7 +38,7 @@ from aepacs.errors import AepacsError, CodecError, ConfigError, DatasetMismatch,
 from aepacs.models.registry import ModelError, Registry, config_registry
 from aepacs.pipeline.archive import Archive
 from aepacs.store.index import ADDED, CONFLICT, SAME, BlobRef
-from aepacs.store.records import InstanceRecord, check_uids, required_uids, shown, text_value, uid_problem
+from aepacs.store.records import InstanceRecord, check_uid, check_uids, required_uids, shown, text_value
 
 log = logging.getLogger("aepacs.ingest")
 
@@ -200,9 +200,8 @@ def seal_encoded(encoded: EncodedObject, keyring: Keyring) -> bytearray:
     ds = encoded.parts.dataset
     uid, study = object_uid(ds), text_value(ds, "StudyInstanceUID")
     for keyword, value in (("SOPInstanceUID", uid), ("StudyInstanceUID", study)):
-        problem = uid_problem(value) if value else None
-        if problem:
-            raise DatasetMismatch(f"{keyword} {shown(value)} is not a valid UID: {problem}")
+        if value:
+            check_uid(keyword, value)
     return seal(encoded.payload, object_uid=uid, study_uid=study, codec=encoded.codec, keyring=keyring)
 
 

@@ -106,11 +106,6 @@ class Spool:
         with self._lock:
             self._waiting_bytes -= self._sizes.pop(path.name, 0)
 
-    @property
-    def waiting_bytes(self) -> int:
-        """Bytes of the entries not yet archived."""
-        return self._waiting_bytes
-
     def admission_need(self, size: int) -> int:
         """Free bytes a new entry of `size` needs beyond the reserve: itself, its archived blob,
         and the blob of every entry still waiting.
@@ -385,10 +380,10 @@ class SpoolWorker:
         """Copies of what waits in the stalled idle pool, oldest first, to the catch-up worker."""
         room = self.CATCH_UP_QUEUE - sum(1 for _, c in self._inflight.values() if c)
         waiting = sorted(p for p, c in self._inflight.values() if not c and p not in self._doubled)
-        for path in waiting[:max(0, room)]:
-            self._doubled.add(path)  # whichever copy finishes first archives it; the other finds it gone
-            self._submit([path], True)
-        room -= len(waiting[:max(0, room)])
+        copies = waiting[:max(0, room)]
+        self._doubled.update(copies)  # whichever copy finishes first archives it; the other finds it gone
+        self._submit(copies, True)
+        room -= len(copies)
         if room > 0:
             self._submit(self._next_batch(self.spool.entries(), room), True)
 

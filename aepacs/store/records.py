@@ -85,6 +85,19 @@ def shown(value: str, limit: int = 70) -> str:
     return text + ("..." if len(value) > limit else "")
 
 
+def check_uid(keyword: str, value: str) -> None:
+    """Refuse `value` (named `keyword` in the message) unless it is a UID (:func:`uid_problem`).
+
+    Raises
+    ------
+    DatasetMismatch
+        Naming the keyword, the value (escaped) and what is wrong with it.
+    """
+    problem = uid_problem(value)
+    if problem:
+        raise DatasetMismatch(f"{keyword} {shown(value)} is not a valid UID: {problem}")
+
+
 def check_uids(uids: dict[str, str]) -> dict[str, str]:
     """The rules of :func:`required_uids`, on UID values however they were read.
 
@@ -101,9 +114,7 @@ def check_uids(uids: dict[str, str]) -> dict[str, str]:
     for keyword, value in uids.items():
         if not value:
             raise DatasetMismatch(f"missing {keyword}: not an archivable instance")
-        problem = uid_problem(value)
-        if problem:
-            raise DatasetMismatch(f"{keyword} {shown(value)} is not a valid UID: {problem}")
+        check_uid(keyword, value)
     return uids
 
 

@@ -31,7 +31,7 @@ from tests.conftest import run_cli
 from tests.fuzz.mutate import nested_sequence, with_element
 from tests.net.conftest import Running, free_port
 from tests.net.dcmtk import run
-from tests.net.test_server import scu, tiny_ct
+from tests.net.test_server import scu, store_series, tiny_ct
 
 
 def _meta(sop_uid: bytes, sop_class: bytes = CTImageStorage.encode()) -> bytes:
@@ -226,11 +226,7 @@ MOVE_PORT = free_port()
 @pytest.fixture
 def three_with_one_tampered(make_server: Callable[..., Running], tmp_path: Path) -> Iterator[tuple[Running, str, str]]:
     srv = make_server(server={"move_destinations": {"VIEWER": ["127.0.0.1", MOVE_PORT]}})
-    study, series, rng = generate_uid(), generate_uid(), np.random.default_rng(7)
-    sent = [tiny_ct(i, study, series, rng) for i in range(3)]
-    assoc = scu().associate("127.0.0.1", srv.port, ae_title=srv.aet)
-    assert all(int(assoc.send_c_store(ds).Status) == 0 for ds in sent)
-    assoc.release()
+    _, series, sent = store_series(srv, 3, seed=7)
     srv.wait_archived()
     victim = str(sent[1].SOPInstanceUID)
     path = srv.archive.store.path_for(srv.archive.index.get(victim).blob_key)
@@ -406,11 +402,7 @@ def test_archiving_keeps_up_on_a_host_other_work_keeps_busy(make_server: Callabl
     srv = make_server(ingest={"workers": 1, "max_lag_s": 1})
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
     try:
-        assoc = scu().associate("127.0.0.1", srv.port, ae_title=srv.aet)
-        study, series, rng = generate_uid(), generate_uid(), np.random.default_rng(5)
-        sent = [tiny_ct(i, study, series, rng) for i in range(6)]
-        assert all(int(assoc.send_c_store(ds).Status) == 0 for ds in sent)
-        assoc.release()
+        store_series(srv, 6, seed=5)
         srv.wait_archived(timeout=300)  # with every core busy the whole time
         assert all(h.poll() is None for h in hogs)
     finally:

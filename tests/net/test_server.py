@@ -33,6 +33,17 @@ def tiny_ct(i: int, study: str, series: str, rng: np.random.Generator) -> Datase
     return ds
 
 
+def store_series(srv: Running, count: int, seed: int) -> tuple[str, str, list[Dataset]]:
+    """C-STORE `count` tiny CT images of one new series over one association, each acknowledged with 0x0000."""
+    study, series, rng = generate_uid(), generate_uid(), np.random.default_rng(seed)
+    sent = [tiny_ct(i, study, series, rng) for i in range(count)]
+    assoc = scu().associate("127.0.0.1", srv.port, ae_title=srv.aet)
+    assert assoc.is_established
+    assert all(int(assoc.send_c_store(ds).Status) == 0 for ds in sent)
+    assoc.release()
+    return study, series, sent
+
+
 def scu(aet: str = "TESTSCU") -> AE:
     """A CT storage SCU that waits as long as a busy host needs (the tests wait for conditions, not clocks)."""
     ae = AE(ae_title=aet)
@@ -218,11 +229,7 @@ def test_retrieve_as_decoded_sends_the_originals(make_server: Callable[..., Runn
     from aepacs.net.client import retrieve
 
     srv = make_server(server={"retrieve_as": "decoded"})
-    study, series, rng = generate_uid(), generate_uid(), np.random.default_rng(3)
-    sent = [tiny_ct(i, study, series, rng) for i in range(5)]
-    assoc = scu().associate("127.0.0.1", srv.port, ae_title=srv.aet)
-    assert all(int(assoc.send_c_store(ds).Status) == 0 for ds in sent)
-    assoc.release()
+    study, _, sent = store_series(srv, 5, seed=3)
     srv.wait_archived()
     s = retrieve("127.0.0.1", srv.port, srv.aet, "VIEWER", "study", study, srv.keyring, tmp_path / "out")
     assert not s.failed and s.status == 0
