@@ -13,13 +13,16 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-## the main job on embedded defaults: a fresh archive, import the sample files, export them back
+## the main job on embedded defaults: a fresh archive served over DICOM, the sample files sent,
+## found and retrieved again, and compared with the originals (aepacs demo)
 demo: $(STAMP)
 	$(BIN)/aepacs demo
 
-## the test suite (after a lint for unused and undefined names)
+## the test suite, after the lint (ruff), the types (mypy) and the layering (import-linter)
 test: $(STAMP)
-	$(BIN)/ruff check aepacs tests bench
+	$(BIN)/ruff check aepacs tests bench plugins
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 ## the fuzzing harness at length (CI runs it with its default case count as part of make test)

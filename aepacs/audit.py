@@ -57,8 +57,8 @@ EVENTS: dict[str, tuple[str, str, str, str | None]] = {
     "application-stop": ("110100", "Application Activity", "E", "110121"),
 }
 
-#: PS3.15 EventOutcomeIndicator values.
-SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE, MAJOR_FAILURE = 0, 4, 8, 12
+#: PS3.15 EventOutcomeIndicator values aepacs records (12, major failure, it never does).
+SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = 0, 4, 8
 
 __all__ = ["EVENTS", "AuditTrail", "Party", "Verification", "describe", "parse_since", "read", "verify"]
 
@@ -175,6 +175,7 @@ class AuditTrail:
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                     s.sendto(message, (url.hostname, url.port))
             else:  # RFC 6587 octet counting
+                assert url.port is not None  # checked in __init__
                 with socket.create_connection((url.hostname, url.port), timeout=5) as s:
                     s.sendall(str(len(message)).encode() + b" " + message)
         except OSError:
@@ -284,7 +285,8 @@ def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
 
 def describe(record: dict[str, Any]) -> str:
     """One line of :func:`read` output for people."""
-    outcome = {0: "ok", 4: "minor failure", 8: "serious failure", 12: "major failure"}.get(record.get("outcome"), "?")
+    outcomes = {SUCCESS: "ok", MINOR_FAILURE: "minor failure", SERIOUS_FAILURE: "serious failure", 12: "major failure"}
+    outcome = outcomes.get(record.get("outcome"), "?")  # type: ignore[arg-type]  # None or odd values: "?"
     src, dst = record.get("source", {}), record.get("destination", {})
 
     def who(p: dict[str, str]) -> str:

@@ -24,11 +24,11 @@ Usage: ``python bench/codec.py [--slices N] [--threads T] [--paper REF]``
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ThreadPoolExecutor
 import glob
 import os
 import platform
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +42,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 from common import median_time  # noqa: E402
+
 from aepacs.codec.learned import codec_for  # noqa: E402
-from aepacs.codec.nets.paper import PaperAutoencoder  # noqa: E402
 from aepacs.codec.quality import psnr  # noqa: E402
 from aepacs.eval.baselines import j2k_at_budget  # noqa: E402
+from aepacs.eval.paper import PaperAutoencoder  # noqa: E402
+from aepacs.eval.paper import network as paper_network  # noqa: E402
 from aepacs.models.registry import SHIPPED, Registry  # noqa: E402
 
 CT_DIR = ROOT.parent / "shared" / "data" / "ct" / "lung-pet-ct-dx-A0001" / "series-3-5mm"
@@ -85,7 +87,7 @@ def main() -> None:
     j2k_dec = sum(r[3] for r in j2k) / 1000
     j2k_psnr = float(np.mean([psnr(px[i], j2k[i][1]) for i in range(n)]))
 
-    paper = (Registry.default().load(args.paper).network if args.paper else PaperAutoencoder(channels=1)).eval()
+    paper = (paper_network(Registry.default().load(args.paper)) if args.paper else PaperAutoencoder(channels=1)).eval()
     x = torch.from_numpy(((px.astype(np.float32) - px.min()) / (px.max() - px.min())).transpose(0, 3, 1, 2).copy())
     with torch.inference_mode():
         latent = paper.encoder(x[:1])

@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aepacs.config import load_config  # noqa: E402
 from aepacs.crypto.keyring import Keyring  # noqa: E402
 from aepacs.crypto.seal import seal  # noqa: E402
+from aepacs.dicom.records import InstanceRecord  # noqa: E402
 from aepacs.pipeline.archive import Archive  # noqa: E402
 from aepacs.pipeline.rekey import rekey  # noqa: E402
 from aepacs.store.index import BlobRef  # noqa: E402
-from aepacs.store.records import InstanceRecord  # noqa: E402
 
 
 def record(i: int, study: str) -> InstanceRecord:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 from common import median_time  # noqa: E402
+
 from aepacs.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from aepacs.crypto.keyring import Keyring  # noqa: E402
 from aepacs.crypto.seal import open_sealed, seal  # noqa: E402

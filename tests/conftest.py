@@ -23,8 +23,8 @@ SHARED_CT = ROOT.parent / "shared" / "data" / "ct" / "lung-pet-ct-dx-A0001"
 
 def corpus_dirs() -> list[Path]:
     """pydicom's own test files and the pydicom-data package, read from disk (never downloaded)."""
-    from pydicom.data import DATA_ROOT
     import data_store
+    from pydicom.data import DATA_ROOT
 
     return [Path(DATA_ROOT) / "test_files", Path(data_store.__file__).parent / "data"]
 

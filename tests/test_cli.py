@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import open_sealed, read_header
-from tests.conftest import ct_files, run_cli, current_ref
+from tests.conftest import ct_files, current_ref, run_cli
 from tests.net.dcmtk import run
 
 CT = current_ref("ct")  # the version a bare "ct" route resolves to
@@ -155,7 +154,7 @@ def test_sigkill_during_import_loses_nothing_and_rerun_completes(env: dict[str, 
     db = home / "index.sqlite3"
     rng = random.Random(7)
     kills = 0
-    for trial in range(4):
+    for _trial in range(4):
         proc = subprocess.Popen([sys.executable, "-m", "aepacs", "import", str(src), "-q"],
                                 env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before = _indexed(db)
@@ -184,7 +183,7 @@ def _check_consistent(home: Path, allowed_orphans: int) -> list[tuple[str, str]]
     blobs = {p.name[:64]: p for p in (home / "blobs").rglob("*.aepx")}
     for sop, key in rows:
         assert key in blobs, f"index row {sop} points at a missing blob"
-    for key, path in blobs.items():
+    for path in blobs.values():
         header, _ = open_sealed(path.read_bytes(), ring, name=str(path))  # whole, authentic blob
         assert header.object_uid
     assert len(set(blobs) - {k for _, k in rows}) <= allowed_orphans
@@ -317,7 +316,7 @@ def test_eval_without_its_extra_says_what_to_install_before_working(env: dict[st
 
 def test_numba_caches_under_the_data_directory_when_the_package_is_read_only(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from aepacs.cli import numba_cache
+    from aepacs.cli.common import numba_cache
     from aepacs.config import load_config
 
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)

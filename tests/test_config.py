@@ -85,7 +85,8 @@ def test_server_section(home: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("server:\n  move_destinations:\n    VIEWER: [127.0.0.1]\n", "server.move_destinations.VIEWER: expected [host, port]"),
+    ("server:\n  move_destinations:\n    VIEWER: [127.0.0.1]\n",
+     "server.move_destinations.VIEWER: expected [host, port]"),
     ("server:\n  tls:\n    enabled: yes please\n", "server.tls.enabled: expected true or false"),
     ("server:\n  allowed_calling_aets: MOD1\n", "server.allowed_calling_aets: expected a list"),
     ("server:\n  port: 70000\n", "server.port: 70000 is outside"),

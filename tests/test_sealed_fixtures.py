@@ -17,11 +17,11 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from aepacs.codec.payload import QualityFloor, encode_object
+from aepacs.config import Route
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import open_sealed, read_header
-from aepacs.pipeline.ingest import learned_codec
-from aepacs.config import Route
 from aepacs.models.registry import Registry
+from aepacs.pipeline.codecs import learned_codec
 from aepacs.pipeline.retrieve import open_bytes
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

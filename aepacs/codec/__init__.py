@@ -1,6 +1,8 @@
-"""Pixel codecs and the plaintext payload of a sealed object."""
+"""Pixel codecs and the plaintext payload inside a sealed object.
 
-from aepacs.codec.base import Codec, PixelMeta
-from aepacs.codec.payload import EncodedObject, decode_object, encode_object, get_codec
-
-__all__ = ["Codec", "PixelMeta", "EncodedObject", "encode_object", "decode_object", "get_codec"]
+``base``      the codec interface
+``lossless``  JPEG-LS, zstd and the kept-as-received form
+``learned``   the trained codecs, one subpackage per generation, one table of architectures
+``quality``   PSNR and SSIM, as the quality gate measures them
+``payload``   the manifest and coded sections a sealed object holds; encode, decode, verify
+"""

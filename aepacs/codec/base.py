@@ -13,52 +13,11 @@ by their ``id``, which is recorded in every sealed object.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from aepacs.errors import CodecError
-
-
-@dataclass(frozen=True)
-class PixelMeta:
-    """What an image codec needs to know about native (uncompressed) pixel data."""
-
-    rows: int
-    columns: int
-    frames: int
-    samples: int
-    bits_allocated: int
-    bits_stored: int
-    signed: bool
-    planar: int
-    photometric: str
-    big_endian: bool
-    modality: str = ""
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """The stored dtype, with the stored byte order."""
-        order = ">" if self.big_endian else "<"
-        return np.dtype(f"{order}{'i' if self.signed else 'u'}{self.bits_allocated // 8}")
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """Canonical array shape: (frames, rows, columns, samples)."""
-        return (self.frames, self.rows, self.columns, self.samples)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of pixel data, without any trailing padding byte."""
-        return self.frames * self.rows * self.columns * self.samples * (self.bits_allocated // 8)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PixelMeta:
-        return cls(**d)
+from aepacs.dicom.pixels import PixelMeta
 
 
 @runtime_checkable
@@ -70,21 +29,3 @@ class Codec(Protocol):
     def encode(self, pixels: np.ndarray, meta: PixelMeta | None) -> bytes: ...
 
     def decode(self, data: bytes, meta: PixelMeta | None) -> np.ndarray: ...
-
-
-def pixels_from_bytes(value: bytes, meta: PixelMeta) -> np.ndarray:
-    """View stored native pixel bytes as a canonical ``(frames, rows, cols, samples)`` array."""
-    if len(value) < meta.nbytes:
-        raise CodecError(f"pixel data has {len(value)} bytes, expected {meta.nbytes}")
-    flat = np.frombuffer(value, dtype=meta.dtype, count=meta.nbytes // meta.dtype.itemsize)
-    if meta.planar == 1 and meta.samples > 1:
-        return flat.reshape(meta.frames, meta.samples, meta.rows, meta.columns).transpose(0, 2, 3, 1)
-    return flat.reshape(meta.shape)
-
-
-def pixels_to_bytes(pixels: np.ndarray, meta: PixelMeta) -> bytes:
-    """Inverse of :func:`pixels_from_bytes` (without the padding byte)."""
-    arr = np.asarray(pixels).astype(meta.dtype, copy=False)
-    if meta.planar == 1 and meta.samples > 1:
-        arr = arr.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(arr).tobytes()

@@ -18,7 +18,7 @@ import jpeg_ls
 import numpy as np
 import zstandard
 
-from aepacs.codec.base import PixelMeta
+from aepacs.dicom.pixels import PixelMeta
 from aepacs.errors import CodecError
 
 _JLS_HEADER = struct.Struct(">4sqBI")  # magic, minimum, bits, plane count

@@ -25,15 +25,19 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zstandard
 
-from aepacs.codec.base import Codec, PixelMeta, pixels_from_bytes, pixels_to_bytes
+from aepacs.codec.base import Codec
+from aepacs.codec.learned.base import LearnedCodec
 from aepacs.codec.lossless import JpegLsCodec, RawCodec, ZstdCodec
-from aepacs.codec.part10 import Part10, parse
+from aepacs.codec.quality import psnr, ssim
+from aepacs.dicom.part10 import Part10, parse
+from aepacs.dicom.pixels import PixelMeta, pixels_from_bytes, pixels_to_bytes
 from aepacs.errors import CodecError
 
 MANIFEST_VERSION = 1
@@ -48,23 +52,24 @@ class QualityFloor:
     min_ssim: float = 0.0
 
 
-def get_codec(codec_id: str, zstd_level: int = 12, registry: Any = None) -> Codec:
-    """Return the codec named `codec_id` (``ae:NAME@VERSION``: a registry model).
+#: The codec of a learned object, by model reference (``"ct@3"``); supplied by the caller,
+#: who knows where the models are (:func:`aepacs.pipeline.codecs.resolver`).
+Resolver = Callable[[str], Codec]
+
+
+def get_codec(codec_id: str, zstd_level: int = 12, resolve: Resolver | None = None) -> Codec:
+    """Return the codec named `codec_id` (``ae:NAME@VERSION``: a model, found by `resolve`).
 
     Raises
     ------
     CodecError
-        For an unknown id (an object sealed by a newer aepacs, say), or a
-        model the registry does not hold.
+        For an unknown id (an object sealed by a newer aepacs, say), a
+        learned id without a resolver, or a model `resolve` cannot give.
     """
     if codec_id.startswith("ae:"):
-        from aepacs.codec.learned import codec_for
-        from aepacs.models.registry import ModelError, Registry
-
-        try:
-            return codec_for((registry or Registry.default()).load(codec_id[3:]))
-        except ModelError as exc:
-            raise CodecError(str(exc)) from None
+        if resolve is None:
+            raise CodecError(f"{codec_id}: a learned object, and no model registry to decode it with")
+        return resolve(codec_id[3:])
     if codec_id == "jpegls":
         return JpegLsCodec()
     if codec_id == "zstd":
@@ -91,8 +96,8 @@ def _candidates(parts: Part10, lossless: str) -> list[str | None]:
     """Pixel codecs to try, best first; the last always works. None: no pixel section."""
     if parts.whole:
         return [None]
-    if parts.encapsulated or lossless == "raw":
-        return ["raw"]  # already compressed, or the fast spool form: kept as it came
+    if parts.encapsulated:
+        return ["raw"]  # already compressed: kept as it came
     if parts.meta is not None and lossless != "zstd":
         return [lossless, "zstd"]
     return ["zstd"]
@@ -110,7 +115,7 @@ def _pixel_section(parts: Part10, codec_id: str, zstd_level: int) -> tuple[bytes
 
 def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "jpegls",
                   zstd_level: int = 12, header_level: int = HEADER_ZSTD_LEVEL,
-                  sha256: str | None = None, learned: Codec | None = None,
+                  sha256: str | None = None, learned: LearnedCodec | None = None,
                   floor: QualityFloor | None = None) -> EncodedObject:
     """Code a Part 10 stream into a payload that decodes to the same bytes.
 
@@ -123,9 +128,9 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
     data : bytes
         The DICOM Part 10 stream as received.
     parts : Part10, optional
-        `data` already parsed by :func:`aepacs.codec.part10.parse`.
-    lossless : {"jpegls", "zstd", "raw"}
-        Codec for native integer pixel data (``raw``: the fast spool form).
+        `data` already parsed by :func:`aepacs.dicom.part10.parse`.
+    lossless : {"jpegls", "zstd"}
+        Codec for native integer pixel data.
     zstd_level : int
         Zstandard level for byte sections.
     header_level : int
@@ -189,11 +194,9 @@ def _round_trips(payload: bytes, codec: Codec | None = None) -> bool:
     return _matches(decoded, tuple(rebuilt))  # type: ignore[arg-type]
 
 
-def _encode_learned(data: bytes, parts: Part10, codec: Any, manifest: dict[str, Any], header: bytes,
+def _encode_learned(data: bytes, parts: Part10, codec: LearnedCodec, manifest: dict[str, Any], header: bytes,
                     floor: QualityFloor) -> EncodedObject:
     """The learned pixel section; lossy output measured against `floor` first."""
-    from aepacs.codec.quality import psnr, ssim
-
     meta = parts.meta
     assert meta is not None
     original = pixels_from_bytes(parts.pixels, meta)
@@ -203,7 +206,7 @@ def _encode_learned(data: bytes, parts: Part10, codec: Any, manifest: dict[str, 
         stream, recon = codec.encode_reconstruct(original)
     manifest["pixels"] = {"codec": codec.id, "length": len(stream), "meta": meta.to_dict(),
                           "trailer": parts.pixels[meta.nbytes:].hex()}
-    if codec.mode == "lossless" or np.array_equal(recon, original):  # nothing lost: an ordinary object
+    if recon is None or np.array_equal(recon, original):  # lossless, or nothing lost: an ordinary object
         payload = _assemble(manifest, [header, stream])
         if not _round_trips(payload, codec):
             raise CodecError(f"{codec.id} lossless round trip differs")
@@ -234,7 +237,7 @@ def read_manifest(payload: bytes) -> tuple[dict[str, Any], int]:
 
 
 def _decode_parts(payload: bytes, codec: Codec | None = None,
-                  registry: Any = None) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+                  resolve: Resolver | None = None) -> tuple[dict[str, Any], bytes, bytes, bytes]:
     """Decode a payload into (manifest, prefix, pixels, suffix) without joining them."""
     manifest, pos = read_manifest(payload)
     try:
@@ -246,7 +249,7 @@ def _decode_parts(payload: bytes, codec: Codec | None = None,
         if "pixels" in manifest:
             info = manifest["pixels"]
             stream = payload[pos:pos + info["length"]]
-            codec = codec or get_codec(info["codec"], registry=registry)
+            codec = codec or get_codec(info["codec"], resolve=resolve)
             if "meta" in info:
                 meta = PixelMeta.from_dict(info["meta"])
                 pixels = pixels_to_bytes(codec.decode(stream, meta), meta) + bytes.fromhex(info["trailer"])
@@ -266,8 +269,14 @@ def _matches(manifest: dict[str, Any], parts: tuple[bytes, bytes, bytes]) -> boo
     return sum(map(len, parts)) == manifest["size"] and digest.hexdigest() == manifest["sha256"]
 
 
-def decode_payload(payload: bytes, registry: Any = None) -> tuple[bytes, dict[str, Any] | None]:
+def decode_payload(payload: bytes, resolve: Resolver | None = None) -> tuple[bytes, dict[str, Any] | None]:
     """Rebuild the Part 10 stream of a payload and say whether it is a lossy reconstruction.
+
+    Parameters
+    ----------
+    payload : bytes
+    resolve : Resolver, optional
+        The codec of a model reference; needed for learned objects.
 
     Returns
     -------
@@ -282,7 +291,7 @@ def decode_payload(payload: bytes, registry: Any = None) -> tuple[bytes, dict[st
         A section does not decode, or the result does not match the
         recorded SHA-256 (of the original, or of the reconstruction).
     """
-    manifest, prefix, pixels, suffix = _decode_parts(payload, registry=registry)
+    manifest, prefix, pixels, suffix = _decode_parts(payload, resolve=resolve)
     lossy = manifest.get("lossy")
     if lossy is not None:
         meta = PixelMeta.from_dict(manifest["pixels"]["meta"])
@@ -295,7 +304,7 @@ def decode_payload(payload: bytes, registry: Any = None) -> tuple[bytes, dict[st
     return prefix + pixels + suffix, None
 
 
-def decode_object(payload: bytes, registry: Any = None) -> bytes:
+def decode_object(payload: bytes, resolve: Resolver | None = None) -> bytes:
     """Rebuild the original Part 10 stream from a lossless payload.
 
     Raises
@@ -304,7 +313,7 @@ def decode_object(payload: bytes, registry: Any = None) -> bytes:
         A section does not decode, the result does not match the recorded
         SHA-256, or the payload is a lossy reconstruction.
     """
-    data, lossy = decode_payload(payload, registry)
+    data, lossy = decode_payload(payload, resolve)
     if lossy is not None:
         raise CodecError("payload holds a lossy reconstruction, not the original")
     return data

@@ -97,7 +97,7 @@ def ssim(original: np.ndarray, decoded: np.ndarray) -> float:
     rng = _range(original)
     c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
     values = []
-    for a, b in zip(original, decoded):
+    for a, b in zip(original, decoded, strict=False):
         win = min(7, *(s - (1 - s % 2) for s in a.shape[:2]))
         if win < 3:
             values.append(1.0 if np.array_equal(a, b) else 0.0)

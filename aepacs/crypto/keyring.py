@@ -20,10 +20,11 @@ import fcntl
 import json
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import cast
 
 from Crypto.Cipher import AES
 from Crypto.Protocol.KDF import scrypt
@@ -72,7 +73,8 @@ def check_private(path: Path, what: str = "keyring") -> None:
 
 
 def _derive(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return scrypt(passphrase, salt, KEY_BYTES, N=n, r=r, p=p)  # type: ignore[return-value]
+    key: bytes = scrypt(passphrase, salt, KEY_BYTES, N=n, r=r, p=p)
+    return key
 
 
 class Keyring:
@@ -195,10 +197,11 @@ class Keyring:
                 raise KeyringError(f"{path}: unknown keyring protection {doc.get('protection')!r}")
             keys = {}
             for e in entries:
-                key = _unb64(e["key"])
+                key = _unb64(cast(str, e["key"]))  # a wrong type fails below as damage
                 if len(key) != KEY_BYTES:
                     raise ValueError("key of wrong length")
-                keys[int(e["version"])] = KeyVersion(int(e["version"]), str(e["created"]), key)
+                version = int(cast(str, e["version"]))
+                keys[version] = KeyVersion(version, str(e["created"]), key)
         except (KeyError, TypeError, ValueError) as exc:
             raise KeyringError(f"{path}: keyring damaged ({exc})") from None
         return cls(path, keys, passphrase)

@@ -63,4 +63,4 @@ def pseudonym(key: bytes, kind: str, value: str, length: int = 16) -> str:
     """
     if not value:
         return ""
-    return hmac.new(key, f"{kind}\0{value}".encode("utf-8"), hashlib.sha256).hexdigest()[:length].upper()
+    return hmac.new(key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()[:length].upper()

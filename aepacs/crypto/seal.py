@@ -183,7 +183,7 @@ def read_header(blob: bytes | bytearray, name: str = "object") -> SealedHeader:
     end = header_span(blob, name)
     if len(blob) < end + SLOT_BYTES + TAG_BYTES:
         raise OpenError(name, "truncated sealed object")
-    values: dict[int, bytes] = {}
+    values: dict[int, bytes | bytearray] = {}
     pos = _PREAMBLE.size
     while pos < end:
         if pos + 3 > end:
@@ -205,7 +205,7 @@ def read_header(blob: bytes | bytearray, name: str = "object") -> SealedHeader:
     slot = KeySlot(*_SLOT.unpack_from(blob, end))
     header = SealedHeader(
         sealed_kek_version=struct.unpack(">I", values[F_SEALED_KEK])[0],
-        nonce=values[F_NONCE],
+        nonce=bytes(values[F_NONCE]),
         payload_length=struct.unpack(">Q", values[F_PAYLOAD_LEN])[0],
         slot=slot, aad=bytes(blob[:end]), **text)
     if len(blob) != header.total_length:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import imagecodecs
 import numpy as np
 
 from aepacs.codec.lossless import JpegLsCodec
@@ -22,8 +23,6 @@ def j2k_at_budget(image: np.ndarray, budget: int) -> tuple[int, np.ndarray, floa
     (bytes, decoded, encode ms, decode ms)
         The decoded frame in the input's value range (int64).
     """
-    import imagecodecs
-
     lo = int(image.min())
     work = (image.astype(np.int64) - lo)
     bits = max(int(work.max()).bit_length(), 2)
@@ -33,15 +32,17 @@ def j2k_at_budget(image: np.ndarray, budget: int) -> tuple[int, np.ndarray, floa
     best, low, high = None, 1.0, 160.0
     for _ in range(14):
         mid = (low + high) / 2
-        stream = imagecodecs.jpeg2k_encode(work, level=mid, reversible=False, bitspersample=bits)
+        stream = imagecodecs.jpeg2k_encode(work, level=mid, reversible=False,  # type: ignore[arg-type]
+                                          bitspersample=bits)  # (a float level is a PSNR/ratio target)
         if len(stream) <= budget:
             best, low = stream, mid
         else:
             high = mid
     if best is None:
-        best = imagecodecs.jpeg2k_encode(work, level=1.0, reversible=False, bitspersample=bits)
+        best = imagecodecs.jpeg2k_encode(work, level=1.0, reversible=False,  # type: ignore[arg-type]
+                                        bitspersample=bits)
     t0 = time.perf_counter()
-    imagecodecs.jpeg2k_encode(work, level=low, reversible=False, bitspersample=bits)
+    imagecodecs.jpeg2k_encode(work, level=low, reversible=False, bitspersample=bits)  # type: ignore[arg-type]
     t1 = time.perf_counter()
     decoded = imagecodecs.jpeg2k_decode(best)
     t2 = time.perf_counter()

@@ -8,14 +8,13 @@ comparable strength.
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 
 KINDS = ("salt-and-pepper", "speckle", "poisson", "gaussian")
 
 
 def add_noise(image: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
     """`image` ``(rows, cols, samples)`` with `kind` noise, same dtype range."""
-    import SimpleITK as sitk
-
     lo, hi = int(image.min()), int(image.max())
     span = max(hi - lo, 1)
     out = np.empty(image.shape, dtype=np.int64)

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from aepacs.codec.learned import codec_for
 from aepacs.codec.quality import mse, psnr, ssim, window_psnr
+from aepacs.dicom.frames import Frame, collect
 from aepacs.eval.baselines import j2k_at_budget, jpegls_bytes
 from aepacs.eval.noise import KINDS, add_noise
-from aepacs.models.data import Frame, collect, normalize
+from aepacs.eval.paper import paper_decode
 from aepacs.models.registry import Model
 
 TARGET_RATIOS = (16, 32)
@@ -82,22 +82,6 @@ def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
     return out, 1000 * (time.perf_counter() - t0)
 
 
-def paper_decode(model: Model, frame: Frame) -> tuple[np.ndarray, int, float]:
-    """The paper's model on one frame: reconstruction, float32 latent bytes, ms."""
-    net = model.network
-    x, lo, hi = normalize(frame.pixels)
-    t = torch.from_numpy(x.transpose(2, 0, 1)[None])
-    h, w = t.shape[2], t.shape[3]
-    t = torch.nn.functional.pad(t, (0, w % 2, 0, h % 2), mode="replicate")
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        latent = net.encoder(t)
-        y = net.decoder(latent)[0, :, :h, :w].numpy().transpose(1, 2, 0)
-    ms = 1000 * (time.perf_counter() - t0)
-    rec = np.clip(np.round(y.astype(np.float64) * (hi - lo) + lo), lo, hi).astype(np.int64)
-    return rec, latent.numel() * 4, ms
-
-
 def evaluate(model: Model, frames: list[Frame], *, gains: list[int] | None = None,
              paper: Model | None = None, noise: list[str] | None = None, progress: bool = True) -> EvalResult:
     """Measure `model` (and the baselines) on `frames`; see the module docstring."""
@@ -136,8 +120,10 @@ def evaluate(model: Model, frames: list[Frame], *, gains: list[int] | None = Non
             dec = codec.decode(codec.encode(noisy[None].astype(np.int64)))[0]
             a = frame.pixels[None]
             result.noise.append({"image": i, "modality": frame.modality, "kind": kind,
-                                 "ssim_noisy": round(ssim(a, noisy[None]), 5), "mse_noisy": round(mse(a, noisy[None]), 3),
-                                 "ssim_decoded": round(ssim(a, dec[None]), 5), "mse_decoded": round(mse(a, dec[None]), 3)})
+                                 "ssim_noisy": round(ssim(a, noisy[None]), 5),
+                                 "mse_noisy": round(mse(a, noisy[None]), 3),
+                                 "ssim_decoded": round(ssim(a, dec[None]), 5),
+                                 "mse_decoded": round(mse(a, dec[None]), 3)})
     result.summary = summarise(result.rows, result.noise)
     return result
 
@@ -177,10 +163,12 @@ def summarise(rows: list[dict[str, Any]], noise: list[dict[str, Any]]) -> dict[s
                            and r["gain"] == pick["gain"])
                 pairs.append((pick, j2k))
             s["at_ratio"][str(target)] = {
-                "aepacs_ratio": _mean([p for p, _ in pairs], "ratio"), "aepacs_psnr": _mean([p for p, _ in pairs], "psnr"),
+                "aepacs_ratio": _mean([p for p, _ in pairs], "ratio"),
+                "aepacs_psnr": _mean([p for p, _ in pairs], "psnr"),
                 "jpeg2000_ratio": _mean([j for _, j in pairs], "ratio"),
                 "jpeg2000_psnr": _mean([j for _, j in pairs], "psnr"),
-                "aepacs_ssim": _mean([p for p, _ in pairs], "ssim"), "jpeg2000_ssim": _mean([j for _, j in pairs], "ssim"),
+                "aepacs_ssim": _mean([p for p, _ in pairs], "ssim"),
+                "jpeg2000_ssim": _mean([j for _, j in pairs], "ssim"),
             }
         kinds = [n for n in noise if n["modality"] == modality]
         if kinds:

@@ -21,20 +21,20 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-import torch
-from safetensors.torch import load_file, save_file
+import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from aepacs.errors import AepacsError
 from aepacs.store.atomic import atomic_write
 
 MANIFEST = "manifest.json"
 SHIPPED = Path(__file__).resolve().parent / "shipped"
+T = TypeVar("T")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
@@ -64,7 +64,7 @@ class Model:
 
     path: Path
     manifest: dict[str, Any]
-    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+    _cache: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -88,35 +88,16 @@ class Model:
         files = json.dumps(self.manifest["files"], sort_keys=True).encode()
         return hashlib.sha256(files).hexdigest()
 
-    def tensors(self, filename: str) -> dict[str, torch.Tensor]:
-        """The tensors of one weight file (safetensors, verified at load)."""
+    def tensors(self, filename: str) -> dict[str, np.ndarray]:
+        """The tensors of one weight file (safetensors, verified at load), as numpy arrays."""
         return self.cached(filename, lambda: load_file(str(self.path / filename)))
 
-    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+    def cached(self, key: Hashable, make: Callable[[], T]) -> T:
         """What `make` builds from this model, built once per process (weights, codecs)."""
         if key not in self._cache:
             self._cache[key] = make()
-        return self._cache[key]
-
-    @cached_property
-    def synthesis(self) -> Any:
-        """The integer synthesis of a factorized model (decoder side)."""
-        from aepacs.codec.nets.fixed import FixedSynthesis
-
-        return FixedSynthesis(self.tensors("synthesis.safetensors"))
-
-    @cached_property
-    def network(self) -> torch.nn.Module:
-        """The float network (analysis side for factorized models; whole for paper)."""
-        from aepacs.codec.nets import ARCHITECTURES
-
-        net = ARCHITECTURES[self.arch](**self.manifest["hyper"])
-        state = self.tensors("analysis.safetensors" if self.arch == "factorized" else "weights.safetensors")
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        needed = [k for k in missing if not k.startswith("synthesis.")]
-        if needed or unexpected:
-            raise ModelError(f"{self.ref}: weights do not fit {self.arch} ({needed or unexpected})")
-        return net.eval()
+        value: T = self._cache[key]
+        return value
 
 
 _SHARED: dict[tuple[Path, ...], Registry] = {}
@@ -129,7 +110,14 @@ def _shared(*roots: Path) -> Registry:
     return _SHARED[roots]
 
 
-def config_registry(config: Any) -> Registry:
+class SiteConfig(Protocol):
+    """What the registry reads of a configuration (:class:`aepacs.config.Config`)."""
+
+    @property
+    def models_path(self) -> Path: ...
+
+
+def config_registry(config: SiteConfig) -> Registry:
     """The registry a configuration names (its ``models.path``, then the shipped models)."""
     return _shared(Path(config.models_path), SHIPPED)
 
@@ -226,7 +214,7 @@ class Registry:
         self._loaded.pop((model.name, model.version), None)
         return self.verify(model.ref)
 
-    def add(self, name: str, manifest: dict[str, Any], weights: dict[str, dict[str, torch.Tensor]],
+    def add(self, name: str, manifest: dict[str, Any], weights: dict[str, dict[str, np.ndarray]],
             version: int | None = None) -> Model:
         """Write a new model version (next free number unless given) into the first root."""
         if not _NAME.match(name):
@@ -240,7 +228,7 @@ class Registry:
         tmp.mkdir(parents=True, exist_ok=True)
         files = {}
         for fname, tensors in weights.items():
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / fname))
+            save_file({k: np.asarray(v, order="C") for k, v in tensors.items()}, str(tmp / fname))  # 0-d stays 0-d
             os.chmod(tmp / fname, 0o644)  # weights are not secrets; keys are
             files[fname] = file_sha256(tmp / fname)
         manifest = {**manifest, "name": name, "version": version, "files": files}

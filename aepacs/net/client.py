@@ -18,27 +18,32 @@ import ssl
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
-from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelGet,
-                                  PatientRootQueryRetrieveInformationModelMove,
-                                  StudyRootQueryRetrieveInformationModelFind,
-                                  StudyRootQueryRetrieveInformationModelGet,
-                                  StudyRootQueryRetrieveInformationModelMove)
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.pdu_primitives import _UI
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at import time
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
-from aepacs.codec.part10 import read_dataset
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import MAGIC
+from aepacs.dicom.part10 import read_dataset
+from aepacs.dicom.records import shown
+from aepacs.dicom.transport import RAW_DATA_STORAGE, is_transport, read_transport
 from aepacs.errors import AepacsError, InputError, OpenError
-from aepacs.net.transport import RAW_DATA_STORAGE, is_transport, read_transport
+from aepacs.models.registry import Registry
+from aepacs.net.status import PENDING, Status
 from aepacs.pipeline.ingest import iter_files
 from aepacs.pipeline.retrieve import open_bytes
 from aepacs.store.atomic import atomic_write
 from aepacs.store.paths import instance_path
-from aepacs.store.records import shown
 
 log = logging.getLogger("aepacs.retrieve")
 
@@ -59,7 +64,7 @@ class RetrieveSummary:
 class Receiver:
     """Turns received instances into original DICOM files under `out_dir`."""
 
-    def __init__(self, keyring: Keyring, out_dir: Path, registry: Any = None) -> None:
+    def __init__(self, keyring: Keyring, out_dir: Path, registry: Registry | None = None) -> None:
         self.keyring = keyring
         self.registry = registry
         self.out_dir = Path(out_dir)
@@ -95,22 +100,23 @@ class Receiver:
         atomic_write(target, original, mode=0o600)
         return target
 
-    def on_store(self, event: Any) -> int:
+    def on_store(self, event: Event) -> int:
         """pynetdicom C-STORE handler: 0x0000 when written, 0xC000-range when not."""
-        uid = str(event.request.AffectedSOPInstanceUID)
+        uid = str(getattr(event.request, "AffectedSOPInstanceUID", ""))
         try:
             path = self.accept(event.encoded_dataset(), uid)
         except (AepacsError, OSError) as exc:
             log.error("%s", exc)
             with self._lock:
                 self.summary.failed.append((uid, str(exc)))
-            return 0xC001
+            return Status.CANNOT_WRITE
         with self._lock:
             self.summary.written.append(path)
-        return 0x0000
+        return Status.SUCCESS
 
 
-def receive_files(paths: list[Path], keyring: Keyring, out_dir: Path, registry: Any = None) -> RetrieveSummary:
+def receive_files(paths: list[Path], keyring: Keyring, out_dir: Path,
+                  registry: Registry | None = None) -> RetrieveSummary:
     """Open and decode sealed objects that arrived as files (``.aepx`` or transport objects)."""
     receiver = Receiver(keyring, out_dir, registry)
     for path in iter_files(paths):
@@ -165,10 +171,10 @@ def query(host: str, port: int, called_aet: str, calling_aet: str, level: str, k
     matches = []
     try:
         for status, ds in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
-            if status is None or int(status.Status) not in (0x0000, 0xFF00, 0xFF01):
+            if status is None or int(status.Status) not in (Status.SUCCESS, *PENDING):
                 raise AepacsError(f"{called_aet}@{host}:{port}: C-FIND failed "
                                   f"({'no response' if status is None else hex(int(status.Status))})")
-            if ds is not None and int(status.Status) in (0xFF00, 0xFF01):
+            if ds is not None and int(status.Status) in PENDING:
                 matches.append(ds)
         assoc.release()
     finally:
@@ -177,11 +183,11 @@ def query(host: str, port: int, called_aet: str, calling_aet: str, level: str, k
     return matches
 
 
-def _storage_contexts() -> list[Any]:
+def _storage_contexts() -> list[tuple[str, list[str]]]:
     """Raw Data Storage (sealed transport objects) first, then common storage classes (decoded)."""
-    contexts = [(RAW_DATA_STORAGE, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
+    contexts: list[tuple[str, list[str]]] = [(RAW_DATA_STORAGE, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
     for cx in StoragePresentationContexts:
-        if cx.abstract_syntax != RAW_DATA_STORAGE and len(contexts) < 126:
+        if cx.abstract_syntax is not None and cx.abstract_syntax != RAW_DATA_STORAGE and len(contexts) < 126:
             contexts.append((cx.abstract_syntax, ALL_TRANSFER_SYNTAXES))
     return contexts
 
@@ -200,7 +206,8 @@ def _not_sent(summary: RetrieveSummary, identifier: Dataset, archive: str) -> No
 
 def retrieve(host: str, port: int, called_aet: str, calling_aet: str, level: str, value: str,
              keyring: Keyring, out_dir: Path, *, move_to_self: int | None = None, bind: str = "127.0.0.1",
-             tls: ssl.SSLContext | None = None, timeout: float = 60.0, registry: Any = None) -> RetrieveSummary:
+             tls: ssl.SSLContext | None = None, timeout: float = 60.0,
+             registry: Registry | None = None) -> RetrieveSummary:
     """Retrieve and decode everything under one patient / study / series / instance.
 
     Parameters
@@ -222,11 +229,12 @@ def retrieve(host: str, port: int, called_aet: str, calling_aet: str, level: str
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     tls_args = (tls, host) if tls else None
-    handlers = [(evt.EVT_C_STORE, receiver.on_store)]
+    handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, receiver.on_store)]
     if move_to_self is None:
-        model = PatientRootQueryRetrieveInformationModelGet if patient_root else StudyRootQueryRetrieveInformationModelGet
+        model = (PatientRootQueryRetrieveInformationModelGet if patient_root
+                 else StudyRootQueryRetrieveInformationModelGet)
         ae.add_requested_context(model)
-        roles = []
+        roles: list[_UI] = []
         for sop, syntaxes in _storage_contexts():
             ae.add_requested_context(sop, syntaxes)
             roles.append(build_role(sop, scp_role=True))
@@ -234,7 +242,8 @@ def retrieve(host: str, port: int, called_aet: str, calling_aet: str, level: str
                              tls_args=tls_args)
         server = None
     else:
-        model = PatientRootQueryRetrieveInformationModelMove if patient_root else StudyRootQueryRetrieveInformationModelMove
+        model = (PatientRootQueryRetrieveInformationModelMove if patient_root
+                 else StudyRootQueryRetrieveInformationModelMove)
         ae.add_requested_context(model)
         for sop, syntaxes in _storage_contexts():
             ae.add_supported_context(sop, syntaxes)
@@ -245,7 +254,7 @@ def retrieve(host: str, port: int, called_aet: str, calling_aet: str, level: str
             raise AepacsError(f"{called_aet}@{host}:{port}: association refused or failed")
         responses = (assoc.send_c_get(identifier, model) if server is None
                      else assoc.send_c_move(identifier, calling_aet, model))
-        for status, identifier in responses:
+        for status, response in responses:
             if status is None:
                 raise AepacsError(f"{called_aet}@{host}:{port}: no response (timeout or abort)")
             receiver.summary.status = int(status.Status)
@@ -253,8 +262,8 @@ def retrieve(host: str, port: int, called_aet: str, calling_aet: str, level: str
                 attr = f"NumberOf{kw}Suboperations"
                 if attr in status:
                     receiver.summary.sub_ops[kw.lower()] = int(status.get(attr))
-            if identifier is not None and receiver.summary.status not in (0xFF00, 0xFF01):
-                _not_sent(receiver.summary, identifier, f"{called_aet}@{host}:{port}")
+            if response is not None and receiver.summary.status not in PENDING:
+                _not_sent(receiver.summary, response, f"{called_aet}@{host}:{port}")
         assoc.release()
     finally:
         if assoc.is_established:

@@ -19,6 +19,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from aepacs.pipeline.ingest import IngestResult
+
 log = logging.getLogger(__name__)
 
 #: seconds; spans a 64x64 lossless object (ms) to a 2 k x 2 k learned one (s)
@@ -58,7 +60,7 @@ class Metrics:
         self.retrieve_failures = Counter("aepacs_retrieve_failures", "Instances a C-GET / C-MOVE could not send "
                                          "(tampered, missing, key or model missing)", registry=r)
 
-    def archived_one(self, result: Any) -> None:
+    def archived_one(self, result: IngestResult) -> None:
         """Count one spool entry the workers archived (an :class:`~aepacs.pipeline.ingest.IngestResult`)."""
         if result.status != "added":
             return

@@ -16,14 +16,16 @@ import logging
 import ssl
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import pydicom
 from pynetdicom import AE, AllStoragePresentationContexts, _config
 
 from aepacs.errors import AepacsError
+from aepacs.net.status import stored
+from aepacs.pipeline.ingest import iter_files
 
 log = logging.getLogger("aepacs.send")
 
@@ -63,8 +65,6 @@ def storable(path: Path) -> Storable | None:
 
 def storables(paths: Iterable[Path]) -> tuple[list[Storable], int]:
     """Every sendable file under `paths` (files or directories, in a stable order), and how many others."""
-    from aepacs.pipeline.ingest import iter_files
-
     files, others = [], 0
     for path in iter_files(paths):
         f = storable(path)
@@ -89,10 +89,6 @@ def batches(files: list[Storable], limit: int = MAX_CONTEXTS) -> list[list[Stora
     return out
 
 
-def _stored(status: int) -> bool:
-    return status == 0 or status >> 12 == 0xB or status in (0x0107, 0x0116)
-
-
 @dataclass
 class SendSummary:
     """Per file, the C-STORE status (``None``: no response); and the seconds it took."""
@@ -103,7 +99,7 @@ class SendSummary:
     @property
     def stored(self) -> list[Path]:
         """Files acknowledged with success or a warning (0x0000, 0xB000-0xB0FF, 0x0107, 0x0116)."""
-        return [p for p, s in self.statuses.items() if s is not None and _stored(s)]
+        return [p for p, s in self.statuses.items() if s is not None and stored(s)]
 
 
 def send_files(host: str, port: int, called_aet: str, calling_aet: str, files: Iterable[Storable], *,

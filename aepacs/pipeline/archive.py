@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
 
 from aepacs.audit import AuditTrail
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring, passphrase_from_env
-from aepacs.store.blobs import open_store
 from aepacs.store.atomic import private_dir
+from aepacs.store.blobs import open_store
 from aepacs.store.index import Index
-
+from aepacs.store.query import find, retrieve_rows
 
 log = logging.getLogger("aepacs.archive")
 
@@ -42,6 +46,32 @@ class Archive:
         self.store = open_store(config.store_location)
         self.index = Index(config.index_url)
         self.audit = AuditTrail.for_config(config)
+
+    def check_room(self, nbytes: int, *, acknowledged: bool = False) -> None:
+        """Refuse `nbytes` more unless ``store.min_free_mb`` stays free.
+
+        An acknowledged instance may use half the reserve: its admission left
+        room for it (:meth:`aepacs.pipeline.spool.Spool.admission_need`), and
+        archiving it frees its spool entry.
+
+        Raises
+        ------
+        StoreFullError
+        """
+        reserve = self.config.store.min_free_mb * 1_000_000
+        self.store.check_free(nbytes, reserve // 2 if acknowledged else reserve)
+
+    def source_sha256(self, sop_uid: str) -> str | None:
+        """The SHA-256 of the archived instance `sop_uid` as received, or None when it is not archived."""
+        return self.index.source_sha256(sop_uid)
+
+    def find(self, identifier: Dataset, *, ae_title: str = "") -> Iterator[Dataset]:
+        """C-FIND: one response identifier per match (:func:`aepacs.store.query.find`)."""
+        return find(self.index, identifier, ae_title=ae_title)
+
+    def selection(self, identifier: Dataset) -> list[Any]:
+        """C-GET / C-MOVE: the index rows of the instances `identifier` selects."""
+        return retrieve_rows(self.index, identifier)
 
     def sweep_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> int:
         """Remove blobs that no index row references and that are older than `min_age_s`.

@@ -17,28 +17,27 @@ import os
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
 
-import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, generate_uid
 from tqdm import tqdm
 
-from aepacs.codec.part10 import Part10, parse
-from aepacs.codec.learned import codec_for
 from aepacs.codec.payload import EncodedObject, QualityFloor, encode_object
-from aepacs.codec.scan import problem as scan_problem
-from aepacs.codec.scan import DEFAULT_MAX_DEPTH, scan
 from aepacs.config import Config, Route
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import seal
-from aepacs.errors import AepacsError, CodecError, ConfigError, DatasetMismatch, InputError
-from aepacs.models.registry import ModelError, Registry, config_registry
+from aepacs.dicom.part10 import Part10, parse
+from aepacs.dicom.records import InstanceRecord, check_uid, check_uids, required_uids, shown, text_value
+from aepacs.dicom.scan import DEFAULT_MAX_DEPTH, scan
+from aepacs.dicom.scan import problem as scan_problem
+from aepacs.errors import AepacsError, DatasetMismatch, InputError
+from aepacs.models.registry import config_registry
 from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.codecs import learned_codec
 from aepacs.store.index import ADDED, CONFLICT, SAME, BlobRef
-from aepacs.store.records import InstanceRecord, check_uid, check_uids, required_uids, shown, text_value
 
 log = logging.getLogger("aepacs.ingest")
 
@@ -67,19 +66,8 @@ def route(parts: Part10, config: Config) -> Route:
 GATE_FALLBACKS: Counter[str] = Counter()
 
 
-def learned_codec(r: Route, registry: Registry) -> Any:
-    """The codec of a learned route (the model verified by hash on first use)."""
-    assert r.model is not None
-    try:
-        model = registry.load(r.model)
-    except ModelError as exc:
-        raise CodecError(str(exc)) from None
-    return codec_for(model, r.mode, gain=r.gain, target_psnr=r.target_psnr)
-
-
-def encode(data: bytes, parts: Part10, config: Config, *, sha256: str | None = None) -> EncodedObject:
-    """Encode per the object's route; a lossy object below its route's quality floor goes lossless."""
-    r = route(parts, config)
+def encode(data: bytes, parts: Part10, r: Route, config: Config, *, sha256: str | None = None) -> EncodedObject:
+    """Encode per route `r`; a lossy object below the route's quality floor goes lossless."""
     learned = learned_codec(r, config_registry(config)) if r.model else None
     encoded = encode_object(data, parts=parts, lossless=config.codec.lossless, zstd_level=config.codec.zstd_level,
                             sha256=sha256, learned=learned, floor=QualityFloor(r.min_psnr, r.min_ssim))
@@ -88,48 +76,6 @@ def encode(data: bytes, parts: Part10, config: Config, *, sha256: str | None = N
         log.warning("instance %s: %s; stored losslessly with %s",
                     object_uid(parts.dataset), encoded.gate, encoded.codec)
     return encoded
-
-
-def check_routes(config: Config) -> None:
-    """Refuse routes that name a model the registry does not hold (or whose files fail their hash).
-
-    Raises
-    ------
-    ConfigError
-        Naming every such route; a server or an import never starts on a guess.
-    """
-    registry = config_registry(config)
-    problems = []
-    for name, r in sorted(config.routes.items()):
-        if r.model:
-            try:
-                registry.load(r.model)
-            except ModelError as exc:
-                problems.append(f"routes.{name}: {exc}")
-    if problems:
-        raise ConfigError("; ".join(problems) + " ('aepacs models list' shows the models there are)")
-
-
-def warm_up(config: Config) -> None:
-    """Run every learned route's codec once on a small frame, so the first instance does not wait.
-
-    The first use of a codec in a process loads its model (hash-checked) and
-    numba's compiled code: half a second that would otherwise fall on the
-    first instance received. A route whose model cannot be loaded is left for
-    ingest to report.
-    """
-    from aepacs.codec.quality import psnr, ssim
-
-    registry = config_registry(config)
-    for r in {r for r in config.routes.values() if r.model}:
-        try:
-            codec = learned_codec(r, registry)
-            frame = np.zeros((1, 64, 64, codec.channels), np.int16)
-            frame[0, 16:48, 16:48] = 100
-            _, recon = codec.encode_reconstruct(frame)
-            psnr(frame, recon), ssim(frame, recon)
-        except AepacsError as exc:
-            log.warning("route %s: %s", r.name, exc)
 
 
 def check(parts: Part10, expect_uid: str | None = None) -> dict[str, str]:
@@ -185,7 +131,7 @@ def seal_bytes(data: bytes, keyring: Keyring, config: Config, parts: Part10 | No
         The coded object (its parsed dataset included) and the sealed blob.
     """
     parts = parts or parse(data)
-    encoded = encode(data, parts, config, sha256=sha256)
+    encoded = encode(data, parts, route(parts, config), config, sha256=sha256)
     return encoded, seal_encoded(encoded, keyring)
 
 
@@ -258,15 +204,13 @@ def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None,
     parts = _parsed(data, expect_uid, acknowledged)
     record = InstanceRecord.from_dataset(parts.dataset)
     sha = hashlib.sha256(data).hexdigest()
-    existing = archive.index.source_sha256(record.sop_uid)
+    existing = archive.source_sha256(record.sop_uid)
     if existing is not None:
         return _duplicate(archive, record.sop_uid, existing == sha)
-    # an acknowledged instance may use half the reserve: its admission left room for it
-    # (Spool.admission_need), and archiving it frees its spool entry
-    reserve = archive.config.store.min_free_mb * 1_000_000 // (2 if acknowledged else 1)
-    archive.store.check_free(len(data), reserve)
+    archive.check_room(len(data), acknowledged=acknowledged)
+    r = route(parts, archive.config)
     t0 = time.perf_counter()
-    encoded = encode(data, parts, archive.config, sha256=sha)
+    encoded = encode(data, parts, r, archive.config, sha256=sha)
     t1 = time.perf_counter()
     blob = seal_encoded(encoded, archive.keyring)
     t2 = time.perf_counter()
@@ -278,7 +222,6 @@ def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None,
     if outcome != ADDED:  # lost a race with another writer of the same instance
         archive.store.delete(key)
         return _duplicate(archive, record.sop_uid, outcome == SAME)
-    r = route(parts, archive.config)
     return IngestResult(record.sop_uid, ADDED, encoded.codec, len(data), len(blob),
                         modality=text_value(parts.dataset, "Modality"), encode_s=t1 - t0, seal_s=t2 - t1,
                         gate=(r.model or "") if encoded.gate and r.model else None)

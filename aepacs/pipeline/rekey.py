@@ -37,22 +37,20 @@ worker opens the archive from the same configuration.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from tqdm import tqdm
 
 from aepacs.config import Config
-from aepacs.crypto.seal import SLOT_BYTES, header_span, open_sealed, rewrap_slot, seal, with_slot
-from aepacs.errors import AepacsError, OpenError, StoreError
+from aepacs.errors import AepacsError
 from aepacs.pipeline.archive import Archive
-from aepacs.store.atomic import _HOST, _pid_alive
-from aepacs.store.blobs import blob_key
+from aepacs.pipeline.rekey_batch import Job, Outcome, recover, run_batch, work
+from aepacs.pipeline.runners import dask_cluster, local_pool
 
 log = logging.getLogger("aepacs.rekey")
 
@@ -60,31 +58,6 @@ MODES = ("rewrap", "full")
 BATCH = 256
 #: A ``full`` batch holds its new blobs in memory until they are synced: at most this many bytes.
 BATCH_BYTES = 64 * 1024 * 1024
-#: A pending blob of a process on another host is cleared after this long (its liveness is unknown).
-STALE_S = 3600.0
-_HEAD_READ = 512  # bytes read for a rewrap: the header and slot of any ordinary object
-
-
-@dataclass(frozen=True)
-class Job:
-    """One object to rekey, as the index showed it when selected."""
-
-    sop_uid: str
-    blob_key: str
-    blob_size: int
-    kek_version: int
-    key_slot: bytes | None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one object."""
-
-    sop_uid: str
-    status: str  # done | skipped | failed
-    read: int = 0
-    written: int = 0
-    reason: str = ""
 
 
 @dataclass
@@ -124,187 +97,6 @@ class Summary:
         return out
 
 
-def owner_id() -> str:
-    """This process, as pending entries name it: ``HOST:PID``."""
-    return f"{_HOST}:{os.getpid()}"
-
-
-def _owner_gone(owner: str, created: float, now: float) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host == _HOST and pid.isdigit():
-        return int(pid) != os.getpid() and not _pid_alive(int(pid))
-    return now - created > STALE_S
-
-
-def _clear(archive: Archive, key: str) -> None:
-    """Delete a pending blob unless a row references it; then forget it (in that order)."""
-    if not archive.index.referenced(key):
-        archive.store.delete(key)
-    archive.index.drop_pending(key)
-
-
-def recover(archive: Archive) -> int:
-    """Clear the pending blobs of rekey processes that died; return how many."""
-    now, cleared = time.time(), 0
-    for row in archive.index.pending():
-        if _owner_gone(row.owner, row.created, now):
-            _clear(archive, row.blob_key)
-            cleared += 1
-    if cleared:
-        log.info("cleared %d blobs left pending by an interrupted rekey", cleared)
-    return cleared
-
-
-# -- per object ------------------------------------------------------------------------------
-
-def _header_and_slot(archive: Archive, job: Job) -> tuple[bytes, bytes]:
-    """The object's authenticated header and its current key slot (a header read only)."""
-    head = archive.store.read_prefix(job.blob_key, _HEAD_READ)
-    span = header_span(head, job.sop_uid)
-    if len(head) < span + SLOT_BYTES:
-        head = archive.store.read_prefix(job.blob_key, span + SLOT_BYTES)
-    if len(head) < span + SLOT_BYTES:
-        raise OpenError(job.sop_uid, "truncated sealed object")
-    slot = job.key_slot if job.key_slot is not None else head[span:span + SLOT_BYTES]
-    return head[:span], bytes(slot)
-
-
-def _current_blob(archive: Archive, job: Job) -> bytes:
-    """The sealed object with its current key slot.
-
-    No content-key check: opening it authenticates every byte (GCM over the
-    header and ciphertext, the wrap over the slot).
-    """
-    blob = archive.store.get(job.blob_key)
-    return with_slot(blob, job.key_slot, job.sop_uid) if job.key_slot is not None else blob
-
-
-def _moved(archive: Archive, job: Job) -> bool:
-    """Whether the object's row no longer points at the blob this job was selected with."""
-    row = archive.index.get(job.sop_uid)
-    return row is None or row.blob_key != job.blob_key
-
-
-def _failure(archive: Archive, job: Job, exc: AepacsError) -> Outcome:
-    """A job that raised: skipped when another run switched the object meanwhile, else failed."""
-    if isinstance(exc, StoreError) and _moved(archive, job):
-        return Outcome(job.sop_uid, "skipped", reason="changed by another writer")
-    return Outcome(job.sop_uid, "failed", reason=str(exc))
-
-
-def rewrap_batch(archive: Archive, jobs: list[Job], *, verify: bool = False) -> list[Outcome]:
-    """Rewrap the data keys of `jobs` and switch their slots in one index transaction."""
-    ring = archive.keyring
-    ring.refresh()  # rotated since the last batch: wrap under the newest key
-    active = ring.active_version
-    swaps, outcomes, sizes = [], [], {}
-    for job in jobs:
-        try:
-            if verify:  # authenticate the whole object under its new slot before switching
-                blob = _current_blob(archive, job)
-                header, _ = open_sealed(blob, ring, name=job.sop_uid, expect_uid=job.sop_uid)
-                aad, slot, read = header.aad, header.slot.pack(), len(blob)
-            else:
-                aad, slot = _header_and_slot(archive, job)
-                read = len(aad) + SLOT_BYTES
-            new = rewrap_slot(aad, slot, ring, name=job.sop_uid)
-            if verify:
-                open_sealed(with_slot(blob, new, job.sop_uid), ring, name=job.sop_uid)
-            swaps.append((job.sop_uid, job.blob_key, job.kek_version, new, active))
-            sizes[job.sop_uid] = read
-        except AepacsError as exc:
-            outcomes.append(_failure(archive, job, exc))
-    switched = archive.index.swap_slots(swaps) if swaps else set()
-    for sop_uid, *_ in swaps:
-        if sop_uid in switched:
-            outcomes.append(Outcome(sop_uid, "done", read=sizes[sop_uid], written=SLOT_BYTES))
-        else:
-            outcomes.append(Outcome(sop_uid, "skipped", reason="changed by another writer"))
-    return outcomes
-
-
-def full_batch(archive: Archive, jobs: list[Job], owner: str) -> list[Outcome]:
-    """Seal each object of `jobs` again under a fresh data key; see the module docstring for the order.
-
-    The index writes and the durability barrier are made once per batch, not
-    once per object: pending list, blob writes, one sync, check, one switch.
-    """
-    ring, store, index = archive.keyring, archive.store, archive.index
-    outcomes: list[Outcome] = []
-    fresh: list[tuple[Job, bytes, str, int, bytes]] = []  # job, new blob, its key, bytes read, plaintext hash
-    for job in jobs:
-        try:
-            blob = _current_blob(archive, job)
-            header, payload = open_sealed(blob, ring, name=job.sop_uid, expect_uid=job.sop_uid)
-            new_blob = bytes(seal(payload, object_uid=header.object_uid, study_uid=header.study_uid,
-                                  codec=header.codec, keyring=ring))
-            fresh.append((job, new_blob, blob_key(new_blob), len(blob), hashlib.sha256(payload).digest()))
-        except AepacsError as exc:
-            outcomes.append(_failure(archive, job, exc))
-    index.add_pending([(key, job.sop_uid) for job, _, key, _, _ in fresh], owner)
-    checked: list[tuple[Job, int, str, int, bytes]] = []
-    for job, new_blob, key, read, digest in fresh:
-        try:
-            store.put(new_blob, sync=False)
-            checked.append((job, len(new_blob), key, read, digest))
-        except AepacsError as exc:
-            _clear(archive, key)
-            outcomes.append(Outcome(job.sop_uid, "failed", read=read, reason=f"new blob not written: {exc}"))
-    store.sync()  # every new blob durable before any row points at it
-    swaps = []
-    del fresh
-    for job, new_size, key, read, digest in checked:
-        try:  # the stored blob opens to the same plaintext as the old one
-            _, plain = open_sealed(store.get(key), ring, name=job.sop_uid, expect_uid=job.sop_uid)
-            if hashlib.sha256(plain).digest() != digest:
-                raise OpenError(job.sop_uid, "re-sealed object does not open to the same plaintext")
-            swaps.append((job.sop_uid, job.blob_key, key, new_size, ring.active_version))
-        except AepacsError as exc:
-            _clear(archive, key)
-            outcomes.append(Outcome(job.sop_uid, "failed", read=read, reason=f"{exc}; old blob kept"))
-    switched = index.swap_blobs(swaps, owner) if swaps else set()
-    read_of = {job.sop_uid: read for job, _, _, read, _ in checked}
-    for sop_uid, old_key, new_key, size, _ in swaps:
-        read = read_of[sop_uid]
-        if sop_uid in switched:
-            store.delete(old_key)
-            outcomes.append(Outcome(sop_uid, "done", read=read, written=size))
-        else:
-            _clear(archive, new_key)
-            outcomes.append(Outcome(sop_uid, "skipped", read=read, reason="changed by another writer"))
-    index.drop_pending(*[old for uid, old, *_ in swaps if uid in switched])
-    return outcomes
-
-
-# -- workers ---------------------------------------------------------------------------------
-
-_OPEN: dict[str, Archive] = {}
-
-
-def _archive(config: Config) -> Archive:
-    """One open archive per worker process and configuration."""
-    key = f"{config.index_url}|{config.store_location}"
-    archive = _OPEN.get(key)
-    if archive is None:
-        archive = _OPEN[key] = Archive(config)
-    return archive
-
-
-def _work(archive: Archive, jobs: list[Job], mode: str, verify: bool) -> list[Outcome]:
-    if mode == "rewrap":
-        return rewrap_batch(archive, jobs, verify=verify)
-    return full_batch(archive, jobs, owner_id())
-
-
-def run_batch(config: Config, jobs: list[Job], mode: str, verify: bool) -> list[Outcome]:
-    """Rekey one batch in a worker process (the unit of work of the pool and of Dask)."""
-    try:
-        archive = _archive(config)
-    except AepacsError as exc:
-        return [Outcome(j.sop_uid, "failed", reason=f"worker cannot open the archive: {exc}") for j in jobs]
-    return _work(archive, jobs, mode, verify)
-
-
 def _batches(archive: Archive, *, sealed_before: float | None, limit: int | None) -> Iterator[list[Job]]:
     """The selected objects in batches, by primary key (each seen once per run)."""
     after, left = 0, limit
@@ -327,30 +119,6 @@ def _batches(archive: Archive, *, sealed_before: float | None, limit: int | None
                              bytes(r.key_slot) if r.key_slot is not None else None))
             nbytes += r.blob_size
         yield batch
-
-
-_Runner = tuple[Callable[..., Any], Callable[[set[Any]], set[Any]], Callable[[], None]]
-
-
-def _pool(workers: int) -> _Runner:
-    """(submit, wait for the first done, close) of a local process pool."""
-    import multiprocessing
-
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    return (pool.submit, lambda fs: set(wait(fs, return_when=FIRST_COMPLETED).done),
-            lambda: pool.shutdown(wait=True, cancel_futures=True))
-
-
-def _dask(address: str) -> _Runner:
-    """(submit, wait for the first done, close) on a Dask distributed scheduler."""
-    try:
-        from distributed import Client
-        from distributed import wait as dask_wait
-    except ImportError:
-        raise AepacsError("--dask needs the 'distributed' package (pip install 'aepacs[dask]')") from None
-    client = Client(address)
-    return ((lambda fn, *a: client.submit(fn, *a, pure=False)),
-            lambda fs: set(dask_wait(list(fs), return_when="FIRST_COMPLETED").done), client.close)
 
 
 def _collect(finished: set[Any], summary: Summary, bar: Any) -> None:
@@ -406,11 +174,11 @@ def rekey(config: Config, *, mode: str = "rewrap", workers: int | None = None, d
         with tqdm(total=total, desc=f"rekey {mode}", unit="obj", disable=not progress) as bar:
             if dask is None and workers == 1:
                 for jobs in batches:
-                    for outcome in _work(archive, jobs, mode, verify):
+                    for outcome in work(archive, jobs, mode, verify):
                         summary.add(outcome)
                     bar.update(len(jobs))
             else:
-                submit, first_done, close = _dask(dask) if dask else _pool(workers)
+                submit, first_done, close = dask_cluster(dask) if dask else local_pool(workers)
                 try:
                     inflight: set[Any] = set()
                     for jobs in batches:

@@ -17,13 +17,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from aepacs.codec.payload import decode_payload
+from aepacs.codec.payload import decode_payload, read_manifest
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import SealedHeader, open_sealed, with_slot
+from aepacs.dicom.derive import derive
 from aepacs.errors import AepacsError, CodecError, OpenError
-from aepacs.models.registry import config_registry
+from aepacs.models.registry import Registry, config_registry
 from aepacs.pipeline.archive import Archive
-from aepacs.pipeline.derive import derive
+from aepacs.pipeline.codecs import resolver
 from aepacs.store.atomic import atomic_write
 from aepacs.store.blobs import blob_key
 from aepacs.store.paths import instance_path
@@ -32,7 +33,7 @@ log = logging.getLogger("aepacs.retrieve")
 
 
 def open_payload(blob: bytes, keyring: Keyring, *, name: str = "object", expect_uid: str | None = None,
-                 registry: Any = None) -> tuple[SealedHeader, bytes, dict[str, Any] | None]:
+                 registry: Registry | None = None) -> tuple[SealedHeader, bytes, dict[str, Any] | None]:
     """Open and decode a sealed object: (clear header, Part 10 bytes, lossy record or None).
 
     For a learned lossy object the bytes are the original header around the
@@ -46,21 +47,21 @@ def open_payload(blob: bytes, keyring: Keyring, *, name: str = "object", expect_
     """
     header, payload = open_sealed(blob, keyring, name=name, expect_uid=expect_uid)
     try:
-        data, lossy = decode_payload(payload, registry)
+        data, lossy = decode_payload(payload, resolver(registry))
     except CodecError as exc:
         raise OpenError(name, str(exc)) from None
     return header, data, lossy
 
 
 def open_bytes(blob: bytes, keyring: Keyring, *, name: str = "object", expect_uid: str | None = None,
-               registry: Any = None) -> tuple[SealedHeader, bytes]:
+               registry: Registry | None = None) -> tuple[SealedHeader, bytes]:
     """Open and decode a sealed object into DICOM a viewer can read.
 
     Returns
     -------
     (SealedHeader, bytes)
         Its clear header and the original Part 10 bytes, or for a learned
-        lossy object the derived image (:mod:`aepacs.pipeline.derive`).
+        lossy object the derived image (:mod:`aepacs.dicom.derive`).
 
     Raises
     ------
@@ -161,3 +162,25 @@ def export(archive: Archive, out_dir: Path, *, patient_id: str | None = None, st
         summary.written.append(target)
         summary.bytes_written += len(data)
     return summary
+
+
+def describe_payload(blob: bytes, keyring: Keyring, name: str) -> list[tuple[str, str]]:
+    """What the encrypted manifest says (sizes, codec, model, quality at sealing), as (label, value) rows.
+
+    A keyring that does not open the object gives one row saying why.
+    """
+    try:
+        _, payload = open_sealed(blob, keyring, name=name)
+        manifest, _ = read_manifest(payload)
+    except AepacsError as exc:
+        return [("payload", f"not opened ({exc})")]
+    rows = [("original bytes", f"{manifest['size']:,}"), ("original sha256", manifest["sha256"]),
+            ("pixel codec", manifest.get("pixels", {}).get("codec", "-"))]
+    lossy = manifest.get("lossy")
+    if lossy:
+        rows += [("lossy", f"yes: model {lossy['model']}, ratio {lossy['ratio']}:1"),
+                 ("quality at sealing", f"PSNR {lossy['psnr']} dB, SSIM {lossy['ssim']}")]
+    else:
+        rows += [("lossy", "no (decodes bit for bit)")]
+    return rows
+

@@ -11,6 +11,7 @@ that :func:`sweep_temporaries` can remove those left by a killed process.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -46,19 +47,15 @@ def private_dir(path: Path) -> Path:
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
-        try:
+        with contextlib.suppress(FileExistsError):
             d.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
     return path
 
 
 def private_file(path: Path) -> None:
     """Create `path` empty with mode 0600 unless it exists (a database its engine will then open)."""
-    try:
+    with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
 
 
 def temp_name(directory: Path) -> Path:
@@ -66,7 +63,7 @@ def temp_name(directory: Path) -> Path:
     return directory / f"{TMP_PREFIX}{_HOST}-{os.getpid()}-{secrets.token_hex(8)}"
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, replace: bool = True,
+def atomic_write(path: Path, data: bytes | bytearray, mode: int = 0o600, *, replace: bool = True,
                  tmp_dir: Path | None = None, sync: bool = True, owner: tuple[int, int] | None = None) -> None:
     """Write `data` to `path` atomically and durably.
 
@@ -120,10 +117,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, replace: bool = 
         if sync:
             fsync_dir(path.parent)
     except OSError as exc:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        except FileNotFoundError:
-            pass
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreFullError(f"{path.parent}: disk full, nothing written") from None
         raise StoreError(f"{path}: write failed ({exc.strerror})") from None

@@ -17,11 +17,13 @@ workers on other machines use either unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any
 
 from aepacs.errors import StoreError, StoreFullError
 from aepacs.store.atomic import atomic_write, private_dir, sweep_temporaries
@@ -29,7 +31,7 @@ from aepacs.store.atomic import atomic_write, private_dir, sweep_temporaries
 SUFFIX = ".aepx"
 
 
-def blob_key(blob: bytes) -> str:
+def blob_key(blob: bytes | bytearray) -> str:
     """Return the content key (SHA-256, hex) of `blob`."""
     return hashlib.sha256(blob).hexdigest()
 
@@ -78,7 +80,7 @@ class BlobStore:
             raise StoreFullError(f"{self.root}: {free / 1e6:.0f} MB free, below the "
                                  f"{reserve / 1e6:.0f} MB reserve; refusing new data")
 
-    def put(self, blob: bytes, *, sync: bool = True) -> str:
+    def put(self, blob: bytes | bytearray, *, sync: bool = True) -> str:
         """Store `blob` and return its key (a no-op when already there).
 
         Durable on return; with ``sync=False`` only once :meth:`sync` has
@@ -123,10 +125,8 @@ class BlobStore:
 
     def delete(self, key: str) -> None:
         """Remove the blob with `key` (no error when already gone)."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.path_for(key).unlink()
-        except FileNotFoundError:
-            pass
 
     def keys(self, older_than: float | None = None) -> Iterator[str]:
         """Every stored key (walks the tree); with `older_than`, only blobs last written before it (epoch s)."""
@@ -160,7 +160,7 @@ class FsspecBlobStore:
     """
 
     def __init__(self, url: str) -> None:
-        import fsspec  # only object-storage sites need it
+        import fsspec  # noqa: PLC0415 -- only object-storage sites need it
 
         self.url = url
         self.fs, root = fsspec.core.url_to_fs(url)
@@ -172,7 +172,7 @@ class FsspecBlobStore:
     def check_free(self, incoming: int, reserve: int) -> None:
         """Object storage has no free-space figure to check."""
 
-    def put(self, blob: bytes, *, sync: bool = True) -> str:
+    def put(self, blob: bytes | bytearray, *, sync: bool = True) -> str:
         key = blob_key(blob)
         path = self.path_for(key)
         try:
@@ -203,10 +203,8 @@ class FsspecBlobStore:
         return bool(self.fs.exists(self.path_for(key)))
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path_for(key))
-        except FileNotFoundError:
-            pass
 
     def keys(self, older_than: float | None = None) -> Iterator[str]:
         try:
@@ -239,7 +237,7 @@ def _mtime(info: dict[str, Any]) -> float:
     return time.time()
 
 
-AnyBlobStore = Union[BlobStore, FsspecBlobStore]
+AnyBlobStore = BlobStore | FsspecBlobStore
 
 
 def open_store(location: str | Path) -> AnyBlobStore:

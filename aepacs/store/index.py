@@ -1,4 +1,4 @@
-"""The query index: patient / study / series / instance tables (SQLAlchemy Core).
+"""The query index: patient / study / series / instance rows (SQLAlchemy Core; tables in :mod:`.schema`).
 
 SQLite in WAL mode with ``synchronous=FULL`` by default; any SQLAlchemy URL
 (PostgreSQL) works unchanged. Each instance row points at its sealed blob
@@ -13,95 +13,32 @@ instead of failing half-way.
 from __future__ import annotations
 
 import sqlite3
-
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, cast
 
-from sqlalchemy import (Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table,
-                        UniqueConstraint, bindparam, create_engine, delete, event, func, inspect, or_, select, text, update)
+from sqlalchemy import (
+    Table,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from aepacs.dicom.records import INSTANCE_FIELDS, PATIENT_FIELDS, SERIES_FIELDS, STUDY_FIELDS, InstanceRecord
 from aepacs.errors import StoreError
 from aepacs.store.atomic import private_dir, private_file
-from aepacs.store.records import INSTANCE_FIELDS, PATIENT_FIELDS, SERIES_FIELDS, STUDY_FIELDS, InstanceRecord
-
-metadata = MetaData()
-
-patients = Table(
-    "patients", metadata,
-    Column("pk", Integer, primary_key=True),
-    Column("patient_id", String(64), nullable=False),
-    Column("issuer_of_patient_id", String(64), nullable=False),
-    Column("patient_name", String(324), nullable=False),
-    Column("patient_birth_date", String(8), nullable=False),
-    Column("patient_sex", String(16), nullable=False),
-    # a patient is PatientID within its issuer
-    UniqueConstraint("patient_id", "issuer_of_patient_id"),
-)
-studies = Table(
-    "studies", metadata,
-    Column("pk", Integer, primary_key=True),
-    Column("patient_pk", ForeignKey("patients.pk"), nullable=False, index=True),
-    Column("study_uid", String(64), nullable=False, unique=True),
-    Column("study_date", String(8), nullable=False, index=True),
-    Column("study_time", String(16), nullable=False),
-    Column("accession_number", String(64), nullable=False, index=True),
-    Column("study_id", String(16), nullable=False),
-    Column("study_description", String(64), nullable=False),
-    Column("referring_physician_name", String(324), nullable=False),
-    Column("modalities_in_study", String(256), nullable=False, default=""),
-)
-series = Table(
-    "series", metadata,
-    Column("pk", Integer, primary_key=True),
-    Column("study_pk", ForeignKey("studies.pk"), nullable=False, index=True),
-    Column("series_uid", String(64), nullable=False, unique=True),
-    Column("modality", String(16), nullable=False),
-    Column("series_number", Integer),
-    Column("series_description", String(64), nullable=False),
-    Column("body_part_examined", String(16), nullable=False),
-)
-instances = Table(
-    "instances", metadata,
-    Column("pk", Integer, primary_key=True),
-    Column("series_pk", ForeignKey("series.pk"), nullable=False, index=True),
-    Column("sop_uid", String(64), nullable=False, unique=True),
-    Column("sop_class_uid", String(64), nullable=False),
-    Column("instance_number", Integer),
-    Column("transfer_syntax_uid", String(64), nullable=False),
-    Column("rows", Integer),
-    Column("columns", Integer),
-    Column("number_of_frames", Integer),
-    Column("codec", String(64), nullable=False),
-    Column("kek_version", Integer, nullable=False, index=True),
-    Column("blob_key", String(64), nullable=False, index=True),
-    Column("blob_size", Integer, nullable=False),
-    Column("source_size", Integer, nullable=False),
-    Column("source_sha256", String(64), nullable=False),
-    Column("psnr", Float),   # learned lossy objects: quality measured at sealing
-    Column("ssim", Float),
-    Column("stored_at", Float, nullable=False),
-    # after a rewrap (aepacs rekey): the current key slot, which replaces the one in the blob
-    # file (see docs/FORMAT.md); NULL while the blob's own slot is current
-    Column("key_slot", LargeBinary),
-    # when the blob was last sealed with a fresh data key (NULL: at stored_at)
-    Column("sealed_at", Float),
-)
-#: Blobs that may have become garbage: a rekey's new blob not yet switched in, or the old
-#: blob of a switched row not yet removed. Cleared by the rekey that wrote them, or by the
-#: next one when that process died (:mod:`aepacs.pipeline.rekey`).
-pending_blobs = Table(
-    "pending_blobs", metadata,
-    Column("blob_key", String(64), primary_key=True),
-    Column("sop_uid", String(64), nullable=False),
-    Column("owner", String(160), nullable=False),
-    Column("created", Float, nullable=False),
-)
-#: Columns added after the first release: created on an older index when it is opened.
-_ADDED_COLUMNS = ("psnr", "ssim", "key_slot", "sealed_at")
+from aepacs.store.schema import ADDED_COLUMNS, instances, metadata, patients, pending_blobs, series, studies
 
 
 @dataclass(frozen=True)
@@ -143,7 +80,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
 def _add_missing_columns(conn: Connection) -> None:
     """Bring an index made by an older release up to date (nullable columns only)."""
     have = {c["name"] for c in inspect(conn).get_columns("instances")}
-    for name in _ADDED_COLUMNS:
+    for name in ADDED_COLUMNS:
         if name not in have:
             column = instances.c[name]
             kind = column.type.compile(dialect=conn.dialect)
@@ -220,7 +157,10 @@ class Index:
         found = conn.execute(select(table.c.pk).where(*cond)).scalar()
         inserted = found is None
         if inserted:
-            found = conn.execute(table.insert().values(**values)).inserted_primary_key[0]
+            key = conn.execute(table.insert().values(**values)).inserted_primary_key
+            assert key is not None
+            found = key[0]
+        assert found is not None
         return int(found), inserted
 
     def _remember(self, *entries: tuple[Table, dict[str, Any], int]) -> None:
@@ -295,7 +235,7 @@ class Index:
         q = q.order_by(studies.c.study_uid, series.c.series_number, series.c.series_uid,
                        instances.c.instance_number, instances.c.sop_uid)
         with self.engine.connect() as conn:
-            return list(conn.execute(q).all())
+            return [row for row in conn.execute(q)]
 
     def source_sha256(self, sop_uid: str) -> str | None:
         """SHA-256 of the original bytes archived under `sop_uid`, or None (a cheap existence check)."""
@@ -343,7 +283,7 @@ class Index:
                     instances.c.kek_version, instances.c.key_slot)
              .where(cond, instances.c.pk > after_pk).order_by(instances.c.pk).limit(limit))
         with self.engine.connect() as conn:
-            return list(conn.execute(q).all())
+            return [cast("Row[Any]", row) for row in conn.execute(q)]
 
     def swap_slots(self, swaps: Sequence[tuple[str, str, int, bytes, int]]) -> set[str]:
         """Install rewrapped key slots, each only if its row is still as read.

@@ -3,7 +3,7 @@
 Every file aepacs names after something it received (``export``, ``retrieve``,
 the retrieval client's receiver) is named here and nowhere else. A UID
 becomes a path component only when it is a valid UID (digits and dots,
-:func:`aepacs.store.records.uid_problem`); anything else (an object archived
+:func:`aepacs.dicom.records.uid_problem`); anything else (an object archived
 by an older release, a crafted transport object) gets a name derived from its
 hash, with a warning. The result is then resolved and refused unless it lies
 inside the output directory, so neither ``..``, an absolute UID nor a
@@ -16,8 +16,8 @@ import hashlib
 import logging
 from pathlib import Path
 
+from aepacs.dicom.records import shown, uid_problem
 from aepacs.errors import PathError
-from aepacs.store.records import shown, uid_problem
 
 log = logging.getLogger("aepacs.paths")
 

@@ -4,7 +4,7 @@ Loaded by Orthanc's Python plugin (Debian ``orthanc-python``) as its
 ``PythonScript``. Every instance Orthanc receives is checked, encoded by its
 modality's route, sealed (AES-256-GCM) and replaced by the Raw Data Storage
 transport object ``aepacs serve`` sends on C-GET, through aepacs's own
-library (:func:`aepacs.net.transport.seal_as_transport`). The original is
+library (:func:`aepacs.pipeline.transport.seal_as_transport`). The original is
 never stored.
 
 Failures never let the original through:
@@ -54,9 +54,11 @@ SETTINGS = _settings()
 
 from aepacs import __version__  # noqa: E402  (after SitePackages is on sys.path)
 from aepacs.config import load_config  # noqa: E402
+from aepacs.dicom.part10 import parse  # noqa: E402
+from aepacs.dicom.transport import PRIVATE_CREATOR, RAW_DATA_STORAGE  # noqa: E402
 from aepacs.errors import AepacsError, DatasetMismatch, InputError, StoreFullError  # noqa: E402
-from aepacs.net.transport import PRIVATE_CREATOR, RAW_DATA_STORAGE, seal_as_transport  # noqa: E402
 from aepacs.pipeline.archive import load_keyring  # noqa: E402
+from aepacs.pipeline.transport import seal_as_transport  # noqa: E402
 
 
 def _config() -> Any:
@@ -89,8 +91,6 @@ def _status(exc: BaseException) -> int:
 
 def _sop_uid(data: bytes) -> str:
     try:
-        from aepacs.codec.part10 import parse
-
         return str(parts.dataset.get("SOPInstanceUID", "")) if (parts := parse(data)) else ""
     except Exception:  # noqa: BLE001 (only for the log line and the refusal table)
         return ""

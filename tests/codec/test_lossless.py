@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aepacs.codec.base import PixelMeta, pixels_from_bytes, pixels_to_bytes
 from aepacs.codec.lossless import JpegLsCodec, RawCodec, ZstdCodec
+from aepacs.dicom.pixels import PixelMeta, pixels_from_bytes, pixels_to_bytes
 from aepacs.errors import CodecError
 
 

@@ -13,7 +13,7 @@ from tests.conftest import ct_slices
 def reference_ssim(original: np.ndarray, decoded: np.ndarray) -> float:
     rng = float(max(int(original.max()) - int(original.min()), 1))
     values = []
-    for a, b in zip(original.astype(np.float64), decoded.astype(np.float64)):
+    for a, b in zip(original.astype(np.float64), decoded.astype(np.float64), strict=False):
         win = min(7, *(s - (1 - s % 2) for s in a.shape[:2]))
         values.append(structural_similarity(a, b, data_range=rng, channel_axis=2, win_size=win))
     return float(np.mean(values))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 

@@ -27,15 +27,16 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aepacs.codec.part10 import parse
 from aepacs.crypto.keyring import Keyring
+from aepacs.dicom.part10 import parse
 from aepacs.errors import AepacsError
 from aepacs.net.client import query, retrieve
 from aepacs.net.send import Storable, send_files, storable

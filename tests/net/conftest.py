@@ -7,16 +7,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from aepacs.config import Config, load_config
 from aepacs.crypto.keyring import Keyring
 from aepacs.net.server import ArchiveServer
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 
 def free_port() -> int:

@@ -27,7 +27,8 @@ def require(tool: str) -> Path:
     return path
 
 
-def run(tool: str, *args: str, timeout: float = 300, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+def run(tool: str, *args: str, timeout: float = 300, check: bool = True,
+        **kw: object) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([str(require(tool)), *args], capture_output=True, text=True, errors="replace",
                           timeout=timeout,
                           env={**os.environ, "TCP_NODELAY": "1"}, **kw)  # type: ignore[call-overload]

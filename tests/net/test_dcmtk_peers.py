@@ -12,8 +12,9 @@ import re
 import subprocess
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pydicom
 import pytest
@@ -21,9 +22,9 @@ from pynetdicom import AllStoragePresentationContexts
 
 from aepacs.config import load_config
 from aepacs.crypto.keyring import Keyring
+from aepacs.dicom.transport import PRIVATE_CREATOR, RAW_DATA_STORAGE, read_transport
 from aepacs.net.client import receive_files, retrieve
 from aepacs.net.server import ArchiveServer
-from aepacs.net.transport import PRIVATE_CREATOR, RAW_DATA_STORAGE, read_transport
 from tests.conftest import SHARED_CT, corpus_files, ct_files
 from tests.net.conftest import free_port
 from tests.net.dcmtk import readable_by_dcmtk, require, run, storescu_profile
@@ -255,7 +256,7 @@ def test_getscu_fetches_sealed_transport_objects(loaded: Loaded, tmp_path: Path)
         assert ds.CreatorVersionUID
         blob, uid, klass = read_transport(ds)
         assert uid in want and klass == str(_read(loaded.originals[uid], stop_before_pixels=True).SOPClassUID)
-        assert b"AEPX" == blob[:4]
+        assert blob[:4] == b"AEPX"
         check = run("dcmdump", "-q", str(f), check=False)
         assert check.returncode == 0 and "E: " not in check.stderr
         assert _dciodvfy_errors(f) == set(), f  # the transport object is a valid Raw Data instance

@@ -8,8 +8,8 @@ import os
 import struct
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pydicom
@@ -19,14 +19,14 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import _config
 from pynetdicom.sop_class import CTImageStorage
 
-from aepacs.codec.part10 import parse
 from aepacs.codec.payload import encode_object
 from aepacs.crypto.seal import seal
+from aepacs.dicom.part10 import parse
+from aepacs.dicom.records import InstanceRecord
 from aepacs.net.client import query, receive_files, retrieve
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.retrieve import export
 from aepacs.store.index import BlobRef
-from aepacs.store.records import InstanceRecord
 from tests.conftest import run_cli
 from tests.fuzz.mutate import nested_sequence, with_element
 from tests.net.conftest import Running, free_port
@@ -282,7 +282,8 @@ def test_data_directory_is_private_whatever_the_umask(env: dict[str, str], tmp_p
     (src / "ct.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
     shell = {**env, "PATH": os.environ["PATH"]}
     home = Path(env["AEPACS_HOME"])
-    for args in (["keys", "init"], ["import", "-q", str(src)], ["export", "--patient", "1CT1", "-o", str(tmp_path / "x")]):
+    for args in (["keys", "init"], ["import", "-q", str(src)],
+                 ["export", "--patient", "1CT1", "-o", str(tmp_path / "x")]):
         proc = subprocess.run(["sh", "-c", 'umask 022; exec "$@"', "sh", sys.executable, "-m", "aepacs", *args],
                               capture_output=True, text=True, env={**os.environ, **shell})
         assert proc.returncode == 0, proc.stderr

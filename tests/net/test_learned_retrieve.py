@@ -3,8 +3,8 @@ decoded by the SCU into derived images."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pydicom
@@ -12,8 +12,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 from aepacs.codec.quality import psnr
+from aepacs.dicom.derive import derived_uid
 from aepacs.net.client import retrieve
-from aepacs.pipeline.derive import derived_uid
 from tests.conftest import ct_files, current_ref
 from tests.net.conftest import Running
 

@@ -6,7 +6,7 @@ import json
 import re
 import shutil
 import subprocess
-from typing import Callable
+from collections.abc import Callable
 
 import pydicom
 import pydicom.uid
@@ -78,3 +78,22 @@ def test_health_says_unavailable_below_the_free_space_floor(make_server: Callabl
     assert code == 503
     report = json.loads(body)
     assert report["status"] == "unavailable" and "reserve" in report["problems"][0]
+
+
+def test_archived_one_counts_added_instances_only() -> None:
+    from aepacs.net.metrics import Metrics
+    from aepacs.pipeline.ingest import IngestResult
+
+    m = Metrics()
+    m.archived_one(IngestResult("1.2.3", "added", "ae:ct@3", source_size=1000, blob_size=250, modality="CT",
+                                encode_s=0.02, seal_s=0.001, gate=None))
+    m.archived_one(IngestResult("1.2.4", "added", "jpegls", source_size=500, blob_size=300, modality="",
+                                encode_s=0.004, seal_s=0.001, gate="ct@3"))
+    m.archived_one(IngestResult("1.2.3", "same"))  # a re-send costs nothing and counts nothing
+    text = m.exposition().decode()
+    assert metric(text, "aepacs_instances_archived_total", modality="CT", codec="ae:ct@3") == 1
+    assert metric(text, "aepacs_instances_archived_total", modality="none", codec="jpegls") == 1
+    assert metric(text, "aepacs_bytes_stored_total") == 550 and metric(text, "aepacs_bytes_source_total") == 1500
+    assert metric(text, "aepacs_quality_gate_fallbacks_total", model="ct@3") == 1
+    assert metric(text, "aepacs_encode_seconds_count", codec="ae:ct@3") == 1
+    assert metric(text, "aepacs_encode_seconds_bucket", codec="jpegls", le="0.005") == 1

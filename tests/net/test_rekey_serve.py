@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -12,7 +12,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import RawDataStorage, StudyRootQueryRetrieveInformationModelGet
 
 from aepacs.crypto.seal import open_sealed
-from aepacs.net.transport import read_transport
+from aepacs.dicom.transport import read_transport
 from aepacs.pipeline.rekey import rekey
 from tests.conftest import run_cli
 from tests.net.conftest import Running

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pydicom
@@ -18,8 +18,8 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from aepacs.pipeline.retrieve import fetch
-from tests.net.conftest import Running
 from tests.conftest import current_ref
+from tests.net.conftest import Running
 
 
 def tiny_ct(i: int, study: str, series: str, rng: np.random.Generator) -> Dataset:

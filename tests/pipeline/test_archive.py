@@ -98,15 +98,16 @@ def test_keyring_lacking_a_version_fails_naming_object(config: Config, keyring: 
     keyring.rotate()
     with Archive(config, keyring) as archive:
         result = ingest(archive, CT[0].read_bytes())
-    with Archive(config, Keyring.load(tmp_path / "v1-only.json")) as stale:
-        with pytest.raises(OpenError, match="lacks key version 2") as err:
-            fetch(stale, result.sop_uid)
+    with Archive(config, Keyring.load(tmp_path / "v1-only.json")) as stale, \
+            pytest.raises(OpenError, match="lacks key version 2") as err:
+        fetch(stale, result.sop_uid)
     assert result.sop_uid in str(err.value)
 
 
 def test_conflicting_instance_policy(archive: Archive, config: Config) -> None:
-    import pydicom
     from io import BytesIO
+
+    import pydicom
 
     ds = pydicom.dcmread(CT[0])
     ds.PatientName = "Someone^Else"

@@ -13,8 +13,8 @@ import pytest
 from aepacs.codec.quality import psnr
 from aepacs.config import Config, Route
 from aepacs.crypto.keyring import Keyring
+from aepacs.dicom.derive import METHOD, derived_uid
 from aepacs.pipeline.archive import Archive
-from aepacs.pipeline.derive import METHOD, derived_uid
 from aepacs.pipeline.ingest import GATE_FALLBACKS, ingest
 from aepacs.pipeline.retrieve import fetch
 from tests.conftest import ct_files, current_ref

@@ -14,8 +14,8 @@ from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import read_header
 from aepacs.errors import DatasetMismatch
-from aepacs.pipeline.retrieve import open_bytes
 from aepacs.pipeline.ingest import seal_bytes
+from aepacs.pipeline.retrieve import open_bytes
 from tests.conftest import corpus_files
 
 FILES = corpus_files()

@@ -11,7 +11,8 @@ from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.retrieve import fetch
-from aepacs.pipeline.spool import Spool, SpoolWorker, archive_entry, read_entry, seal_entry
+from aepacs.pipeline.spool import Spool, read_entry, seal_entry
+from aepacs.pipeline.workers import SpoolWorker, archive_entry
 from tests.conftest import ct_files
 
 
@@ -26,7 +27,7 @@ def test_entries_are_sealed_ordered_and_flushed(config: Config, keyring: Keyring
     data = [p.read_bytes() for p in ct_files()[:3]]
     paths = [_entry(spool, d, keyring) for d in data]
     assert spool.entries() == paths                     # arrival order
-    for path, d in zip(paths, data):
+    for path, d in zip(paths, data, strict=False):
         assert d not in path.read_bytes()                # sealed, not plaintext
         assert read_entry(path, keyring)[1] == d
     spool.flush()

@@ -4,13 +4,13 @@ import dataclasses
 import multiprocessing
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-import pydicom
 
+from aepacs.dicom.records import InstanceRecord
 from aepacs.errors import InputError
 from aepacs.store.index import ADDED, CONFLICT, SAME, BlobRef, Index
-from aepacs.store.records import InstanceRecord
 
 
 def record(**changes: object) -> InstanceRecord:

@@ -1,0 +1,119 @@
+"""``aepacs serve | retrieve | send``: the archive SCP, the retrieval client and a storage SCU."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from aepacs.audit import MINOR_FAILURE, SUCCESS, Party
+from aepacs.cli.common import audit, count
+from aepacs.config import Config, load_config
+from aepacs.errors import AepacsError
+from aepacs.models.registry import config_registry
+from aepacs.net.client import client_ssl_context, receive_files, retrieve
+from aepacs.net.send import send_files, storables
+from aepacs.net.server import ArchiveServer
+from aepacs.net.status import Status
+from aepacs.pipeline.archive import load_keyring
+
+
+def _tls_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-ca", type=Path, metavar="PEM", help="use TLS, trusting these CAs")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (with --tls-ca)")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="client key (with --tls-cert)")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("serve", parents=[common], help="run the archive SCP (C-ECHO/STORE/FIND/GET/MOVE)")
+    p.add_argument("--port", type=int, help="listen port (server.port)")
+    p.add_argument("--aet", metavar="TITLE", help="AE title (server.ae_title)")
+    p.add_argument("--bind", metavar="ADDR", help="listen address (server.bind; default 127.0.0.1)")
+    p.add_argument("--workers", type=int, help="conversion worker processes (ingest.workers)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("retrieve", parents=[common],
+                       help="retrieve from an archive (or open received files) and write decoded DICOM")
+    p.add_argument("--host", help="archive host")
+    p.add_argument("--port", type=int, help="archive port")
+    p.add_argument("--called-aet", default="AEPACS", metavar="TITLE", help="archive AE title (default AEPACS)")
+    p.add_argument("--aet", default="AEPACS_SCU", metavar="TITLE", help="our AE title (default AEPACS_SCU)")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--patient", metavar="ID")
+    sel.add_argument("--study", metavar="UID")
+    sel.add_argument("--series", metavar="UID")
+    sel.add_argument("--instance", metavar="UID")
+    sel.add_argument("--from-files", type=Path, nargs="+", metavar="DIR",
+                     help="open sealed objects that arrived as files instead")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    p.add_argument("--move-to-self", type=int, metavar="PORT",
+                   help="use C-MOVE to a storage SCP run here on PORT (instead of C-GET)")
+    p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="address of that storage SCP")
+    _tls_options(p)
+    p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("send", parents=[common],
+                       help="C-STORE DICOM files to a storage SCP, each as stored (its own transfer syntax)")
+    p.add_argument("paths", type=Path, nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("--host", required=True, help="peer host")
+    p.add_argument("--port", type=int, required=True, help="peer port")
+    p.add_argument("--called-aet", default="AEPACS", metavar="TITLE", help="peer AE title (default AEPACS)")
+    p.add_argument("--aet", default="AEPACS_SCU", metavar="TITLE", help="our AE title (default AEPACS_SCU)")
+    _tls_options(p)
+    p.set_defaults(func=cmd_send)
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    overrides = {k: v for k, v in (("port", args.port), ("ae_title", args.aet), ("bind", args.bind))
+                 if v is not None}
+    if overrides:
+        config = load_config(getattr(args, "config", None), overrides={"server": overrides})
+    return ArchiveServer(config, workers=args.workers).serve_forever()
+
+
+def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
+    keyring = load_keyring(config)
+    if args.from_files:
+        summary = receive_files(args.from_files, keyring, args.output, registry=config_registry(config))
+    else:
+        chosen = [(lvl, getattr(args, lvl)) for lvl in ("patient", "study", "series", "instance")
+                  if getattr(args, lvl)]
+        if len(chosen) != 1 or not args.host or not args.port:
+            raise AepacsError("give --host, --port and one of --patient/--study/--series/--instance "
+                              "(or --from-files DIR)")
+        tls = client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+        level, value = chosen[0]
+        summary = retrieve(args.host, args.port, args.called_aet, args.aet, level, value, keyring, args.output,
+                           move_to_self=args.move_to_self, bind=args.bind, tls=tls, registry=config_registry(config))
+    audit(config).record("retrieve", outcome=MINOR_FAILURE if summary.failed else SUCCESS, objects=len(summary.written),
+                         source=Party(None if args.from_files else args.called_aet,
+                                      str(args.from_files) if args.from_files else f"{args.host}:{args.port}"),
+                         destination=Party(args.aet, str(args.output)), patients=[args.patient or ""],
+                         studies=[args.study or ""], detail="opened and decoded by aepacs retrieve")
+    print(f"retrieved {count(len(summary.written), 'instance')} into {args.output}; {len(summary.failed)} failed"
+          + (f"; final status 0x{summary.status:04X}" if summary.status is not None else ""))
+    for _uid, reason in summary.failed:
+        print(f"  FAILED {reason}", file=sys.stderr)
+    if summary.status == Status.MOVE_DESTINATION_UNKNOWN:
+        print(f"  the archive does not know {args.aet} as a C-MOVE destination: add it to its configuration, "
+              f"server.move_destinations: {{{args.aet}: [HOST, {args.move_to_self}]}} "
+              f"(HOST: this machine's address as the archive reaches it), and restart it", file=sys.stderr)
+    bad_status = summary.status is not None and summary.status not in (Status.SUCCESS, Status.SUBOPERATIONS_FAILED)
+    if not summary.written and not summary.failed and not bad_status:
+        raise AepacsError("nothing matched the selection")
+    return 1 if summary.failed or bad_status else 0
+
+
+def cmd_send(args: argparse.Namespace, config: Config) -> int:
+    files, skipped = storables(args.paths)
+    if not files:
+        raise AepacsError(f"no sendable DICOM files under {', '.join(map(str, args.paths))}")
+    tls = client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+    summary = send_files(args.host, args.port, args.called_aet, args.aet, files, tls=tls)
+    stored = set(summary.stored)
+    for path, status in summary.statuses.items():
+        if path not in stored:
+            print(f"  REFUSED {path}: {'no response' if status is None else f'0x{status:04X}'}", file=sys.stderr)
+    print(f"sent {len(files)} files to {args.called_aet}@{args.host}:{args.port} in {summary.seconds:.1f} s: "
+          f"{len(stored)} stored, {len(files) - len(stored)} refused; {skipped} files skipped (not sendable DICOM)")
+    return 0 if len(stored) == len(files) else 1

@@ -1,0 +1,75 @@
+"""``aepacs rekey | audit | demo``: operations on the whole archive, its audit trail, and the demonstration."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from aepacs.audit import MINOR_FAILURE, SUCCESS, describe, parse_since, read, verify
+from aepacs.cli.common import audit
+from aepacs.config import Config
+from aepacs.demo.run import run_demo
+from aepacs.pipeline.rekey import rekey
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("rekey", parents=[common],
+                       help="bring every object under the active key (nightly, after 'keys rotate')")
+    p.add_argument("--mode", choices=["rewrap", "full"], default="rewrap",
+                   help="rewrap: new key slot, same ciphertext; full: fresh data key, re-encrypted")
+    p.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: rekey.workers)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run on a Dask scheduler (tcp://host:8786)")
+    p.add_argument("--limit", type=int, metavar="N", help="rekey at most N objects")
+    p.add_argument("--dry-run", action="store_true", help="count what would be rekeyed; change nothing")
+    p.add_argument("--verify", action="store_true", help="rewrap: authenticate each whole object first")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_rekey)
+
+    p = sub.add_parser("audit", parents=[common], help="print the audit trail, or verify its hash chain")
+    p.add_argument("audit_command", nargs="?", choices=["verify"], help="verify: check the hash chain")
+    p.add_argument("--since", metavar="WHEN", help="from this date, date-time or age (12h, 7d)")
+    p.add_argument("--patient", metavar="ID", help="only records naming this patient ID")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("demo", parents=[common],
+                       help="the archive over DICOM on the bundled sample files: send, find, retrieve, compare")
+    p.add_argument("--data", type=Path, action="append", metavar="DIR", help="sample data (repeatable)")
+    p.add_argument("--home", type=Path, metavar="DIR",
+                   help="data directory, kept, with the report (default: a temporary one; report in ~/.aepacs/demo)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    p.add_argument("--lossless-only", action="store_true", help="skip the learned lossy part")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_rekey(args: argparse.Namespace, config: Config) -> int:
+    summary = rekey(config, mode=args.mode, workers=args.workers if args.workers is not None
+                    else config.rekey.workers, dask=args.dask, limit=args.limit, dry_run=args.dry_run,
+                    verify=args.verify, progress=not args.quiet)
+    if args.dry_run:
+        print(f"rekey {args.mode} (dry run): {summary.skipped} objects would be rekeyed")
+        return 0
+    for line in summary.lines():
+        print(line)
+    audit(config).record("rekey", outcome=MINOR_FAILURE if summary.failed else SUCCESS,
+                         detail=f"rekey --mode {args.mode}: " + "; ".join(summary.lines()))
+    return 1 if summary.failed else 0
+
+
+def cmd_audit(args: argparse.Namespace, config: Config) -> int:
+    path = config.audit_path
+    if args.audit_command == "verify":
+        result = verify(path)
+        for problem in result.problems:
+            print(f"  {problem}", file=sys.stderr)
+        print(f"audit trail {path}: {result.records} records, "
+              + ("chain intact" if result.ok else f"{len(result.problems)} problems: NOT INTACT"))
+        return 0 if result.ok else 1
+    since = parse_since(args.since) if args.since else None
+    for record in read(path, since=since, patient=args.patient):
+        print(describe(record))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    return run_demo(data=args.data or None, keep=args.keep, home=args.home, learned=not args.lossless_only)

@@ -1,0 +1,207 @@
+"""C-FIND and retrieve matching against the index (PS3.4 C.2.2).
+
+Supports the Patient Root and Study Root information models at PATIENT,
+STUDY, SERIES and IMAGE level with single-value, wildcard (``*``, ``?``),
+UID-list, date/time range and universal matching. The response holds every
+key the request asked for (empty when unknown), filled from the index.
+
+Matching is done in SQL where it can be (equality, lists, ranges, a LIKE
+pre-filter for wildcards) and finished in Python where SQL and DICOM differ
+(case-sensitive wildcards, multi-valued ModalitiesInStudy).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from sqlalchemy import and_, func, select
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import FromClause
+
+from aepacs.dicom.attributes import ATTRIBUTES, BY_KEYWORD, LEVELS, UNIQUE, Attribute
+from aepacs.errors import DatasetMismatch
+from aepacs.store.index import Index
+from aepacs.store.schema import TABLES, instances, patients, series, studies
+
+
+@dataclass(frozen=True)
+class Key:
+    """A query key: its attribute and index column."""
+
+    attribute: Attribute
+    column: Any
+
+    @property
+    def level(self) -> str:
+        return self.attribute.level
+
+    @property
+    def vr(self) -> str:
+        return self.attribute.vr
+
+    @property
+    def matching(self) -> str:
+        return self.attribute.matching
+
+
+KEYS: dict[str, Key] = {a.keyword: Key(a, TABLES[a.level].c[a.column]) for a in ATTRIBUTES if a.query}
+#: Counts a request may ask for: keyword -> (level it is asked at, level counted).
+COUNTS = {
+    "NumberOfPatientRelatedStudies": ("PATIENT", "STUDY"),
+    "NumberOfPatientRelatedSeries": ("PATIENT", "SERIES"),
+    "NumberOfPatientRelatedInstances": ("PATIENT", "IMAGE"),
+    "NumberOfStudyRelatedSeries": ("STUDY", "SERIES"),
+    "NumberOfStudyRelatedInstances": ("STUDY", "IMAGE"),
+    "NumberOfSeriesRelatedInstances": ("SERIES", "IMAGE"),
+}
+_PK = {level: table.c.pk for level, table in TABLES.items()}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _like(pattern: str) -> str:
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def condition(key: Key, pattern: str) -> ColumnElement[bool] | None:
+    """The SQL condition of one matching key, or None for universal matching."""
+    col = key.column
+    if pattern in ("", "*"):
+        return None
+    if key.matching == "uid":
+        uids = [u.strip() for u in pattern.split("\\") if u.strip()]
+        return col == uids[0] if len(uids) == 1 else col.in_(uids)
+    if key.matching in ("date", "time") and "-" in pattern:
+        lo, hi = (p.strip() for p in pattern.split("-", 1))
+        parts = []
+        if lo:
+            parts.append(col >= lo)
+        if hi:
+            # a bare end time (1500) covers its whole last unit: 150059.999 sorts before "1500~"
+            parts.append(col <= (hi + "~" if key.matching == "time" else hi))
+        return and_(col != "", *parts)
+    if key.matching == "multi":
+        return None  # multi-valued: matched in Python
+    if "*" in pattern or "?" in pattern:
+        return col.like(_like(pattern), escape="\\")
+    if key.matching == "number":
+        try:
+            return col == int(pattern)
+        except ValueError:
+            raise DatasetMismatch(f"query value {pattern!r} is not a number") from None
+    return col == pattern
+
+
+def _python_match(key: Key, pattern: str, value: Any) -> bool:
+    """Where DICOM matching and SQL differ: case-sensitive wildcards, multi-valued values."""
+    if pattern in ("", "*"):
+        return True
+    if key.matching == "multi":
+        wanted = {p.strip() for p in pattern.split("\\")}
+        return bool(wanted & set(_text(value).split("\\")))
+    if ("*" in pattern or "?" in pattern) and key.matching != "name":  # PN: case-insensitive is allowed
+        return fnmatch.fnmatchcase(_text(value), pattern.replace("[", "[[]"))
+    return True
+
+
+def _level(identifier: Dataset) -> str:
+    level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+    if level not in LEVELS:
+        raise DatasetMismatch(f"QueryRetrieveLevel {level!r} is not one of {', '.join(LEVELS)}")
+    return level
+
+
+def _from_clause(level: str) -> FromClause:
+    joined: FromClause = patients
+    if level in ("STUDY", "SERIES", "IMAGE"):
+        joined = studies.join(patients, studies.c.patient_pk == patients.c.pk)
+    if level in ("SERIES", "IMAGE"):
+        joined = series.join(joined, series.c.study_pk == studies.c.pk)
+    if level == "IMAGE":
+        joined = instances.join(joined, instances.c.series_pk == series.c.pk)
+    return joined
+
+
+def find(index: Index, identifier: Dataset, *, ae_title: str = "") -> Iterator[Dataset]:
+    """Yield one response identifier per matching entity at the request's level.
+
+    Raises
+    ------
+    DatasetMismatch
+        A missing or unknown QueryRetrieveLevel, or a malformed key value.
+    """
+    level = _level(identifier)
+    depth = LEVELS.index(level)
+    asked = [e.keyword for e in identifier if e.keyword]
+    usable = {k: KEYS[k] for k in asked if k in KEYS and LEVELS.index(KEYS[k].level) <= depth}
+    patterns = {k: _text(identifier[k].value) for k in usable}
+    columns = {k: key.column.label(k) for k, key in usable.items()}
+    counts = {k: lvl for k, lvl in COUNTS.items() if k in asked and lvl[0] == level}
+    q = select(_PK[level].label("_pk"), *columns.values()).select_from(_from_clause(level)).distinct()
+    for k, key in usable.items():
+        cond = condition(key, patterns[k])
+        if cond is not None:
+            q = q.where(cond)
+    q = q.order_by(_PK[level])
+    with index.engine.connect() as conn:
+        rows = conn.execute(q).all()
+        for row in rows:
+            if not all(_python_match(usable[k], patterns[k], getattr(row, k)) for k in usable):
+                continue
+            rsp = Dataset()
+            rsp.SpecificCharacterSet = "ISO_IR 192"
+            rsp.QueryRetrieveLevel = level
+            for elem in identifier:
+                k = elem.keyword
+                if k in ("SpecificCharacterSet", "QueryRetrieveLevel"):
+                    continue
+                if k in usable:
+                    value: Any = getattr(row, k)
+                elif k in counts:
+                    value = _count_related(conn, level, counts[k][1], row._pk)
+                elif k == "RetrieveAETitle":
+                    value = ae_title
+                else:
+                    value = None  # a key the archive does not keep: returned empty
+                rsp.add_new(elem.tag, elem.VR, None if value in (None, "") else value)
+            yield rsp
+
+
+def _count_related(conn: Any, level: str, counted: str, pk: int) -> int:
+    q = (select(func.count(func.distinct(_PK[counted]))).select_from(_from_clause(counted))
+         .where(_PK[level] == pk))
+    return int(conn.execute(q).scalar() or 0)
+
+
+def retrieve_rows(index: Index, identifier: Dataset) -> list[Any]:
+    """The instances a C-GET / C-MOVE identifier selects (by the unique keys given).
+
+    Raises
+    ------
+    DatasetMismatch
+        No QueryRetrieveLevel, or no unique key at or above it.
+    """
+    level = _level(identifier)
+    selection: dict[str, Any] = {}
+    for lvl in LEVELS:
+        keyword = UNIQUE[lvl]
+        arg = BY_KEYWORD[keyword].column
+        value = _text(identifier.get(keyword)) if keyword in identifier else ""
+        if value and LEVELS.index(lvl) <= LEVELS.index(level):
+            values = [v.strip() for v in value.split("\\") if v.strip()]
+            selection[arg] = values
+    if not selection:
+        raise DatasetMismatch(f"retrieve at {level} level names no {UNIQUE[level]}")
+    return index.find(**selection)

@@ -1,0 +1,83 @@
+"""The index tables: patient, study, series and instance (SQLAlchemy Core), and the rekey's pending blobs.
+
+The query attributes' columns are made from :data:`aepacs.dicom.attributes.ATTRIBUTES`;
+each instance row adds where its sealed blob is and how it was sealed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, UniqueConstraint
+
+from aepacs.dicom.attributes import at_level
+
+metadata = MetaData()
+
+
+
+def _columns(level: str) -> list[Column[Any]]:
+    """The index columns of one level's attributes (:data:`~aepacs.dicom.attributes.ATTRIBUTES`)."""
+    out: list[Column[Any]] = []
+    for a in at_level(level):
+        kind: Any = Integer if a.length is None else String(a.length)
+        extra: dict[str, Any] = {"unique": True} if a.indexed == "unique" else {"index": True} if a.indexed else {}
+        if a.source is None:  # computed by the index from the level below
+            extra["default"] = ""
+        out.append(Column(a.column, kind, nullable=a.length is None, **extra))
+    return out
+
+
+patients = Table(
+    "patients", metadata,
+    Column("pk", Integer, primary_key=True),
+    *_columns("PATIENT"),
+    # a patient is PatientID within its issuer
+    UniqueConstraint("patient_id", "issuer_of_patient_id"),
+)
+studies = Table(
+    "studies", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("patient_pk", ForeignKey("patients.pk"), nullable=False, index=True),
+    *_columns("STUDY"),
+)
+series = Table(
+    "series", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("study_pk", ForeignKey("studies.pk"), nullable=False, index=True),
+    *_columns("SERIES"),
+)
+instances = Table(
+    "instances", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("series_pk", ForeignKey("series.pk"), nullable=False, index=True),
+    *_columns("IMAGE"),
+    Column("codec", String(64), nullable=False),
+    Column("kek_version", Integer, nullable=False, index=True),
+    Column("blob_key", String(64), nullable=False, index=True),
+    Column("blob_size", Integer, nullable=False),
+    Column("source_size", Integer, nullable=False),
+    Column("source_sha256", String(64), nullable=False),
+    Column("psnr", Float),   # learned lossy objects: quality measured at sealing
+    Column("ssim", Float),
+    Column("stored_at", Float, nullable=False),
+    # after a rewrap (aepacs rekey): the current key slot, which replaces the one in the blob
+    # file (see docs/FORMAT.md); NULL while the blob's own slot is current
+    Column("key_slot", LargeBinary),
+    # when the blob was last sealed with a fresh data key (NULL: at stored_at)
+    Column("sealed_at", Float),
+)
+#: the table of each query level
+TABLES = {"PATIENT": patients, "STUDY": studies, "SERIES": series, "IMAGE": instances}
+#: Blobs that may have become garbage: a rekey's new blob not yet switched in, or the old
+#: blob of a switched row not yet removed. Cleared by the rekey that wrote them, or by the
+#: next one when that process died (:mod:`aepacs.pipeline.rekey`).
+pending_blobs = Table(
+    "pending_blobs", metadata,
+    Column("blob_key", String(64), primary_key=True),
+    Column("sop_uid", String(64), nullable=False),
+    Column("owner", String(160), nullable=False),
+    Column("created", Float, nullable=False),
+)
+#: Columns added after the first release: created on an older index when it is opened.
+ADDED_COLUMNS = ("psnr", "ssim", "key_slot", "sealed_at")
