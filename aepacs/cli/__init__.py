@@ -51,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)  # keys, index, spool, blobs, audit, exports: the owner's alone, whatever the shell's umask
     config = _early_config(argv)
     if config is not None:
-        numba_cache(config)
+        try:
+            numba_cache(config)
+        except OSError:  # a data directory it cannot make: the command reports it, in one line
+            config = None
     from aepacs.cli.app import run  # noqa: PLC0415 -- after numba_cache: see above
 
     return run(argv, config)

@@ -83,7 +83,12 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_instance(tmp_path
         stop = threading.Event()
         sender = threading.Thread(target=stream, args=(port, study, acked, stop, trial))
         sender.start()
-        time.sleep(rnd.uniform(0.05, 1.2))
+        # a random moment after this trial's first few acknowledgements (not a fixed time: on a slow
+        # host a fixed window may hold none, and the test would prove nothing)
+        before, deadline = len(acked), time.monotonic() + 60
+        while len(acked) < before + 6 and sender.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rnd.uniform(0.0, 1.0))
         os.killpg(proc.pid, signal.SIGKILL)  # the whole group: server and its conversion workers
         proc.wait(30)
         stop.set()
