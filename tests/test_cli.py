@@ -249,7 +249,10 @@ def test_json_logs_are_one_object_per_line(env: dict[str, str], tmp_path: Path) 
     from tests.net.conftest import free_port
 
     site = tmp_path / "site.yaml"
-    site.write_text(f"log:\n  format: json\nserver:\n  port: {free_port()}\n")
+    # one spool worker and no catch-up worker: SIGTERM right after the start waits for the workers
+    # still starting (imports, codecs warmed), which on a slow CI host took over two minutes for three
+    site.write_text(f"log:\n  format: json\nserver:\n  port: {free_port()}\n"
+                    "ingest:\n  workers: 1\n  max_lag_s: 0\n")
     run_cli("keys", "init", env=env, check=True)
     proc = subprocess.Popen([sys.executable, "-m", "aepacs", "serve", "--config", str(site)],
                             env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
