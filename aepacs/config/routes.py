@@ -6,10 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aepacs.codec.learned.base import MODES
 from aepacs.errors import ConfigError
 from aepacs.models.registry import ModelError, parse_ref
-
-MODES = ("lossy", "lossless")  # as aepacs.codec.learned.MODES, without importing the codecs
 
 
 @dataclass(frozen=True)

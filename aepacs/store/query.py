@@ -41,10 +41,6 @@ class Key:
         return self.attribute.level
 
     @property
-    def vr(self) -> str:
-        return self.attribute.vr
-
-    @property
     def matching(self) -> str:
         return self.attribute.matching
 

@@ -59,6 +59,5 @@ def codec_for(model: ModelFiles, mode: str = "lossy", *, gain: int | None = None
     codec per model and settings per process: a target-PSNR search starts
     where the last one ended (slices of a series need about the same gain).
     """
-    cls = architecture(model.arch)
     return model.cached(("codec", mode, gain, target_psnr),
-                        lambda: cls(model, mode, gain=gain, target_psnr=target_psnr))
+                        lambda: architecture(model.arch)(model, mode, gain=gain, target_psnr=target_psnr))
