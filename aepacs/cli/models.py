@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--data", type=Path, nargs="+", required=True, metavar="DIR", help="DICOM files or directories")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="training directory (checkpoints)")
     p.add_argument("--name", help="model name (default: the modality, lower case)")
-    p.add_argument("--arch", choices=["wavelet", "factorized", "paper"], default="wavelet")
+    p.add_argument("--arch", choices=["mixing", "wavelet", "factorized", "paper"], default="wavelet")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=200, help="steps per epoch (default 200)")
     p.add_argument("--batch", type=int, default=8)

@@ -36,7 +36,7 @@ from aepacs.dicom.frames import Frame, collect, fingerprint, patches
 from aepacs.eval.paper import PaperAutoencoder, paper_decode
 from aepacs.models.registry import Model, ModelError, Registry
 from aepacs.store.atomic import atomic_write
-from aepacs.training import wavelet_fit
+from aepacs.training import mixing_fit, wavelet_fit
 from aepacs.training.wavelet_fit import Draft
 
 CHECKPOINT = "checkpoint.pt"
@@ -111,6 +111,8 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, registry: Regist
     registry = registry or Registry(out / "registry")
     if cfg.arch == "wavelet":
         return _train_wavelet(cfg, train_frames, val_frames, registry, progress, out, resume)
+    if cfg.arch == "mixing":
+        return _train_mixing(cfg, train_frames, val_frames, registry, progress, out, resume)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = _device()
@@ -230,6 +232,52 @@ def _train_wavelet(cfg: TrainConfig, train_frames: list[Frame], val_frames: list
     model = registry.add(cfg.name, manifest, {"wavelet.safetensors": Draft(cfg.channels, init, taps).tensors()})
     metrics = validation_metrics(model, val_frames)
     return registry.add_metrics(model, metrics, default_gain=default_gain(metrics))
+
+
+def _train_mixing(cfg: TrainConfig, train_frames: list[Frame], val_frames: list[Frame], registry: Registry,
+                  progress: bool, out: Path, resume: bool) -> Model:
+    """Fit a mixing model's starting state (:mod:`aepacs.training.mixing_fit`); deterministic.
+
+    Checkpoint in `out`: ``mixing-state.npz`` after each epoch; with `resume`
+    a run continues from it (the same model as an uninterrupted run).
+    """
+    t0 = time.monotonic()
+    state_file = out / "mixing-state.npz"
+    start: dict[int, dict[str, np.ndarray]] | None = None
+    done = 0
+    if resume and state_file.exists():
+        with np.load(state_file) as saved:
+            done = int(saved["epoch"])
+            start = {int(k.split(".")[0]): {} for k in saved.files if k != "epoch"}
+            for key in saved.files:
+                if key != "epoch":
+                    kind, name = key.split(".")
+                    start[int(kind)][name] = saved[key].astype(np.int64)
+
+    def checkpoint(epoch: int, states: dict[int, dict[str, np.ndarray]]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, epoch=np.array(epoch), **mixing_fit.tensors(states))  # type: ignore[arg-type]
+        atomic_write(state_file, buf.getvalue())
+
+    states = mixing_fit.fit_states([f.pixels for f in train_frames], cfg.channels, cfg.epochs, progress=progress,
+                                   start=start, done=done, checkpoint=checkpoint)
+    manifest = {
+        "arch": "mixing", "modality": cfg.modality,
+        "hyper": {**cfg.hyper, "channels": cfg.channels, "lossless": True},
+        "training": {
+            "command": " ".join(shlex.quote(a) for a in sys.argv) if sys.argv else "",
+            "data": cfg.data, "sources": sorted({f.source for f in train_frames}),
+            "validation": sorted({f.source for f in val_frames}),
+            "frames": len(train_frames), "data_sha256": fingerprint(train_frames), "epochs": cfg.epochs,
+            "max_count": mixing_fit.MAX_COUNT, "seconds": round(time.monotonic() - t0, 1), "device": "cpu",
+        },
+    }
+    model = registry.add(cfg.name, manifest, {"mixing.safetensors": mixing_fit.tensors(states)})
+    codec = codec_for(model, "lossless")
+    frames = val_frames[:8]
+    bits = sum(8 * len(codec.encode(f.pixels[None])) for f in frames)
+    size = sum(f.pixels.size for f in frames)
+    return registry.add_metrics(model, {"validation_frames": len(frames), "lossless_bpp": round(bits / size, 4)})
 
 
 DEFAULT_PSNR = 50.0

@@ -1,5 +1,7 @@
 """Learned image codecs: one subpackage per generation, one table of architectures.
 
+``mixing``      the lossless codec of the ``@4`` models: adaptive prediction and a gated
+                mixing network, numba loops (:mod:`aepacs.codec.learned.mixing`)
 ``wavelet``     the codec of the ``@2`` and ``@3`` models: integer lifting and a learned
                 context model, numba loops (:mod:`aepacs.codec.learned.wavelet`)
 ``factorized``  the legacy ``@1`` decoder (and encoder): a convolutional analysis, an integer
@@ -20,6 +22,7 @@ from aepacs.errors import CodecError
 
 #: architecture name -> "module:class" of its codec
 ARCHITECTURES: dict[str, str] = {
+    "mixing": "aepacs.codec.learned.mixing.codec:MixingCodec",
     "wavelet": "aepacs.codec.learned.wavelet.codec:WaveletCodec",
     "factorized": "aepacs.codec.learned.factorized.codec:FactorizedCodec",
 }
