@@ -16,7 +16,13 @@ by the codec's. Every mixing stream is decoded and compared with the original.
 Speed: frames per second of one thread, median over the frames, for the CT
 slices (512x512).
 
-Usage: ``python bench/lossless.py [--only CT MR ...] [--limit N]``
+Ablation (``--ablation``): on the same frames, the mixing coder with each part
+replaced by its classical counterpart -- no LMS filter (the inverse-error blend
+alone), no mixing network (the activity context's adaptive probability alone,
+as a single-context coder), and the untrained starting
+state instead of the trained one -- and what each part is worth in bytes.
+
+Usage: ``python bench/lossless.py [--only CT MR ...] [--limit N] [--ablation]``
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aepacs.codec.learned import codec_for  # noqa: E402
+from aepacs.codec.learned.mixing import kernel  # noqa: E402
+from aepacs.codec.learned.mixing.codec import planes_of  # noqa: E402
 from aepacs.codec.lossless import JpegLsCodec  # noqa: E402
 from aepacs.dicom.frames import collect  # noqa: E402
 from aepacs.models.registry import SHIPPED, Registry  # noqa: E402
@@ -55,6 +63,10 @@ HELD_OUT: dict[str, tuple[str, str, list[str]]] = {
     "MR": ("mr@4", "mr@3", sorted(glob.glob(str(DATA / "mr/dcm_qa_toshiba-galan-dti-b0/*.dcm")))
            + sorted(glob.glob(str(DATA / "mr/dcm_qa_philips-vanderbilt-dti-b0/*.dcm")))
            + _pydicom("MR2_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "emri_small.dcm", "MR_small.dcm")),
+    # the only other uncompressed CR here (cr@4 was trained on RG3): one image, not a claim
+    "CR": ("cr@4", "cr@3", _pydicom("RG1_UNCR.dcm")),
+    # the only uncompressed colour US here (us@4 was trained on three other colour images)
+    "US": ("us@4", "us@3", _pydicom("US1_UNCR.dcm")),
 }
 
 
@@ -86,15 +98,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="+", metavar="MOD", help="modalities (default: all held-out sets)")
     ap.add_argument("--limit", type=int, help="at most this many frames per modality (evenly spaced)")
+    ap.add_argument("--ablation", action="store_true", help="what each learned part is worth (mixing coder)")
     args = ap.parse_args()
     registry = Registry(SHIPPED)
     print(f"# bench/lossless.py on {platform.processor() or platform.machine()}, one thread per codec")
     for modality, (ref, wref, files) in HELD_OUT.items():
         if args.only and modality not in args.only:
             continue
-        frames = collect(files, modalities=[modality], channels=1, min_size=16)
+        frames = collect(files, modalities=[modality, "DX"] if modality == "CR" else [modality],
+                         channels=3 if modality == "US" else 1, min_size=16)
         if args.limit and len(frames) > args.limit:
             frames = [frames[int(i)] for i in np.linspace(0, len(frames) - 1, args.limit).round()]
+        if args.ablation:
+            ablation(modality, ref, frames, registry)
+            continue
         mixing = codec_for(registry.verify(ref), "lossless")
         wavelet = codec_for(registry.verify(wref), "lossless")
         names = ["mixing", "wavelet", "JPEG-XL", "JPEG-LS", "JPEG 2000", "HTJ2K"]
@@ -134,6 +151,25 @@ def main() -> None:
             nf = sum(1 for f in frames if s in f.source)
             print(f"| {s} | {nf} | {v['raw'] / v['mixing']:.3f} | {v['raw'] / v['JPEG-XL']:.3f} "
                   f"| {v['raw'] / v['JPEG-LS']:.3f} | {v['JPEG-XL'] / v['mixing']:.3f} |")
+
+
+ABLATIONS = {"full codec": 0, "no LMS filter": kernel.NO_LMS, "no mixing network": kernel.NO_MIXER}
+
+
+def ablation(modality: str, ref: str, frames: list, registry: Registry) -> None:  # type: ignore[type-arg]
+    """Bytes of the mixing coder over `frames` with each part switched off (and untrained)."""
+    model = registry.verify(ref)
+    trained = codec_for(model, "lossless").states[0]  # type: ignore[attr-defined]
+    planes = [p - p.min() for f in frames for p in planes_of(f.pixels)]
+    rows = {name: sum(len(kernel.encode(p, int(p.max()), trained, flag)) for p in planes)
+            for name, flag in ABLATIONS.items()}
+    rows["untrained start"] = sum(len(kernel.encode(p, int(p.max()), kernel.initial_state())) for p in planes)
+    full = rows["full codec"]
+    print(f"\n## {modality} ablation: {len(frames)} held-out frames, {ref}")
+    print("| variant | bytes | vs full codec |")
+    print("|---|---|---|")
+    for name, n in rows.items():
+        print(f"| {name} | {n} | {100 * (n / full - 1):+.2f} % |")
 
 
 if __name__ == "__main__":

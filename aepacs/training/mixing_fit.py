@@ -28,11 +28,13 @@ State = dict[str, np.ndarray]
 __all__ = ["MAX_COUNT", "fit_states", "tensors"]
 
 
-def _planes(frames: Sequence[np.ndarray], channels: int) -> dict[int, list[np.ndarray]]:
-    by_kind: dict[int, list[np.ndarray]] = {k: [] for k in set(KINDS[channels])}
+def _planes(frames: Sequence[np.ndarray], channels: int) -> dict[int, list[tuple[np.ndarray, np.ndarray | None]]]:
+    """Per plane kind, (plane from 0, the plane before it or None) as the codec codes them."""
+    by_kind: dict[int, list[tuple[np.ndarray, np.ndarray | None]]] = {k: [] for k in set(KINDS[channels])}
     for frame in frames:
-        for plane, k in zip(planes_of(frame), KINDS[channels], strict=True):
-            by_kind[k].append(plane - plane.min())
+        planes = planes_of(frame)
+        for j, (plane, k) in enumerate(zip(planes, KINDS[channels], strict=True)):
+            by_kind[k].append((plane - plane.min(), planes[j - 1] if j else None))
     return by_kind
 
 
@@ -69,8 +71,9 @@ def fit_states(frames: Sequence[np.ndarray], channels: int, epochs: int, *, prog
         for epoch in range(done, epochs):
             new = {}
             for k, ps in planes.items():
-                def final(p: np.ndarray, start: State = states[k]) -> State:
-                    s = kernel.final_state(p, int(p.max()), start)
+                def final(job: tuple[np.ndarray, np.ndarray | None], start: State = states[k]) -> State:
+                    p, side = job
+                    s = kernel.final_state(p, int(p.max()), start, side)
                     bar.update()
                     return s
                 new[k] = _average(list(pool.map(final, ps)))

@@ -102,7 +102,7 @@ def test_known_answer_stream(ct4) -> None:  # type: ignore[no-untyped-def]
     assert hashlib.sha256(stream).hexdigest() == KNOWN_ANSWER
 
 
-KNOWN_ANSWER = "743d4dfd85ce8a0098a1e081157044eec6965b0381a89da611d009d623876368"
+KNOWN_ANSWER = "32ec4ca5974ce38f88d60f759bd40b23dc4c613a6b82c26839c84b43cf198972"
 
 
 _CHILD = """

@@ -9,7 +9,8 @@ Encode, per frame:
    the set of values sent as a zstd-compressed bitmap;
 3. the plane is coded by :mod:`aepacs.codec.learned.mixing.kernel`, starting
    from the model's trained state for its kind of plane (grey or luma: kind 0;
-   the two chroma differences: kind 1).
+   the two chroma differences: kind 1); a chroma plane has the plane coded
+   before it (Y for Cb, Cb for Cr) as a context.
 
 Decoding undoes the same steps and gives the original integers bit for bit.
 There are no lossy operating points: a lossy route names a wavelet model.
@@ -116,11 +117,12 @@ class MixingCodec(LearnedCodec):
         states = self._states_for(samples)
         out = [_HEAD.pack(MAGIC, samples, frames, rows, cols)]
         for i in range(frames):
-            for plane, state in zip(planes_of(pixels[i]), states, strict=True):
+            planes = planes_of(pixels[i])
+            for j, (plane, state) in enumerate(zip(planes, states, strict=True)):
                 lo = int(plane.min())
                 span = int(plane.max()) - lo
                 ranks, packed = _value_map(plane - lo, span)
-                coded = kernel.encode(ranks, int(ranks.max()), state)
+                coded = kernel.encode(ranks, int(ranks.max()), state, side=planes[j - 1] if j else None)
                 out.append(_PLANE.pack(lo, span, len(packed), len(coded)) + packed + coded)
         return b"".join(out)
 
@@ -159,7 +161,7 @@ class MixingCodec(LearnedCodec):
                 pos += m
                 try:
                     ranks = kernel.decode(data[pos:pos + n], rows, cols, span if values is None else len(values) - 1,
-                                          state)
+                                          state, side=planes[j - 1] if j else None)
                 except ValueError as exc:
                     raise CodecError(f"mixing stream: {exc}") from None
                 planes[j] = (ranks if values is None else values[ranks]) + lo

@@ -8,15 +8,25 @@ Per pixel, in raster order, from what the decoder already has:
    corrected N) are blended by the inverse of their recent error around the
    pixel (as JPEG-XL's weighted predictor); a normalised-LMS filter over the
    24 causal neighbours within 3 pixels corrects the blend, its weights
-   adapted after every pixel (starting from the trained ones); a per-context
-   bias is then cancelled (as JPEG-LS).
+   adapted after every pixel (starting from the trained ones) and applied only
+   while its recent error is at most 1/8 above the blend's own (on images where
+   it does not help -- ultrasound graphics, the edge of a CT field of view --
+   it steps aside). (A per-context
+   bias cancellation as in JPEG-LS, tried on top, cost 0.1-4 % on held-out
+   images once the LMS filter was there, and was removed.) A chroma plane also has a seventh
+   predictor: the value it last had where the plane coded before it had the
+   value it has here (a colour map is a curve in RGB), taken as it is where it
+   was exact all around the pixel.
 2. **binarisation** of the residual: zero?, sign, the bit length of
    ``|v| - 1`` in unary, the top four bits below the leading one; lower bits
    are sent raw.
-3. **probability of each binary decision**: five context models (activity,
-   the best predictor's error and the signs of the bias and the last residual,
+3. **probability of each binary decision**: six context models (activity,
+   the best predictor's error and the signs of the LMS correction and the last residual,
    local texture, the neighbours' residual sizes and flatness, the predicted
-   level) each hold an adaptive probability; a small network mixes them in the
+   level, the signed residuals of W, N and NE) each hold an adaptive
+   probability (its rate falling from 1/2 to 1/128 with use, the contexts
+   laid out so that one pixel's decisions share cache lines); a small network
+   mixes them in the
    logistic domain (one weight vector per decision node, activity and
    flatness class: a gated linear network, trained online by gradient descent
    on code length, from the trained weights), and an adaptive probability map
@@ -42,23 +52,26 @@ NNODE = 2 + NU + NU * NT  #: binary decision nodes
 NWN = 2 + NU + NU  #: mixer weight nodes (mantissa trees share one per bit length)
 NB = 40  #: activity buckets
 NCB = 12  #: coarse activity classes
-NIN = 6  #: mixer inputs: five models and a bias
+NIN = 7  #: mixer inputs: six models and a bias
 NSEL = NWN * NCB * 3  #: mixer weight sets and probability-map rows
 S0 = NNODE * NB
 S1 = NNODE * NB * 4
 S2 = NNODE * NCB * 16
 S3 = NNODE * 8 * 8 * 3
 S4 = NNODE * NCB * 16
-NS = S0 + S1 + S2 + S3 + S4  #: adaptive probabilities
-NP = 6  #: blended predictors
+S5 = NNODE * 7 * 7 * 7
+NS = S0 + S1 + S2 + S3 + S4 + S5  #: adaptive probabilities
+NP = 7  #: blended predictors (the seventh only for chroma planes)
 R3 = 3  #: radius of the LMS filter
 NTAP = 24  #: its causal taps
 MU = 262  #: LMS step, 0.004 in 1/65536
 LR = 2  #: mixer learning rate, in 1/4
-LIMIT = 60  #: after this many updates a probability adapts at 1/32
+LIMIT = 126  #: after this many updates a probability adapts at 1/128
 PAD = 4
 TOP = 1 << 24
 M32 = (1 << 32) - 1
+#: parts :func:`encode` can switch off for an ablation (never in a stored stream)
+NO_LMS, NO_MIXER = 1, 2
 MAX_BYTES_PER_PIXEL = 64  #: <= 60 adaptive decisions of <= 1 byte each, and raw bits
 
 __all__ = ["NS", "NSEL", "NTAP", "decode", "encode", "final_state", "initial_state"]
@@ -80,6 +93,7 @@ def _tables() -> tuple[np.ndarray, np.ndarray]:
 
 ST, SQ = _tables()
 #: 65536 / (n + 2): a probability's adaptation rate after n updates
+RECIP24 = np.array([0] + [(1 << 24) // e for e in range(1, 4096)], np.int64)
 RECIP = np.array([65536 // (n + 2) for n in range(256)], np.int64)
 
 
@@ -88,7 +102,7 @@ def initial_state() -> dict[str, np.ndarray]:
     apm = np.empty((NSEL, 34), np.int64)
     for j in range(34):
         apm[:, j] = SQ[min(max(j * 128 - 2048, -2047), 2047) + 2048] * 16
-    wts = np.full((NSEL, NIN), (1 << 16) // 4, np.int64)
+    wts = np.full((NSEL, NIN), (1 << 16) // 5, np.int64)
     wts[:, NIN - 1] = 0
     return {"slots": np.full(NS, 32768, np.int64), "counts": np.zeros(NS, np.int64), "mixer": wts,
             "apm": apm, "lms": np.zeros(NTAP, np.int64)}
@@ -106,6 +120,13 @@ def _bucket(a):
     sb = (a >> (n - 1)) & 1 if n > 0 else 0
     b = 1 + 2 * n + sb
     return b if b < NB else NB - 1
+
+
+@njit(cache=True, inline="always")
+def _sq3(r):
+    a = abs(r)
+    q = 0 if a == 0 else (1 if a <= 2 else (2 if a <= 8 else 3))
+    return 3 + q if r > 0 else 3 - q
 
 
 @njit(cache=True, inline="always")
@@ -166,11 +187,11 @@ def _code(rc, buf, enc, bound, bit):
 
 
 @njit(cache=True, inline="always")
-def _mixed(rc, buf, enc, bit, slots, cnt, idx, wts, apm, sel, xin):
-    """Code one decision under the mixed probability of models `idx`; update everything."""
+def _mixed(rc, buf, enc, bit, sc, base, node, wts, apm, sel, xin, ablate):
+    """Code one decision under the mixed probability of the six models at `base` + `node`; update."""
     dot = 0
     for m in range(NIN - 1):
-        xin[m] = ST[slots[idx[m]] >> 4]
+        xin[m] = ST[sc[2 * (base[m] + node)] >> 4]
     xin[NIN - 1] = 256
     for m in range(NIN):
         dot += wts[sel, m] * xin[m]
@@ -180,7 +201,9 @@ def _mixed(rc, buf, enc, bit, slots, cnt, idx, wts, apm, sel, xin):
     w = s & 127
     a0 = apm[sel, lo]
     a1 = apm[sel, lo + 1]
-    p = (pm * 16 + ((a0 * (128 - w) + a1 * w) >> 7) * 3) >> 2  # P(1), 16 bits
+    p = (pm * 16 + ((a0 * (128 - w) + a1 * w) >> 7)) >> 1  # P(1), 16 bits
+    if ablate & NO_MIXER:  # the activity model's probability alone
+        p = sc[2 * (base[0] + node)]
     if p < 1:
         p = 1
     if p > 65535:
@@ -195,28 +218,37 @@ def _mixed(rc, buf, enc, bit, slots, cnt, idx, wts, apm, sel, xin):
     else:
         apm[sel, lo + 1] += (tgt - a1) >> 6
     for m in range(NIN - 1):
-        i = idx[m]
-        n = cnt[i]
+        i = 2 * (base[m] + node)
+        n = sc[i + 1]
         if n < LIMIT:
-            slots[i] += (((bit << 16) - slots[i]) * RECIP[n]) >> 16
+            sc[i] += (((bit << 16) - sc[i]) * RECIP[n]) >> 16
         else:
-            slots[i] += ((bit << 16) - slots[i]) >> 5
+            sc[i] += ((bit << 16) - sc[i]) >> 7
         if n < 255:
-            cnt[i] = n + 1
+            sc[i + 1] = n + 1
     return bit
 
 
 @njit(cache=True, nogil=True)
-def _run(img, vmax, buf, enc, slots, cnt, wts, apm, lw):
+def _run(img, side, vmax, buf, enc, slots, cnt, wts, apm, lw, ablate):
+    sc = np.empty(2 * NS, np.int32)
+    for i in range(NS):
+        sc[2 * i] = slots[i]
+        sc[2 * i + 1] = cnt[i]
+    base = np.zeros(NIN - 1, np.int64)
+    ea0 = 0  # recent |error| without and with the LMS correction (1/16, x16)
+    ea1 = 0
     """Code plane `img` (values 0..vmax) into `buf` (enc) or decode it from `buf` into `img`."""
     H, W = img.shape
     x = np.zeros((H + PAD, W + 2 * PAD), np.int64)
     err = np.zeros((NP, H + PAD, W + 2 * PAD), np.int64)
     E = np.zeros((H + PAD, W + 2 * PAD), np.int64)
     R = np.zeros((H + PAD, W + 2 * PAD), np.int64)
-    bias = np.zeros((NB * 16, 2), np.int64)
     preds = np.zeros(NP, np.int64)
-    idx = np.zeros(NIN - 1, np.int64)
+    npred = NP if side.shape[0] > 1 else NP - 1
+    # chroma: the value this plane last had where the plane before it had the same value (a colour
+    # map is a curve in RGB, so one channel's value names the others'); -1: not seen yet
+    seen = np.full(1 << 17 if side.shape[0] > 1 else 1, -1, np.int64)
     xin = np.zeros(NIN, np.int64)
     u = np.zeros(NTAP, np.int64)
     oy = np.zeros(NTAP, np.int64)
@@ -277,21 +309,31 @@ def _run(img, vmax, buf, enc, slots, cnt, wts, apm, lw):
             preds[3] = 16 * (Wv + NE - N)
             preds[4] = 8 * (N + NE)
             preds[5] = 16 * N + 4 * (NE - NW) + 4 * (Wv - NW)
+            if npred == NP:
+                sk = side[y - PAD, xx - PAD] + (1 << 16)
+                preds[6] = 16 * seen[sk] if seen[sk] >= 0 else preds[0]
             sw = 0
             sp = 0
+            e6 = 0
             beste = 1 << 60
-            for i in range(NP):
+            for i in range(npred):
                 e = (err[i, y - 1, xx] + err[i, y, xx - 1] + err[i, y - 1, xx - 1] + err[i, y - 1, xx + 1]
                      + ((err[i, y - 2, xx] + err[i, y, xx - 2]) >> 1) + 1)
                 if e < beste:
                     beste = e
-                wi = (1 << 24) // e
+                if i == 6:
+                    e6 = e
+                wi = RECIP24[e] if e < 4096 else (1 << 24) // e
                 sw += wi
                 sp += wi * preds[i]
             p16 = (sp + (sw >> 1)) // sw if sw > 0 else preds[0]
+            # a chroma value the colour map has named exactly around this pixel is taken as it is
+            exact = npred == NP and e6 == 1
+            if exact:
+                p16 = preds[6]
             act = (E[y - 1, xx] * 2 + E[y, xx - 1] * 2 + E[y - 1, xx - 1] + E[y - 1, xx + 1]
                    + (E[y - 2, xx] >> 1) + (E[y, xx - 2] >> 1))
-            isflat = Wv == N and N == NW and N == NE and N == NN and N == WW
+            isflat = (Wv == N and N == NW and N == NE and N == NN and N == WW) or exact
             # the LMS correction of the blend, clipped to what the neighbourhood makes plausible
             nrm = 256
             c = 0
@@ -305,29 +347,38 @@ def _run(img, vmax, buf, enc, slots, cnt, wts, apm, lw):
                 c = lim
             if c < -lim:
                 c = -lim
-            if isflat:
+            if isflat or ablate & NO_LMS:
                 c = 0
-            p16 += c
+            p0 = p16
+            p16 += c if ea1 <= ea0 + (ea0 >> 3) else 0
+            plms = p0 + c
             bk = _bucket(act >> 2)
             tb = ((1 if 16 * Wv > p16 else 0) + 2 * (1 if p16 < 16 * N else 0) + 4 * (1 if p16 < 16 * NE else 0)
                   + 8 * (1 if p16 < 16 * NW else 0))
-            bc = bk * 16 + tb
-            corr = 0
-            if bias[bc, 1] > 0 and not isflat:
-                corr = bias[bc, 0] // bias[bc, 1]
-            pp = p16 + corr
-            pred = (pp + 8) >> 4
+            pred = (p16 + 8) >> 4
             if pred < 0:
                 pred = 0
             if pred > vmax:
                 pred = vmax
             cb = min(bk >> 2, NCB - 1)
             bb = _bucket(beste >> 2) >> 1
-            sgn = (1 if corr > 0 else 0) + 2 * (1 if R[y, xx - 1] > 0 else 0)
+            sgn = (1 if c > 0 else 0) + 2 * (1 if R[y, xx - 1] > 0 else 0)
             qw = min(_bucket(abs(R[y, xx - 1])) >> 1, 7)
             qn = min(_bucket(abs(R[y - 1, xx])) >> 1, 7)
             flat = 0 if isflat else (1 if abs(N - Wv) + abs(NE - NW) < 4 else 2)
-            lvl = ((pred * 16) // vr) if vr > 0 else 0
+            if side.shape[0] > 1:  # a chroma plane: the plane coded before it, at this pixel
+                sv = side[y - PAD, xx - PAD]
+                lvl = 2 * _sq3(sv - (side[y - PAD, xx - PAD - 1] if xx > PAD else 0)) + (1 if sv != 0 else 0)
+            else:
+                lvl = ((pred * 16) // vr) if vr > 0 else 0
+            base[0] = bk * NNODE
+            base[1] = S0 + (bb * 4 + sgn) * NNODE
+            base[2] = S0 + S1 + (cb * 16 + tb) * NNODE
+            base[3] = S0 + S1 + S2 + ((qw * 8 + qn) * 3 + flat) * NNODE
+            base[4] = S0 + S1 + S2 + S3 + (cb * 16 + lvl) * NNODE
+            msel = (cb * 3 + flat) * NWN
+            base[5] = S0 + S1 + S2 + S3 + S4 + ((_sq3(R[y, xx - 1]) * 7 + _sq3(R[y - 1, xx])) * 7
+                                                + _sq3(R[y - 1, xx + 1])) * NNODE
             if enc:
                 v = img[y - PAD, xx - PAD] - pred
                 a = abs(v)
@@ -347,13 +398,8 @@ def _run(img, vmax, buf, enc, slots, cnt, wts, apm, lw):
                     bit = 1 if v < 0 else 0
                 else:
                     break
-                idx[0] = node * NB + bk
-                idx[1] = S0 + (node * NB + bb) * 4 + sgn
-                idx[2] = S0 + S1 + (node * NCB + cb) * 16 + tb
-                idx[3] = S0 + S1 + S2 + ((node * 8 + qw) * 8 + qn) * 3 + flat
-                idx[4] = S0 + S1 + S2 + S3 + (node * NCB + cb) * 16 + lvl
-                sel = (node * NCB + cb) * 3 + flat
-                bit = _mixed(rc, buf, enc, bit, slots, cnt, idx, wts, apm, sel, xin)
+                sel = msel + node
+                bit = _mixed(rc, buf, enc, bit, sc, base, node, wts, apm, sel, xin, ablate)
                 if step == 0:
                     if bit == 0:
                         break
@@ -375,13 +421,8 @@ def _run(img, vmax, buf, enc, slots, cnt, wts, apm, lw):
                 while True:
                     node = 2 + min(i, NU - 1)
                     bit = 1 if (enc and nlen > i) else 0
-                    idx[0] = node * NB + bk
-                    idx[1] = S0 + (node * NB + bb) * 4 + sgn
-                    idx[2] = S0 + S1 + (node * NCB + cb) * 16 + tb
-                    idx[3] = S0 + S1 + S2 + ((node * 8 + qw) * 8 + qn) * 3 + flat
-                    idx[4] = S0 + S1 + S2 + S3 + (node * NCB + cb) * 16 + lvl
-                    sel = (node * NCB + cb) * 3 + flat
-                    bit = _mixed(rc, buf, enc, bit, slots, cnt, idx, wts, apm, sel, xin)
+                    sel = msel + node
+                    bit = _mixed(rc, buf, enc, bit, sc, base, node, wts, apm, sel, xin, ablate)
                     if bit == 0 or i >= 40:
                         break
                     i += 1
@@ -396,13 +437,8 @@ def _run(img, vmax, buf, enc, slots, cnt, wts, apm, lw):
                         sh = nlen - 2 - k
                         bit = (r >> sh) & 1 if enc else 0
                         node = 2 + NU + min(nlen, NU - 1) * NT + pref - 1
-                        idx[0] = node * NB + bk
-                        idx[1] = S0 + (node * NB + bb) * 4 + sgn
-                        idx[2] = S0 + S1 + (node * NCB + cb) * 16 + tb
-                        idx[3] = S0 + S1 + S2 + ((node * 8 + qw) * 8 + qn) * 3 + flat
-                        idx[4] = S0 + S1 + S2 + S3 + (node * NCB + cb) * 16 + lvl
-                        sel = (wn * NCB + cb) * 3 + flat
-                        bit = _mixed(rc, buf, enc, bit, slots, cnt, idx, wts, apm, sel, xin)
+                        sel = msel + wn
+                        bit = _mixed(rc, buf, enc, bit, sc, base, node, wts, apm, sel, xin, ablate)
                         pref = 2 * pref + bit
                         if not enc:
                             r |= bit << sh
@@ -420,27 +456,22 @@ def _run(img, vmax, buf, enc, slots, cnt, wts, apm, lw):
                     return -2  # not a stream of this coder
                 img[y - PAD, xx - PAD] = val
             x[y, xx] = val
-            # updates: the bias, the LMS filter, the predictors' errors
-            if not isflat:
-                dlim = act + 256
-                d = 16 * val - pp
-                if d > dlim:
-                    d = dlim
-                if d < -dlim:
-                    d = -dlim
-                bias[bc, 0] += d
-                bias[bc, 1] += 1
-                if bias[bc, 1] >= 64:
-                    bias[bc, 0] //= 2
-                    bias[bc, 1] //= 2
-            g = (MU * (16 * val - p16)) << 16
+            # updates: the LMS filter, the predictors' errors
+            ea0 += (abs(16 * val - p0) * 16 - ea0) >> 5
+            ea1 += (abs(16 * val - plms) * 16 - ea1) >> 5
+            g = (MU * (16 * val - plms)) << 16
             g = g // nrm if g >= 0 else -((-g) // nrm)  # rounded to zero and to nearest: a floor
             for k in range(NTAP):  # would drift every weight by half a unit per pixel
                 lw[k] += (g * u[k] + 32768) >> 16
-            for i in range(NP):
+            if npred == NP:
+                seen[sk] = val
+            for i in range(npred):
                 err[i, y, xx] = abs(preds[i] - 16 * val)
-            E[y, xx] = abs(16 * val - pp)
+            E[y, xx] = abs(16 * val - p16)
             R[y, xx] = v
+    for i in range(NS):
+        slots[i] = sc[2 * i]
+        cnt[i] = sc[2 * i + 1]
     if enc:
         for _ in range(5):
             _shift_low(rc, buf)
@@ -455,34 +486,53 @@ def _state_dict(arrays: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
     return dict(zip(("slots", "counts", "mixer", "apm", "lms"), arrays, strict=True))
 
 
-def _encode(plane: np.ndarray, vmax: int, state: dict[str, np.ndarray]) -> tuple[bytes, tuple[np.ndarray, ...]]:
+_NO_SIDE = np.zeros((1, 1), np.int64)
+
+
+def _side(side: np.ndarray | None) -> np.ndarray:
+    return _NO_SIDE if side is None else np.ascontiguousarray(side, dtype=np.int64)
+
+
+def _encode(plane: np.ndarray, vmax: int, state: dict[str, np.ndarray], ablate: int = 0,
+            side: np.ndarray | None = None) -> tuple[bytes, tuple[np.ndarray, ...]]:
     img = np.ascontiguousarray(plane, dtype=np.int64)
     size = 2 * img.size + MAX_BYTES_PER_PIXEL * (img.shape[1] + 4) + 1024
     while True:
         arrays = _copy(state)
         buf = np.zeros(size, np.int64)
-        n = _run(img, vmax, buf, True, *arrays)
+        n = _run(img, _side(side), vmax, buf, True, *arrays, ablate)  # type: ignore[call-arg]
         if n >= 0:
             _carry(buf, n)
             return buf[:n].astype(np.uint8).tobytes(), arrays
         size *= 2
 
 
-def encode(plane: np.ndarray, vmax: int, state: dict[str, np.ndarray]) -> bytes:
-    """Code a 2-D plane of integers ``0..vmax`` starting from model `state`."""
-    return _encode(plane, vmax, state)[0]
+def encode(plane: np.ndarray, vmax: int, state: dict[str, np.ndarray], ablate: int = 0,
+           side: np.ndarray | None = None) -> bytes:
+    """Code a 2-D plane of integers ``0..vmax`` starting from model `state`.
+
+    `side`, for a chroma plane: the plane coded before it (same shape), whose
+    values at each pixel are a context (the decoder has it already).
+
+    `ablate` (``NO_LMS | NO_MIXER``) switches parts off, for measuring
+    what each is worth; such a stream decodes only with the same `ablate`, so
+    the codec never writes one.
+    """
+    return _encode(plane, vmax, state, ablate, side)[0]
 
 
-def final_state(plane: np.ndarray, vmax: int, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def final_state(plane: np.ndarray, vmax: int, state: dict[str, np.ndarray], side: np.ndarray | None = None
+                ) -> dict[str, np.ndarray]:
     """The model state after coding `plane` from `state`: what training averages."""
-    return _state_dict(_encode(plane, vmax, state)[1])
+    return _state_dict(_encode(plane, vmax, state, 0, side)[1])
 
 
-def decode(data: bytes, rows: int, cols: int, vmax: int, state: dict[str, np.ndarray]) -> np.ndarray:
+def decode(data: bytes, rows: int, cols: int, vmax: int, state: dict[str, np.ndarray],
+           side: np.ndarray | None = None) -> np.ndarray:
     """Undo :func:`encode`; raises ``ValueError`` unless `data` is exactly one such stream."""
     buf = np.frombuffer(data, np.uint8).astype(np.int64)
     img = np.zeros((rows, cols), np.int64)
-    used = _run(img, vmax, buf, False, *_copy(state))
+    used = _run(img, _side(side), vmax, buf, False, *_copy(state), 0)  # type: ignore[call-arg]
     if used == -2 or used - 5 > len(buf) or used < len(buf) - 5:
         raise ValueError("mixing stream is corrupt, truncated or has trailing bytes")
     return img
