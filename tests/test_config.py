@@ -20,8 +20,9 @@ def test_default_config_resolves_under_home(home: Path) -> None:
     assert cfg.store_path == home.resolve() / "blobs"
     assert cfg.keyring_path == home.resolve() / "keyring.json"
     assert cfg.index_url == f"sqlite:///{home.resolve()}/index.sqlite3"
-    # lossless everywhere; CT, MR and US through the shipped wavelet models' lossless mode
+    # lossless everywhere; CT and US through the shipped wavelet models' lossless mode, MR mr@4
     assert cfg.route_for("CT") == Route(model="ct", mode="lossless")
+    assert cfg.route_for("MR") == Route(model="mr@4", mode="lossless")
     assert cfg.route_for("US") == Route(model="us", mode="lossless")
     assert cfg.route_for("CR") == cfg.route_for("SR") == Route()
 
@@ -109,3 +110,11 @@ def test_learned_example_config_names_shipped_models(home: Path) -> None:
         model = shipped.load(name)
         assert model.manifest["modality"] and model.arch == "wavelet"
     assert cfg.route_for("DX").model == "cr" and cfg.route_for("SR") == Route()
+
+
+def test_a_lossy_route_to_a_lossless_only_model_is_refused(home: Path, tmp_path: Path) -> None:
+    from aepacs.pipeline.codecs import check_routes
+
+    check_routes(load_config())  # the embedded default (mr@4 lossless) passes
+    with pytest.raises(ConfigError, match=r"routes\.MR: mr@4 is lossless only"):
+        check_routes(load_config(write(tmp_path, "routes:\n  MR: mr@4:lossy\n")))

@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from aepacs.codec.base import Codec
-from aepacs.codec.learned import LearnedCodec, codec_for
+from aepacs.codec.learned import LearnedCodec, architecture, codec_for
 from aepacs.codec.payload import Resolver
 from aepacs.codec.quality import psnr, ssim
 from aepacs.config import Config, Route
@@ -54,7 +54,8 @@ def learned_codec(r: Route, registry: Registry) -> LearnedCodec:
 
 
 def check_routes(config: Config) -> None:
-    """Refuse routes that name a model the registry does not hold (or whose files fail their hash).
+    """Refuse routes that name a model the registry does not hold (or whose files fail their hash),
+    or that ask a lossless-only model for lossy storage.
 
     Raises
     ------
@@ -66,9 +67,17 @@ def check_routes(config: Config) -> None:
     for name, r in sorted(config.routes.items()):
         if r.model:
             try:
-                registry.load(r.model)
+                model = registry.load(r.model)
             except ModelError as exc:
                 problems.append(f"routes.{name}: {exc}")
+                continue
+            try:
+                lossy = architecture(model.arch).lossy
+            except CodecError:
+                lossy = True  # not a codec at all: the route fails on first use, as before
+            if r.mode == "lossy" and not lossy:
+                problems.append(f"routes.{name}: {model.ref} is lossless only (architecture {model.arch}); "
+                                f"a lossy route names a wavelet model")
     if problems:
         raise ConfigError("; ".join(problems) + " ('aepacs models list' shows the models there are)")
 

@@ -57,6 +57,9 @@ class LearnedCodec:
     kind: ClassVar[str]
     #: the first four bytes of its stream
     magic: ClassVar[bytes]
+    #: whether it has lossy operating points (a lossless-only codec still decodes when made
+    #: with the default mode, as a retrieval does; it refuses to encode in ``lossy``)
+    lossy: ClassVar[bool] = True
 
     def __init__(self, model: ModelFiles, mode: str = "lossy", *, gain: int | None = None,
                  target_psnr: float | None = None) -> None:

@@ -141,8 +141,10 @@ def test_damaged_streams_and_lossy_routes_are_refused(ct4) -> None:  # type: ign
     for bad in (stream[:10], stream[:-7], stream + b"\0" * 9):
         with pytest.raises(CodecError):
             codec.decode(bad)
+    lossy = codec_for(ct4, "lossy")  # what a retrieval makes: it decodes, and refuses to encode
+    assert np.array_equal(lossy.decode(stream), pixels.astype(np.int64))
     with pytest.raises(CodecError, match="lossless model"):
-        codec_for(ct4, "lossy")
+        lossy.encode(pixels)
 
 
 def test_training_is_deterministic_and_resumes_to_the_same_state() -> None:

@@ -88,11 +88,9 @@ class MixingCodec(LearnedCodec):
     arch = "mixing"
     kind = "mixing codec"
     magic = MAGIC
+    lossy = False
 
     def _load(self, model: ModelFiles) -> int:
-        if self.mode != "lossless":
-            raise CodecError(f"{model.ref} is a lossless model (architecture mixing): a lossy route "
-                             f"names a wavelet model, such as ct@3")
         params = model.tensors("mixing.safetensors")
         kinds = sorted({k for ks in KINDS.values() for k in ks if f"{k}.slots" in params})
         self.states = {k: {name: np.ascontiguousarray(params[f"{k}.{name}"], dtype=np.int64) for name in STATE}
@@ -112,6 +110,9 @@ class MixingCodec(LearnedCodec):
 
     def encode(self, pixels: np.ndarray, meta: PixelMeta | None = None) -> bytes:
         """Code frames ``(frames, rows, columns, samples)`` losslessly."""
+        if self.mode != "lossless":
+            raise CodecError(f"{self.model.ref} is a lossless model (architecture mixing): a lossy route "
+                             f"names a wavelet model, such as ct@3")
         self._check(pixels)
         frames, rows, cols, samples = pixels.shape
         states = self._states_for(samples)
