@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from aepacs.eval.baselines import LOSSLESS
 from aepacs.eval.run import TARGET_RATIOS, EvalResult
 
 
@@ -80,26 +81,19 @@ def write_report(result: EvalResult, out: Path, command: str = "") -> None:
               "(max - min); CT also inside a soft-tissue window (W 400 / L 40 HU). JPEG 2000: OpenJPEG, "
               "irreversible, at exactly the learned stream's bytes per image.", ""]
     for modality, s in result.summary.items():
-        lines += [f"## {modality} ({s['images']} images)", "",
-                  "| target | aepacs ratio | aepacs PSNR | JPEG 2000 ratio | JPEG 2000 PSNR | aepacs SSIM "
-                  "| JPEG 2000 SSIM |",
-                  "|---|---|---|---|---|---|---|"]
-        for t in TARGET_RATIOS:
-            a = s["at_ratio"][str(t)]
-            lines.append(f"| {t}:1 | {_f(a['aepacs_ratio'])} | {_f(a['aepacs_psnr'])} | {_f(a['jpeg2000_ratio'])} | "
-                         f"{_f(a['jpeg2000_psnr'])} | {_f(a['aepacs_ssim'], 4)} | {_f(a['jpeg2000_ssim'], 4)} |")
-        lines += ["", "| gain | bpp | ratio | PSNR | SSIM | window PSNR | JPEG 2000 PSNR | enc ms | dec ms |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for a, j in zip(s["aepacs"], s["jpeg2000"], strict=False):
-            lines.append(f"| {a['gain']} | {_f(a['bpp'], 3)} | {_f(a['ratio'])} | {_f(a['psnr'])} "
-                         f"| {_f(a['ssim'], 4)} | {_f(a['psnr_window'])} | {_f(j['psnr'])} "
-                         f"| {_f(a['encode_ms'], 1)} | {_f(a['decode_ms'], 1)} |")
-        lines += [""]
+        lines += [f"## {modality} ({s['images']} images)", ""]
+        if s["aepacs"]:
+            lines += _lossy_tables(s)
         ll, jls = s.get("aepacs-lossless"), s.get("jpegls")
         if ll and jls:
             verdict = "beats" if ll["ratio"] > jls["ratio"] else "does not beat"
             lines += [f"Lossless: aepacs {ll['ratio']:.2f}:1 vs JPEG-LS {jls['ratio']:.2f}:1 — the learned lossless "
-                      f"mode {verdict} JPEG-LS on {modality}.", ""]
+                      f"mode {verdict} JPEG-LS on {modality}.", "",
+                      "| lossless codec | ratio | encode ms |", "|---|---|---|"]
+            for family, label in (("aepacs-lossless", result.model), ("jpegls", "JPEG-LS"), *LOSSLESS):
+                if family in s:
+                    lines.append(f"| {label} | {s[family]['ratio']:.3f} | {_f(s[family]['encode_ms'], 1)} |")
+            lines += [""]
         if "paper" in s:
             p = s["paper"]
             lines += [f"Paper's model: ratio {p['ratio']:.3f} (float32 latent), PSNR {_f(p['psnr'])} dB, "
@@ -111,11 +105,31 @@ def write_report(result: EvalResult, out: Path, command: str = "") -> None:
                 lines.append(f"| {kind} | {_f(v['ssim_noisy'], 4)} | {_f(v['mse_noisy'], 1)} | "
                              f"{_f(v['ssim_decoded'], 4)} | {_f(v['mse_decoded'], 1)} |")
             lines += [""]
-        rd = out / f"rd_{modality}.png"
-        rd_figure(modality, s, rd)
-        lines += [f"![rate-distortion {modality}]({rd.name})", ""]
+        if s["aepacs"]:
+            rd = out / f"rd_{modality}.png"
+            rd_figure(modality, s, rd)
+            lines += [f"![rate-distortion {modality}]({rd.name})", ""]
         if modality in result.examples:
             crops = out / f"crops_{modality}.png"
             crops_figure(modality, result.examples[modality], crops)
             lines += [f"![crops {modality}]({crops.name})", ""]
     (out / "report.md").write_text("\n".join(lines))
+
+
+def _lossy_tables(s: dict[str, Any]) -> list[str]:
+    """The lossy head-to-head at the target ratios and the per-gain table of one modality."""
+    lines = ["| target | aepacs ratio | aepacs PSNR | JPEG 2000 ratio | JPEG 2000 PSNR | aepacs SSIM "
+             "| JPEG 2000 SSIM |",
+             "|---|---|---|---|---|---|---|"]
+    for t in TARGET_RATIOS:
+        a = s["at_ratio"][str(t)]
+        lines.append(f"| {t}:1 | {_f(a['aepacs_ratio'])} | {_f(a['aepacs_psnr'])} | {_f(a['jpeg2000_ratio'])} | "
+                     f"{_f(a['jpeg2000_psnr'])} | {_f(a['aepacs_ssim'], 4)} | {_f(a['jpeg2000_ssim'], 4)} |")
+    lines += ["", "| gain | bpp | ratio | PSNR | SSIM | window PSNR | JPEG 2000 PSNR | enc ms | dec ms |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for a, j in zip(s["aepacs"], s["jpeg2000"], strict=False):
+        lines.append(f"| {a['gain']} | {_f(a['bpp'], 3)} | {_f(a['ratio'])} | {_f(a['psnr'])} "
+                     f"| {_f(a['ssim'], 4)} | {_f(a['psnr_window'])} | {_f(j['psnr'])} "
+                     f"| {_f(a['encode_ms'], 1)} | {_f(a['decode_ms'], 1)} |")
+    return lines + [""]
+

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from aepacs.codec.learned import codec_for
 from aepacs.codec.quality import mse, psnr, ssim, window_psnr
 from aepacs.dicom.frames import Frame, collect
-from aepacs.eval.baselines import j2k_at_budget, jpegls_bytes
+from aepacs.eval.baselines import LOSSLESS, j2k_at_budget, jpegls_bytes, lossless_sizes
 from aepacs.eval.noise import KINDS, add_noise
 from aepacs.eval.paper import paper_decode
 from aepacs.models.registry import Model
@@ -85,9 +85,11 @@ def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
 def evaluate(model: Model, frames: list[Frame], *, gains: list[int] | None = None,
              paper: Model | None = None, noise: list[str] | None = None, progress: bool = True) -> EvalResult:
     """Measure `model` (and the baselines) on `frames`; see the module docstring."""
+    lossless = codec_for(model, "lossless")
+    if not lossless.lossy:  # a lossless-only model: its lossless mode against the lossless baselines
+        gains, noise = [], None
     gains = gains if gains is not None else list(range(0, codec_for(model).gains, 2))
     result = EvalResult(model.ref)
-    lossless = codec_for(model, "lossless")
     for i, frame in enumerate(tqdm(frames, desc=f"eval {model.ref}", unit="image", disable=not progress)):
         px = frame.pixels[None]
         result.images.append({"image": i, "source": frame.source, "modality": frame.modality,
@@ -111,6 +113,10 @@ def evaluate(model: Model, frames: list[Frame], *, gains: list[int] | None = Non
         result.rows.append(_row(i, frame, "aepacs-lossless", f"{model.ref} lossless", len(stream), None, enc, dec))
         nbytes, enc = jpegls_bytes(frame.pixels)
         result.rows.append(_row(i, frame, "jpegls", "JPEG-LS lossless", nbytes, None, enc, 0.0))
+        others = lossless_sizes(frame.pixels)
+        for family, label in LOSSLESS:
+            nbytes, enc = others[family]
+            result.rows.append(_row(i, frame, family, label, nbytes, None, enc, 0.0))
         if paper is not None and int(paper.manifest["hyper"]["channels"]) == frame.pixels.shape[2]:
             rec, nbytes, ms = paper_decode(paper, frame)
             result.rows.append(_row(i, frame, "paper", f"paper {paper.ref} (float32 latent)", nbytes, rec, ms, 0.0))
@@ -144,7 +150,7 @@ def summarise(rows: list[dict[str, Any]], noise: list[dict[str, Any]]) -> dict[s
                                         for key in ("bpp", "ratio", "psnr", "ssim", "psnr_window", "encode_ms",
                                                     "decode_ms")}}
                          for k in sorted({r["gain"] for r in mine if r["family"] == family})]
-        for family in ("aepacs-lossless", "jpegls", "paper"):
+        for family in ("aepacs-lossless", "jpegls", *(f for f, _ in LOSSLESS), "paper"):
             sel = [r for r in mine if r["family"] == family]
             if sel:
                 total = sum(r["bytes"] for r in sel)
@@ -157,6 +163,8 @@ def summarise(rows: list[dict[str, Any]], noise: list[dict[str, Any]]) -> dict[s
             pairs = []
             for image in sorted({r["image"] for r in mine}):
                 cands = [r for r in mine if r["image"] == image and r["family"] == "aepacs"]
+                if not cands:  # a lossless-only model
+                    continue
                 fits = [r for r in cands if r["ratio"] >= target]
                 pick = max(fits, key=lambda r: r["bytes"]) if fits else min(cands, key=lambda r: r["bytes"])
                 j2k = next(r for r in mine if r["image"] == image and r["family"] == "jpeg2000"

@@ -18,7 +18,8 @@ def test_eval_report_on_held_out_ct(home: Path, tmp_path: Path) -> None:
             "--noise", "gaussian", "salt-and-pepper", "-o", str(out), "-q", check=True)
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
-    assert {r["family"] for r in rows} == {"aepacs", "jpeg2000", "aepacs-lossless", "jpegls"}
+    assert {r["family"] for r in rows} == {"aepacs", "jpeg2000", "aepacs-lossless", "jpegls", "jpegxl",
+                                           "jpeg2000-lossless", "htj2k"}
     assert len(results["images"]) == 2
     images = {i["image"]: i for i in results["images"]}
     for r in rows:  # ratio = stored pixel bytes / coded bytes
@@ -53,3 +54,18 @@ def test_eval_other_modalities_on_held_out_images(home: Path, tmp_path: Path, mo
     assert summary["aepacs"][0]["psnr"] > 25 and summary["jpeg2000"][0]["psnr"] > 25
     assert summary["jpegls"]["ratio"] > 1 and summary["aepacs-lossless"]["ratio"] > 1
     assert (out / f"rd_{modality}.png").is_file()
+
+
+def test_eval_of_a_lossless_only_model_against_the_lossless_baselines(home: Path, tmp_path: Path) -> None:
+    held_out = SHARED_CT / "series-3-5mm"  # ct@4 was trained on series 2
+    if not held_out.is_dir():
+        pytest.skip("needs ../shared/data/ct")
+    out = tmp_path / "report"
+    run_cli("eval", "--model", "ct@4", "--data", str(held_out), "--limit", "2", "-o", str(out), "-q", check=True)
+    results = json.loads((out / "results.json").read_text())
+    assert {r["family"] for r in results["rows"]} == {"aepacs-lossless", "jpegls", "jpegxl", "jpeg2000-lossless",
+                                                      "htj2k"}
+    ct = results["summary"]["CT"]
+    assert ct["aepacs-lossless"]["ratio"] > ct["jpegls"]["ratio"] > 1  # held-out slices, the same run
+    report = (out / "report.md").read_text()
+    assert "JPEG-XL lossless" in report and "HTJ2K lossless" in report and "rd_CT.png" not in report
