@@ -34,6 +34,8 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/seal.py
 	$(BIN)/python bench/codec.py --paper paper-ct@1
+	$(BIN)/python bench/lossless.py
+	$(BIN)/python bench/lossless.py --ablation
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/rekey.py
 
