@@ -125,7 +125,8 @@ def main() -> None:
             nraw = f.pixels.size * (2 if int(f.pixels.max()) - int(f.pixels.min()) > 255 else 1)
             raw += nraw
             src = per_source.setdefault(Path(f.source).parent.name if "shared" in f.source else Path(f.source).name,
-                                        {"raw": 0, **dict.fromkeys(names, 0)})
+                                        {"frames": 0, "raw": 0, **dict.fromkeys(names, 0)})
+            src["frames"] += 1
             src["raw"] += nraw
             coded: dict[str, tuple[bytes, float]] = {"mixing": _timed(lambda px=px: mixing.encode(px)),
                                                      "wavelet": _timed(lambda px=px: wavelet.encode(px))}
@@ -148,8 +149,7 @@ def main() -> None:
         print("\n| source | frames | mixing | JPEG-XL | JPEG-LS | mixing x JPEG-XL |")
         print("|---|---|---|---|---|---|")
         for s, v in per_source.items():
-            nf = sum(1 for f in frames if s in f.source)
-            print(f"| {s} | {nf} | {v['raw'] / v['mixing']:.3f} | {v['raw'] / v['JPEG-XL']:.3f} "
+            print(f"| {s} | {v['frames']} | {v['raw'] / v['mixing']:.3f} | {v['raw'] / v['JPEG-XL']:.3f} "
                   f"| {v['raw'] / v['JPEG-LS']:.3f} | {v['JPEG-XL'] / v['mixing']:.3f} |")
 
 

@@ -7,6 +7,9 @@
 ``factorized``  the legacy ``@1`` decoder (and encoder): a convolutional analysis, an integer
                 synthesis, a factorized prior (:mod:`aepacs.codec.learned.factorized`)
 
+Shared by the generations: :mod:`~aepacs.codec.learned.colour` (the RCT) and
+:mod:`~aepacs.codec.learned.rangecoder` (the range coder's constants and carry pass).
+
 :data:`ARCHITECTURES` is the only place an architecture name (a model
 manifest's ``arch``) is mapped to its codec class. A generation's module is
 imported when a model of it is first used, so a process that never meets an

@@ -5,8 +5,9 @@ import hashlib
 import numpy as np
 import pytest
 
+from aepacs.codec.learned.colour import inverse_rct, rct
 from aepacs.codec.learned.wavelet import lifting, subband
-from aepacs.codec.learned.wavelet.codec import GAINS, WaveletCodec, frame_gains, inverse_rct, rct, smallest_passing
+from aepacs.codec.learned.wavelet.codec import GAINS, WaveletCodec, frame_gains, smallest_passing
 from aepacs.codec.quality import psnr
 from aepacs.errors import CodecError
 from tests.codec.learned.test_factorized import _variants

@@ -30,6 +30,7 @@ import numpy as np
 import zstandard
 
 from aepacs.codec.learned.base import LearnedCodec, ModelFiles
+from aepacs.codec.learned.colour import inverse_rct, rct
 from aepacs.codec.learned.mixing import kernel
 from aepacs.dicom.pixels import PixelMeta
 from aepacs.errors import CodecError
@@ -46,19 +47,12 @@ __all__ = ["KINDS", "MAGIC", "MixingCodec", "planes_of", "frame_of"]
 
 def planes_of(frame: np.ndarray) -> np.ndarray:
     """The planes a frame ``(rows, cols, samples)`` is coded as: ``(planes, rows, cols)`` int64 (RCT for colour)."""
-    if frame.shape[2] == 3:
-        r, g, b = (frame[..., i].astype(np.int64) for i in range(3))
-        return np.stack([(r + 2 * g + b) >> 2, b - g, r - g])
-    return frame.transpose(2, 0, 1).astype(np.int64)
+    return rct(frame) if frame.shape[2] == 3 else frame.transpose(2, 0, 1).astype(np.int64)
 
 
 def frame_of(planes: np.ndarray) -> np.ndarray:
     """Undo :func:`planes_of`."""
-    if len(planes) == 3:
-        y, cb, cr = planes
-        g = y - ((cb + cr) >> 2)
-        return np.stack([cr + g, g, cb + g], axis=-1)
-    return planes.transpose(1, 2, 0)
+    return inverse_rct(planes) if len(planes) == 3 else planes.transpose(1, 2, 0)
 
 
 def _value_map(plane: np.ndarray, span: int) -> tuple[np.ndarray, bytes]:

@@ -46,6 +46,8 @@ import math
 import numpy as np
 from numba import njit
 
+from aepacs.codec.learned.rangecoder import M32, TOP, carry
+
 NU = 20  #: unary nodes of the bit length
 NT = 15  #: mantissa-tree nodes per bit length (top four bits)
 NNODE = 2 + NU + NU * NT  #: binary decision nodes
@@ -68,11 +70,12 @@ MU = 262  #: LMS step, 0.004 in 1/65536
 LR = 2  #: mixer learning rate, in 1/4
 LIMIT = 126  #: after this many updates a probability adapts at 1/128
 PAD = 4
-TOP = 1 << 24
-M32 = (1 << 32) - 1
 #: parts :func:`encode` can switch off for an ablation (never in a stored stream)
 NO_LMS, NO_MIXER = 1, 2
-MAX_BYTES_PER_PIXEL = 64  #: <= 60 adaptive decisions of <= 1 byte each, and raw bits
+#: room per pixel: 16-bit residuals take at most 23 adaptive decisions (zero, sign, 17 unary, 4
+#: mantissa) of at most 2 bytes each (a probability is at least 1/65536 of a range of at least
+#: 2**24) and 14 raw bits
+MAX_BYTES_PER_PIXEL = 64
 
 __all__ = ["NS", "NSEL", "NTAP", "decode", "encode", "final_state", "initial_state"]
 
@@ -80,7 +83,7 @@ __all__ = ["NS", "NSEL", "NTAP", "decode", "encode", "final_state", "initial_sta
 def _tables() -> tuple[np.ndarray, np.ndarray]:
     # stretch(p) = ln(p / (1 - p)) of a 12-bit p, in 1/256, and its inverse: computed once in
     # float here, then only looked up -- the tables are the same integers on every machine that
-    # rounds IEEE doubles correctly, and tests pin their hash
+    # rounds IEEE doubles correctly (the known-answer stream test would see a difference)
     st = np.zeros(4096, np.int64)
     for p in range(4096):
         q = (p + 0.5) / 4096
@@ -140,21 +143,13 @@ def _squash(x):
 
 @njit(cache=True, inline="always")
 def _shift_low(rc, out):
-    # emit the top byte of `low`; its carry goes into the byte before (resolved by _carry)
+    # emit the top byte of `low`; its carry goes into the byte before (resolved by carry())
     low = rc[0]
     pos = rc[2]
     out[pos - 1] += low >> 32
     out[pos] = (low >> 24) & 0xFF
     rc[0] = (low & 0x00FFFFFF) << 8
     rc[2] = pos + 1
-
-
-@njit(cache=True)
-def _carry(out, n):
-    for k in range(n - 1, 0, -1):
-        if out[k] > 0xFF:
-            out[k - 1] += out[k] >> 8
-            out[k] &= 0xFF
 
 
 @njit(cache=True, inline="always")
@@ -502,7 +497,7 @@ def _encode(plane: np.ndarray, vmax: int, state: dict[str, np.ndarray], ablate: 
         buf = np.zeros(size, np.int64)
         n = _run(img, _side(side), vmax, buf, True, *arrays, ablate)  # type: ignore[call-arg]
         if n >= 0:
-            _carry(buf, n)
+            carry(buf, n)
             return buf[:n].astype(np.uint8).tobytes(), arrays
         size *= 2
 

@@ -42,6 +42,7 @@ from collections.abc import Callable
 import numpy as np
 
 from aepacs.codec.learned.base import MODES, LearnedCodec, ModelFiles
+from aepacs.codec.learned.colour import inverse_rct, rct
 from aepacs.codec.learned.wavelet import lifting, subband
 from aepacs.codec.quality import psnr
 from aepacs.dicom.pixels import PixelMeta
@@ -56,7 +57,7 @@ _FRAME = struct.Struct(">BIiiI")
 #: Cb and Cr 11/16 each, so equal error slope means steps in ratio 1/sqrt(3) : 4/sqrt(11).
 _PLANE_WEIGHTS = {1: (256,), 3: (148, 309, 309)}
 
-__all__ = ["GAINS", "WaveletCodec", "band_weights", "frame_gains", "inverse_rct", "levels_for", "rct",
+__all__ = ["GAINS", "WaveletCodec", "band_weights", "frame_gains", "levels_for",
            "smallest_passing"]
 
 
@@ -90,19 +91,6 @@ def band_weights(taps: np.ndarray, most: int = MAX_LEVELS) -> np.ndarray:
         with np.errstate(divide="ignore"):
             out[L, :L + 1] = np.where(norms > 0, np.round(65536 / np.where(norms > 0, norms, 1)), 0)
     return out
-
-
-def rct(frame: np.ndarray) -> np.ndarray:
-    """Reversible colour transform of a ``(rows, cols, 3)`` frame -> planes ``(3, rows, cols)`` (Y, Cb, Cr)."""
-    r, g, b = (frame[..., i].astype(np.int64) for i in range(3))
-    return np.stack([(r + 2 * g + b) >> 2, b - g, r - g])
-
-
-def inverse_rct(planes: np.ndarray) -> np.ndarray:
-    """Undo :func:`rct`: planes ``(3, rows, cols)`` -> ``(rows, cols, 3)``."""
-    y, cb, cr = planes
-    g = y - ((cb + cr) >> 2)
-    return np.stack([cr + g, g, cb + g], axis=-1)
 
 
 def base_step(span: int, gain: int) -> int:

@@ -28,10 +28,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from aepacs.codec.learned.rangecoder import M32, TOP, carry
+
 PB = 15
 ONE = 1 << PB
-TOP = 1 << 24
-M32 = (1 << 32) - 1
 NB = 32  #: magnitude buckets
 NU = 18  #: unary bins of the bit length
 NCLS = 7  #: coefficient classes
@@ -63,21 +63,12 @@ def _state(init: np.ndarray) -> np.ndarray:
 @njit(cache=True, inline="always")
 def _shift_low(low, pos, out):
     # emit the top byte of `low` and add its carry to the byte before; a byte that overflows
-    # passes it on in _carry, once the stream is complete. Branch- and check-free: this runs
+    # passes it on in carry(), once the stream is complete. Branch- and check-free: this runs
     # per output byte, and a store under a condition here made the whole coder 2.5x slower
     # (_encode_planes checks the room left once per row instead)
     out[pos - 1] += low >> 32
     out[pos] = (low >> 24) & 0xFF
     return (low & 0x00FFFFFF) << 8, pos + 1
-
-
-@njit(cache=True)
-def _carry(out, n):
-    # bytes that took a carry (256 and up) pass it on towards the start
-    for k in range(n - 1, 0, -1):
-        if out[k] > 0xFF:
-            out[k - 1] += out[k] >> 8
-            out[k] &= 0xFF
 
 
 #: The most bytes one coefficient can emit, for any int64 value (a bit length n <= 63): at most
@@ -377,7 +368,7 @@ def _code(q: np.ndarray, levels: int, init: np.ndarray) -> tuple[np.ndarray, np.
         out, p = np.empty(size, np.int32), _state(init)
         n = _encode_planes(q, levels, out, p)
         if n >= 0:
-            _carry(out, n)
+            carry(out, n)
             return out[:n].astype(np.uint8), p
         size *= 2
 
