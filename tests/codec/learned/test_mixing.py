@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pydicom
 import pytest
+import zstandard
 
 from aepacs.codec.learned import codec_for
 from aepacs.codec.learned.mixing import kernel
@@ -141,6 +142,10 @@ def test_damaged_streams_and_lossy_routes_are_refused(ct4) -> None:  # type: ign
     for bad in (stream[:10], stream[:-7], stream + b"\0" * 9):
         with pytest.raises(CodecError):
             codec.decode(bad)
+    from aepacs.codec.learned.mixing.codec import _values
+
+    with pytest.raises(CodecError, match="larger than its span"):  # a value map cannot expand past its span
+        _values(zstandard.ZstdCompressor().compress(b"\xff" * 1_000_000), 100)
     lossy = codec_for(ct4, "lossy")  # what a retrieval makes: it decodes, and refuses to encode
     assert np.array_equal(lossy.decode(stream), pixels.astype(np.int64))
     with pytest.raises(CodecError, match="lossless model"):

@@ -67,7 +67,10 @@ def _value_map(plane: np.ndarray, span: int) -> tuple[np.ndarray, bytes]:
 
 def _values(packed: bytes, span: int) -> np.ndarray:
     try:
-        bits = np.unpackbits(np.frombuffer(zstandard.ZstdDecompressor().decompress(packed), np.uint8))
+        if not 0 <= zstandard.frame_content_size(packed) <= (span + 8) // 8:  # a bitmap of the span, no bomb
+            raise CodecError("mixing stream: value map larger than its span")
+        bitmap = zstandard.ZstdDecompressor().decompress(packed)
+        bits = np.unpackbits(np.frombuffer(bitmap, np.uint8))
     except zstandard.ZstdError:
         raise CodecError("mixing stream: corrupt value map") from None
     values = np.flatnonzero(bits[:span + 1])
