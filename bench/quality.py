@@ -1,88 +1,308 @@
-"""Held-out quality of the shipped wavelet models against JPEG 2000 and JPEG-LS.
+"""Lossy quality at equal bytes on held-out real images: the wavelet models against JPEG 2000, HTJ2K and JPEG-XL.
 
-For each modality's held-out images (CT: 4 slices of series 3, the model was trained on
-series 2; MR ``MR2_UNCR``, CR ``RG1_UNCR``, US ``US1_UNCR`` from pydicom-data):
+In one run, on the same frames (none of them in the models' training data,
+which the manifests record), per modality and per target ratio 8, 16, 32
+and 64:1:
 
-* lossless ratio against JPEG-LS (CharLS) on the same frames;
-* at 16:1 and 32:1: the finest gain whose ratio reaches the target, its PSNR (data range
-  max - min of the original), and JPEG 2000 (OpenJPEG) at the same bytes.
+* ``aepacs``    the modality's wavelet model (``ct``, ``mr``, ``cr``, ``us``; ``--version``
+                picks one), at the finest gain whose stream reaches the target
+* ``JPEG 2000`` OpenJPEG, irreversible 9/7, at the largest stream not over aepacs's bytes
+* ``HTJ2K``     OpenJPH, irreversible 9/7, the same budget
+* ``JPEG-XL``   libjxl effort 7, the same budget
 
-Usage: ``python bench/quality.py [--version @3]``; the table goes to docs/BENCHMARKS.md.
+PSNR is over the original's stored range (max - min); for CT also inside the
+soft-tissue window (W 400 / L 40 HU, after the rescale); SSIM as the quality
+gate computes it. dB are averaged over frames, ratios are byte-weighted
+(stored bytes, 2 per sample above 8 bits, over compressed bytes). A figure of
+the rate-distortion points goes to ``--figure``.
+
+Ablation (``--ablation``): the same frames with each part of the model
+replaced in turn -- the lossy fraction bits by none (the ``@3`` transform), the
+fitted lifting taps by CDF 9/7, the learned entropy-model start by the uniform
+one -- each against JPEG 2000 at its own bytes, so the change in the gap is
+what that part is worth in dB at equal bytes.
+
+Usage: ``python bench/quality.py [--only CT MR] [--per-source N] [--version @5] [--ablation]``
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import platform
 import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pydicom
+import pydicom.data
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CT = ROOT.parent / "shared" / "data" / "ct" / "lung-pet-ct-dx-A0001" / "series-3-5mm"
+
+from aepacs.codec.learned.wavelet.codec import GAINS, WaveletCodec  # noqa: E402
+from aepacs.codec.learned.wavelet.lifting import CDF97  # noqa: E402
+from aepacs.codec.learned.wavelet.subband import uniform_init  # noqa: E402
+from aepacs.codec.quality import psnr, ssim, window_psnr  # noqa: E402
+from aepacs.dicom.frames import Frame, collect  # noqa: E402
+from aepacs.eval.baselines import LOSSY, at_budget  # noqa: E402
+from aepacs.models.registry import SHIPPED, Registry  # noqa: E402
+from aepacs.training.wavelet_fit import Draft  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+TARGETS = (8, 16, 32, 64)
 
 
-def cases() -> list[tuple[str, str, np.ndarray]]:
-    from pydicom.data import get_testdata_file
+def _pydicom(*names: str) -> list[str]:
+    return [pydicom.data.get_testdata_file(n) for n in names]
 
-    out = []
-    files = sorted(CT.glob("*.dcm"))
-    if files:
-        out.append(("CT series 3, 4 slices", "ct",
-                    np.stack([pydicom.dcmread(f).pixel_array for f in files[20:60:10]])[..., None]))
-    for name, model in (("MR2_UNCR.dcm", "mr"), ("RG1_UNCR.dcm", "cr"), ("US1_UNCR.dcm", "us")):
-        px = pydicom.dcmread(get_testdata_file(name)).pixel_array
-        out.append((name, model, px[None, ..., None] if px.ndim == 2 else px[None]))
+
+def _series(path: str) -> list[str]:
+    return sorted(glob.glob(str(DATA / path / "*.dcm")))
+
+
+#: held-out sources per modality (the models' manifests name what they were trained on):
+#: ct on CT series 2, mr@5 on the Siemens Trio MPRAGE, cr on RG3, us on three other colour images
+HELD_OUT: dict[str, tuple[str, list[list[str]]]] = {
+    "CT": ("ct", [_series("ct/lung-pet-ct-dx-A0001/series-3-5mm"),
+                  *([f] for f in _pydicom("693_UNCR.dcm", "CT_small.dcm", "eCT_Supplemental.dcm"))]),
+    "MR": ("mr", [_series("mr/dcm_qa_toshiba-galan-dti-b0"), _series("mr/dcm_qa_philips-vanderbilt-dti-b0"),
+                  *([f] for f in _pydicom("MR2_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "emri_small.dcm",
+                                          "MR_small.dcm"))]),
+    "CR": ("cr", [_pydicom("RG1_UNCR.dcm")]),  # the only other uncompressed CR/DX here
+    "US": ("us", [_pydicom("US1_UNCR.dcm")]),  # the only other uncompressed colour US here
+}
+
+
+def frames_of(modality: str, per_source: int) -> list[Frame]:
+    """Held-out frames of `modality`: at most `per_source` evenly spaced frames of each source."""
+    out: list[Frame] = []
+    for files in HELD_OUT[modality][1]:
+        got = collect(files, modalities=[modality, "DX"] if modality == "CR" else [modality],
+                      channels=3 if modality == "US" else 1, min_size=16)
+        if len(got) > per_source:
+            got = [got[int(i)] for i in np.linspace(0, len(got) - 1, per_source).round()]
+        out.extend(got)
     return out
 
 
+def source_name(frame: Frame) -> str:
+    """A series of ../shared/data by its folder, a pydicom test file by its name."""
+    return Path(frame.source).parent.name if "shared" in frame.source else Path(frame.source).name
+
+
+def raw_bytes(pixels: np.ndarray) -> int:
+    """What the frame takes uncompressed: 2 bytes per sample above 8 bits."""
+    return int(pixels.size * (2 if int(pixels.max()) - int(pixels.min()) > 255 or pixels.min() < 0 else 1))
+
+
+def metrics(frame: Frame, decoded: np.ndarray, modality: str) -> dict[str, float]:
+    """PSNR (stored range), SSIM and, for CT, the soft-tissue window PSNR of one decoded frame."""
+    out = {"psnr": psnr(frame.pixels, decoded), "ssim": ssim(frame.pixels[None], decoded[None])}
+    if modality == "CT":
+        out["window"] = window_psnr(frame.pixels, decoded, *frame.rescale)
+    return out
+
+
+def _ladder(codec: WaveletCodec, pixels: np.ndarray, raw: int, target: float,
+            cache: dict[int, tuple[bytes, np.ndarray]]) -> int | None:
+    """The finest gain whose stream reaches `target`:1 (the ratio falls as the gain rises)."""
+    def at(gain: int) -> tuple[bytes, np.ndarray]:
+        if gain not in cache:
+            codec.gain = gain
+            stream, recon = codec.encode_reconstruct(pixels[None])
+            cache[gain] = (stream, recon[0])
+        return cache[gain]
+
+    lo, hi = 0, GAINS - 1
+    if raw / len(at(lo)[0]) < target:
+        return None
+    if raw / len(at(hi)[0]) >= target:
+        return hi
+    while hi - lo > 1:  # ratio(lo) >= target > ratio(hi)
+        mid = (lo + hi) // 2
+        if raw / len(at(mid)[0]) >= target:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def measure(job: tuple[Any, Frame, str, tuple[str, ...]]) -> list[dict[str, Any]]:
+    """One frame at every target: aepacs and each standard codec in `families` at its bytes."""
+    model, frame, modality, families = job
+    codec = WaveletCodec(model, "lossy")
+    raw = raw_bytes(frame.pixels)
+    cache: dict[int, tuple[bytes, np.ndarray]] = {}
+    rows = []
+    for target in TARGETS:
+        gain = _ladder(codec, frame.pixels, raw, target, cache)
+        if gain is None:
+            continue
+        stream, recon = cache[gain]
+        row: dict[str, Any] = {"target": target, "raw": raw, "gain": gain, "source": source_name(frame),
+                               "aepacs": {"bytes": len(stream), **metrics(frame, recon, modality)}}
+        for family in families:
+            n, decoded, _, _ = at_budget(family, frame.pixels, len(stream))
+            row[family] = {"bytes": n, **metrics(frame, decoded, modality)}
+        rows.append(row)
+    return rows
+
+
+def run(model: Any, frames: list[Frame], modality: str, families: tuple[str, ...],
+        pool: ProcessPoolExecutor) -> list[list[dict[str, Any]]]:
+    return list(pool.map(measure, [(model, f, modality, families) for f in frames]))
+
+
+def summary(results: list[list[dict[str, Any]]], target: int, codec: str, source: str | None = None
+            ) -> dict[str, float] | None:
+    """Byte-weighted ratio and mean metrics of `codec` over the frames (of `source`) that reached `target`."""
+    rows = [r for per_frame in results for r in per_frame
+            if r["target"] == target and (source is None or r["source"] == source)]
+    if not rows:
+        return None
+    out = {"frames": float(len(rows)), "ratio": sum(r["raw"] for r in rows) / sum(r[codec]["bytes"] for r in rows)}
+    for key in rows[0][codec]:
+        if key != "bytes":
+            out[key] = float(np.mean([r[codec][key] for r in rows]))
+    return out
+
+
+NAMES = {"aepacs": "aepacs", **{f: label.split(" (")[0] for f, label in LOSSY}}
+
+
+def table(modality: str, ref: str, nframes: int, nsources: int, results: list[list[dict[str, Any]]]) -> None:
+    fams = [f for f, _ in LOSSY]
+    print(f"\n## {modality}: {nframes} held-out frames from {nsources} sources, {ref}")
+    head = ["target", "ratio"] + [f"{NAMES[c]} dB" for c in ["aepacs", *fams]] + ["vs JPEG 2000", "vs HTJ2K",
+                                                                                     "vs JPEG-XL"]
+    head += ["SSIM aepacs / J2K"] + (["W400/L40 dB aepacs / J2K / HTJ2K / JXL"] if modality == "CT" else [])
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for target in TARGETS:
+        s = {c: summary(results, target, c) for c in ["aepacs", *fams]}
+        a = s["aepacs"]
+        if a is None:
+            print(f"| {target}:1 | not reached |" + " |" * (len(head) - 2))
+            continue
+        cells = [f"{target}:1 ({int(a['frames'])})", f"{a['ratio']:.2f}"]
+        cells += [f"{s[c]['psnr']:.2f}" for c in ["aepacs", *fams]]  # type: ignore[index]
+        cells += [f"{a['psnr'] - s[c]['psnr']:+.2f}" for c in fams]  # type: ignore[index]
+        cells.append(f"{a['ssim']:.4f} / {s['jpeg2000']['ssim']:.4f}")  # type: ignore[index]
+        if modality == "CT":
+            cells.append(" / ".join(f"{s[c]['window']:.2f}" for c in ["aepacs", *fams]))  # type: ignore[index]
+        print("| " + " | ".join(cells) + " |", flush=True)
+    sources = sorted({r["source"] for per_frame in results for r in per_frame})
+    if len(sources) > 1:
+        print("\nPer source, dB over JPEG 2000 / HTJ2K / JPEG-XL at the same bytes (frames):\n")
+        print("| source | " + " | ".join(f"{t}:1" for t in TARGETS) + " |")
+        print("|---|" + "---|" * len(TARGETS))
+        for src in sources:
+            cells = []
+            for t in TARGETS:
+                s = {c: summary(results, t, c, src) for c in ["aepacs", *fams]}
+                a = s["aepacs"]
+                cells.append("" if a is None else " / ".join(f"{a['psnr'] - s[c]['psnr']:+.2f}" for c in fams)  # type: ignore[index]
+                             + f" ({int(a['frames'])})")
+            print(f"| {src} | " + " | ".join(cells) + " |")
+
+
+def figure(all_results: dict[str, list[list[dict[str, Any]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = [f for f, _ in LOSSY]
+    fig, axes = plt.subplots(1, len(all_results), figsize=(4.2 * len(all_results), 3.8), squeeze=False)
+    for ax, (modality, results) in zip(axes[0], all_results.items(), strict=False):
+        for codec in ["aepacs", *fams]:
+            pts = [(s["ratio"], s["psnr"]) for t in TARGETS if (s := summary(results, t, codec)) is not None]
+            if pts:
+                x, y = zip(*pts, strict=False)
+                ax.plot(x, y, "o-" if codec == "aepacs" else ".--", label=NAMES[codec])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("compression ratio")
+        ax.set_ylabel("PSNR over the stored range (dB)")
+        ax.set_title(f"{modality} (held out)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"\nfigure: {path}")
+
+
+def variants(model: Any) -> dict[str, Any]:
+    """The model and each ablation of it: one learned (or added) part replaced at a time."""
+    t = model.tensors("wavelet.safetensors")
+    channels = int(model.manifest["hyper"]["channels"])
+    precision = int(model.manifest["hyper"].get("precision", 0))
+    init, taps = t["init"].astype(np.uint16), t["taps"].astype(np.int64)
+    cdf = np.zeros_like(taps)
+    cdf[:, :1] = CDF97
+    out: dict[str, Callable[[], Any]] = {
+        "full model": lambda: model,
+        "no fraction bits (the @3 transform)": lambda: Draft(channels, init, taps, 0),
+        "CDF 9/7 taps instead of the fitted ones": lambda: Draft(channels, init, cdf, precision),
+        "uniform entropy-model start instead of the learned one": lambda: Draft(channels, uniform_init(), taps,
+                                                                                precision),
+    }
+    return {name: make() for name, make in out.items()
+            if not (name.startswith("no fraction") and precision == 0)
+            and not (name.startswith("CDF") and np.array_equal(cdf, taps))}
+
+
 def main() -> None:
-    import imagecodecs
-
-    from aepacs.codec.learned import codec_for
-    from aepacs.codec.quality import psnr
-    from aepacs.eval.baselines import j2k_at_budget, jpegls_bytes
-    from aepacs.models.registry import SHIPPED, Registry
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", default="", help="e.g. @3 (default: each model's current version)")
-    args = parser.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="+", metavar="MOD", help="modalities (default: CT MR CR US)")
+    ap.add_argument("--per-source", type=int, default=20, help="at most this many frames per source (default 20)")
+    ap.add_argument("--version", default="", help="e.g. @3 (default: each model's current version)")
+    ap.add_argument("--ablation", action="store_true", help="what each part of the model is worth (dB at equal bytes)")
+    ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "eval" / "quality.png")
+    args = ap.parse_args()
     registry = Registry(SHIPPED)
-    print("| image (model) | target | aepacs ratio | aepacs dB | JPEG 2000 ratio | JPEG 2000 dB | gap |")
-    print("|---|---|---|---|---|---|---|")
-    lossless = []
-    for name, ref, px in cases():
-        model = registry.load(ref + args.version)
-        raw = px.shape[1] * px.shape[2] * px.shape[3] * (2 if px.dtype.itemsize > 1 else 1)
-        ours = sum(len(codec_for(model, "lossless").encode(f[None])) for f in px)
-        jls = sum(jpegls_bytes(f)[0] if px.shape[-1] == 1 else len(imagecodecs.jpegls_encode(f)) for f in px)
-        lossless.append((name, len(px) * raw / ours, len(px) * raw / jls))
-        gains = codec_for(model).gains
-        for target in (16, 32):
-            rows = []
-            for f in px:
-                best = None
-                for k in range(gains):
-                    data, rec = codec_for(model, "lossy", gain=k).encode_reconstruct(f[None])
-                    if raw / len(data) >= target:
-                        best = (raw / len(data), psnr(f, rec[0]), len(data))
-                if best is None:
-                    break
-                n, jrec, _, _ = j2k_at_budget(f, best[2])
-                rows.append((best[0], best[1], raw / n, psnr(f, jrec)))
-            if len(rows) < len(px):
-                print(f"| {name} ({model.ref}) | {target}:1 | not reached | | | | |")
+    print(f"# bench/quality.py on {platform.processor() or platform.machine()}, 2 processes, "
+          f"{time.strftime('%Y-%m-%d')}")
+    all_results = {}
+    with ProcessPoolExecutor(2) as pool:
+        for modality, (name, sources) in HELD_OUT.items():
+            if args.only and modality not in args.only:
                 continue
-            r = np.array(rows).mean(axis=0)
-            print(f"| {name} ({model.ref}) | {target}:1 | {r[0]:.2f} | {r[1]:.2f} | {r[2]:.2f} | {r[3]:.2f} "
-                  f"| {r[1] - r[3]:+.2f} |", flush=True)
-    print()
-    print("| image | aepacs lossless | JPEG-LS |")
-    print("|---|---|---|")
-    for name, ours, jls in lossless:
-        print(f"| {name} | {ours:.2f}:1 | {jls:.2f}:1 |")
+            model = registry.verify(name + args.version)
+            frames = frames_of(modality, args.per_source)
+            nsources = len({f.source if len(s) == 1 else s[0] for s in sources for f in frames
+                            if f.source in s})
+            if args.ablation:
+                ablation(modality, model, frames, pool)
+                continue
+            t0 = time.monotonic()
+            results = run(model, frames, modality, tuple(f for f, _ in LOSSY), pool)
+            table(modality, model.ref, len(frames), nsources, results)
+            print(f"({time.monotonic() - t0:.0f} s)")
+            all_results[modality] = results
+    if all_results:
+        figure(all_results, args.figure)
+
+
+def ablation(modality: str, model: Any, frames: list[Frame], pool: ProcessPoolExecutor) -> None:
+    print(f"\n## {modality} ablation: {len(frames)} held-out frames, {model.ref}; gap = dB over JPEG 2000 at "
+          "the same bytes")
+    print("| variant | " + " | ".join(f"{t}:1 gap" for t in TARGETS) + " | worth (mean change of the gap) |")
+    print("|---|" + "---|" * len(TARGETS) + "---|")
+    full: list[float] | None = None
+    for name, variant in variants(model).items():
+        results = run(variant, frames, modality, ("jpeg2000",), pool)
+        gaps = []
+        for t in TARGETS:
+            a, j = summary(results, t, "aepacs"), summary(results, t, "jpeg2000")
+            gaps.append(np.nan if a is None or j is None else a["psnr"] - j["psnr"])
+        worth = "" if full is None else f"{np.nanmean(np.array(full) - np.array(gaps)):+.2f} dB"
+        full = gaps if full is None else full
+        print(f"| {name} | " + " | ".join(f"{g:+.2f}" for g in gaps) + f" | {worth} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -79,13 +79,15 @@ class Draft:
     channels: int
     init: np.ndarray = field(default_factory=subband.uniform_init)
     taps: np.ndarray = field(default_factory=lambda: lifting.CDF97.copy())
+    #: fraction bits of the lossy transform (the manifest's ``hyper.precision``)
+    precision: int = 0
     arch: str = "wavelet"
     ref: str = "draft"
     _cache: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return {"hyper": {"channels": self.channels}}
+        return {"hyper": {"channels": self.channels, "precision": self.precision}}
 
     def tensors(self, filename: str = "wavelet.safetensors") -> dict[str, np.ndarray]:
         """The weight file's tensors: taps, starting probabilities, band weights."""
@@ -107,25 +109,25 @@ def cdf97_taps(per_step: int = TAPS_PER_STEP) -> np.ndarray:
 
 
 def _rate_distortion(channels: int, init: np.ndarray, taps: np.ndarray, frame: np.ndarray,
-                     gain: int | None) -> tuple[int, float]:
+                     gain: int | None, precision: int) -> tuple[int, float]:
     """(bits, sum of squared errors) of one frame coded at `gain` with these taps."""
-    codec = WaveletCodec(Draft(channels, init, taps), "lossless" if gain is None else "lossy", gain=gain)
+    codec = WaveletCodec(Draft(channels, init, taps, precision), "lossless" if gain is None else "lossy", gain=gain)
     stream, recon = codec.encode_reconstruct(frame[None])
     err = recon[0] - frame
     return 8 * len(stream), float((err.astype(np.float64) ** 2).sum())
 
 
-def _measure(channels: int, init: np.ndarray, taps: np.ndarray, frames: Frames, pool: ThreadPoolExecutor
-             ) -> np.ndarray:
+def _measure(channels: int, init: np.ndarray, taps: np.ndarray, frames: Frames, pool: ThreadPoolExecutor,
+             precision: int) -> np.ndarray:
     """Per gain of :data:`TAP_GAINS`: (bits per pixel, mean squared error) over `frames`."""
     jobs = [(f, g) for g in TAP_GAINS for f in frames]
-    out = list(pool.map(lambda job: _rate_distortion(channels, init, taps, *job), jobs))
+    out = list(pool.map(lambda job: _rate_distortion(channels, init, taps, job[0], job[1], precision), jobs))
     pixels = sum(f.size for f in frames)
     rd = np.array(out, np.float64).reshape(len(TAP_GAINS), len(frames), 2).sum(axis=1)
     return rd / pixels
 
 
-def fit_taps(frames: Frames, channels: int, init: np.ndarray, *, progress: bool = True,
+def fit_taps(frames: Frames, channels: int, init: np.ndarray, *, progress: bool = True, precision: int = 0,
              log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict[str, object]]:
     """Lifting taps minimising rate + lambda * distortion on `frames`; see the module docstring.
 
@@ -137,6 +139,8 @@ def fit_taps(frames: Frames, channels: int, init: np.ndarray, *, progress: bool 
         Samples per pixel (1 or 3).
     init : ndarray
         The entropy model's starting probabilities to code with.
+    precision : int
+        Fraction bits of the lossy transform (the model's ``hyper.precision``).
 
     Returns
     -------
@@ -147,7 +151,7 @@ def fit_taps(frames: Frames, channels: int, init: np.ndarray, *, progress: bool 
     """
     taps = start = cdf97_taps()
     with ThreadPoolExecutor(2) as pool:
-        rd0 = _measure(channels, init, taps, frames, pool)
+        rd0 = _measure(channels, init, taps, frames, pool, precision)
         lam = np.array([0.0 if g is None else 1 / (2 * math.log(2) * max(rd0[i, 1], 1e-12))
                         for i, g in enumerate(TAP_GAINS)])
 
@@ -167,7 +171,7 @@ def fit_taps(frames: Frames, channels: int, init: np.ndarray, *, progress: bool 
                         trial.flat[k] += sign * step
                         if abs(int(trial.flat[k]) - int(start.flat[k])) > TAP_RADIUS:
                             continue
-                        rd = _measure(channels, init, trial, frames, pool)
+                        rd = _measure(channels, init, trial, frames, pool, precision)
                         bar.update()
                         if loss(rd) < best - 1e-9:
                             taps, best, rd_best, improved = trial, loss(rd), rd, True
@@ -192,7 +196,7 @@ def fit_taps(frames: Frames, channels: int, init: np.ndarray, *, progress: bool 
 
 
 def fit_init(frames: Frames, channels: int, taps: np.ndarray, epochs: int, *, progress: bool = True,
-             start: np.ndarray | None = None, done: int = 0,
+             precision: int = 0, start: np.ndarray | None = None, done: int = 0,
              checkpoint: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
     """The entropy model's starting probabilities for `taps`; see the module docstring.
 
@@ -206,7 +210,8 @@ def fit_init(frames: Frames, channels: int, taps: np.ndarray, epochs: int, *, pr
         total, n = np.zeros(subband.NCTX), 0
         for frame in frames:
             for gain in INIT_GAINS:
-                codec = WaveletCodec(Draft(channels, init, taps), "lossless" if gain is None else "lossy", gain=gain)
+                codec = WaveletCodec(Draft(channels, init, taps, precision), "lossless" if gain is None else "lossy",
+                                     gain=gain)
                 q, levels = codec.subbands(frame)
                 total += subband.final_state(q, levels, init)
                 n += 1

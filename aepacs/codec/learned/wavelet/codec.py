@@ -5,8 +5,11 @@ The codec of the ``@2`` and ``@3`` models, and of new objects.
 Encode, per frame (:class:`WaveletCodec`):
 
 1. colour frames go through JPEG 2000's reversible colour transform (RCT);
-2. each plane is edge-padded to a multiple of ``2**levels`` and transformed by
-   the model's integer lifting steps (:mod:`aepacs.codec.learned.wavelet.lifting`);
+2. each plane is edge-padded to a multiple of ``2**levels``, in ``lossy`` mode
+   scaled by ``2**precision`` (the model's ``hyper.precision``, fraction bits:
+   the rounding of every lifting step then falls far below the quantizer's
+   step), and transformed by the model's integer lifting steps
+   (:mod:`aepacs.codec.learned.wavelet.lifting`);
 3. ``lossy``: the subbands are quantized with a dead zone, the step of each band
    being the frame's base step divided by its synthesis norm (and weighted per
    colour plane), so the error spreads evenly over the image;
@@ -15,7 +18,8 @@ Encode, per frame (:class:`WaveletCodec`):
    (:mod:`aepacs.codec.learned.wavelet.subband`);
 5. for a quality gate (:meth:`WaveletCodec.encode_reconstruct`), the
    reconstruction every decoder will compute, computed the same way
-   (dequantize, inverse lifting, crop, inverse RCT, clip to the frame's range),
+   (dequantize, inverse lifting, drop the fraction bits with rounding, crop,
+   inverse RCT, clip to the frame's range),
    with the range-coded subbands decoded again and compared.
 
 Because every lifting step is integer and exactly invertible, ``lossless`` is
@@ -29,6 +33,8 @@ per gain), or the smallest gain whose PSNR meets a target.
 Stream (big-endian)::
 
     "AEW1" u8 mode, u8 samples, u32 frames, u32 rows, u32 columns, u8 levels
+      or
+    "AEW2" u8 mode, u8 samples, u32 frames, u32 rows, u32 columns, u8 levels, u8 precision
     per frame: u8 gain, u32 base step (1/256; 0 = lossless), i32 min, i32 max,
                u32 bytes, range-coded subbands
 """
@@ -49,9 +55,14 @@ from aepacs.dicom.pixels import PixelMeta
 from aepacs.errors import CodecError
 
 MAGIC = b"AEW1"
+#: the stream of a model with fraction bits (``hyper.precision`` > 0): AEW1 plus a precision byte
+MAGIC2 = b"AEW2"
 GAINS = 40
 MAX_LEVELS = 6
+#: the most fraction bits a model may add (16-bit samples, 8 bits and the lifting's growth fit int64)
+MAX_PRECISION = 8
 _HEAD = struct.Struct(">4sBBIIIB")
+_PRECISION = struct.Struct(">B")
 _FRAME = struct.Struct(">BIiiI")
 #: per-plane step weights (1/256) after the RCT: Y carries R, G and B (energy 3),
 #: Cb and Cr 11/16 each, so equal error slope means steps in ratio 1/sqrt(3) : 4/sqrt(11).
@@ -61,10 +72,14 @@ __all__ = ["GAINS", "WaveletCodec", "band_weights", "frame_gains", "levels_for",
            "smallest_passing"]
 
 
+def _head_size(magic: bytes) -> int:
+    return _HEAD.size + (_PRECISION.size if magic == MAGIC2 else 0)
+
+
 def frame_gains(data: bytes) -> list[int]:
     """The gain each frame of a wavelet stream was coded at (0 for lossless frames)."""
-    _, _, _, frames, _, _, _ = _HEAD.unpack_from(data)
-    pos, gains = _HEAD.size, []
+    magic, _, _, frames, _, _, _ = _HEAD.unpack_from(data)
+    pos, gains = _head_size(magic), []
     for _ in range(frames):
         gain, _, _, _, n = _FRAME.unpack_from(data, pos)
         gains.append(gain)
@@ -148,6 +163,9 @@ class WaveletCodec(LearnedCodec):
         self.init = np.ascontiguousarray(params["init"].astype(np.uint16))
         self.weights = params["band_weights"].astype(np.int64)
         self.most = self.weights.shape[0] - 1
+        self.precision = int(model.manifest["hyper"].get("precision", 0))
+        if not 0 <= self.precision <= MAX_PRECISION:
+            raise CodecError(f"{model.ref}: precision {self.precision} outside 0..{MAX_PRECISION}")
         return GAINS
 
     frame_gains = staticmethod(frame_gains)
@@ -165,49 +183,64 @@ class WaveletCodec(LearnedCodec):
         return np.stack(out)
 
     def _rebuild(self, q: np.ndarray, step: int, levels: int, rows: int, cols: int, lo: int,
-                 hi: int) -> np.ndarray:
-        """Pixels ``(rows, cols, samples)`` from quantized planes: what every decoder computes."""
+                 hi: int, precision: int) -> np.ndarray:
+        """Pixels ``(rows, cols, samples)`` from quantized planes: what every decoder computes.
+
+        `precision`: the fraction bits the lossy planes carry (0 when `step` is 0, lossless).
+        """
         steps = self._steps(step, levels, len(q))
         planes = np.empty_like(q)
         for i in range(len(q)):
             planes[i] = q[i] if step == 0 else subband.dequantize(q[i], levels, steps[i])
             lifting.inverse(planes[i], levels, self.taps)
         planes = planes[:, :rows, :cols]
+        if precision:
+            planes = (planes + (1 << (precision - 1))) >> precision
         pixels = inverse_rct(planes) if len(q) == 3 else planes.transpose(1, 2, 0)
         return pixels if step == 0 else np.clip(pixels, lo, hi)
 
     # -- encoder ----------------------------------------------------------------------------
 
-    def _transform(self, frame: np.ndarray, levels: int) -> np.ndarray:
-        """Planes of one frame ``(rows, cols, samples)``, padded and lifted: ``(planes, H, W)`` int64."""
+    def _transform(self, frame: np.ndarray, levels: int, precision: int) -> np.ndarray:
+        """Planes of one frame ``(rows, cols, samples)``, padded, scaled by ``2**precision`` and
+        lifted: ``(planes, H, W)`` int64."""
         rows, cols, _ = frame.shape
         planes = rct(frame) if frame.shape[2] == 3 else frame.transpose(2, 0, 1).astype(np.int64)
         size = 1 << levels
         planes = np.pad(planes, ((0, 0), (0, -rows % size), (0, -cols % size)), mode="edge")
-        coeffs = np.ascontiguousarray(planes, dtype=np.int64)
+        coeffs = np.ascontiguousarray(planes, dtype=np.int64) << precision
         for c in coeffs:
             lifting.forward(c, levels, self.taps)
         return coeffs
 
     def _quantized(self, coeffs: np.ndarray, levels: int, span: int, gain: int | None) -> tuple[int, np.ndarray]:
-        """(base step, quantized planes) at `gain`; ``None``: lossless (step 0, the coefficients)."""
+        """(base step, quantized planes) at `gain`; ``None``: lossless (step 0, the coefficients).
+
+        The step is in the coefficients' units: `span` scaled by the lossy fraction bits.
+        """
         if gain is None:
             return 0, coeffs
-        step = base_step(span, gain)
+        step = base_step(span << self.precision, gain)
         steps = self._steps(step, levels, len(coeffs))
         return step, np.stack([subband.quantize(c, levels, s) for c, s in zip(coeffs, steps, strict=False)])
+
+    @property
+    def _shift(self) -> int:
+        """The fraction bits of this codec's transform: the model's precision when lossy, else 0."""
+        return 0 if self.mode == "lossless" else self.precision
 
     def subbands(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
         """The integers this codec entropy-codes for one frame at its fixed gain, and the levels."""
         levels = levels_for(frame.shape[0], frame.shape[1], self.most)
         gain = None if self.mode == "lossless" else self.gain
         span = int(frame.max()) - int(frame.min())
-        return self._quantized(self._transform(frame, levels), levels, span, gain)[1], levels
+        return self._quantized(self._transform(frame, levels, self._shift), levels, span, gain)[1], levels
 
     def _frame(self, frame: np.ndarray, levels: int, hint: int, rebuild: bool) -> tuple[bytes, np.ndarray | None]:
         rows, cols, _ = frame.shape
         lo, hi = int(frame.min()), int(frame.max())
-        coeffs = self._transform(frame, levels)
+        shift = self._shift
+        coeffs = self._transform(frame, levels, shift)
 
         def at(gain: int | None) -> tuple[int, int, np.ndarray]:
             step, q = self._quantized(coeffs, levels, hi - lo, gain)
@@ -225,7 +258,7 @@ class WaveletCodec(LearnedCodec):
 
             def reaches(gain: int) -> bool:
                 step, gain, q = at(gain)
-                trials[gain] = (step, gain, q, self._rebuild(q, step, levels, rows, cols, lo, hi))
+                trials[gain] = (step, gain, q, self._rebuild(q, step, levels, rows, cols, lo, hi, shift))
                 return psnr(frame, trials[gain][3]) >= target
 
             found = smallest_passing(reaches, hint, GAINS - 1)
@@ -236,7 +269,7 @@ class WaveletCodec(LearnedCodec):
             raise CodecError(f"{self.model.ref}: subbands do not survive their own entropy round trip")
         head = _FRAME.pack(gain, step, lo, hi, len(coded))
         if rebuild and recon is None:
-            recon = self._rebuild(q, step, levels, rows, cols, lo, hi)
+            recon = self._rebuild(q, step, levels, rows, cols, lo, hi, shift)
         return head + coded, recon if rebuild else None
 
     def encode(self, pixels: np.ndarray, meta: PixelMeta | None = None) -> bytes:
@@ -259,7 +292,9 @@ class WaveletCodec(LearnedCodec):
         self._check(pixels)
         frames, rows, cols, samples = pixels.shape
         levels = levels_for(rows, cols, self.most)
-        out = [_HEAD.pack(MAGIC, MODES.index(self.mode), samples, frames, rows, cols, levels)]
+        shift = self._shift
+        out = [_HEAD.pack(MAGIC2 if shift else MAGIC, MODES.index(self.mode), samples, frames, rows, cols, levels)
+               + (_PRECISION.pack(shift) if shift else b"")]
         recon = np.empty(pixels.shape, np.int64) if rebuild else None
         for i in range(frames):
             coded, frame = self._frame(pixels[i], levels, self.gain if self._start is None else self._start,
@@ -282,14 +317,17 @@ class WaveletCodec(LearnedCodec):
             magic, mode, samples, frames, rows, cols, levels = _HEAD.unpack_from(data)
         except struct.error:
             raise CodecError("wavelet stream truncated") from None
-        if magic != MAGIC or mode >= len(MODES) or samples != self.channels or levels > self.most:
+        if magic not in (MAGIC, MAGIC2) or mode >= len(MODES) or samples != self.channels or levels > self.most:
             raise CodecError("not a wavelet-codec stream for this model")
+        precision = _PRECISION.unpack_from(data, _HEAD.size)[0] if magic == MAGIC2 and len(data) > _HEAD.size else 0
+        if precision > MAX_PRECISION or (magic == MAGIC2 and precision == 0):
+            raise CodecError("wavelet stream: bad precision")
         if meta is not None and (meta.frames, meta.rows, meta.columns, meta.samples) != (frames, rows, cols, samples):
             raise CodecError("wavelet stream does not match its pixel description")
         size = 1 << levels
         shape = (3 if samples == 3 else 1, rows + (-rows % size), cols + (-cols % size))
         out = np.empty((frames, rows, cols, samples), np.int64)
-        pos = _HEAD.size
+        pos = _head_size(magic)
         for i in range(frames):
             try:
                 _, step, lo, hi, n = _FRAME.unpack_from(data, pos)
@@ -303,7 +341,7 @@ class WaveletCodec(LearnedCodec):
             except ValueError as exc:
                 raise CodecError(f"wavelet stream: {exc}") from None
             pos += n
-            out[i] = self._rebuild(q, step, levels, rows, cols, lo, hi)
+            out[i] = self._rebuild(q, step, levels, rows, cols, lo, hi, precision if step else 0)
         if pos != len(data):
             raise CodecError("wavelet stream has trailing bytes")
         return out.astype(meta.dtype.newbyteorder("=")) if meta is not None else out
