@@ -160,6 +160,10 @@ def test_fraction_bits_remove_the_lifting_rounding_at_high_rates(shipped) -> Non
     assert s[:4] == b"AEW1" and np.array_equal(fine.decode(s), pixels.astype(np.int64))
 
 
+#: the ct@5 stream of a 256x256 crop of a real CT slice at gain 26 (decoders must keep reading it)
+PINNED_CT5 = "c3a779dd75c5514a34422e1ec955755c84c43f53a60bf1f8a4ca7a2fcc1ca77c"
+
+
 def test_precision_models_are_promoted_and_their_streams_pinned(shipped) -> None:  # type: ignore[no-untyped-def]
     for name in ("ct", "mr", "cr", "us"):
         assert shipped.load(name).manifest["hyper"].get("precision") == 4, name
