@@ -134,6 +134,7 @@ def cmd_eval(args: argparse.Namespace, config: Config) -> int:
     for modality, s in result.summary.items():
         for t, a in s["at_ratio"].items():
             print(f"{modality} {t}:1  aepacs {a['aepacs_ratio']}:1 {a['aepacs_psnr']} dB   "
-                  f"JPEG 2000 {a['jpeg2000_ratio']}:1 {a['jpeg2000_psnr']} dB")
+                  f"JPEG 2000 {a['jpeg2000_psnr']} dB  HTJ2K {a['htj2k-lossy_psnr']} dB  "
+                  f"JPEG-XL {a['jpegxl-lossy_psnr']} dB (same bytes)")
     print(f"report: {args.output / 'report.md'}")
     return 0

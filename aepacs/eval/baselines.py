@@ -19,8 +19,8 @@ import numpy as np
 from aepacs.codec.lossless import JpegLsCodec
 
 #: the lossy standard codecs compared at equal bytes: (family, label)
-LOSSY = (("jpeg2000", "JPEG 2000 (OpenJPEG, 9/7)"), ("htj2k", "HTJ2K (OpenJPH, 9/7)"),
-         ("jpegxl", "JPEG-XL (libjxl effort 7)"))
+LOSSY = (("jpeg2000", "JPEG 2000 (OpenJPEG, 9/7)"), ("htj2k-lossy", "HTJ2K (OpenJPH, 9/7)"),
+         ("jpegxl-lossy", "JPEG-XL (libjxl effort 7)"))
 
 Coder = tuple[Callable[[float], "bytes | bytearray"], Callable[..., np.ndarray], float, float, int]
 
@@ -40,13 +40,13 @@ def _coder(family: str, work: np.ndarray, bits: int) -> Coder:
         return (lambda x: imagecodecs.jpeg2k_encode(work, level=x, reversible=False,
                                                     bitspersample=bits),
                 imagecodecs.jpeg2k_decode, 1.0, 160.0, 14)
-    if family == "htj2k":  # x: -log2 of OpenJPH's base quantization step (of the 16-bit range)
+    if family == "htj2k-lossy":  # x: -log2 of OpenJPH's base quantization step (of the 16-bit range)
         # always as 16-bit samples: imagecodecs' irreversible HTJ2K of 8-bit arrays wraps around
         # (seen with 2026.3.6: 23 dB at 1.5 bpp on US1_UNCR, and not monotone in the step)
         wide = work.astype(np.uint16)
         return (lambda x: imagecodecs.htj2k_encode(wide, level=2.0 ** -x, reversible=False),
                 imagecodecs.htj2k_decode, 0.0, 30.0, 15)
-    if family == "jpegxl":  # x: -log2 of libjxl's Butteraugli distance (0.01 .. 25)
+    if family == "jpegxl-lossy":  # x: -log2 of libjxl's Butteraugli distance (0.01 .. 25)
         return (lambda x: imagecodecs.jpegxl_encode(work, distance=2.0 ** -x, effort=7, bitspersample=bits),
                 imagecodecs.jpegxl_decode, -math.log2(25.0), -math.log2(0.01), 11)
     raise ValueError(f"unknown lossy codec {family!r}")
