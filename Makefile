@@ -36,18 +36,24 @@ bench: $(STAMP)
 	$(BIN)/python bench/codec.py --paper paper-ct@1
 	$(BIN)/python bench/lossless.py
 	$(BIN)/python bench/lossless.py --ablation
+	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/quality.py --ablation
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/rekey.py
 
-## the full evaluation of the shipped models on held-out images (reports in docs/eval/)
-GAINS  = 6 8 10 12 14 16 18 20 22 24 26 28 30 32 34 36 38
+## the full evaluation of the shipped models on held-out images (reports in docs/eval/; the
+## held-out sets of docs/MODELS.md; JPEG 2000, HTJ2K and JPEG-XL at the same bytes per image)
+GAINS  = 10 14 18 22 26 30 34 38
 PYDATA = $(shell $(BIN)/python -c 'import data_store, os; print(os.path.dirname(data_store.__file__))')/data
+PYTEST = $(shell $(BIN)/python -c 'import pydicom.data, os; print(os.path.dirname(pydicom.data.get_testdata_file("CT_small.dcm")))')
+SHARED = ../shared/data
 eval: $(STAMP)
-	$(BIN)/aepacs eval --model ct@3 --paper paper-ct@1 --data ../shared/data/ct/lung-pet-ct-dx-A0001/series-3-5mm \
-		--limit 16 --gains $(GAINS) --noise all -o docs/eval/ct
-	$(BIN)/aepacs eval --model mr@3 --data $(PYDATA)/MR2_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/mr
-	$(BIN)/aepacs eval --model cr@3 --data $(PYDATA)/RG1_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/cr
-	$(BIN)/aepacs eval --model us@3 --data $(PYDATA)/US1_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/us
+	$(BIN)/aepacs eval --model ct@5 --paper paper-ct@1 --data $(SHARED)/ct/lung-pet-ct-dx-A0001/series-3-5mm \
+		$(PYDATA)/693_UNCR.dcm $(PYTEST)/CT_small.dcm --limit 12 --gains $(GAINS) --noise all -o docs/eval/ct
+	$(BIN)/aepacs eval --model mr@5 --data $(SHARED)/mr/dcm_qa_toshiba-galan-dti-b0 $(SHARED)/mr/dcm_qa_philips-vanderbilt-dti-b0 \
+		$(PYDATA)/MR2_UNCR.dcm $(PYDATA)/MR-SIEMENS-DICOM-WithOverlays.dcm --limit 20 --gains $(GAINS) --noise all -o docs/eval/mr
+	$(BIN)/aepacs eval --model cr@5 --data $(PYDATA)/RG1_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/cr
+	$(BIN)/aepacs eval --model us@5 --data $(PYDATA)/US1_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/us
 
 clean:
 	rm -rf $(VENV) *.egg-info

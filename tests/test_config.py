@@ -20,10 +20,10 @@ def test_default_config_resolves_under_home(home: Path) -> None:
     assert cfg.store_path == home.resolve() / "blobs"
     assert cfg.keyring_path == home.resolve() / "keyring.json"
     assert cfg.index_url == f"sqlite:///{home.resolve()}/index.sqlite3"
-    # lossless everywhere; CT and US through the shipped wavelet models' lossless mode, MR mr@4
+    # lossless everywhere; CT through the shipped wavelet model's lossless mode, MR mr@4, US JPEG-XL
     assert cfg.route_for("CT") == Route(model="ct", mode="lossless")
     assert cfg.route_for("MR") == Route(model="mr@4", mode="lossless")
-    assert cfg.route_for("US") == Route(model="us", mode="lossless")
+    assert cfg.route_for("US") == Route(codec="jpegxl")  # JPEG-XL lossless wins on colour US
     assert cfg.route_for("CR") == cfg.route_for("SR") == Route()
 
 
@@ -32,6 +32,14 @@ def test_site_file_overrides_only_what_it_names(home: Path, tmp_path: Path) -> N
     assert cfg.codec.zstd_level == 3
     assert cfg.codec.lossless == "jpegls"          # untouched default
     assert cfg.routes["MR"] == Route() and cfg.routes["CT"] == Route(model="ct", mode="lossless")
+
+
+def test_a_route_may_name_a_standard_codec(home: Path, tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "routes:\n  us: jpegls\n  cr: jpegxl\n  sr: zstd\n"))
+    assert cfg.route_for("US") == Route(codec="jpegls") and cfg.route_for("CR").name == "jpegxl"
+    assert cfg.route_for("SR") == Route(codec="zstd")
+    with pytest.raises(ConfigError, match="jpegls, jpegxl, zstd"):
+        load_config(write(tmp_path, "routes:\n  us: png\n"))
 
 
 def test_learned_routes(home: Path, tmp_path: Path) -> None:

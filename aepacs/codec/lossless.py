@@ -1,9 +1,15 @@
-"""Lossless codecs: JPEG-LS for native integer images, zstd and raw for bytes.
+"""Lossless codecs: JPEG-LS and JPEG-XL for native integer images, zstd and raw for bytes.
 
 ``jpegls``  CharLS (pyjpegls). Each frame and sample plane is one JPEG-LS
             image. Values are shifted by the object's minimum so signed data
             and data with few distinct high values code well; the bit depth
             is the smallest that holds max - min (2..16 bits).
+``jpegxl``  libjxl (imagecodecs), lossless at effort 7. Each frame is one
+            JPEG-XL image (grey, or RGB with JPEG-XL's own reversible colour
+            transforms), shifted by the object's minimum like JPEG-LS. Far
+            smaller than JPEG-LS on colour ultrasound and screenshots
+            (palette, MA-tree contexts: 10.2:1 against 3.5:1 on ``US1_UNCR``),
+            and about 20 times slower.
 ``zstd``    Zstandard over the stored bytes: float pixels, 1- and 32-bit
             data, odd layouts, and whole non-image objects.
 ``raw``     The bytes as they came: already-compressed (encapsulated) pixel
@@ -23,6 +29,9 @@ from aepacs.errors import CodecError
 
 _JLS_HEADER = struct.Struct(">4sqBI")  # magic, minimum, bits, plane count
 _JLS_MAGIC = b"JLS1"
+_JXL_HEADER = struct.Struct(">4sqBI")  # magic, minimum, bits, frame count
+_JXL_MAGIC = b"JXL1"
+JXL_EFFORT = 7
 
 
 class JpegLsCodec:
@@ -78,6 +87,68 @@ class JpegLsCodec:
                 pos += length
                 plane = np.frombuffer(raw, dtype=work).reshape(meta.rows, meta.columns)
                 out[f, :, :, s] = (plane.astype(np.int64) + lo).astype(out.dtype)
+        return out
+
+
+def _offset(pixels: np.ndarray, name: str) -> tuple[int, int, np.dtype]:
+    """(minimum, bits of max - min, the unsigned type that holds them) of native integer pixels."""
+    if pixels.ndim != 4 or pixels.dtype.kind not in "ui" or pixels.dtype.itemsize > 2 or pixels.size == 0:
+        raise CodecError(f"{name}: unsupported pixels {pixels.dtype} {pixels.shape}")
+    lo = int(pixels.min())
+    bits = max(2, (int(pixels.max()) - lo).bit_length())
+    if bits > 16:
+        raise CodecError(f"{name}: value range needs {bits} bits")
+    return lo, bits, np.dtype("<u1") if bits <= 8 else np.dtype("<u2")
+
+
+class JpegXlCodec:
+    """JPEG-XL lossless coding of native 8/16-bit, 1- or 3-sample images (libjxl through imagecodecs)."""
+
+    id = "jpegxl"
+
+    def encode(self, pixels: np.ndarray, meta: PixelMeta | None) -> bytes:
+        import imagecodecs  # noqa: PLC0415 -- libjxl loads only where a route uses it
+
+        lo, bits, work = _offset(pixels, "jpegxl")
+        frames, rows, cols, samples = pixels.shape
+        if samples not in (1, 3):
+            raise CodecError(f"jpegxl: {samples} samples per pixel")
+        out = [_JXL_HEADER.pack(_JXL_MAGIC, lo, bits, frames)]
+        for f in range(frames):
+            frame = (pixels[f].astype(np.int64) - lo).astype(work)
+            try:
+                stream = bytes(imagecodecs.jpegxl_encode(frame[..., 0] if samples == 1 else frame, lossless=True,
+                                                         effort=JXL_EFFORT, bitspersample=bits))
+            except Exception as exc:  # imagecodecs raises its own JpegxlError (and ValueError)
+                raise CodecError(f"jpegxl: {exc}") from None
+            out += [struct.pack(">I", len(stream)), stream]
+        return b"".join(out)
+
+    def decode(self, data: bytes, meta: PixelMeta | None) -> np.ndarray:
+        import imagecodecs  # noqa: PLC0415 -- libjxl loads only where an object needs it
+
+        if meta is None:
+            raise CodecError("jpegxl: pixel description missing")
+        try:
+            magic, lo, bits, frames = _JXL_HEADER.unpack_from(data)
+        except struct.error:
+            raise CodecError("jpegxl: truncated stream") from None
+        if magic != _JXL_MAGIC or frames != meta.frames or not 2 <= bits <= 16:
+            raise CodecError("jpegxl: stream does not match its pixel description")
+        out = np.empty(meta.shape, dtype=meta.dtype.newbyteorder("="))
+        pos = _JXL_HEADER.size
+        for f in range(frames):
+            try:
+                (length,) = struct.unpack_from(">I", data, pos)
+                frame = imagecodecs.jpegxl_decode(data[pos + 4:pos + 4 + length])
+            except Exception as exc:  # struct.error, imagecodecs' JpegxlError
+                raise CodecError(f"jpegxl: corrupt frame ({exc})") from None
+            pos += 4 + length
+            if frame.size != meta.rows * meta.columns * meta.samples or frame.dtype.kind != "u":
+                raise CodecError("jpegxl: frame does not match its pixel description")
+            out[f] = (frame.reshape(meta.rows, meta.columns, meta.samples).astype(np.int64) + lo).astype(out.dtype)
+        if pos != len(data):
+            raise CodecError("jpegxl: trailing bytes")
         return out
 
 

@@ -34,7 +34,7 @@ import zstandard
 
 from aepacs.codec.base import Codec
 from aepacs.codec.learned.base import LearnedCodec
-from aepacs.codec.lossless import JpegLsCodec, RawCodec, ZstdCodec
+from aepacs.codec.lossless import JpegLsCodec, JpegXlCodec, RawCodec, ZstdCodec
 from aepacs.codec.quality import psnr, ssim
 from aepacs.dicom.part10 import Part10, parse
 from aepacs.dicom.pixels import PixelMeta, pixels_from_bytes, pixels_to_bytes
@@ -72,6 +72,8 @@ def get_codec(codec_id: str, zstd_level: int = 12, resolve: Resolver | None = No
         return resolve(codec_id[3:])
     if codec_id == "jpegls":
         return JpegLsCodec()
+    if codec_id == "jpegxl":
+        return JpegXlCodec()
     if codec_id == "zstd":
         return ZstdCodec(zstd_level)
     if codec_id == "raw":
@@ -129,7 +131,7 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
         The DICOM Part 10 stream as received.
     parts : Part10, optional
         `data` already parsed by :func:`aepacs.dicom.part10.parse`.
-    lossless : {"jpegls", "zstd"}
+    lossless : {"jpegls", "jpegxl", "zstd"}
         Codec for native integer pixel data.
     zstd_level : int
         Zstandard level for byte sections.

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from aepacs.config.routes import Route
+from aepacs.config.routes import STANDARD_CODECS, Route
 from aepacs.config.schema import build, merge
 from aepacs.errors import ConfigError
 
@@ -32,7 +32,7 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default
 HOME_ENV = "AEPACS_HOME"
 CONFIG_ENV = "AEPACS_CONFIG"
 
-LOSSLESS_CODECS = ("jpegls", "zstd")
+LOSSLESS_CODECS = STANDARD_CODECS
 
 
 def _choices(*values: str) -> dict[str, Any]:

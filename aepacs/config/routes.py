@@ -10,17 +10,24 @@ from aepacs.codec.learned.base import MODES
 from aepacs.errors import ConfigError
 from aepacs.models.registry import ModelError, parse_ref
 
+#: the standard lossless codecs for native pixels a route (or ``codec.lossless``) may name
+STANDARD_CODECS = ("jpegls", "jpegxl", "zstd")
+
 
 @dataclass(frozen=True)
 class Route:
-    """Where one modality's images go: ``lossless`` (standard codecs) or a registry model.
+    """Where one modality's images go: a standard lossless codec or a registry model.
 
-    Written in a config as ``lossless``, ``MODEL[@VERSION]:MODE`` or a mapping
-    with ``model``, ``mode`` and optionally ``gain``, ``target_psnr``,
-    ``min_psnr`` and ``min_ssim`` (the quality gate of a lossy route).
+    Written in a config as ``lossless`` (the site's ``codec.lossless``), a
+    standard codec by name (``jpegls``, ``jpegxl``, ``zstd``),
+    ``MODEL[@VERSION]:MODE`` or a mapping with ``model``, ``mode`` and
+    optionally ``gain``, ``target_psnr``, ``min_psnr`` and ``min_ssim`` (the
+    quality gate of a lossy route).
     """
 
     model: str | None = None
+    #: the standard codec of a route without a model (None: the site's ``codec.lossless``)
+    codec: str | None = None
     mode: str = "lossless"
     gain: int | None = None
     target_psnr: float | None = None
@@ -29,7 +36,9 @@ class Route:
 
     @property
     def name(self) -> str:
-        return "lossless" if self.model is None else f"{self.model}:{self.mode}"
+        if self.model is None:
+            return self.codec or "lossless"
+        return f"{self.model}:{self.mode}"
 
 
 _ROUTE_KEYS = {"model": str, "mode": str, "gain": int, "target_psnr": float, "min_psnr": float, "min_ssim": float}
@@ -39,10 +48,13 @@ def parse_route(name: str, value: Any) -> Route:
     """Validate one ``routes`` entry (see :class:`Route`)."""
     if value == "lossless":
         return Route()
+    if value in STANDARD_CODECS:
+        return Route(codec=value)
     if isinstance(value, str):
         model, sep, mode = value.rpartition(":")
         if not sep:
-            raise ConfigError(f"{name}: {value!r} is not lossless, MODEL[@VERSION]:MODE or a mapping")
+            raise ConfigError(f"{name}: {value!r} is not lossless, {', '.join(STANDARD_CODECS)}, "
+                              "MODEL[@VERSION]:MODE or a mapping")
         value = {"model": model, "mode": mode}
     if not isinstance(value, Mapping):
         raise ConfigError(f"{name}: expected lossless, MODEL[@VERSION]:MODE or a mapping, got {value!r}")

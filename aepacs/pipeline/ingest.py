@@ -69,7 +69,8 @@ GATE_FALLBACKS: Counter[str] = Counter()
 def encode(data: bytes, parts: Part10, r: Route, config: Config, *, sha256: str | None = None) -> EncodedObject:
     """Encode per route `r`; a lossy object below the route's quality floor goes lossless."""
     learned = learned_codec(r, config_registry(config)) if r.model else None
-    encoded = encode_object(data, parts=parts, lossless=config.codec.lossless, zstd_level=config.codec.zstd_level,
+    encoded = encode_object(data, parts=parts, lossless=r.codec or config.codec.lossless,
+                            zstd_level=config.codec.zstd_level,
                             sha256=sha256, learned=learned, floor=QualityFloor(r.min_psnr, r.min_ssim))
     if learned is not None and encoded.gate:
         GATE_FALLBACKS[learned.id] += 1

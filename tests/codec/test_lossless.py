@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aepacs.codec.lossless import JpegLsCodec, RawCodec, ZstdCodec
+from aepacs.codec.lossless import JpegLsCodec, JpegXlCodec, RawCodec, ZstdCodec
 from aepacs.dicom.pixels import PixelMeta, pixels_from_bytes, pixels_to_bytes
 from aepacs.errors import CodecError
 
@@ -52,6 +52,46 @@ def test_jpegls_is_bit_exact(name: str, shape: tuple[int, ...], lo: int, hi: int
     np.testing.assert_array_equal(back, arr)
     if arr.size >= 4096:
         assert len(stream) < arr.nbytes / 1.5  # it actually compresses
+
+
+@pytest.mark.parametrize("name, shape, lo, hi, dtype", CASES, ids=[c[0] for c in CASES])
+def test_jpegxl_is_bit_exact(name: str, shape: tuple[int, ...], lo: int, hi: int, dtype: str) -> None:
+    arr = smooth(shape, lo, hi, dtype, seed=1)
+    if arr.size > 2:
+        arr.flat[0], arr.flat[-1] = lo, hi
+    meta = meta_for(arr)
+    stream = JpegXlCodec().encode(arr, meta)
+    back = JpegXlCodec().decode(stream, meta)
+    assert back.dtype == arr.dtype.newbyteorder("=") and back.shape == arr.shape
+    np.testing.assert_array_equal(back, arr)
+    if arr.size >= 4096:
+        assert len(stream) < arr.nbytes / 1.5
+
+
+def test_jpegxl_beats_jpegls_on_real_colour_ultrasound() -> None:
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    rgb = dcmread(get_testdata_file("US1_UNCR.dcm")).pixel_array[None]
+    meta = meta_for(rgb)
+    jxl = JpegXlCodec().encode(rgb, meta)
+    np.testing.assert_array_equal(JpegXlCodec().decode(jxl, meta), rgb)
+    assert len(jxl) * 2 < len(JpegLsCodec().encode(rgb, meta))  # 10.2:1 against 3.5:1 here
+
+
+def test_jpegxl_refuses_damage_and_what_it_cannot_code() -> None:
+    arr = smooth((2, 32, 32, 1), 0, 4095, "<u2")
+    meta = meta_for(arr)
+    stream = JpegXlCodec().encode(arr, meta)
+    for bad in (stream[:10], stream[:-9], stream + b"\0", stream[:30] + bytes(40) + stream[70:]):
+        with pytest.raises(CodecError):
+            JpegXlCodec().decode(bad, meta)
+    with pytest.raises(CodecError):
+        JpegXlCodec().decode(stream, meta_for(arr[:1]))  # another frame count
+    with pytest.raises(CodecError):
+        JpegXlCodec().encode(np.zeros((1, 4, 4, 1), np.float32), None)
+    with pytest.raises(CodecError):
+        JpegXlCodec().encode(np.zeros((1, 4, 4, 4), np.uint8), None)
 
 
 def test_jpegls_big_endian_and_planar_bytes_round_trip() -> None:

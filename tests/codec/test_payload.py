@@ -18,6 +18,10 @@ def test_codec_choice_by_kind_of_pixel_data() -> None:
     assert seg.codec == "zstd"                      # 1-bit data goes through zstd
     zstd_only = encode_object(Path(get_testdata_file("CT_small.dcm")).read_bytes(), lossless="zstd")
     assert zstd_only.codec == "zstd"
+    us = Path(get_testdata_file("US1_UNCR.dcm")).read_bytes()
+    jxl = encode_object(us, lossless="jpegxl")
+    assert jxl.codec == "jpegxl" and decode_object(jxl.payload) == us  # bit for bit, the whole file
+    assert len(jxl.payload) * 2 < len(encode_object(us).payload)
 
 
 def test_manifest_records_source_hash_and_layout() -> None:
