@@ -14,6 +14,10 @@ held out from the shipped CT model's training):
                   speed does not depend on the weights), float32 latent
 * Table 3: AES-256-GCM of the raw slice against encoder + entropy coding +
   AES-256-GCM of the latent, end to end, and the bytes each produces.
+* lossless, on the same slices and threads: the CT default route (the shipped
+  wavelet model's lossless mode), the mixing model (``--mixing``, ``ct@4``),
+  JPEG-XL (effort 7), JPEG-LS (CharLS) and HTJ2K (OpenJPH), each decoded
+  and compared with the slice.
 
 Slices per second on the stated thread count; ratios divide by JPEG 2000
 in the same run (for speed) or by the raw AES path (Table 3).
@@ -28,6 +32,7 @@ import glob
 import os
 import platform
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,6 +50,7 @@ from common import median_time  # noqa: E402
 
 from aepacs.codec.learned import codec_for  # noqa: E402
 from aepacs.codec.quality import psnr  # noqa: E402
+from aepacs.dicom.pixels import PixelMeta  # noqa: E402
 from aepacs.eval.baselines import j2k_at_budget  # noqa: E402
 from aepacs.eval.paper import PaperAutoencoder  # noqa: E402
 from aepacs.eval.paper import network as paper_network  # noqa: E402
@@ -68,6 +74,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--model", default="ct", help="registry model (default: the promoted shipped CT model)")
     ap.add_argument("--paper", help="registry model of arch paper (default: untrained architecture)")
+    ap.add_argument("--mixing", default="ct@4", help="the lossless mixing model to time (default ct@4)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     px = slices(args.slices)
@@ -119,6 +126,8 @@ def main() -> None:
     for name, e, d, r, q in rows:
         print(f"{name:30} {e:12.1f} {d:12.1f} {e / rows[1][1]:10.2f} {d / rows[1][2]:10.2f} {r:7.2f} {q:7.2f}")
     print()
+    lossless_speed(px, pool, args.repeat, [model.ref, args.mixing])
+    print()
     print("Table 3, one slice end to end (median):")
     print(f"{'path':44} {'ms':>8} {'bytes':>9} {'vs raw AES':>10}")
     for name, t, size in (("AES-256-GCM of the raw slice", t_raw, len(raw) + 16),
@@ -141,6 +150,47 @@ def main() -> None:
         jq = float(np.mean([psnr(px[i], t[1]) for i, t in enumerate(theirs)]))
         print(f"{target:>6}:1 {k:5} {px.nbytes / sum(len(d) for d, _ in coded):7.2f} {ours:10.2f} "
               f"{px.nbytes / sum(t[0] for t in theirs):10.2f} {jq:8.2f} {ours - jq:+7.2f}")
+
+
+def lossless_speed(px: np.ndarray, pool: ThreadPoolExecutor, repeat: int, refs: list[str]) -> None:
+    """Lossless slices per second, encode and decode, one slice per task, and each codec's ratio."""
+    import imagecodecs
+
+    from aepacs.codec.lossless import JpegLsCodec, JpegXlCodec
+
+    registry = Registry(SHIPPED)
+    coders: dict[str, tuple[Callable[[np.ndarray], bytes], Callable[[bytes], np.ndarray]]] = {}
+    for ref in refs:
+        c = codec_for(registry.load(ref), "lossless")
+        coders[f"aepacs {c.model.ref} lossless"] = (c.encode, c.decode)
+    meta = None
+    jxl, jls = JpegXlCodec(), JpegLsCodec()
+    coders["JPEG-XL lossless (effort 7)"] = (lambda a: jxl.encode(a, meta), lambda d: jxl.decode(d, _meta(px)))
+    coders["JPEG-LS (CharLS)"] = (lambda a: jls.encode(a, meta), lambda d: jls.decode(d, _meta(px)))
+    lo = int(px.min())  # OpenJPH takes unsigned samples
+    coders["HTJ2K lossless (OpenJPH)"] = (
+        lambda a: imagecodecs.htj2k_encode((a[0, ..., 0].astype(np.int64) - lo).astype(np.uint16), level=0),
+        lambda d: (imagecodecs.htj2k_decode(d).astype(np.int64) + lo)[None, ..., None])
+    n = len(px)
+    print("Lossless, the same slices, one slice per task on the same threads:")
+    print(f"{'codec':34} {'enc slices/s':>12} {'dec slices/s':>12} {'ratio':>7} {'x JPEG-XL':>9}")
+    rows = []
+    for name, (enc, dec) in coders.items():
+        coded = [enc(px[i:i + 1]) for i in range(n)]
+        for i in range(n):
+            if not np.array_equal(np.asarray(dec(coded[i])).reshape(px[i:i + 1].shape), px[i:i + 1]):
+                sys.exit(f"{name} did not give back slice {i} exactly")
+        te = median_time(lambda enc=enc: list(pool.map(lambda i: enc(px[i:i + 1]), range(n))), repeat)
+        td = median_time(lambda dec=dec, coded=coded: list(pool.map(dec, coded)), repeat)
+        rows.append((name, n / te, n / td, sum(len(c) for c in coded)))
+    jxl_bytes = next(r[3] for r in rows if r[0].startswith("JPEG-XL"))
+    for name, e, d, nbytes in rows:
+        print(f"{name:34} {e:12.1f} {d:12.1f} {px.nbytes / nbytes:7.3f} {jxl_bytes / nbytes:9.3f}")
+
+
+def _meta(px: np.ndarray) -> PixelMeta:
+    return PixelMeta(rows=px.shape[1], columns=px.shape[2], frames=1, samples=1, bits_allocated=16,
+                     bits_stored=16, signed=True, planar=0, photometric="MONOCHROME2", big_endian=False)
 
 
 if __name__ == "__main__":

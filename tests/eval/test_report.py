@@ -28,6 +28,8 @@ def rows() -> list[dict[str, Any]]:
             out.append(_row(image, "jpeg2000", gain, ratio, 29.0 + gain, nbytes))
         out.append(_row(image, "aepacs-lossless", None, 3.0 + image, None, 1000))
         out.append(_row(image, "jpegls", None, 2.5, None, 1000))
+        for row in out[-2:]:  # as evaluate() writes them: lossless rows have no gain
+            del row["gain"]
     return out
 
 
