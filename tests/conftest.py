@@ -168,3 +168,23 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("fuzz harness")
         for key, value in sorted(STATS.items()):
             terminalreporter.write_line(f"{key}: {value}")
+
+
+def decode_in_child(child: str, pixels: np.ndarray, stream: bytes, tmp_path: Path, cpu: str) -> dict[str, str]:
+    """Run `child` (Python source) in another process on ``argv[1]`` (pixels .npy) and ``argv[2]``
+    (the stream); ``cpu="generic"`` makes numba compile for a baseline x86-64 (no AVX: another SIMD
+    path, no cache). Returns the JSON object its last line prints."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "px.npy", pixels)
+    (tmp_path / "s.bin").write_bytes(stream)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    if cpu == "generic":
+        env.update(NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    out = subprocess.run([sys.executable, "-c", child, str(tmp_path / "px.npy"), str(tmp_path / "s.bin")],
+                         env=env, capture_output=True, text=True, check=True, timeout=300)
+    result: dict[str, str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result

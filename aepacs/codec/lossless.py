@@ -34,23 +34,27 @@ _JXL_MAGIC = b"JXL1"
 JXL_EFFORT = 7
 
 
+def _offset(pixels: np.ndarray, name: str) -> tuple[int, int, np.dtype]:
+    """(minimum, bits of max - min, the unsigned type that holds them) of native integer pixels."""
+    if pixels.ndim != 4 or pixels.dtype.kind not in "ui" or pixels.dtype.itemsize > 2 or pixels.size == 0:
+        raise CodecError(f"{name}: unsupported pixels {pixels.dtype} {pixels.shape}")
+    lo = int(pixels.min())
+    bits = max(2, (int(pixels.max()) - lo).bit_length())
+    if bits > 16:
+        raise CodecError(f"{name}: value range needs {bits} bits")
+    return lo, bits, np.dtype("<u1") if bits <= 8 else np.dtype("<u2")
+
+
 class JpegLsCodec:
     """JPEG-LS lossless coding of native 8/16-bit, 1- or 3-sample images."""
 
     id = "jpegls"
 
     def encode(self, pixels: np.ndarray, meta: PixelMeta | None) -> bytes:
-        if pixels.ndim != 4 or pixels.dtype.kind not in "ui" or pixels.dtype.itemsize > 2:
-            raise CodecError(f"jpegls: unsupported pixels {pixels.dtype} {pixels.shape}")
+        lo, bits, work = _offset(pixels, "jpegls")
         frames, rows, cols, samples = pixels.shape
         if not (1 <= rows <= 65535 and 1 <= cols <= 65535):
             raise CodecError(f"jpegls: image size {rows}x{cols} out of range")
-        lo = int(pixels.min()) if pixels.size else 0
-        span = (int(pixels.max()) - lo) if pixels.size else 0
-        bits = max(2, span.bit_length())
-        if bits > 16:
-            raise CodecError(f"jpegls: value range {span} needs {bits} bits")
-        work = np.dtype("<u1") if bits <= 8 else np.dtype("<u2")
         out = [b""]
         for f in range(frames):
             for s in range(samples):
@@ -88,17 +92,6 @@ class JpegLsCodec:
                 plane = np.frombuffer(raw, dtype=work).reshape(meta.rows, meta.columns)
                 out[f, :, :, s] = (plane.astype(np.int64) + lo).astype(out.dtype)
         return out
-
-
-def _offset(pixels: np.ndarray, name: str) -> tuple[int, int, np.dtype]:
-    """(minimum, bits of max - min, the unsigned type that holds them) of native integer pixels."""
-    if pixels.ndim != 4 or pixels.dtype.kind not in "ui" or pixels.dtype.itemsize > 2 or pixels.size == 0:
-        raise CodecError(f"{name}: unsupported pixels {pixels.dtype} {pixels.shape}")
-    lo = int(pixels.min())
-    bits = max(2, (int(pixels.max()) - lo).bit_length())
-    if bits > 16:
-        raise CodecError(f"{name}: value range needs {bits} bits")
-    return lo, bits, np.dtype("<u1") if bits <= 8 else np.dtype("<u2")
 
 
 class JpegXlCodec:

@@ -1,10 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +18,7 @@ from aepacs.codec.lossless import JpegLsCodec
 from aepacs.errors import CodecError
 from aepacs.training import mixing_fit
 from tests.codec.learned.test_factorized import _variants
-from tests.conftest import SHARED_CT
+from tests.conftest import SHARED_CT, decode_in_child
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[3]
@@ -123,14 +119,7 @@ print(json.dumps({"pixels": hashlib.sha256(codec.decode(stream).astype(np.int64)
 def test_another_process_and_cpu_target_decode_identically(ct4, tmp_path: Path, cpu: str) -> None:  # type: ignore[no-untyped-def]
     pixels = _held_out_slice(20)[:, 96:416, 96:416]
     stream = MixingCodec(ct4, "lossless").encode(pixels)
-    np.save(tmp_path / "px.npy", pixels)
-    (tmp_path / "s.bin").write_bytes(stream)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if cpu == "generic":  # numba compiles for a baseline x86-64 (no AVX): another SIMD path, no cache
-        env.update(NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "px.npy"), str(tmp_path / "s.bin")],
-                         env=env, capture_output=True, text=True, check=True, timeout=300)
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = decode_in_child(_CHILD, pixels, stream, tmp_path, cpu)
     assert got["pixels"] == hashlib.sha256(pixels.astype(np.int64).tobytes()).hexdigest()
     assert got["stream"] == hashlib.sha256(stream).hexdigest()
 

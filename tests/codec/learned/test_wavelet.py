@@ -11,7 +11,7 @@ from aepacs.codec.learned.wavelet.codec import GAINS, WaveletCodec, frame_gains,
 from aepacs.codec.quality import psnr
 from aepacs.errors import CodecError
 from tests.codec.learned.test_factorized import _variants
-from tests.conftest import ct_slices
+from tests.conftest import ct_slices, decode_in_child
 
 
 @pytest.mark.parametrize("name", list(_variants()))
@@ -201,21 +201,8 @@ print(json.dumps({"pixels": hashlib.sha256(codec.decode(stream).astype(np.int64)
 
 @pytest.mark.parametrize("cpu", ["host", "generic"])
 def test_lossy_streams_decode_identically_in_another_process_and_cpu_target(shipped, tmp_path, cpu: str) -> None:  # type: ignore[no-untyped-def]
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     pixels = ct_slices(1)[:, 100:420, 90:410]
     stream, recon = WaveletCodec(shipped.load("ct@5"), "lossy", gain=24).encode_reconstruct(pixels)
-    np.save(tmp_path / "px.npy", pixels)
-    (tmp_path / "s.bin").write_bytes(stream)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
-    if cpu == "generic":  # numba compiles for a baseline x86-64 (no AVX): another SIMD path, no cache
-        env.update(NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "px.npy"), str(tmp_path / "s.bin")],
-                         env=env, capture_output=True, text=True, check=True, timeout=300)
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = decode_in_child(_CHILD, pixels, stream, tmp_path, cpu)
     assert got["pixels"] == hashlib.sha256(recon.astype(np.int64).tobytes()).hexdigest()
     assert got["stream"] == hashlib.sha256(stream).hexdigest()
