@@ -174,6 +174,29 @@ def test_precision_models_are_promoted_and_their_streams_pinned(shipped) -> None
     assert np.array_equal(codec.decode(stream), recon)
 
 
+@pytest.mark.parametrize("name", list(_variants()))
+def test_precision_lossy_codes_every_integer_form(ct_wavelet, name: str) -> None:  # type: ignore[no-untyped-def]
+    pixels = _variants()[name]  # 8/12/16-bit, signed, odd-sized, multi-frame, 3x2
+    codec = WaveletCodec(ct_wavelet, "lossy", gain=30)
+    stream, recon = codec.encode_reconstruct(pixels)
+    assert stream[:4] == b"AEW2" and recon.shape == pixels.shape
+    assert np.array_equal(codec.decode(stream), recon)  # what the quality gate measured is what comes back
+    assert recon.min() >= pixels.min() and recon.max() <= pixels.max()  # clipped to the frame's range
+    if min(pixels.shape[1:3]) >= 16:
+        assert psnr(pixels, recon) > 45
+
+
+def test_precision_lossy_colour_odd_size(shipped) -> None:  # type: ignore[no-untyped-def]
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    rgb = dcmread(get_testdata_file("US1_UNCR.dcm")).pixel_array[None, 100:261, 50:333]
+    codec = WaveletCodec(shipped.load("us@5"), "lossy", gain=16)
+    stream, recon = codec.encode_reconstruct(rgb)
+    assert np.array_equal(codec.decode(stream), recon) and recon.shape == rgb.shape
+    assert psnr(rgb, recon) > 35 and len(stream) < rgb.nbytes / 4
+
+
 def test_bad_precision_is_refused(shipped) -> None:  # type: ignore[no-untyped-def]
     pixels = ct_slices(1)[:, :64, :64]
     codec = WaveletCodec(shipped.load("ct@5"), "lossy", gain=20)
