@@ -79,8 +79,10 @@ def test_wavelet_training_resumes_to_the_same_model(tmp_path: Path) -> None:
     data = [str(get_testdata_file("emri_small.dcm"))]
 
     def run(out: str, epochs: int, resume: bool = False, reg: str = "reg") -> bytes:
-        cfg = TrainConfig(name="mr", modality=["MR"], data=data, arch="wavelet", epochs=epochs)
+        cfg = TrainConfig(name="mr", modality=["MR"], data=data, arch="wavelet", epochs=epochs,
+                          hyper={"precision": 4})  # as the @5 models: lossy fraction bits
         model = train(cfg, tmp_path / out, resume=resume, registry=Registry(tmp_path / reg), progress=False)
+        assert model.manifest["hyper"]["precision"] == 4
         return b"".join(t.tobytes() for _, t in sorted(model.tensors("wavelet.safetensors").items()))
 
     run("run", 1)
