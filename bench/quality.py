@@ -9,6 +9,9 @@ and 64:1:
 * ``JPEG 2000`` OpenJPEG, irreversible 9/7, at the largest stream not over aepacs's bytes
 * ``HTJ2K``     OpenJPH, irreversible 9/7, the same budget
 * ``JPEG-XL``   libjxl effort 7, the same budget
+* the paper's model (``--paper``, CT: ``paper-ct@1``): its ratio and PSNR on the same
+  frames, once (its float32 latent is larger than the image, so it has no point at these
+  ratios)
 
 PSNR is over the original's stored range (max - min); for CT also inside the
 soft-tissue window (W 400 / L 40 HU, after the rescale); SSIM as the quality
@@ -217,6 +220,20 @@ def table(modality: str, ref: str, nframes: int, nsources: int, results: list[li
             print(f"| {src} | " + " | ".join(cells) + " |")
 
 
+def paper_row(paper: Any, frames: list[Frame]) -> None:
+    """The paper's autoencoder on the same frames: byte-weighted ratio and mean PSNR."""
+    from aepacs.eval.paper import paper_decode
+
+    raw = coded = 0
+    dbs = []
+    for f in frames:
+        rec, nbytes, _ = paper_decode(paper, f)
+        raw, coded = raw + raw_bytes(f.pixels), coded + nbytes
+        dbs.append(psnr(f.pixels, rec))
+    print(f"\nThe paper's model ({paper.ref}) on the same frames: ratio {raw / coded:.2f}:1 (its float32 latent "
+          f"is larger than the image), {np.mean(dbs):.2f} dB")
+
+
 def figure(all_results: dict[str, list[list[dict[str, Any]]]], path: Path) -> None:
     import matplotlib
 
@@ -270,6 +287,7 @@ def main() -> None:
     ap.add_argument("--version", default="", help="e.g. @3 (default: each model's current version)")
     ap.add_argument("--ablation", action="store_true", help="what each part of the model is worth (dB at equal bytes)")
     ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "eval" / "quality.png")
+    ap.add_argument("--paper", default="paper-ct@1", help="the paper's model for CT ('' for none)")
     args = ap.parse_args()
     registry = Registry(SHIPPED)
     print(f"# bench/quality.py on {platform.processor() or platform.machine()}, 2 processes, "
@@ -289,6 +307,8 @@ def main() -> None:
             t0 = time.monotonic()
             results = run(model, frames, modality, tuple(f for f, _ in LOSSY), pool)
             table(modality, model.ref, len(frames), nsources, results)
+            if modality == "CT" and args.paper:
+                paper_row(registry.verify(args.paper), frames)
             print(f"({time.monotonic() - t0:.0f} s)")
             all_results[modality] = results
     if all_results:
