@@ -1,6 +1,6 @@
 """The wavelet codec (architecture ``wavelet``): a registry model's integer lifting and learned entropy model.
 
-The codec of the ``@2`` and ``@3`` models, and of new objects.
+The codec of the ``@2``, ``@3`` and ``@5`` models (``@5``: lossy fraction bits), and of new objects.
 
 Encode, per frame (:class:`WaveletCodec`):
 
