@@ -163,10 +163,11 @@ def lossless_speed(px: np.ndarray, pool: ThreadPoolExecutor, repeat: int, refs: 
     for ref in refs:
         c = codec_for(registry.load(ref), "lossless")
         coders[f"aepacs {c.model.ref} lossless"] = (c.encode, c.decode)
-    meta = None
+    meta = PixelMeta(rows=px.shape[1], columns=px.shape[2], frames=1, samples=1, bits_allocated=16,
+                     bits_stored=16, signed=True, planar=0, photometric="MONOCHROME2", big_endian=False)
     jxl, jls = JpegXlCodec(), JpegLsCodec()
-    coders["JPEG-XL lossless (effort 7)"] = (lambda a: jxl.encode(a, meta), lambda d: jxl.decode(d, _meta(px)))
-    coders["JPEG-LS (CharLS)"] = (lambda a: jls.encode(a, meta), lambda d: jls.decode(d, _meta(px)))
+    coders["JPEG-XL lossless (effort 7)"] = (lambda a: jxl.encode(a, meta), lambda d: jxl.decode(d, meta))
+    coders["JPEG-LS (CharLS)"] = (lambda a: jls.encode(a, meta), lambda d: jls.decode(d, meta))
     lo = int(px.min())  # OpenJPH takes unsigned samples
     coders["HTJ2K lossless (OpenJPH)"] = (
         lambda a: imagecodecs.htj2k_encode((a[0, ..., 0].astype(np.int64) - lo).astype(np.uint16), level=0),
@@ -186,11 +187,6 @@ def lossless_speed(px: np.ndarray, pool: ThreadPoolExecutor, repeat: int, refs: 
     jxl_bytes = next(r[3] for r in rows if r[0].startswith("JPEG-XL"))
     for name, e, d, nbytes in rows:
         print(f"{name:34} {e:12.1f} {d:12.1f} {px.nbytes / nbytes:7.3f} {jxl_bytes / nbytes:9.3f}")
-
-
-def _meta(px: np.ndarray) -> PixelMeta:
-    return PixelMeta(rows=px.shape[1], columns=px.shape[2], frames=1, samples=1, bits_allocated=16,
-                     bits_stored=16, signed=True, planar=0, photometric="MONOCHROME2", big_endian=False)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from aepacs.codec.learned.mixing import kernel  # noqa: E402
 from aepacs.codec.learned.mixing.codec import planes_of  # noqa: E402
 from aepacs.codec.lossless import JpegLsCodec  # noqa: E402
 from aepacs.dicom.frames import collect  # noqa: E402
+from aepacs.eval.baselines import unsigned  # noqa: E402
 from aepacs.models.registry import SHIPPED, Registry  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -70,15 +71,8 @@ HELD_OUT: dict[str, tuple[str, str, list[str]]] = {
 }
 
 
-def _unsigned(frame: np.ndarray) -> tuple[np.ndarray, int]:
-    work = frame.astype(np.int64) - int(frame.min())
-    bits = max(int(work.max()).bit_length(), 2)
-    work = work.astype(np.uint8 if bits <= 8 else np.uint16)
-    return (work[..., 0] if work.shape[2] == 1 else work), bits
-
-
 def _standard(frame: np.ndarray) -> dict[str, Callable[[], bytes]]:
-    work, bits = _unsigned(frame)
+    work, _, bits = unsigned(frame)
     signed = frame.astype(np.int16 if frame.min() < 0 else np.uint16)
     return {
         "JPEG-XL": lambda: imagecodecs.jpegxl_encode(work, lossless=True, effort=7),

@@ -35,7 +35,6 @@ import glob
 import platform
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -47,13 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aepacs.codec.learned.wavelet.codec import GAINS, WaveletCodec  # noqa: E402
-from aepacs.codec.learned.wavelet.lifting import CDF97  # noqa: E402
 from aepacs.codec.learned.wavelet.subband import uniform_init  # noqa: E402
 from aepacs.codec.quality import psnr, ssim, window_psnr  # noqa: E402
 from aepacs.dicom.frames import Frame, collect  # noqa: E402
 from aepacs.eval.baselines import LOSSY, at_budget  # noqa: E402
 from aepacs.models.registry import SHIPPED, Registry  # noqa: E402
-from aepacs.training.wavelet_fit import Draft  # noqa: E402
+from aepacs.training.wavelet_fit import Draft, cdf97_taps  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 TARGETS = (8, 16, 32, 64)
@@ -266,18 +264,14 @@ def variants(model: Any) -> dict[str, Any]:
     channels = int(model.manifest["hyper"]["channels"])
     precision = int(model.manifest["hyper"].get("precision", 0))
     init, taps = t["init"].astype(np.uint16), t["taps"].astype(np.int64)
-    cdf = np.zeros_like(taps)
-    cdf[:, :1] = CDF97
-    out: dict[str, Callable[[], Any]] = {
-        "full model": lambda: model,
-        "no fraction bits (the @3 transform)": lambda: Draft(channels, init, taps, 0),
-        "CDF 9/7 taps instead of the fitted ones": lambda: Draft(channels, init, cdf, precision),
-        "uniform entropy-model start instead of the learned one": lambda: Draft(channels, uniform_init(), taps,
-                                                                                precision),
-    }
-    return {name: make() for name, make in out.items()
-            if not (name.startswith("no fraction") and precision == 0)
-            and not (name.startswith("CDF") and np.array_equal(cdf, taps))}
+    cdf = cdf97_taps(taps.shape[1])
+    out: dict[str, Any] = {"full model": model}
+    if precision:
+        out["no fraction bits (the @3 transform)"] = Draft(channels, init, taps, 0)
+    if not np.array_equal(cdf, taps):
+        out["CDF 9/7 taps instead of the fitted ones"] = Draft(channels, init, cdf, precision)
+    out["uniform entropy-model start instead of the learned one"] = Draft(channels, uniform_init(), taps, precision)
+    return out
 
 
 def main() -> None:
@@ -294,13 +288,12 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d')}")
     all_results = {}
     with ProcessPoolExecutor(2) as pool:
-        for modality, (name, sources) in HELD_OUT.items():
+        for modality, (name, _) in HELD_OUT.items():
             if args.only and modality not in args.only:
                 continue
             model = registry.verify(name + args.version)
             frames = frames_of(modality, args.per_source)
-            nsources = len({f.source if len(s) == 1 else s[0] for s in sources for f in frames
-                            if f.source in s})
+            nsources = len({source_name(f) for f in frames})
             if args.ablation:
                 ablation(modality, model, frames, pool)
                 continue

@@ -27,9 +27,10 @@ import zstandard
 from aepacs.dicom.pixels import PixelMeta
 from aepacs.errors import CodecError
 
-_JLS_HEADER = struct.Struct(">4sqBI")  # magic, minimum, bits, plane count
+#: the stream header of both image codecs: magic, minimum, bit depth, count (JPEG-LS: planes,
+#: JPEG-XL: frames); then per plane or frame a u32 length and the codestream
+_HEADER = struct.Struct(">4sqBI")
 _JLS_MAGIC = b"JLS1"
-_JXL_HEADER = struct.Struct(">4sqBI")  # magic, minimum, bits, frame count
 _JXL_MAGIC = b"JXL1"
 JXL_EFFORT = 7
 
@@ -43,6 +44,17 @@ def _offset(pixels: np.ndarray, name: str) -> tuple[int, int, np.dtype]:
     if bits > 16:
         raise CodecError(f"{name}: value range needs {bits} bits")
     return lo, bits, np.dtype("<u1") if bits <= 8 else np.dtype("<u2")
+
+
+def _header(data: bytes, name: str, magic: bytes, count: int) -> tuple[int, int]:
+    """(minimum, bits) of a `name` stream whose header must give `magic` and `count`."""
+    try:
+        got, lo, bits, n = _HEADER.unpack_from(data)
+    except struct.error:
+        raise CodecError(f"{name}: truncated stream") from None
+    if got != magic or n != count or not 2 <= bits <= 16:
+        raise CodecError(f"{name}: stream does not match its pixel description")
+    return lo, bits
 
 
 class JpegLsCodec:
@@ -65,21 +77,16 @@ class JpegLsCodec:
                     raise CodecError(f"jpegls: {exc}") from None
                 out.append(struct.pack(">I", len(stream)))
                 out.append(stream)
-        out[0] = _JLS_HEADER.pack(_JLS_MAGIC, lo, bits, frames * samples)
+        out[0] = _HEADER.pack(_JLS_MAGIC, lo, bits, frames * samples)
         return b"".join(out)
 
     def decode(self, data: bytes, meta: PixelMeta | None) -> np.ndarray:
         if meta is None:
             raise CodecError("jpegls: pixel description missing")
-        try:
-            magic, lo, bits, planes = _JLS_HEADER.unpack_from(data)
-        except struct.error:
-            raise CodecError("jpegls: truncated stream") from None
-        if magic != _JLS_MAGIC or planes != meta.frames * meta.samples:
-            raise CodecError("jpegls: stream does not match its pixel description")
+        lo, bits = _header(data, "jpegls", _JLS_MAGIC, meta.frames * meta.samples)
         work = np.dtype("<u1") if bits <= 8 else np.dtype("<u2")
         out = np.empty(meta.shape, dtype=meta.dtype.newbyteorder("="))
-        pos = _JLS_HEADER.size
+        pos = _HEADER.size
         for f in range(meta.frames):
             for s in range(meta.samples):
                 (length,) = struct.unpack_from(">I", data, pos)
@@ -106,7 +113,7 @@ class JpegXlCodec:
         frames, rows, cols, samples = pixels.shape
         if samples not in (1, 3):
             raise CodecError(f"jpegxl: {samples} samples per pixel")
-        out = [_JXL_HEADER.pack(_JXL_MAGIC, lo, bits, frames)]
+        out = [_HEADER.pack(_JXL_MAGIC, lo, bits, frames)]
         for f in range(frames):
             frame = (pixels[f].astype(np.int64) - lo).astype(work)
             try:
@@ -122,15 +129,10 @@ class JpegXlCodec:
 
         if meta is None:
             raise CodecError("jpegxl: pixel description missing")
-        try:
-            magic, lo, bits, frames = _JXL_HEADER.unpack_from(data)
-        except struct.error:
-            raise CodecError("jpegxl: truncated stream") from None
-        if magic != _JXL_MAGIC or frames != meta.frames or not 2 <= bits <= 16:
-            raise CodecError("jpegxl: stream does not match its pixel description")
+        lo, _ = _header(data, "jpegxl", _JXL_MAGIC, meta.frames)
         out = np.empty(meta.shape, dtype=meta.dtype.newbyteorder("="))
-        pos = _JXL_HEADER.size
-        for f in range(frames):
+        pos = _HEADER.size
+        for f in range(meta.frames):
             try:
                 (length,) = struct.unpack_from(">I", data, pos)
                 frame = imagecodecs.jpegxl_decode(data[pos + 4:pos + 4 + length])

@@ -25,7 +25,7 @@ LOSSY = (("jpeg2000", "JPEG 2000 (OpenJPEG, 9/7)"), ("htj2k-lossy", "HTJ2K (Open
 Coder = tuple[Callable[[float], "bytes | bytearray"], Callable[..., np.ndarray], float, float, int]
 
 
-def _unsigned(image: np.ndarray) -> tuple[np.ndarray, int, int]:
+def unsigned(image: np.ndarray) -> tuple[np.ndarray, int, int]:
     """A frame ``(rows, cols, samples)`` as the unsigned array the codecs take: (array, offset, bits)."""
     lo = int(image.min())
     work = image.astype(np.int64) - lo
@@ -72,7 +72,7 @@ def at_budget(family: str, image: np.ndarray, budget: int) -> tuple[int, np.ndar
     (bytes, decoded, encode ms, decode ms)
         The decoded frame in the input's value range (int64).
     """
-    work, lo, bits = _unsigned(image)
+    work, lo, bits = unsigned(image)
     encode, decode, low, high, rounds = _coder(family, work, bits)
     best, x = None, low
     for _ in range(rounds):
@@ -113,7 +113,7 @@ LOSSLESS = (("jpegxl", "JPEG-XL lossless (libjxl effort 7)"), ("jpeg2000-lossles
 
 def lossless_sizes(image: np.ndarray) -> dict[str, tuple[int, float]]:
     """Bytes and encode ms of one frame ``(rows, cols, samples)`` for each of :data:`LOSSLESS`."""
-    work, _, bits = _unsigned(image)
+    work, _, bits = unsigned(image)
     coders = {"jpegxl": lambda: imagecodecs.jpegxl_encode(work, lossless=True, effort=7),
               "jpeg2000-lossless": lambda: imagecodecs.jpeg2k_encode(work, level=0, reversible=True,
                                                                      bitspersample=bits),
