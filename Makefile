@@ -48,12 +48,12 @@ PYDATA = $(shell $(BIN)/python -c 'import data_store, os; print(os.path.dirname(
 PYTEST = $(shell $(BIN)/python -c 'import pydicom.data, os; print(os.path.dirname(pydicom.data.get_testdata_file("CT_small.dcm")))')
 SHARED = ../shared/data
 eval: $(STAMP)
-	$(BIN)/aepacs eval --model ct@5 --paper paper-ct@1 --data $(SHARED)/ct/lung-pet-ct-dx-A0001/series-3-5mm \
+	$(BIN)/aepacs eval --model ct@6 --paper paper-ct@1 --data $(SHARED)/ct/lung-pet-ct-dx-A0001/series-3-5mm \
 		$(PYDATA)/693_UNCR.dcm $(PYTEST)/CT_small.dcm --limit 12 --gains $(GAINS) --noise all -o docs/eval/ct
-	$(BIN)/aepacs eval --model mr@5 --data $(SHARED)/mr/dcm_qa_toshiba-galan-dti-b0 $(SHARED)/mr/dcm_qa_philips-vanderbilt-dti-b0 \
+	$(BIN)/aepacs eval --model mr@6 --data $(SHARED)/mr/dcm_qa_toshiba-galan-dti-b0 $(SHARED)/mr/dcm_qa_philips-vanderbilt-dti-b0 \
 		$(PYDATA)/MR2_UNCR.dcm $(PYDATA)/MR-SIEMENS-DICOM-WithOverlays.dcm --limit 20 --gains $(GAINS) --noise all -o docs/eval/mr
-	$(BIN)/aepacs eval --model cr@5 --data $(PYDATA)/RG1_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/cr
-	$(BIN)/aepacs eval --model us@5 --data $(PYDATA)/US1_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/us
+	$(BIN)/aepacs eval --model cr@6 --data $(PYDATA)/RG1_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/cr
+	$(BIN)/aepacs eval --model us@6 --data $(PYDATA)/US1_UNCR.dcm --gains $(GAINS) --noise all -o docs/eval/us
 
 clean:
 	rm -rf $(VENV) *.egg-info

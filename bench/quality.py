@@ -20,7 +20,8 @@ gate computes it. dB are averaged over frames, ratios are byte-weighted
 the rate-distortion points goes to ``--figure``.
 
 Ablation (``--ablation``): the same frames with each part of the model
-replaced in turn -- the lossy fraction bits by none (the ``@3`` transform), the
+replaced in turn -- the rate-distortion optimised indices by the dead-zone
+quantizer's, the lossy fraction bits by none (the ``@3`` transform), the
 fitted lifting taps by CDF 9/7, the learned entropy-model start by the uniform
 one -- each against JPEG 2000 at its own bytes, so the change in the gap is
 what that part is worth in dB at equal bytes.
@@ -263,14 +264,18 @@ def variants(model: Any) -> dict[str, Any]:
     t = model.tensors("wavelet.safetensors")
     channels = int(model.manifest["hyper"]["channels"])
     precision = int(model.manifest["hyper"].get("precision", 0))
+    lam = int(model.manifest["hyper"].get("rdo", 0))
     init, taps = t["init"].astype(np.uint16), t["taps"].astype(np.int64)
     cdf = cdf97_taps(taps.shape[1])
     out: dict[str, Any] = {"full model": model}
+    if lam:
+        out["dead-zone indices instead of rate-distortion optimised ones"] = Draft(channels, init, taps, precision)
     if precision:
-        out["no fraction bits (the @3 transform)"] = Draft(channels, init, taps, 0)
+        out["no fraction bits (the @3 transform)"] = Draft(channels, init, taps, 0, lam)
     if not np.array_equal(cdf, taps):
-        out["CDF 9/7 taps instead of the fitted ones"] = Draft(channels, init, cdf, precision)
-    out["uniform entropy-model start instead of the learned one"] = Draft(channels, uniform_init(), taps, precision)
+        out["CDF 9/7 taps instead of the fitted ones"] = Draft(channels, init, cdf, precision, lam)
+    out["uniform entropy-model start instead of the learned one"] = Draft(channels, uniform_init(), taps, precision,
+                                                                          lam)
     return out
 
 

@@ -189,6 +189,7 @@ def _train_wavelet(cfg: TrainConfig, train_frames: list[Frame], val_frames: list
     """
     t0 = time.monotonic()
     precision = int(cfg.hyper.get("precision", 0))  # --hyper precision=N: fraction bits of the lossy transform
+    rdo = int(cfg.hyper.get("rdo", 0))  # --hyper rdo=L: the lossy encoder's rate-distortion multiplier
     pixels = [f.pixels for f in train_frames]
     chosen = [pixels[i] for i in sorted({int(i) for i in np.linspace(0, len(pixels) - 1, TAP_FRAMES)})]
     taps_file, init_file = out / "wavelet-taps.json", out / "wavelet-init.npz"
@@ -198,9 +199,9 @@ def _train_wavelet(cfg: TrainConfig, train_frames: list[Frame], val_frames: list
     else:
         if int(cfg.hyper.get("fit_taps", 1)):
             rough = wavelet_fit.fit_init(pixels, cfg.channels, wavelet_fit.cdf97_taps(), 1, progress=progress,
-                                         precision=precision)
+                                         precision=precision, rdo=rdo)
             taps, taps_report = wavelet_fit.fit_taps(chosen, cfg.channels, rough, progress=progress,
-                                                     precision=precision)
+                                                     precision=precision, rdo=rdo)
         else:  # --hyper fit_taps=0: CDF 9/7 as it is
             taps, taps_report = wavelet_fit.cdf97_taps(1), {"fitted": False}
         atomic_write(taps_file, json.dumps({"taps": taps.tolist(), "report": taps_report}).encode())
@@ -215,7 +216,7 @@ def _train_wavelet(cfg: TrainConfig, train_frames: list[Frame], val_frames: list
         atomic_write(init_file, buf.getvalue())
 
     init = wavelet_fit.fit_init(pixels, cfg.channels, taps, cfg.epochs, progress=progress, precision=precision,
-                                start=init, done=done, checkpoint=checkpoint)
+                                rdo=rdo, start=init, done=done, checkpoint=checkpoint)
     manifest = {
         "arch": "wavelet", "modality": cfg.modality,
         "hyper": {**cfg.hyper, "channels": cfg.channels, "levels": MAX_LEVELS, "contexts": subband.NCTX,
@@ -232,7 +233,7 @@ def _train_wavelet(cfg: TrainConfig, train_frames: list[Frame], val_frames: list
             "seconds": round(time.monotonic() - t0, 1), "device": "cpu",
         },
     }
-    weights = {"wavelet.safetensors": Draft(cfg.channels, init, taps, precision).tensors()}
+    weights = {"wavelet.safetensors": Draft(cfg.channels, init, taps, precision, rdo).tensors()}
     model = registry.add(cfg.name, manifest, weights)
     metrics = validation_metrics(model, val_frames)
     return registry.add_metrics(model, metrics, default_gain=default_gain(metrics))

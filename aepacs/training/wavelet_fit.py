@@ -81,13 +81,15 @@ class Draft:
     taps: np.ndarray = field(default_factory=lambda: lifting.CDF97.copy())
     #: fraction bits of the lossy transform (the manifest's ``hyper.precision``)
     precision: int = 0
+    #: the lossy encoder's rate-distortion multiplier (the manifest's ``hyper.rdo``; 0: none)
+    rdo: int = 0
     arch: str = "wavelet"
     ref: str = "draft"
     _cache: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return {"hyper": {"channels": self.channels, "precision": self.precision}}
+        return {"hyper": {"channels": self.channels, "precision": self.precision, "rdo": self.rdo}}
 
     def tensors(self, filename: str = "wavelet.safetensors") -> dict[str, np.ndarray]:
         """The weight file's tensors: taps, starting probabilities, band weights."""
@@ -109,26 +111,27 @@ def cdf97_taps(per_step: int = TAPS_PER_STEP) -> np.ndarray:
 
 
 def _rate_distortion(channels: int, init: np.ndarray, taps: np.ndarray, frame: np.ndarray,
-                     gain: int | None, precision: int) -> tuple[int, float]:
+                     gain: int | None, precision: int, rdo: int) -> tuple[int, float]:
     """(bits, sum of squared errors) of one frame coded at `gain` with these taps."""
-    codec = WaveletCodec(Draft(channels, init, taps, precision), "lossless" if gain is None else "lossy", gain=gain)
+    codec = WaveletCodec(Draft(channels, init, taps, precision, rdo), "lossless" if gain is None else "lossy",
+                         gain=gain)
     stream, recon = codec.encode_reconstruct(frame[None])
     err = recon[0] - frame
     return 8 * len(stream), float((err.astype(np.float64) ** 2).sum())
 
 
 def _measure(channels: int, init: np.ndarray, taps: np.ndarray, frames: Frames, pool: ThreadPoolExecutor,
-             precision: int) -> np.ndarray:
+             precision: int, rdo: int) -> np.ndarray:
     """Per gain of :data:`TAP_GAINS`: (bits per pixel, mean squared error) over `frames`."""
     jobs = [(f, g) for g in TAP_GAINS for f in frames]
-    out = list(pool.map(lambda job: _rate_distortion(channels, init, taps, job[0], job[1], precision), jobs))
+    out = list(pool.map(lambda job: _rate_distortion(channels, init, taps, job[0], job[1], precision, rdo), jobs))
     pixels = sum(f.size for f in frames)
     rd = np.array(out, np.float64).reshape(len(TAP_GAINS), len(frames), 2).sum(axis=1)
     return rd / pixels
 
 
 def fit_taps(frames: Frames, channels: int, init: np.ndarray, *, progress: bool = True, precision: int = 0,
-             log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict[str, object]]:
+             rdo: int = 0, log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict[str, object]]:
     """Lifting taps minimising rate + lambda * distortion on `frames`; see the module docstring.
 
     Parameters
@@ -141,6 +144,8 @@ def fit_taps(frames: Frames, channels: int, init: np.ndarray, *, progress: bool 
         The entropy model's starting probabilities to code with.
     precision : int
         Fraction bits of the lossy transform (the model's ``hyper.precision``).
+    rdo : int
+        The lossy encoder's rate-distortion multiplier (the model's ``hyper.rdo``).
 
     Returns
     -------
@@ -151,7 +156,7 @@ def fit_taps(frames: Frames, channels: int, init: np.ndarray, *, progress: bool 
     """
     taps = start = cdf97_taps()
     with ThreadPoolExecutor(2) as pool:
-        rd0 = _measure(channels, init, taps, frames, pool, precision)
+        rd0 = _measure(channels, init, taps, frames, pool, precision, rdo)
         lam = np.array([0.0 if g is None else 1 / (2 * math.log(2) * max(rd0[i, 1], 1e-12))
                         for i, g in enumerate(TAP_GAINS)])
 
@@ -171,7 +176,7 @@ def fit_taps(frames: Frames, channels: int, init: np.ndarray, *, progress: bool 
                         trial.flat[k] += sign * step
                         if abs(int(trial.flat[k]) - int(start.flat[k])) > TAP_RADIUS:
                             continue
-                        rd = _measure(channels, init, trial, frames, pool, precision)
+                        rd = _measure(channels, init, trial, frames, pool, precision, rdo)
                         bar.update()
                         if loss(rd) < best - 1e-9:
                             taps, best, rd_best, improved = trial, loss(rd), rd, True
@@ -196,7 +201,7 @@ def fit_taps(frames: Frames, channels: int, init: np.ndarray, *, progress: bool 
 
 
 def fit_init(frames: Frames, channels: int, taps: np.ndarray, epochs: int, *, progress: bool = True,
-             precision: int = 0, start: np.ndarray | None = None, done: int = 0,
+             precision: int = 0, rdo: int = 0, start: np.ndarray | None = None, done: int = 0,
              checkpoint: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
     """The entropy model's starting probabilities for `taps`; see the module docstring.
 
@@ -210,7 +215,7 @@ def fit_init(frames: Frames, channels: int, taps: np.ndarray, epochs: int, *, pr
         total, n = np.zeros(subband.NCTX), 0
         for frame in frames:
             for gain in INIT_GAINS:
-                codec = WaveletCodec(Draft(channels, init, taps, precision), "lossless" if gain is None else "lossy",
+                codec = WaveletCodec(Draft(channels, init, taps, precision, rdo), "lossless" if gain is None else "lossy",
                                      gain=gain)
                 q, levels = codec.subbands(frame)
                 total += subband.final_state(q, levels, init)

@@ -76,13 +76,15 @@ def test_wavelet_training_fits_taps_and_an_entropy_model_that_pays(tmp_path: Pat
 def test_wavelet_training_resumes_to_the_same_model(tmp_path: Path) -> None:
     from pydicom.data import get_testdata_file
 
+    from aepacs.codec.learned.wavelet.codec import WaveletCodec
+
     data = [str(get_testdata_file("emri_small.dcm"))]
 
     def run(out: str, epochs: int, resume: bool = False, reg: str = "reg") -> bytes:
         cfg = TrainConfig(name="mr", modality=["MR"], data=data, arch="wavelet", epochs=epochs,
-                          hyper={"precision": 4})  # as the @5 models: lossy fraction bits
+                          hyper={"precision": 4, "rdo": 30})  # as the @6 models: fraction bits, RDO
         model = train(cfg, tmp_path / out, resume=resume, registry=Registry(tmp_path / reg), progress=False)
-        assert model.manifest["hyper"]["precision"] == 4
+        assert model.manifest["hyper"]["precision"] == 4 and WaveletCodec(model, "lossy").rdo == 30
         return b"".join(t.tobytes() for _, t in sorted(model.tensors("wavelet.safetensors").items()))
 
     run("run", 1)

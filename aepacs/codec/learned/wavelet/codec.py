@@ -1,6 +1,7 @@
 """The wavelet codec (architecture ``wavelet``): a registry model's integer lifting and learned entropy model.
 
-The codec of the ``@2``, ``@3`` and ``@5`` models (``@5``: lossy fraction bits), and of new objects.
+The codec of the ``@2``, ``@3``, ``@5`` and ``@6`` models (``@5``: lossy fraction bits; ``@6``: and
+rate-distortion optimised quantization), and of new objects.
 
 Encode, per frame (:class:`WaveletCodec`):
 
@@ -12,7 +13,11 @@ Encode, per frame (:class:`WaveletCodec`):
    (:mod:`aepacs.codec.learned.wavelet.lifting`);
 3. ``lossy``: the subbands are quantized with a dead zone, the step of each band
    being the frame's base step divided by its synthesis norm (and weighted per
-   colour plane), so the error spreads evenly over the image;
+   colour plane), so the error spreads evenly over the image; where the model
+   names a multiplier (``hyper.rdo``), each detail index is then chosen on
+   squared error + lambda * its code length under the coder's own adaptive
+   probabilities (:mod:`aepacs.codec.learned.wavelet.rdo`; encoder side only,
+   any decoder reads the result);
    ``lossless``: the coefficients are coded as they are;
 4. the integers are range-coded under the model's learned context model
    (:mod:`aepacs.codec.learned.wavelet.subband`);
@@ -49,7 +54,7 @@ import numpy as np
 
 from aepacs.codec.learned.base import MODES, LearnedCodec, ModelFiles
 from aepacs.codec.learned.colour import inverse_rct, rct
-from aepacs.codec.learned.wavelet import lifting, subband
+from aepacs.codec.learned.wavelet import lifting, rdo, subband
 from aepacs.codec.quality import psnr
 from aepacs.dicom.pixels import PixelMeta
 from aepacs.errors import CodecError
@@ -61,6 +66,8 @@ GAINS = 40
 MAX_LEVELS = 6
 #: the most fraction bits a model may add (16-bit samples, 8 bits and the lifting's growth fit int64)
 MAX_PRECISION = 8
+#: the largest rate-distortion multiplier a model may name (1/256 step**2 per bit; about 30 is right)
+MAX_RDO = 4096
 _HEAD = struct.Struct(">4sBBIIIB")
 _PRECISION = struct.Struct(">B")
 _FRAME = struct.Struct(">BIiiI")
@@ -166,6 +173,10 @@ class WaveletCodec(LearnedCodec):
         self.precision = int(model.manifest["hyper"].get("precision", 0))
         if not 0 <= self.precision <= MAX_PRECISION:
             raise CodecError(f"{model.ref}: precision {self.precision} outside 0..{MAX_PRECISION}")
+        #: the lossy encoder's rate-distortion multiplier (:mod:`.rdo`; 0: the dead-zone indices as they are)
+        self.rdo = int(model.manifest["hyper"].get("rdo", 0))
+        if not 0 <= self.rdo <= MAX_RDO:
+            raise CodecError(f"{model.ref}: rdo {self.rdo} outside 0..{MAX_RDO}")
         return GAINS
 
     frame_gains = staticmethod(frame_gains)
@@ -222,7 +233,10 @@ class WaveletCodec(LearnedCodec):
             return 0, coeffs
         step = base_step(span << self.precision, gain)
         steps = self._steps(step, levels, len(coeffs))
-        return step, np.stack([subband.quantize(c, levels, s) for c, s in zip(coeffs, steps, strict=False)])
+        q = np.stack([subband.quantize(c, levels, s) for c, s in zip(coeffs, steps, strict=False)])
+        if self.rdo:
+            q = rdo.optimise(coeffs, q, levels, steps, subband.BIAS, self.rdo, self.init)
+        return step, q
 
     @property
     def _shift(self) -> int:
