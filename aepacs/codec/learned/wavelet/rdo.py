@@ -78,6 +78,26 @@ def _learn_bit(p, i, bit):
         p[2 * i + 1] -= p[2 * i + 1] >> SB
 
 
+@njit(cache=True, inline="always")
+def _tail(p, r, base, m, learn):
+    # the bit length of r = |v| - 2 in unary, its top bit and the raw bits, as subband._put codes them
+    n = _bitlen(r)
+    cost = 0
+    for k in range(n + 1):
+        i = base + min(k, NU - 1)
+        bit = 1 if n > k else 0
+        cost += _bit(p, i, bit)
+        if learn:
+            _learn_bit(p, i, bit)
+    if n >= 2:
+        i = m + min(n, 23)
+        bit = (r >> (n - 2)) & 1
+        cost += _bit(p, i, bit) + 256 * (n - 2)
+        if learn:
+            _learn_bit(p, i, bit)
+    return cost
+
+
 @njit(cache=True)
 def _value(p, v, cls, bk, sc, learn):
     """The code length of `v` (1/256 bit) in its context, as ``subband._put`` binarises it; with
@@ -103,22 +123,7 @@ def _value(p, v, cls, bk, sc, learn):
         _learn_bit(p, i, bit)
     if a == 1:
         return cost
-    r = a - 2
-    n = _bitlen(r)
-    base = U0 + (cls * NB + bk) * NU
-    for k in range(n + 1):
-        i = base + min(k, NU - 1)
-        bit = 1 if n > k else 0
-        cost += _bit(p, i, bit)
-        if learn:
-            _learn_bit(p, i, bit)
-    if n >= 2:
-        i = M0 + cls * 24 + min(n, 23)
-        bit = (r >> (n - 2)) & 1
-        cost += _bit(p, i, bit) + 256 * (n - 2)
-        if learn:
-            _learn_bit(p, i, bit)
-    return cost
+    return cost + _tail(p, a - 2, U0 + (cls * NB + bk) * NU, M0 + cls * 24, learn)
 
 
 @njit(cache=True, inline="always")
@@ -149,6 +154,10 @@ def _optimise(c, q, levels, steps, bias, lam, p):
                         cv = cc[y0 + y, x0 + x]
                         ac = abs(cv)
                         f = (ac * 256) // s
+                        # the decisions every candidate shares: zero?, then sign and one?
+                        iz = Z0 + cls * NB + bk
+                        ig = G0 + cls * NB + bk
+                        nonzero = _bit(p, iz, 1) + _bit(p, S0 + cls * 9 + sc, 1 if cv < 0 else 0)
                         best = 0
                         bestj = -1
                         for k in (0, f - 1, f, f + 1):
@@ -156,11 +165,19 @@ def _optimise(c, q, levels, steps, bias, lam, p):
                                 continue
                             e = ac - _rebuilt(k, s, bias)
                             en = (abs(e) << 16) // s  # the error in 1/256 of a step
-                            v = -k if cv < 0 else k
-                            j = en * en + lam * _value(p, v, cls, bk, sc, False)
+                            j = en * en
+                            if bestj >= 0 and j >= bestj:  # the rate only adds
+                                continue
+                            if k == 0:
+                                j += lam * _bit(p, iz, 0)
+                            elif k == 1:
+                                j += lam * (nonzero + _bit(p, ig, 0))
+                            else:
+                                j += lam * (nonzero + _bit(p, ig, 1)
+                                            + _tail(p, k - 2, U0 + (cls * NB + bk) * NU, M0 + cls * 24, False))
                             if bestj < 0 or j < bestj:
                                 bestj = j
-                                best = v
+                                best = -k if cv < 0 else k
                         qc[y0 + y, x0 + x] = best
                         B[y + 2, x + 2] = best
                         _value(p, best, cls, bk, sc, True)
