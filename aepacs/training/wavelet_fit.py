@@ -215,8 +215,8 @@ def fit_init(frames: Frames, channels: int, taps: np.ndarray, epochs: int, *, pr
         total, n = np.zeros(subband.NCTX), 0
         for frame in frames:
             for gain in INIT_GAINS:
-                codec = WaveletCodec(Draft(channels, init, taps, precision, rdo), "lossless" if gain is None else "lossy",
-                                     gain=gain)
+                mode = "lossless" if gain is None else "lossy"
+                codec = WaveletCodec(Draft(channels, init, taps, precision, rdo), mode, gain=gain)
                 q, levels = codec.subbands(frame)
                 total += subband.final_state(q, levels, init)
                 n += 1
