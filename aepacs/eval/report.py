@@ -124,12 +124,15 @@ def write_report(result: EvalResult, out: Path, command: str = "") -> None:
 def _lossy_tables(s: dict[str, Any]) -> list[str]:
     """The lossy head-to-head at the target ratios and the per-gain table of one modality."""
     fams = list(NAMES)
-    window = any(s["at_ratio"][str(t)].get("aepacs_psnr_window") is not None for t in TARGET_RATIOS)
+    window = any(a.get("aepacs_psnr_window") is not None for a in s["at_ratio"].values())
     head = (["target"] + [f"{NAMES[f]} ratio / PSNR / SSIM" for f in fams]
             + (["W400/L40 PSNR " + " / ".join(NAMES[f] for f in fams)] if window else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in TARGET_RATIOS:
-        a = s["at_ratio"][str(t)]
+        a = s["at_ratio"].get(str(t))
+        if a is None:
+            lines.append(f"| {t}:1 | not reached at any gain of this run |" + " |" * (len(head) - 2))
+            continue
         cells = [f"{t}:1"] + [f"{_f(a[f + '_ratio'])} / {_f(a[f + '_psnr'])} / {_f(a[f + '_ssim'], 4)}" for f in fams]
         if window:
             cells.append(" / ".join(_f(a[f + "_psnr_window"]) for f in fams))

@@ -171,9 +171,13 @@ def summarise(rows: list[dict[str, Any]], noise: list[dict[str, Any]]) -> dict[s
                 if not cands:  # a lossless-only model
                     continue
                 fits = [r for r in cands if r["ratio"] >= target]
-                pick = max(fits, key=lambda r: r["bytes"]) if fits else min(cands, key=lambda r: r["bytes"])
+                if not fits:  # no gain of this run reaches the target on this image: it sits this one out
+                    continue
+                pick = max(fits, key=lambda r: r["bytes"])
                 pairs.append({r["family"]: r for r in mine if r["image"] == image and r["family"] in LOSSY_FAMILIES
                               and r["gain"] == pick["gain"]})
+            if not pairs:
+                continue
             s["at_ratio"][str(target)] = {f"{family}_{key}": _mean([p[family] for p in pairs if family in p], key)
                                           for family in LOSSY_FAMILIES
                                           for key in ("ratio", "psnr", "ssim", "psnr_window")}

@@ -39,7 +39,7 @@ def test_at_a_target_ratio_each_image_uses_its_finest_gain_that_reaches_it(rows:
     for target in TARGET_RATIOS:
         a = s["at_ratio"][str(target)]
         reach = [(g, r) for g, r in ((10, 40.0), (20, 20.0), (30, 10.0)) if r >= target]
-        gain, ratio = max(reach, key=lambda gr: gr[0]) if reach else (10, 40.0)  # else the smallest stream
+        gain, ratio = max(reach, key=lambda gr: gr[0])
         assert a["aepacs_ratio"] == ratio and a["jpeg2000_ratio"] == ratio  # JPEG 2000 at the same bytes
         assert a["aepacs_psnr"] == pytest.approx(30.0 + gain + 0.5)
         assert a["jpeg2000_psnr"] == pytest.approx(29.0 + gain)
@@ -62,3 +62,12 @@ def test_the_report_states_the_lossless_verdict_and_lists_every_gain(rows: list[
     assert sum(line.startswith(("| 10 |", "| 20 |", "| 30 |")) for line in report.splitlines()) == 3
     assert json.loads((tmp_path / "results.json").read_text())["summary"]["CT"]["images"] == 2
     assert (tmp_path / "rd_CT.png").stat().st_size > 0
+
+
+def test_a_target_no_gain_reaches_is_left_out_not_filled_with_another_ratio(rows: list[dict[str, Any]],
+                                                                           tmp_path: Path) -> None:
+    low = [r for r in rows if r.get("gain") != 10]  # the finest remaining stream of each image is 20:1
+    s = summarise(low, [])["CT"]
+    assert set(s["at_ratio"]) == {"8", "16"} and s["at_ratio"]["16"]["aepacs_ratio"] == 20.0
+    write_report(EvalResult(model="ct@6", rows=low, summary={"CT": s}), tmp_path, command="aepacs eval")
+    assert "| 32:1 | not reached at any gain of this run |" in (tmp_path / "report.md").read_text()
