@@ -32,10 +32,9 @@ from aepacs.codec.learned.wavelet.subband import (
     NU,
     ONE,
     S0,
-    SA,
-    SB,
     U0,
     Z0,
+    _adapt,
     _bitlen,
     _bucket,
     _geometry,
@@ -69,13 +68,12 @@ def _bit(p, i, bit):
 
 
 @njit(cache=True, inline="always")
-def _learn_bit(p, i, bit):
-    if bit == 0:
-        p[2 * i] += (ONE - p[2 * i]) >> SA
-        p[2 * i + 1] += (ONE - p[2 * i + 1]) >> SB
-    else:
-        p[2 * i] -= p[2 * i] >> SA
-        p[2 * i + 1] -= p[2 * i + 1] >> SB
+def _step(p, i, bit, learn):
+    # one decision's code length; with `learn`, its probability moves as coding it moves it
+    cost = _bit(p, i, bit)
+    if learn:
+        _adapt(p, i, bit)
+    return cost
 
 
 @njit(cache=True, inline="always")
@@ -84,17 +82,9 @@ def _tail(p, r, base, m, learn):
     n = _bitlen(r)
     cost = 0
     for k in range(n + 1):
-        i = base + min(k, NU - 1)
-        bit = 1 if n > k else 0
-        cost += _bit(p, i, bit)
-        if learn:
-            _learn_bit(p, i, bit)
+        cost += _step(p, base + min(k, NU - 1), 1 if n > k else 0, learn)
     if n >= 2:
-        i = m + min(n, 23)
-        bit = (r >> (n - 2)) & 1
-        cost += _bit(p, i, bit) + 256 * (n - 2)
-        if learn:
-            _learn_bit(p, i, bit)
+        cost += _step(p, m + min(n, 23), (r >> (n - 2)) & 1, learn) + 256 * (n - 2)
     return cost
 
 
@@ -103,24 +93,11 @@ def _value(p, v, cls, bk, sc, learn):
     """The code length of `v` (1/256 bit) in its context, as ``subband._put`` binarises it; with
     `learn`, the probabilities also move as coding `v` moves them."""
     a = abs(v)
-    cost = 0
-    i = Z0 + cls * NB + bk
-    bit = 1 if a > 0 else 0
-    cost += _bit(p, i, bit)
-    if learn:
-        _learn_bit(p, i, bit)
+    cost = _step(p, Z0 + cls * NB + bk, 1 if a > 0 else 0, learn)
     if a == 0:
         return cost
-    i = S0 + cls * 9 + sc
-    bit = 1 if v < 0 else 0
-    cost += _bit(p, i, bit)
-    if learn:
-        _learn_bit(p, i, bit)
-    i = G0 + cls * NB + bk
-    bit = 1 if a > 1 else 0
-    cost += _bit(p, i, bit)
-    if learn:
-        _learn_bit(p, i, bit)
+    cost += _step(p, S0 + cls * 9 + sc, 1 if v < 0 else 0, learn)
+    cost += _step(p, G0 + cls * NB + bk, 1 if a > 1 else 0, learn)
     if a == 1:
         return cost
     return cost + _tail(p, a - 2, U0 + (cls * NB + bk) * NU, M0 + cls * 24, learn)
