@@ -57,7 +57,9 @@ def test_without_a_rate_term_it_picks_the_nearest_reconstruction() -> None:
 
 
 def test_it_buys_quality_at_equal_bytes_on_real_ct(shipped) -> None:  # type: ignore[no-untyped-def]
-    pixels = ct_slices(2)[:, 64:448, 64:448]
+    pixels = ct_slices(2)
+    if pixels.shape[1] >= 448:  # the shared series (CI); elsewhere pydicom's 128x128 CT_small as it is
+        pixels = pixels[:, 64:448, 64:448]
     model = shipped.load("ct")
     curves = []
     for lam in (0, model.manifest["hyper"]["rdo"]):
