@@ -9,12 +9,12 @@ from pathlib import Path
 from aepacs.audit import MINOR_FAILURE, SUCCESS, Party
 from aepacs.cli.common import audit, count
 from aepacs.config import Config, load_config
+from aepacs.dicom.status import Status
 from aepacs.errors import AepacsError
 from aepacs.models.registry import config_registry
 from aepacs.net.client import client_ssl_context, receive_files, retrieve
 from aepacs.net.send import send_files, storables
 from aepacs.net.server import ArchiveServer
-from aepacs.net.status import Status
 from aepacs.pipeline.archive import load_keyring
 
 

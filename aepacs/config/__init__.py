@@ -100,6 +100,16 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    port: int = field(metadata={"range": (0, 65535)})
+    bind: str
+    tokens_sha256: list[str]
+    anonymous: bool
+    cors_origins: list[str]
+    max_request_mb: int = field(metadata={"range": (1, 1 << 20)})
+
+
+@dataclass(frozen=True)
 class TransportConfig:
     identifiers: str = field(metadata=_choices("clear", "pseudonymous"))
     pseudonym_key: str
@@ -141,6 +151,7 @@ class Config:
     ingest: IngestConfig
     rekey: RekeyConfig
     server: ServerConfig
+    web: WebConfig
     transport: TransportConfig
     models: ModelsConfig
     log: LogConfig

@@ -36,10 +36,10 @@ from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import MAGIC
 from aepacs.dicom.part10 import read_dataset
 from aepacs.dicom.records import shown
+from aepacs.dicom.status import PENDING, Status
 from aepacs.dicom.transport import RAW_DATA_STORAGE, is_transport, read_transport
 from aepacs.errors import AepacsError, InputError, OpenError
 from aepacs.models.registry import Registry
-from aepacs.net.status import PENDING, Status
 from aepacs.pipeline.ingest import iter_files
 from aepacs.pipeline.retrieve import open_bytes
 from aepacs.store.atomic import atomic_write

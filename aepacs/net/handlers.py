@@ -11,7 +11,7 @@ archives what is still spooled. A stored instance becomes visible to C-FIND
 once archived, typically well under a second later (within ``ingest.max_lag_s``
 plus its archiving time on a host that other work keeps busy).
 
-Statuses (PS3.4 B.2.3, :class:`~aepacs.net.status.Status`), these four only:
+Statuses (PS3.4 B.2.3, :class:`~aepacs.dicom.status.Status`), these four only:
 0x0000 stored; 0xA700 out of resources (no room for the instance and its
 archiving, spool write failure); 0xA900 dataset does not match (no UIDs, a UID
 that is not a UID or other than announced, sequences nested too deep, pixel
@@ -27,7 +27,6 @@ limits, health) is :mod:`aepacs.net.server`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -49,14 +48,14 @@ from aepacs.config import Config
 from aepacs.dicom.part10 import file_meta_prefix
 from aepacs.dicom.records import check_uid, shown
 from aepacs.dicom.scan import scan
+from aepacs.dicom.status import Status
 from aepacs.dicom.transport import RAW_DATA_STORAGE
-from aepacs.errors import AepacsError, DatasetMismatch, InputError, StoreFullError
+from aepacs.errors import AepacsError, DatasetMismatch, InputError
 from aepacs.net.metrics import Metrics
-from aepacs.net.status import Status
 from aepacs.pipeline.archive import Archive
-from aepacs.pipeline.ingest import check_received
+from aepacs.pipeline.receive import receive, refusal
 from aepacs.pipeline.retrieve import fetch, fetch_blob
-from aepacs.pipeline.spool import Spool, seal_entry
+from aepacs.pipeline.spool import Spool
 from aepacs.pipeline.transport import transport_key, transport_object
 
 log = logging.getLogger("aepacs.serve")
@@ -222,28 +221,13 @@ class Handlers:
         try:
             announced = _announced_uids(event)
             data = received_stream(event)
-            uids = check_received(data, expect_uid=announced,  # a structural scan, no full parse
-                                  max_depth=self.config.ingest.max_sequence_depth)
+            uids = receive(self.archive, self.spool, self.config, data, expect_uid=announced)
             modality = uids["Modality"] or "none"
-            if self.config.ingest.on_conflict == "reject":
-                known = self.archive.source_sha256(uids["SOPInstanceUID"])
-                if known is not None and known != hashlib.sha256(data).hexdigest():
-                    raise DatasetMismatch("a different object with this SOP Instance UID is already archived")
-            self.archive.check_room(self.spool.admission_need(len(data)))
-            self.spool.put(seal_entry(data, uids["SOPInstanceUID"], uids["StudyInstanceUID"],
-                                      self.archive.keyring), uids["SOPInstanceUID"])
-        except StoreFullError as exc:
-            return self._fail(event, announced, Status.OUT_OF_RESOURCES, exc, data)
-        except DatasetMismatch as exc:
-            return self._fail(event, announced, Status.MISMATCH, exc, data)
-        except InputError as exc:
-            return self._fail(event, announced, Status.CANNOT_UNDERSTAND, exc, data)
-        except (AepacsError, OSError, MemoryError) as exc:  # spool, store, keyring, index: resources
-            return self._fail(event, announced, Status.OUT_OF_RESOURCES, exc, data)
-        except Exception as exc:  # input no check foresaw (a bug): refused as not understood, one line
-            log.debug("C-STORE of %s: traceback", shown(announced), exc_info=True)
-            return self._fail(event, announced, Status.CANNOT_UNDERSTAND,
-                              InputError(f"unexpected {type(exc).__name__}: {exc}"), data)
+        except Exception as exc:  # every refusal (a bug included) is a status and one log line
+            if refusal(exc) == Status.CANNOT_UNDERSTAND and not isinstance(exc, InputError):
+                log.debug("C-STORE of %s: traceback", shown(announced), exc_info=True)
+                exc = InputError(f"unexpected {type(exc).__name__}: {exc}")
+            return self._fail(event, announced, refusal(exc), exc, data)
         self.wake()
         self.metrics.received.labels(f"0x{Status.SUCCESS:04X}", modality).inc()
         self.metrics.bytes_received.inc(len(data))

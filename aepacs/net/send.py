@@ -23,8 +23,8 @@ from pathlib import Path
 import pydicom
 from pynetdicom import AE, AllStoragePresentationContexts, _config
 
+from aepacs.dicom.status import stored
 from aepacs.errors import AepacsError
-from aepacs.net.status import stored
 from aepacs.pipeline.ingest import iter_files
 
 log = logging.getLogger("aepacs.send")

@@ -6,7 +6,7 @@ listens (TLS when configured, calling AE titles checked against the
 allow-list), runs the spool and its workers, serves ``/metrics`` and
 ``/health``, and shuts down without losing what it acknowledged. The DIMSE
 handlers are :mod:`aepacs.net.handlers`; the statuses they answer,
-:mod:`aepacs.net.status`.
+:mod:`aepacs.dicom.status`.
 """
 
 from __future__ import annotations
