@@ -50,6 +50,7 @@ EVENTS: dict[str, tuple[str, str, str, str | None]] = {
     "import": ("110107", "Import", "C", None),
     "export": ("110106", "Export", "R", None),
     "association-rejected": ("110113", "Security Alert", "E", "110126"),  # Node Authentication
+    "login-refused": ("110114", "User Authentication", "E", "110122"),    # Login (a DICOMweb request)
     "key-change": ("110113", "Security Alert", "U", "110129"),            # Security Configuration
     "rekey": ("110113", "Security Alert", "U", "110135"),                 # Object Security Attributes Changed
     "model-change": ("110113", "Security Alert", "U", "110131"),          # Software Configuration

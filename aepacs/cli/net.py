@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--aet", metavar="TITLE", help="AE title (server.ae_title)")
     p.add_argument("--bind", metavar="ADDR", help="listen address (server.bind; default 127.0.0.1)")
     p.add_argument("--workers", type=int, help="conversion worker processes (ingest.workers)")
+    p.add_argument("--web-port", type=int, metavar="PORT", help="DICOMweb listen port (web.port; 0: off)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("retrieve", parents=[common],
@@ -66,8 +67,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     overrides = {k: v for k, v in (("port", args.port), ("ae_title", args.aet), ("bind", args.bind))
                  if v is not None}
-    if overrides:
-        config = load_config(getattr(args, "config", None), overrides={"server": overrides})
+    sections: dict[str, dict[str, object]] = {"server": overrides} if overrides else {}
+    if args.web_port is not None:
+        sections["web"] = {"port": args.web_port}
+    if sections:
+        config = load_config(getattr(args, "config", None), overrides=sections)
     return ArchiveServer(config, workers=args.workers).serve_forever()
 
 

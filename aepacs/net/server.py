@@ -42,6 +42,8 @@ from aepacs.pipeline.ingest import IngestResult
 from aepacs.pipeline.spool import Spool
 from aepacs.pipeline.workers import SpoolWorker
 from aepacs.store.index import sqlite_path
+from aepacs.web.app import Service
+from aepacs.web.server import WebServer
 
 log = logging.getLogger("aepacs.serve")
 
@@ -116,6 +118,7 @@ class ArchiveServer:
         self.worker = SpoolWorker(config, self.spool, config.ingest.workers if workers is None else workers,
                                   observer=self._archived)
         self.http: MetricsServer | None = None
+        self.web: WebServer | None = None
         self.ae = self._build_ae()
         self.server: ThreadedAssociationServer | None = None
         self.audit = self.archive.audit
@@ -156,6 +159,17 @@ class ArchiveServer:
                 server.shutdown()
                 raise ConfigError(f"metrics: cannot listen on {self.config.metrics.bind}:{self.config.metrics.port} "
                                   f"({exc.strerror or exc}); set metrics.port to a free port") from None
+        if self.config.web.port:
+            try:
+                self.web = WebServer(Service(self.config, self.archive, self.spool, self.worker.wake, self._me()))
+                self.web.start()
+            except ConfigError:
+                server.shutdown()
+                if self.http is not None:
+                    self.http.stop()
+                raise
+            if self.config.web.anonymous:
+                log.warning("web.anonymous: DICOMweb answers without a token; for a loopback demo only")
         self.server = server
         # leftovers of a crash (old enough not to be in flight): a walk of the whole store, so in the background
         threading.Thread(target=self._sweep, name="aepacs-sweep", daemon=True).start()
@@ -215,6 +229,9 @@ class ArchiveServer:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
         deadline = time.monotonic() + timeout
         while self.ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -22,9 +22,11 @@ __all__ = ["receive", "refusal"]
 
 
 def receive(archive: Archive, spool: Spool, config: Config, data: bytes, *,
-            expect_uid: str | None = None) -> dict[str, str]:
+            expect_uid: str | None = None, study_uid: str | None = None) -> dict[str, str]:
     """Check `data` (a Part 10 stream or dataset), seal it as it is into the spool; its UIDs.
 
+    `expect_uid`: the SOP Instance UID the request announced (C-STORE);
+    `study_uid`: the study the request stores into (STOW-RS ``/studies/{study}``).
     Once this returns the instance survives a crash and may be acknowledged;
     the spool's workers archive it.
 
@@ -35,6 +37,8 @@ def receive(archive: Archive, spool: Spool, config: Config, data: bytes, *,
     """
     uids = check_received(data, expect_uid=expect_uid,  # a structural scan, no full parse
                           max_depth=config.ingest.max_sequence_depth)
+    if study_uid is not None and uids["StudyInstanceUID"] != study_uid:
+        raise DatasetMismatch(f"an instance of study {uids['StudyInstanceUID']} sent to study {study_uid}")
     if config.ingest.on_conflict == "reject":
         known = archive.source_sha256(uids["SOPInstanceUID"])
         if known is not None and known != hashlib.sha256(data).hexdigest():

@@ -1,0 +1,307 @@
+"""The DICOMweb origin server (PS3.18): QIDO-RS, WADO-RS and STOW-RS over the archive ``aepacs serve`` runs.
+
+Resources, under ``/dicomweb``:
+
+* QIDO-RS ``GET /studies``, ``/series``, ``/instances``, ``/studies/{study}/series``,
+  ``/studies/{study}/instances``, ``/studies/{study}/series/{series}/instances``
+  (:mod:`aepacs.web.qido`: the C-FIND matcher);
+* WADO-RS ``GET /studies/{study}[/series/{series}[/instances/{instance}]]``
+  (``multipart/related; type="application/dicom"``) and ``.../metadata``
+  (DICOM JSON); in ``retrieve_as: decoded`` the originals (a lossy route's
+  derived image), in ``sealed`` the sealed transport objects, as over DIMSE;
+* STOW-RS ``POST /studies[/{study}]``: each part through the same acceptance
+  as C-STORE (:mod:`aepacs.pipeline.receive`), answered with the same statuses.
+
+Every request needs a bearer token (:mod:`aepacs.web.auth`) unless the site
+set ``web.anonymous``; a refused one is answered 401 and audited. The
+endpoints are plain functions run in Starlette's thread pool: the archive's
+index and stores are synchronous.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+from itertools import islice
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from aepacs.audit import MINOR_FAILURE, AuditTrail, Party
+from aepacs.audit import SUCCESS as AUDIT_OK
+from aepacs.config import Config
+from aepacs.dicom.records import shown
+from aepacs.errors import InputError
+from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.receive import receive, refusal
+from aepacs.pipeline.retrieve import fetch, fetch_blob
+from aepacs.pipeline.spool import Spool
+from aepacs.pipeline.transport import transport_key, transport_object
+from aepacs.web import multipart, qido
+from aepacs.web.auth import Tokens
+
+log = logging.getLogger("aepacs.web")
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+__all__ = ["Service", "build_app"]
+
+
+def _part10(ds: Dataset) -> bytes:
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _client(request: Request) -> Party:
+    host = request.client.host if request.client else "?"
+    port = request.client.port if request.client else 0
+    return Party(request.headers.get("user-agent", "DICOMweb client")[:64], f"{host}:{port}")
+
+
+@dataclass
+class Service:
+    """What the DICOMweb endpoints work on: the archive, its spool and audit trail, as ``aepacs serve`` has them."""
+
+    config: Config
+    archive: Archive
+    spool: Spool
+    wake: Callable[[], None]
+    me: Party
+
+    @property
+    def audit(self) -> AuditTrail:
+        return self.archive.audit
+
+    def root(self, request: Request) -> str:
+        """The service root URL as this client reached it (``…/dicomweb``): its Host header, with the
+        port this server listens on where the header names none (some clients leave it out)."""
+        host = request.headers.get("host") or self.config.web.bind
+        port = (request.scope.get("server") or (None, None))[1]
+        if ":" not in host.rsplit("]", 1)[-1] and port not in (None, 80, 443):
+            host = f"{host}:{port}"
+        return f"{request.url.scheme}://{host}/dicomweb"
+
+    # -- QIDO-RS ----------------------------------------------------------------------
+    def search(self, request: Request, level: str) -> Response:
+        path = {k: v for k, v in (("StudyInstanceUID", request.path_params.get("study")),
+                                  ("SeriesInstanceUID", request.path_params.get("series"))) if v}
+        params: dict[str, list[str]] = {}
+        for name, value in request.query_params.multi_items():
+            params.setdefault(name, []).append(value)
+        outcome, count = AUDIT_OK, 0
+        try:
+            search = qido.identifier(level, path, params)
+            matches = islice(self.archive.find(search.identifier, ae_title=self.config.server.ae_title),
+                             search.offset, search.offset + search.limit)
+            body = qido.response(matches, level, self.root(request))
+            count = len(body)
+        except InputError as exc:
+            outcome = MINOR_FAILURE
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        finally:
+            self.audit.record("query", outcome=outcome, source=_client(request), destination=self.me,
+                              studies=[path["StudyInstanceUID"]] if "StudyInstanceUID" in path else [],
+                              detail=f"QIDO-RS at {level} level, {count} matches")
+        headers = {"Warning": ", ".join(search.warnings)} if search.warnings else {}
+        if not body:
+            return Response(status_code=204, headers=headers)
+        return JSONResponse(body, media_type=DICOM_JSON, headers=headers)
+
+    # -- WADO-RS ----------------------------------------------------------------------
+    def _rows(self, request: Request) -> list[Any]:
+        ident = Dataset()
+        ident.QueryRetrieveLevel = "STUDY"
+        ident.StudyInstanceUID = request.path_params["study"]
+        if "series" in request.path_params:
+            ident.QueryRetrieveLevel = "SERIES"
+            ident.SeriesInstanceUID = request.path_params["series"]
+        if "instance" in request.path_params:
+            ident.QueryRetrieveLevel = "IMAGE"
+            ident.SOPInstanceUID = request.path_params["instance"]
+        return self.archive.selection(ident)
+
+    def _dataset(self, row: Any) -> Dataset:
+        if self.config.server.retrieve_as == "decoded":
+            return pydicom.dcmread(BytesIO(fetch(self.archive, row.sop_uid)))
+        current, blob = fetch_blob(self.archive, row.sop_uid)
+        return transport_object(blob, current, transport_key(self.config))
+
+    def _objects(self, request: Request, what: str, convert: Callable[[Any], Any]) -> tuple[list[Any], list[str]]:
+        """`convert` of each selected instance; the UIDs of those that could not be opened (named, logged)."""
+        rows = self._rows(request)
+        done, failed = [], []
+        for row in rows:
+            try:
+                done.append(convert(row))
+            except Exception as exc:  # tampered, key missing, undecodable: this object fails, not the rest
+                log.error("WADO-RS %s of %s failed: %s", what, shown(row.sop_uid), exc)
+                failed.append(row.sop_uid)
+        self.audit.record("retrieve", outcome=MINOR_FAILURE if failed else AUDIT_OK, source=self.me,
+                          destination=_client(request), patients=[r.patient_id for r in rows],
+                          studies=[r.study_uid for r in rows], objects=len(done),
+                          detail=f"WADO-RS {what}, {self.config.server.retrieve_as} objects"
+                                 + (f"; {len(failed)} could not be opened" if failed else ""))
+        return done, failed
+
+    def _outcome(self, body: bytes, media_type: str, done: list[Any], failed: list[str]) -> Response:
+        if not done and not failed:
+            return Response(status_code=404)
+        warnings = [f'299 aepacs "{uid}: cannot be opened (tampered, or its key is not in the keyring)"'
+                    for uid in failed]
+        if not done:
+            return JSONResponse({"error": "no instance could be opened", "failed": failed}, status_code=500,
+                                headers={"Warning": ", ".join(warnings)})
+        headers = {"Warning": ", ".join(warnings)} if warnings else {}
+        return Response(body, status_code=206 if failed else 200, media_type=media_type, headers=headers)
+
+    def retrieve(self, request: Request) -> Response:
+        done, failed = self._objects(request, "retrieve", lambda row: _part10(self._dataset(row)))
+        body, boundary = multipart.build((data, DICOM) for data in done)
+        return self._outcome(body, f'multipart/related; type="{DICOM}"; boundary={boundary}', done, failed)
+
+    def metadata(self, request: Request) -> Response:
+        def convert(row: Any) -> dict[str, Any]:
+            ds = self._dataset(row)
+            base = f"{self.root(request)}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
+            pixels = ds.pop("PixelData", None)
+            out: dict[str, Any] = ds.to_json_dict(bulk_data_threshold=1 << 30)
+            if pixels is not None:  # the bulk data is the instance's own resource
+                out["7FE00010"] = {"vr": pixels.VR, "BulkDataURI": base}
+            return out
+
+        done, failed = self._objects(request, "metadata", convert)
+        return self._outcome(json.dumps(done).encode(), DICOM_JSON, done, failed)
+
+    # -- STOW-RS ----------------------------------------------------------------------
+    def store(self, request: Request, body: bytes) -> Response:
+        try:
+            parts = multipart.parse(body, request.headers.get("content-type", ""))
+        except InputError as exc:
+            log.error("STOW-RS from %s refused: %s", _client(request).address, exc)
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        study = request.path_params.get("study")
+        stored, failed = Dataset(), Dataset()
+        stored.ReferencedSOPSequence, failed.FailedSOPSequence = [], []
+        studies: set[str] = set()
+        for part in parts:
+            item = Dataset()
+            try:
+                if part.content_type not in (DICOM, ""):
+                    raise InputError(f"a part of type {part.content_type}, not {DICOM}")
+                uids = receive(self.archive, self.spool, self.config, part.data, study_uid=study)
+            except Exception as exc:
+                status = refusal(exc)
+                log.error("STOW-RS from %s: an instance refused (0x%04X): %s", _client(request).address, status,
+                          str(exc)[:300])
+                item.ReferencedSOPClassUID = ""
+                item.ReferencedSOPInstanceUID = ""
+                item.FailureReason = int(status)
+                failed.FailedSOPSequence.append(item)
+                continue
+            item.ReferencedSOPClassUID = uids.get("SOPClassUID", "")
+            item.ReferencedSOPInstanceUID = uids["SOPInstanceUID"]
+            item.RetrieveURL = (f"{self.root(request)}/studies/{uids['StudyInstanceUID']}/series/"
+                                f"{uids['SeriesInstanceUID']}/instances/{uids['SOPInstanceUID']}")
+            stored.ReferencedSOPSequence.append(item)
+            studies.add(uids["StudyInstanceUID"])
+        if stored.ReferencedSOPSequence:
+            self.wake()
+        out = Dataset()
+        if study or len(studies) == 1:
+            out.RetrieveURL = f"{self.root(request)}/studies/{study or next(iter(studies))}"
+        if failed.FailedSOPSequence:
+            out.FailedSOPSequence = failed.FailedSOPSequence
+        out.ReferencedSOPSequence = stored.ReferencedSOPSequence
+        self.audit.record("store", outcome=MINOR_FAILURE if failed.FailedSOPSequence else AUDIT_OK,
+                          source=_client(request), destination=self.me, studies=sorted(studies),
+                          objects=len(stored.ReferencedSOPSequence),
+                          detail=f"STOW-RS; {len(failed.FailedSOPSequence)} refused" if failed.FailedSOPSequence
+                          else "STOW-RS")
+        code = 200 if not failed.FailedSOPSequence else (202 if stored.ReferencedSOPSequence else 409)
+        return JSONResponse(out.to_json_dict(), status_code=code, media_type=DICOM_JSON)
+
+
+class _Guard:
+    """ASGI middleware: bearer tokens, and a request body cap (413), before any endpoint runs."""
+
+    def __init__(self, app: ASGIApp, service: Service, tokens: Tokens) -> None:
+        self.app, self.service, self.tokens = app, service, tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.service.config.web.anonymous or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if not self.tokens.allows(headers.get("authorization")):
+            client = scope.get("client") or ("?", 0)
+            self.service.audit.record("login-refused", outcome=MINOR_FAILURE,
+                                      source=Party("DICOMweb client", f"{client[0]}:{client[1]}"),
+                                      destination=self.service.me,
+                                      detail=f"{scope['method']} {scope['path']}: "
+                                             + ("wrong token" if headers.get("authorization") else "no token"))
+            response = JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
+                                    headers={"WWW-Authenticate": 'Bearer realm="aepacs"'})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def build_app(service: Service) -> Starlette:
+    """The ASGI application of `service` (CORS from ``web.cors_origins``)."""
+    tokens = Tokens(service.config.web.tokens_sha256)
+    if not tokens and not service.config.web.anonymous:
+        log.warning("web: no token in web.tokens_sha256 and anonymous is false: every request gets 401")
+    limit = service.config.web.max_request_mb << 20
+
+    def search(level: str) -> Callable[[Request], Response]:
+        return lambda request: service.search(request, level)
+
+    async def stow(request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return JSONResponse({"error": f"a request body over web.max_request_mb ({limit >> 20} MB)"},
+                                status_code=413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return JSONResponse({"error": f"a request body over web.max_request_mb ({limit >> 20} MB)"},
+                                    status_code=413)
+            chunks.append(chunk)
+        return await run_in_threadpool(service.store, request, b"".join(chunks))
+
+    root = "/dicomweb"
+    routes = [
+        Route(f"{root}/studies", search("STUDY"), methods=["GET"]),
+        Route(f"{root}/series", search("SERIES"), methods=["GET"]),
+        Route(f"{root}/instances", search("IMAGE"), methods=["GET"]),
+        Route(f"{root}/studies/{{study}}/series", search("SERIES"), methods=["GET"]),
+        Route(f"{root}/studies/{{study}}/instances", search("IMAGE"), methods=["GET"]),
+        Route(f"{root}/studies/{{study}}/series/{{series}}/instances", search("IMAGE"), methods=["GET"]),
+        Route(f"{root}/studies", stow, methods=["POST"]),
+        Route(f"{root}/studies/{{study}}", stow, methods=["POST"]),
+    ]
+    for path in ("/studies/{study}", "/studies/{study}/series/{series}",
+                 "/studies/{study}/series/{series}/instances/{instance}"):
+        routes.append(Route(f"{root}{path}", service.retrieve, methods=["GET"]))
+        routes.append(Route(f"{root}{path}/metadata", service.metadata, methods=["GET"]))
+    middleware = [Middleware(_Guard, service=service, tokens=tokens)]
+    if service.config.web.cors_origins:
+        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(service.config.web.cors_origins),
+                                        allow_methods=["GET", "POST"], allow_headers=["Authorization", "Accept",
+                                                                                      "Content-Type"]))
+    return Starlette(routes=routes, middleware=middleware)
+

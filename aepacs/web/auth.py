@@ -1,0 +1,58 @@
+"""Who may call the DICOMweb server: bearer tokens, known to the configuration only by their SHA-256.
+
+The configuration (``web.tokens_sha256``) never holds a token: a request's
+token is hashed and the digest compared, in constant time, with every
+allowed one. :func:`new_token` makes a token and its digest for an operator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable
+
+from aepacs.errors import ConfigError
+
+__all__ = ["Tokens", "digest", "new_token"]
+
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def digest(token: str) -> str:
+    """The SHA-256 (lower-case hex) of `token`, as the configuration lists it."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh random bearer token (256 bits, URL-safe) and its digest."""
+    token = secrets.token_urlsafe(32)
+    return token, digest(token)
+
+
+class Tokens:
+    """The allowed bearer tokens, by digest."""
+
+    def __init__(self, digests: Iterable[str]) -> None:
+        self._digests = [d.strip().lower() for d in digests]
+        bad = [d for d in self._digests if not _HEX.match(d)]
+        if bad:
+            raise ConfigError(f"web.tokens_sha256: {len(bad)} entr{'y is' if len(bad) == 1 else 'ies are'} not a "
+                              "SHA-256 in hex (64 characters 0-9a-f); list digests, never tokens")
+
+    def __bool__(self) -> bool:
+        return bool(self._digests)
+
+    def allows(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header carries an allowed bearer token (constant time per digest)."""
+        if not authorization:
+            return False
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        seen = digest(token.strip()).encode("ascii")
+        ok = False
+        for d in self._digests:  # every digest compared, whichever matches
+            ok |= hmac.compare_digest(seen, d.encode("ascii"))
+        return ok

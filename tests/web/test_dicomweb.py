@@ -1,0 +1,144 @@
+"""DICOMweb end to end: dicomweb-client (a third-party client) against a running archive on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from aepacs.audit import read
+from aepacs.dicom.transport import RAW_DATA_STORAGE
+from aepacs.web.multipart import build
+from tests.conftest import ct_files
+from tests.web.conftest import TOKEN, Web
+
+OTHERS = ("MR2_UNCR.dcm", "RG1_UNCR.dcm", "US1_UNCR.dcm")
+
+
+def _originals() -> list[Path]:
+    return [*ct_files()[:6], *(Path(str(get_testdata_file(n))) for n in OTHERS)]
+
+
+def _stow(web: Web) -> list[Dataset]:
+    datasets = [pydicom.dcmread(p) for p in _originals()]
+    answer = web.client.store_instances(datasets)
+    assert len(answer.ReferencedSOPSequence) == len(datasets) and "FailedSOPSequence" not in answer
+    web.running.wait_archived()
+    return datasets
+
+
+def _uids(matches: list[dict]) -> set[str]:  # type: ignore[type-arg]
+    return {m["0020000D"]["Value"][0] for m in matches}
+
+
+def test_stow_qido_wado_round_trip(web: Web) -> None:
+    originals = _stow(web)
+    ct = originals[0]
+    studies = web.client.search_for_studies()
+    assert _uids(studies) == {d.StudyInstanceUID for d in originals}
+    # each matching kind, as C-FIND has it (one implementation)
+    assert _uids(web.client.search_for_studies(search_filters={"PatientID": ct.PatientID})) == {ct.StudyInstanceUID}
+    name = str(ct.PatientName)
+    assert ct.StudyInstanceUID in _uids(web.client.search_for_studies(search_filters={"PatientName": name[:3] + "*"}))
+    assert _uids(web.client.search_for_studies(search_filters={"ModalitiesInStudy": "CT"})) == {
+        d.StudyInstanceUID for d in originals if d.Modality == "CT"}
+    date = ct.StudyDate
+    assert ct.StudyInstanceUID in _uids(web.client.search_for_studies(search_filters={"StudyDate": f"{date}-{date}"}))
+    assert not web.client.search_for_studies(search_filters={"StudyDate": "19000101-19000102"})
+    two = sorted({d.StudyInstanceUID for d in originals})[:2]
+    assert _uids(web.client.search_for_studies(search_filters={"StudyInstanceUID": ",".join(two)})) == set(two)
+    # the levels below, the counts, limit and offset
+    (series,) = web.client.search_for_series(ct.StudyInstanceUID)
+    assert series["0020000E"]["Value"] == [ct.SeriesInstanceUID] and series["00201209"]["Value"] == [6]
+    instances = web.client.search_for_instances(ct.StudyInstanceUID, ct.SeriesInstanceUID)
+    assert len(instances) == 6, instances
+    assert all(i["00081190"]["Value"][0].startswith(web.url) for i in instances), instances[0]["00081190"]
+    page = web.client.search_for_instances(ct.StudyInstanceUID, limit=4, offset=3)
+    assert len(page) == 3 and len(web.client.search_for_instances()) == len(originals)
+    assert {s["00080060"]["Value"][0] for s in web.client.search_for_series()} == {d.Modality for d in originals}
+    # WADO-RS: lossless routes give the originals back element by element
+    for original in originals:
+        got = web.client.retrieve_instance(original.StudyInstanceUID, original.SeriesInstanceUID,
+                                           original.SOPInstanceUID)
+        assert got == original and got.PixelData == original.PixelData, original.SOPInstanceUID
+    whole = web.client.retrieve_series(ct.StudyInstanceUID, ct.SeriesInstanceUID)
+    assert sorted(d.SOPInstanceUID for d in whole) == sorted(d.SOPInstanceUID for d in originals[:6])
+    meta = web.client.retrieve_instance_metadata(ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID)
+    assert meta["00100020"]["Value"] == [ct.PatientID] and "BulkDataURI" in meta["7FE00010"]
+    assert len(web.client.retrieve_study_metadata(ct.StudyInstanceUID)) == 6
+    events = [r["event"] for r in read(web.running.config.audit_path)]
+    assert {"store", "query", "retrieve"} <= set(events)
+
+
+def test_sealed_mode_serves_the_sealed_transport_objects(make_web: Callable[..., Web]) -> None:
+    web = make_web(retrieve_as="sealed")
+    (original,) = [pydicom.dcmread(ct_files()[0])]
+    web.client.store_instances([original])
+    web.running.wait_archived()
+    got = web.client.retrieve_instance(original.StudyInstanceUID, original.SeriesInstanceUID,
+                                       original.SOPInstanceUID)
+    assert got.SOPClassUID == RAW_DATA_STORAGE and got.SOPInstanceUID != original.SOPInstanceUID
+    assert got.StudyInstanceUID == original.StudyInstanceUID and "PixelData" not in got
+
+
+def test_every_route_wants_a_valid_token(web: Web) -> None:
+    base = web.url
+    uid = "1.2.3"
+    routes = [("GET", f"{base}/studies"), ("GET", f"{base}/series"), ("GET", f"{base}/instances"),
+              ("GET", f"{base}/studies/{uid}/series"), ("GET", f"{base}/studies/{uid}/instances"),
+              ("GET", f"{base}/studies/{uid}/series/{uid}/instances"), ("GET", f"{base}/studies/{uid}"),
+              ("GET", f"{base}/studies/{uid}/metadata"), ("GET", f"{base}/studies/{uid}/series/{uid}"),
+              ("GET", f"{base}/studies/{uid}/series/{uid}/instances/{uid}/metadata"),
+              ("POST", f"{base}/studies"), ("POST", f"{base}/studies/{uid}")]
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        for method, url in routes:
+            r = requests.request(method, url, headers=headers, timeout=30)
+            assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer"), (method, url)
+    assert requests.get(f"{base}/studies", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).status_code == 204
+    refused = [r for r in read(web.running.config.audit_path) if r["event"] == "login-refused"]
+    assert len(refused) == 3 * len(routes) and TOKEN not in str(refused)
+
+
+def _post(web: Web, body: bytes, content_type: str) -> requests.Response:
+    return requests.post(f"{web.url}/studies", data=body, timeout=60,
+                         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": content_type})
+
+
+def test_malformed_stow_bodies_fail_alone_and_store_nothing(web: Web) -> None:
+    good = Path(ct_files()[0]).read_bytes()
+    body, boundary = build([(good, "application/dicom")])
+    kind = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    assert _post(web, body, "multipart/related; boundary=").status_code == 400  # bad boundary
+    assert _post(web, body[:-40], kind).status_code == 400  # truncated
+    r = requests.post(f"{web.url}/studies", data=b"x" * 10, timeout=30,  # huge declared length
+                      headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": kind,
+                               "Content-Length": str(1 << 50)})
+    assert r.status_code in (400, 413)
+    junk, boundary = build([(b"not DICOM %d" % i, "application/dicom") for i in range(1000)])
+    r = _post(web, junk, f'multipart/related; type="application/dicom"; boundary={boundary}')
+    assert r.status_code == 409 and len(r.json()["00081198"]["Value"]) == 1000
+    assert {f["00081197"]["Value"][0] for f in r.json()["00081198"]["Value"]} <= {0xA900, 0xC000}
+    mixed, boundary = build([(b"garbage", "application/dicom"), (good, "application/dicom"),
+                             (b"{}", "application/json")])
+    r = _post(web, mixed, f'multipart/related; type="application/dicom"; boundary={boundary}')
+    answer = r.json()
+    assert r.status_code == 202 and len(answer["00081199"]["Value"]) == 1 and len(answer["00081198"]["Value"]) == 2
+    web.running.wait_archived()
+    assert len(web.client.search_for_instances()) == 1  # the good part alone, and the server still answers
+
+
+def test_stow_into_a_study_refuses_an_instance_of_another(web: Web) -> None:
+    body, boundary = build([(Path(ct_files()[0]).read_bytes(), "application/dicom")])
+    other = "1.2.826.0.1.3680043.2.1143.1"
+    r = requests.post(f"{web.url}/studies/{other}", data=body, timeout=60,
+                      headers={"Authorization": f"Bearer {TOKEN}",
+                               "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert r.status_code == 409 and r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+    with pytest.raises(requests.HTTPError):  # dicomweb-client sees the same refusal
+        web.client.store_instances([pydicom.dcmread(ct_files()[0])], study_instance_uid=other)
+    assert not web.client.search_for_instances()
