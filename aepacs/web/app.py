@@ -49,7 +49,7 @@ from aepacs.pipeline.receive import receive, refusal
 from aepacs.pipeline.retrieve import fetch, fetch_blob
 from aepacs.pipeline.spool import Spool
 from aepacs.pipeline.transport import transport_key, transport_object
-from aepacs.web import multipart, qido
+from aepacs.web import multipart, pixels, qido
 from aepacs.web.auth import Tokens
 
 log = logging.getLogger("aepacs.web")
@@ -179,11 +179,66 @@ class Service:
             pixels = ds.pop("PixelData", None)
             out: dict[str, Any] = ds.to_json_dict(bulk_data_threshold=1 << 30)
             if pixels is not None:  # the bulk data is the instance's own resource
-                out["7FE00010"] = {"vr": pixels.VR, "BulkDataURI": base}
+                out["7FE00010"] = {"vr": pixels.VR, "BulkDataURI": f"{base}/bulkdata/7FE00010"}
             return out
 
         done, failed = self._objects(request, "metadata", convert)
         return self._outcome(json.dumps(done).encode(), DICOM_JSON, done, failed)
+
+    def _instance(self, request: Request) -> Dataset | Response:
+        """The decoded instance a pixel resource names, or the response that says why there is none."""
+        if self.config.server.retrieve_as != "decoded":
+            return JSONResponse({"error": "this archive serves sealed objects (server.retrieve_as: sealed): "
+                                          "no pixel resources"}, status_code=409)
+        done, failed = self._objects(request, "pixels", lambda row: pydicom.dcmread(BytesIO(fetch(self.archive,
+                                                                                                   row.sop_uid))))
+        if failed:
+            return self._outcome(b"", "", [], failed)
+        if not done:
+            return Response(status_code=404)
+        ds: Dataset = done[0]
+        return ds
+
+    def frames(self, request: Request) -> Response:
+        ds = self._instance(request)
+        if isinstance(ds, Response):
+            return ds
+        accept = request.headers.get("accept", "*/*")
+        try:
+            numbers = pixels.frame_list(request.path_params["frames"])
+            stored = "transfer-syntax=*" in accept.replace(" ", "") or str(ds.file_meta.TransferSyntaxUID) in accept
+            data, syntax = pixels.frames(ds, numbers, stored)
+        except pixels.PixelError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404 if "frame" in str(exc) else 400)
+        kind = f"application/octet-stream; transfer-syntax={syntax}"
+        body, boundary = multipart.build((d, kind) for d in data)
+        return Response(body, media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+
+    def bulkdata(self, request: Request) -> Response:
+        ds = self._instance(request)
+        if isinstance(ds, Response):
+            return ds
+        try:
+            data, syntax = pixels.frames(ds, range(1, int(ds.get("NumberOfFrames", 1) or 1) + 1), False)
+        except pixels.PixelError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        body, boundary = multipart.build([(b"".join(data), f"application/octet-stream; transfer-syntax={syntax}")])
+        return Response(body, media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+
+    def rendered(self, request: Request) -> Response:
+        ds = self._instance(request)
+        if isinstance(ds, Response):
+            return ds
+        accept = request.headers.get("accept", "image/png")
+        kind = "image/jpeg" if "image/jpeg" in accept and "image/png" not in accept else "image/png"
+        try:
+            frame = pixels.frame_list(request.path_params.get("frames", "1"))[0]
+            quality = int(request.query_params.get("quality", "90"))
+            image = pixels.rendered(ds, frame, window=request.query_params.get("window"), media_type=kind,
+                                    quality=min(max(quality, 1), 100))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404 if "frame" in str(exc) else 400)
+        return Response(image, media_type=kind)
 
     # -- STOW-RS ----------------------------------------------------------------------
     def store(self, request: Request, body: bytes) -> Response:
@@ -298,6 +353,11 @@ def build_app(service: Service) -> Starlette:
                  "/studies/{study}/series/{series}/instances/{instance}"):
         routes.append(Route(f"{root}{path}", service.retrieve, methods=["GET"]))
         routes.append(Route(f"{root}{path}/metadata", service.metadata, methods=["GET"]))
+    instance = f"{root}/studies/{{study}}/series/{{series}}/instances/{{instance}}"
+    routes += [Route(f"{instance}/frames/{{frames}}", service.frames, methods=["GET"]),
+               Route(f"{instance}/bulkdata/7FE00010", service.bulkdata, methods=["GET"]),
+               Route(f"{instance}/rendered", service.rendered, methods=["GET"]),
+               Route(f"{instance}/frames/{{frames}}/rendered", service.rendered, methods=["GET"])]
     middleware = [Middleware(_Guard, service=service, tokens=tokens)]
     if service.config.web.cors_origins:
         middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(service.config.web.cors_origins),

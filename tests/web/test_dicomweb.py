@@ -84,6 +84,9 @@ def test_sealed_mode_serves_the_sealed_transport_objects(make_web: Callable[...,
                                        original.SOPInstanceUID)
     assert got.SOPClassUID == RAW_DATA_STORAGE and got.SOPInstanceUID != original.SOPInstanceUID
     assert got.StudyInstanceUID == original.StudyInstanceUID and "PixelData" not in got
+    r = requests.get(f"{web.url}/studies/{original.StudyInstanceUID}/series/{original.SeriesInstanceUID}/instances/"
+                     f"{original.SOPInstanceUID}/rendered", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert r.status_code == 409 and "sealed" in r.json()["error"]  # no pixels leave a sealed-mode archive
 
 
 def test_every_route_wants_a_valid_token(web: Web) -> None:
@@ -142,3 +145,44 @@ def test_stow_into_a_study_refuses_an_instance_of_another(web: Web) -> None:
     with pytest.raises(requests.HTTPError):  # dicomweb-client sees the same refusal
         web.client.store_instances([pydicom.dcmread(ct_files()[0])], study_instance_uid=other)
     assert not web.client.search_for_instances()
+
+
+def test_frames_bulkdata_and_rendered_images(web: Web) -> None:
+    import imagecodecs
+    import numpy as np
+    from pydicom.encaps import generate_frames
+
+    ct = pydicom.dcmread(ct_files()[0])
+    multi = pydicom.dcmread(get_testdata_file("emri_small.dcm"))  # 10 native frames
+    j2k = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))  # encapsulated: kept as it came
+    web.client.store_instances([ct, multi, j2k])
+    web.running.wait_archived()
+
+    def uids(ds: Dataset) -> tuple[str, str, str]:
+        return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+
+    (frame,) = web.client.retrieve_instance_frames(*uids(ct), frame_numbers=[1])
+    assert frame == ct.PixelData  # native, little endian: the stored samples
+    got = web.client.retrieve_instance_frames(*uids(multi), frame_numbers=[3, 1])
+    for data, n in zip(got, (3, 1), strict=True):
+        assert np.array_equal(np.frombuffer(data, "<u2").reshape(64, 64), multi.pixel_array[n - 1])
+    (stored,) = web.client.retrieve_instance_frames(*uids(j2k), frame_numbers=[1],
+                                                    media_types=(("application/octet-stream", "*"),))
+    assert stored == next(generate_frames(j2k.PixelData, number_of_frames=1))  # as stored, compressed
+    (decoded,) = web.client.retrieve_instance_frames(*uids(j2k), frame_numbers=[1])
+    want = j2k.pixel_array
+    assert np.array_equal(np.frombuffer(decoded, want.dtype.newbyteorder("<")).reshape(want.shape), want)
+    meta = web.client.retrieve_instance_metadata(*uids(multi))
+    (bulk,) = web.client.retrieve_bulkdata(meta["7FE00010"]["BulkDataURI"])
+    assert bulk == multi.PixelData
+    png = web.client.retrieve_instance_rendered(*uids(ct), media_types=("image/png",))
+    image = imagecodecs.png_decode(png)
+    assert image.shape == (512, 512) and image.dtype == np.uint8 and image.std() > 10
+    lung = imagecodecs.png_decode(web.client.retrieve_instance_rendered(*uids(ct), media_types=("image/png",),
+                                                                        params={"window": "-600,1500"}))
+    assert not np.array_equal(lung, image)  # the window asked for, not the instance's
+    jpeg = web.client.retrieve_instance_frames_rendered(*uids(multi), frame_numbers=[2], media_types=("image/jpeg",))
+    assert jpeg[:2] == b"\xff\xd8" and imagecodecs.jpeg8_decode(jpeg).shape == (64, 64)
+    r = requests.get(f"{web.url}/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}/instances/"
+                     f"{ct.SOPInstanceUID}/frames/2", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert r.status_code == 404 and "1 frame" in r.json()["error"]
