@@ -1,4 +1,4 @@
-"""``aepacs serve | retrieve | send``: the archive SCP, the retrieval client and a storage SCU."""
+"""``aepacs serve | web-token | retrieve | send``: the archive SCP (DIMSE, DICOMweb), its tokens, and clients."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from aepacs.net.client import client_ssl_context, receive_files, retrieve
 from aepacs.net.send import send_files, storables
 from aepacs.net.server import ArchiveServer
 from aepacs.pipeline.archive import load_keyring
+from aepacs.web.auth import new_token
 
 
 def _tls_options(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--workers", type=int, help="conversion worker processes (ingest.workers)")
     p.add_argument("--web-port", type=int, metavar="PORT", help="DICOMweb listen port (web.port; 0: off)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("web-token", parents=[common],
+                       help="make a DICOMweb bearer token; prints it once, and the digest web.tokens_sha256 lists")
+    p.set_defaults(func=cmd_web_token)
 
     p = sub.add_parser("retrieve", parents=[common],
                        help="retrieve from an archive (or open received files) and write decoded DICOM")
@@ -73,6 +78,13 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     if sections:
         config = load_config(getattr(args, "config", None), overrides=sections)
     return ArchiveServer(config, workers=args.workers).serve_forever()
+
+
+def cmd_web_token(args: argparse.Namespace, config: Config) -> int:
+    token, digest = new_token()
+    print(f"token (give it to the client; it is not stored anywhere): {token}")
+    print(f"add to web.tokens_sha256: {digest}")
+    return 0
 
 
 def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:

@@ -186,3 +186,20 @@ def test_frames_bulkdata_and_rendered_images(web: Web) -> None:
     r = requests.get(f"{web.url}/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}/instances/"
                      f"{ct.SOPInstanceUID}/frames/2", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert r.status_code == 404 and "1 frame" in r.json()["error"]
+
+
+def test_web_token_prints_a_token_whose_digest_lets_it_in(make_server, env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    from tests.conftest import run_cli
+    from tests.net.conftest import free_port
+
+    out = run_cli("web-token", env=env, check=True).stdout
+    token = out.split("it is not stored anywhere): ")[1].split()[0]
+    digest = out.split("web.tokens_sha256: ")[1].split()[0]
+    assert hashlib.sha256(token.encode()).hexdigest() == digest
+    running = make_server(web={"port": free_port(), "tokens_sha256": [digest]})
+    assert running.server.web is not None
+    url = running.server.web.url
+    assert requests.get(f"{url}/studies", headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code == 204
+    assert requests.get(f"{url}/studies", headers={"Authorization": f"Bearer {token}x"}, timeout=30).status_code == 401
