@@ -209,7 +209,7 @@ class Service:
             stored = "transfer-syntax=*" in accept.replace(" ", "") or str(ds.file_meta.TransferSyntaxUID) in accept
             data, syntax = pixels.frames(ds, numbers, stored)
         except pixels.PixelError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404 if "frame" in str(exc) else 400)
+            return JSONResponse({"error": str(exc)}, status_code=404 if isinstance(exc, pixels.NoSuchFrame) else 400)
         kind = f"application/octet-stream; transfer-syntax={syntax}"
         body, boundary = multipart.build((d, kind) for d in data)
         return Response(body, media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
@@ -236,8 +236,10 @@ class Service:
             quality = int(request.query_params.get("quality", "90"))
             image = pixels.rendered(ds, frame, window=request.query_params.get("window"), media_type=kind,
                                     quality=min(max(quality, 1), 100))
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404 if "frame" in str(exc) else 400)
+        except pixels.PixelError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404 if isinstance(exc, pixels.NoSuchFrame) else 400)
+        except ValueError:
+            return JSONResponse({"error": "quality must be an integer"}, status_code=400)
         return Response(image, media_type=kind)
 
     # -- STOW-RS ----------------------------------------------------------------------

@@ -21,11 +21,15 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from aepacs.errors import InputError
 
-__all__ = ["PixelError", "frame_list", "frames", "rendered", "window_of"]
+__all__ = ["NoSuchFrame", "PixelError", "frame_list", "frames", "rendered", "window_of"]
 
 
 class PixelError(InputError):
-    """A pixel resource that cannot be served as asked (no pixel data, no such frame, a bad parameter)."""
+    """A pixel resource that cannot be served as asked (a bad parameter: 400)."""
+
+
+class NoSuchFrame(PixelError):
+    """No pixel data, or a frame beyond the last (404)."""
 
 
 def frame_list(text: str) -> list[int]:
@@ -55,10 +59,10 @@ def frames(ds: Dataset, numbers: Sequence[int], accept_stored: bool) -> tuple[li
         No pixel data, a frame beyond the last, or 1-bit samples (not byte-aligned).
     """
     if "PixelData" not in ds:
-        raise PixelError("the instance has no pixel data")
+        raise NoSuchFrame("the instance has no pixel data")
     count = _count(ds)
     if max(numbers) > count:
-        raise PixelError(f"the instance has {count} frame{'s' * (count != 1)}, not {max(numbers)}")
+        raise NoSuchFrame(f"the instance has {count} frame{'s' * (count != 1)}, not {max(numbers)}")
     syntax = ds.file_meta.TransferSyntaxUID
     if syntax.is_compressed and accept_stored:
         stored = list(generate_frames(ds.PixelData, number_of_frames=count))
@@ -106,10 +110,10 @@ def rendered(ds: Dataset, frame: int = 1, *, window: str | None = None, media_ty
         No pixel data, no such frame, a bad window, an unsupported media type.
     """
     if "PixelData" not in ds:
-        raise PixelError("the instance has no pixel data")
+        raise NoSuchFrame("the instance has no pixel data")
     count = _count(ds)
     if frame > count:
-        raise PixelError(f"the instance has {count} frame{'s' * (count != 1)}, not {frame}")
+        raise NoSuchFrame(f"the instance has {count} frame{'s' * (count != 1)}, not {frame}")
     array = ds.pixel_array
     image = array[frame - 1] if count > 1 else array
     if int(ds.get("SamplesPerPixel", 1)) == 3:  # pydicom gives YBR as RGB already

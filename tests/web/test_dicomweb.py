@@ -186,6 +186,10 @@ def test_frames_bulkdata_and_rendered_images(web: Web) -> None:
     r = requests.get(f"{web.url}/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}/instances/"
                      f"{ct.SOPInstanceUID}/frames/2", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert r.status_code == 404 and "1 frame" in r.json()["error"]
+    for bad in ("frames/x", "frames/0", "rendered?window=40", "rendered?quality=high"):
+        r = requests.get(f"{web.url}/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}/instances/"
+                         f"{ct.SOPInstanceUID}/{bad}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert r.status_code == 400, bad
 
 
 def test_web_token_prints_a_token_whose_digest_lets_it_in(make_server, env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
