@@ -4,7 +4,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test fuzz bench eval clean
+.PHONY: install demo test fuzz bench eval clean viewer
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,12 @@ demo: $(STAMP)
 	$(BIN)/aepacs demo
 
 ## the test suite, after the lint (ruff), the types (mypy) and the layering (import-linter)
+## the OHIF viewer aepacs serve serves at /viewer/: npm pack @ohif/app from the npm registry,
+## verified and unpacked into build/viewer (the tests' copy; a site runs aepacs viewer install)
+viewer: build/viewer/index.html
+build/viewer/index.html: $(STAMP)
+	$(BIN)/aepacs viewer install --dest build/viewer
+
 test: $(STAMP)
 	$(BIN)/ruff check aepacs tests bench plugins
 	$(BIN)/mypy

@@ -17,6 +17,7 @@ from aepacs.net.send import send_files, storables
 from aepacs.net.server import ArchiveServer
 from aepacs.pipeline.archive import load_keyring
 from aepacs.web.auth import new_token
+from aepacs.web.viewer import OHIF_VERSION, install
 
 
 def _tls_options(p: argparse.ArgumentParser) -> None:
@@ -37,6 +38,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p = sub.add_parser("web-token", parents=[common],
                        help="make a DICOMweb bearer token; prints it once, and the digest web.tokens_sha256 lists")
     p.set_defaults(func=cmd_web_token)
+
+    p = sub.add_parser("viewer", parents=[common], help="the OHIF viewer aepacs serve serves at /viewer/")
+    vsub = p.add_subparsers(dest="viewer_command", required=True)
+    v = vsub.add_parser("install", parents=[common],
+                        help="npm pack @ohif/app from the npm registry, verify it, unpack it into web.viewer")
+    v.add_argument("--version", default=OHIF_VERSION, help=f"@ohif/app version (default {OHIF_VERSION})")
+    v.add_argument("--dest", type=Path, metavar="DIR", help="install here instead of web.viewer")
+    v.set_defaults(func=cmd_viewer_install)
 
     p = sub.add_parser("retrieve", parents=[common],
                        help="retrieve from an archive (or open received files) and write decoded DICOM")
@@ -84,6 +93,12 @@ def cmd_web_token(args: argparse.Namespace, config: Config) -> int:
     token, digest = new_token()
     print(f"token (give it to the client; it is not stored anywhere): {token}")
     print(f"add to web.tokens_sha256: {digest}")
+    return 0
+
+
+def cmd_viewer_install(args: argparse.Namespace, config: Config) -> int:
+    dest = install(args.dest or config.resolve(config.web.viewer), args.version)
+    print(f"OHIF {args.version} installed in {dest}; aepacs serve serves it at /viewer/ when web.port is set")
     return 0
 
 

@@ -107,6 +107,7 @@ class WebConfig:
     anonymous: bool
     cors_origins: list[str]
     max_request_mb: int = field(metadata={"range": (1, 1 << 20)})
+    viewer: str
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.cookies import SimpleCookie
 from io import BytesIO
 from itertools import islice
 from typing import Any
@@ -36,7 +37,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aepacs.audit import MINOR_FAILURE, AuditTrail, Party
@@ -49,11 +50,13 @@ from aepacs.pipeline.receive import receive, refusal
 from aepacs.pipeline.retrieve import fetch, fetch_blob
 from aepacs.pipeline.spool import Spool
 from aepacs.pipeline.transport import transport_key, transport_object
-from aepacs.web import multipart, pixels, qido
+from aepacs.web import multipart, pixels, qido, viewer
 from aepacs.web.auth import Tokens
 
 log = logging.getLogger("aepacs.web")
 
+#: the DICOMweb service root; every path under it needs a token
+ROOT = "/dicomweb"
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 __all__ = ["Service", "build_app"]
@@ -298,17 +301,22 @@ class _Guard:
         self.app, self.service, self.tokens = app, service, tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.service.config.web.anonymous or scope["method"] == "OPTIONS":
-            await self.app(scope, receive, send)
+        if (scope["type"] != "http" or self.service.config.web.anonymous or scope["method"] == "OPTIONS"
+                or not (scope["path"] == ROOT or scope["path"].startswith(ROOT + "/"))):
+            await self.app(scope, receive, send)  # only DICOMweb holds data; the viewer's files do not
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if not self.tokens.allows(headers.get("authorization")):
+        authorization = headers.get("authorization")
+        if authorization is None and scope["method"] in ("GET", "HEAD"):  # a viewer session: its cookie
+            cookie = SimpleCookie(headers.get("cookie", "")).get(viewer.COOKIE)
+            authorization = f"Bearer {cookie.value}" if cookie is not None else None
+        if not self.tokens.allows(authorization):
             client = scope.get("client") or ("?", 0)
             self.service.audit.record("login-refused", outcome=MINOR_FAILURE,
                                       source=Party("DICOMweb client", f"{client[0]}:{client[1]}"),
                                       destination=self.service.me,
                                       detail=f"{scope['method']} {scope['path']}: "
-                                             + ("wrong token" if headers.get("authorization") else "no token"))
+                                             + ("wrong token" if authorization else "no token"))
             response = JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
                                     headers={"WWW-Authenticate": 'Bearer realm="aepacs"'})
             await response(scope, receive, send)
@@ -340,8 +348,8 @@ def build_app(service: Service) -> Starlette:
             chunks.append(chunk)
         return await run_in_threadpool(service.store, request, b"".join(chunks))
 
-    root = "/dicomweb"
-    routes = [
+    root = ROOT
+    routes: list[BaseRoute] = [
         Route(f"{root}/studies", search("STUDY"), methods=["GET"]),
         Route(f"{root}/series", search("SERIES"), methods=["GET"]),
         Route(f"{root}/instances", search("IMAGE"), methods=["GET"]),
@@ -360,6 +368,9 @@ def build_app(service: Service) -> Starlette:
                Route(f"{instance}/bulkdata/7FE00010", service.bulkdata, methods=["GET"]),
                Route(f"{instance}/rendered", service.rendered, methods=["GET"]),
                Route(f"{instance}/frames/{{frames}}/rendered", service.rendered, methods=["GET"])]
+    viewer_dir = service.config.resolve(service.config.web.viewer)
+    if (viewer_dir / "index.html").is_file():
+        routes += viewer.routes(viewer_dir, service.root, secure=service.config.server.tls.enabled)
     middleware = [Middleware(_Guard, service=service, tokens=tokens)]
     if service.config.web.cors_origins:
         middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(service.config.web.cors_origins),
