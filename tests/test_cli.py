@@ -309,11 +309,11 @@ def test_output_into_a_closed_pipe_is_no_error(env: dict[str, str]) -> None:
 
 
 def test_eval_without_its_extra_says_what_to_install_before_working(env: dict[str, str], tmp_path: Path) -> None:
-    code = ("import sys; sys.modules['imagecodecs'] = None; from aepacs.cli import main; "
+    code = ("import sys; sys.modules['matplotlib'] = None; from aepacs.cli import main; "
             f"sys.exit(main(['eval', '--model', 'ct', '--data', {str(ct_files()[0])!r}, '-o', {str(tmp_path)!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
     assert proc.returncode == 2, proc.stderr
-    assert "needs the eval extra (missing: imagecodecs): pip install 'aepacs[eval]'" in proc.stderr
+    assert "needs the eval extra (missing: matplotlib): pip install 'aepacs[eval]'" in proc.stderr
     assert not list(tmp_path.iterdir())  # refused before any work
 
 

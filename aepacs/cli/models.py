@@ -110,7 +110,7 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, config: Config) -> int:
-    missing = [m for m in ("imagecodecs", "SimpleITK", "matplotlib") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("SimpleITK", "matplotlib") if importlib.util.find_spec(m) is None]
     if missing:  # before a minute of work, not after it
         raise ConfigError(f"aepacs eval needs the eval extra (missing: {', '.join(missing)}): "
                           f"pip install 'aepacs[eval]'")

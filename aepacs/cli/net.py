@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -12,9 +13,10 @@ from aepacs.config import Config, load_config
 from aepacs.dicom.status import Status
 from aepacs.errors import AepacsError
 from aepacs.models.registry import config_registry
-from aepacs.net.client import client_ssl_context, receive_files, retrieve
+from aepacs.net.client import Receiver, client_ssl_context, receive_files, retrieve
 from aepacs.net.send import send_files, storables
 from aepacs.net.server import ArchiveServer
+from aepacs.net.webclient import retrieve_web
 from aepacs.pipeline.archive import load_keyring
 from aepacs.web.auth import new_token
 from aepacs.web.viewer import OHIF_VERSION, install
@@ -51,6 +53,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                        help="retrieve from an archive (or open received files) and write decoded DICOM")
     p.add_argument("--host", help="archive host")
     p.add_argument("--port", type=int, help="archive port")
+    p.add_argument("--dicomweb", metavar="URL",
+                   help="retrieve over WADO-RS from this service root (https://host:port/dicomweb) instead of DIMSE; "
+                        "the bearer token is read from $AEPACS_WEB_TOKEN")
     p.add_argument("--called-aet", default="AEPACS", metavar="TITLE", help="archive AE title (default AEPACS)")
     p.add_argument("--aet", default="AEPACS_SCU", metavar="TITLE", help="our AE title (default AEPACS_SCU)")
     sel = p.add_mutually_exclusive_group()
@@ -106,6 +111,14 @@ def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
     keyring = load_keyring(config)
     if args.from_files:
         summary = receive_files(args.from_files, keyring, args.output, registry=config_registry(config))
+    elif args.dicomweb:
+        chosen = [(lvl, getattr(args, lvl)) for lvl in ("study", "series", "instance") if getattr(args, lvl)]
+        if len(chosen) != 1:
+            raise AepacsError("with --dicomweb give one of --study/--series/--instance")
+        context = client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+        summary = retrieve_web(args.dicomweb, *chosen[0], Receiver(keyring, args.output, config_registry(config)),
+                               token=os.environ.get("AEPACS_WEB_TOKEN"), context=context)
+        summary.status = None  # an HTTP status, not a DIMSE one
     else:
         chosen = [(lvl, getattr(args, lvl)) for lvl in ("patient", "study", "series", "instance")
                   if getattr(args, lvl)]
@@ -117,8 +130,9 @@ def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
         summary = retrieve(args.host, args.port, args.called_aet, args.aet, level, value, keyring, args.output,
                            move_to_self=args.move_to_self, bind=args.bind, tls=tls, registry=config_registry(config))
     audit(config).record("retrieve", outcome=MINOR_FAILURE if summary.failed else SUCCESS, objects=len(summary.written),
-                         source=Party(None if args.from_files else args.called_aet,
-                                      str(args.from_files) if args.from_files else f"{args.host}:{args.port}"),
+                         source=Party(None if args.from_files or args.dicomweb else args.called_aet,
+                                      str(args.from_files) if args.from_files
+                                      else args.dicomweb or f"{args.host}:{args.port}"),
                          destination=Party(args.aet, str(args.output)), patients=[args.patient or ""],
                          studies=[args.study or ""], detail="opened and decoded by aepacs retrieve")
     print(f"retrieved {count(len(summary.written), 'instance')} into {args.output}; {len(summary.failed)} failed"
