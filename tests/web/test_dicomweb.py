@@ -207,3 +207,25 @@ def test_web_token_prints_a_token_whose_digest_lets_it_in(make_server, env: dict
     url = running.server.web.url
     assert requests.get(f"{url}/studies", headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code == 204
     assert requests.get(f"{url}/studies", headers={"Authorization": f"Bearer {token}x"}, timeout=30).status_code == 401
+
+
+def test_dicomweb_over_tls_with_the_dimse_certificates(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.net.conftest import free_port
+    from tests.net.test_server import _certificates
+    from tests.web.conftest import TOKEN_SHA256
+
+    certs = _certificates(tmp_path)
+    running = make_server(server={"tls": {"enabled": True, "certificate": str(certs["server.pem"]),
+                                          "private_key": str(certs["server.key"]), "ca": str(certs["ca.pem"]),
+                                          "require_client_certificate": True}},
+                          web={"port": free_port(), "tokens_sha256": [TOKEN_SHA256]})
+    url = running.server.web.url
+    assert url.startswith("https://")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    ok = requests.get(f"{url}/studies", headers=auth, verify=str(certs["ca.pem"]),
+                      cert=(str(certs["client.pem"]), str(certs["client.key"])), timeout=30)
+    assert ok.status_code == 204
+    with pytest.raises(requests.exceptions.ConnectionError):  # no client certificate: refused in the handshake
+        requests.get(f"{url}/studies", headers=auth, verify=str(certs["ca.pem"]), timeout=30)
+    with pytest.raises(requests.exceptions.ConnectionError):  # plain HTTP on the TLS port
+        requests.get(url.replace("https://", "http://") + "/studies", headers=auth, timeout=30)
