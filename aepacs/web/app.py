@@ -170,8 +170,14 @@ class Service:
         headers = {"Warning": ", ".join(warnings)} if warnings else {}
         return Response(body, status_code=206 if failed else 200, media_type=media_type, headers=headers)
 
+    def _part10_of(self, row: Any) -> bytes:
+        """What WADO-RS sends for one instance: the original's bytes as stored, or the sealed transport object."""
+        if self.config.server.retrieve_as == "decoded":
+            return fetch(self.archive, row.sop_uid)  # a Part 10 stream already: no parse, no re-encoding
+        return _part10(self._dataset(row))
+
     def retrieve(self, request: Request) -> Response:
-        done, failed = self._objects(request, "retrieve", lambda row: _part10(self._dataset(row)))
+        done, failed = self._objects(request, "retrieve", self._part10_of)
         body, boundary = multipart.build((data, DICOM) for data in done)
         return self._outcome(body, f'multipart/related; type="{DICOM}"; boundary={boundary}', done, failed)
 
