@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from ingest import free_port, make_slices  # noqa: E402
+from ingest import free_port, make_slices, stop  # noqa: E402
 
 from aepacs.web.auth import new_token  # noqa: E402
 
@@ -99,15 +99,6 @@ def start_orthanc(work: Path) -> tuple[subprocess.Popen[bytes], DICOMwebClient, 
     wait_http(f"{url}/studies", {}, proc)
     client = DICOMwebClient(url=url)
     return proc, client, lambda: len(client.search_for_instances())
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(20)
 
 
 def measure(start: Callable[[Path], tuple[subprocess.Popen[bytes], DICOMwebClient, Callable[[], int]]],
