@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from io import BytesIO
@@ -145,13 +147,19 @@ class Service:
     def _objects(self, request: Request, what: str, convert: Callable[[Any], Any]) -> tuple[list[Any], list[str]]:
         """`convert` of each selected instance; the UIDs of those that could not be opened (named, logged)."""
         rows = self._rows(request)
-        done, failed = [], []
-        for row in rows:
+
+        def one(row: Any) -> tuple[bool, Any]:
             try:
-                done.append(convert(row))
+                return True, convert(row)
             except Exception as exc:  # tampered, key missing, undecodable: this object fails, not the rest
                 log.error("WADO-RS %s of %s failed: %s", what, shown(row.sop_uid), exc)
-                failed.append(row.sop_uid)
+                return False, row.sop_uid
+
+        # opening and decoding release the GIL (AES-GCM, SHA-256, the numba decoders): one thread per core
+        with ThreadPoolExecutor(min(len(rows), os.cpu_count() or 1) or 1) as pool:
+            results = list(pool.map(one, rows))
+        done = [value for ok, value in results if ok]
+        failed = [value for ok, value in results if not ok]
         self.audit.record("retrieve", outcome=MINOR_FAILURE if failed else AUDIT_OK, source=self.me,
                           destination=_client(request), patients=[r.patient_id for r in rows],
                           studies=[r.study_uid for r in rows], objects=len(done),
