@@ -31,10 +31,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, build_context, evt
@@ -54,9 +52,8 @@ from aepacs.errors import AepacsError, DatasetMismatch, InputError
 from aepacs.net.metrics import Metrics
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.receive import receive, refusal
-from aepacs.pipeline.retrieve import fetch, fetch_blob
 from aepacs.pipeline.spool import Spool
-from aepacs.pipeline.transport import transport_key, transport_object
+from aepacs.pipeline.transport import outgoing, transport_key
 
 log = logging.getLogger("aepacs.serve")
 
@@ -298,10 +295,7 @@ class Handlers:
 
     def _dataset_for(self, row: Any) -> Dataset:
         """What is sent for one instance: its sealed transport object, or the decoded original."""
-        if self.config.server.retrieve_as == "decoded":
-            return pydicom.dcmread(BytesIO(fetch(self.archive, row.sop_uid)))
-        current, blob = fetch_blob(self.archive, row.sop_uid)
-        return transport_object(blob, current, self._pseudonym_key)
+        return outgoing(self.archive, row, self._pseudonym_key)
 
     def _rows(self, event: Event) -> list[Any] | None:
         try:

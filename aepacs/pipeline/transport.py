@@ -16,6 +16,7 @@ from io import BytesIO
 from types import SimpleNamespace
 from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
 
 from aepacs.config import Config
@@ -24,12 +25,29 @@ from aepacs.crypto.pseudonym import pseudonym, site_key
 from aepacs.dicom.part10 import parse
 from aepacs.dicom.records import InstanceRecord
 from aepacs.dicom.transport import make_transport
+from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.ingest import check, seal_bytes
+from aepacs.pipeline.retrieve import fetch, fetch_blob
 
 
 def transport_key(config: Config) -> bytes | None:
     """The site's pseudonym key when transport objects carry pseudonyms (``transport.identifiers``), else None."""
     return site_key(config.pseudonym_key_path) if config.transport.identifiers == "pseudonymous" else None
+
+
+def outgoing(archive: Archive, row: Any, pseudonym_key: bytes | None) -> Dataset:
+    """What C-GET, C-MOVE and WADO-RS send for one indexed instance (``server.retrieve_as``): the decoded
+    original, or its sealed transport object (identifiers as `pseudonym_key` says).
+
+    Raises
+    ------
+    OpenError
+        Blob missing or altered, key not in the keyring, not decodable.
+    """
+    if archive.config.server.retrieve_as == "decoded":
+        return pydicom.dcmread(BytesIO(fetch(archive, row.sop_uid)))
+    current, blob = fetch_blob(archive, row.sop_uid)
+    return transport_object(blob, current, pseudonym_key)
 
 
 def transport_object(blob: bytes, row: Any, pseudonym_key: bytes | None) -> Dataset:

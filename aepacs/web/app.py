@@ -31,7 +31,6 @@ from io import BytesIO
 from itertools import islice
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -49,9 +48,9 @@ from aepacs.dicom.records import shown
 from aepacs.errors import InputError
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.receive import receive, refusal
-from aepacs.pipeline.retrieve import fetch, fetch_blob
+from aepacs.pipeline.retrieve import fetch
 from aepacs.pipeline.spool import Spool
-from aepacs.pipeline.transport import transport_key, transport_object
+from aepacs.pipeline.transport import outgoing, transport_key
 from aepacs.web import multipart, pixels, qido, viewer
 from aepacs.web.auth import Tokens
 
@@ -85,6 +84,9 @@ class Service:
     spool: Spool
     wake: Callable[[], None]
     me: Party
+
+    def __post_init__(self) -> None:
+        self._pseudonym_key = transport_key(self.config)  # read once, not per instance sent
 
     @property
     def audit(self) -> AuditTrail:
@@ -139,10 +141,7 @@ class Service:
         return self.archive.selection(ident)
 
     def _dataset(self, row: Any) -> Dataset:
-        if self.config.server.retrieve_as == "decoded":
-            return pydicom.dcmread(BytesIO(fetch(self.archive, row.sop_uid)))
-        current, blob = fetch_blob(self.archive, row.sop_uid)
-        return transport_object(blob, current, transport_key(self.config))
+        return outgoing(self.archive, row, self._pseudonym_key)
 
     def _objects(self, request: Request, what: str, convert: Callable[[Any], Any]) -> tuple[list[Any], list[str]]:
         """`convert` of each selected instance; the UIDs of those that could not be opened (named, logged)."""
@@ -207,8 +206,7 @@ class Service:
         if self.config.server.retrieve_as != "decoded":
             return JSONResponse({"error": "this archive serves sealed objects (server.retrieve_as: sealed): "
                                           "no pixel resources"}, status_code=409)
-        done, failed = self._objects(request, "pixels", lambda row: pydicom.dcmread(BytesIO(fetch(self.archive,
-                                                                                                   row.sop_uid))))
+        done, failed = self._objects(request, "pixels", self._dataset)
         if failed:
             return self._outcome(b"", "", [], failed)
         if not done:
