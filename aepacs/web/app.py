@@ -32,6 +32,7 @@ from itertools import islice
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -67,6 +68,11 @@ def _part10(ds: Dataset) -> bytes:
     buf = BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def _pixel_error(exc: pixels.PixelError) -> Response:
+    status = 404 if isinstance(exc, pixels.NoSuchFrame) else 406 if isinstance(exc, pixels.NotAcceptable) else 400
+    return JSONResponse({"error": str(exc)}, status_code=status)
 
 
 def _client(request: Request) -> Party:
@@ -192,10 +198,10 @@ class Service:
         def convert(row: Any) -> dict[str, Any]:
             ds = self._dataset(row)
             base = f"{self.root(request)}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
-            pixels = ds.pop("PixelData", None)
+            pixel_data = ds.pop("PixelData", None)
             out: dict[str, Any] = ds.to_json_dict(bulk_data_threshold=1 << 30)
-            if pixels is not None:  # the bulk data is the instance's own resource
-                out["7FE00010"] = {"vr": pixels.VR, "BulkDataURI": f"{base}/bulkdata/7FE00010"}
+            if pixel_data is not None:  # the bulk data is the instance's own resource
+                out["7FE00010"] = {"vr": pixel_data.VR, "BulkDataURI": f"{base}/bulkdata/7FE00010"}
             return out
 
         done, failed = self._objects(request, "metadata", convert)
@@ -218,27 +224,25 @@ class Service:
         ds = self._instance(request)
         if isinstance(ds, Response):
             return ds
-        accept = request.headers.get("accept", "*/*")
         try:
             numbers = pixels.frame_list(request.path_params["frames"])
-            stored = "transfer-syntax=*" in accept.replace(" ", "") or str(ds.file_meta.TransferSyntaxUID) in accept
-            data, syntax = pixels.frames(ds, numbers, stored)
+            data, kind, syntax = pixels.frames(ds, numbers, request.headers.get("accept", "*/*"))
         except pixels.PixelError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404 if isinstance(exc, pixels.NoSuchFrame) else 400)
-        kind = f"application/octet-stream; transfer-syntax={syntax}"
-        body, boundary = multipart.build((d, kind) for d in data)
-        return Response(body, media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+            return _pixel_error(exc)
+        body, boundary = multipart.build((d, f"{kind}; transfer-syntax={syntax}") for d in data)
+        return Response(body, media_type=f'multipart/related; type="{kind}"; boundary={boundary}')
 
     def bulkdata(self, request: Request) -> Response:
         ds = self._instance(request)
         if isinstance(ds, Response):
             return ds
         try:
-            data, syntax = pixels.frames(ds, range(1, int(ds.get("NumberOfFrames", 1) or 1) + 1), False)
+            data = pixels.native(ds, range(1, int(ds.get("NumberOfFrames", 1) or 1) + 1))
         except pixels.PixelError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
-        body, boundary = multipart.build([(b"".join(data), f"application/octet-stream; transfer-syntax={syntax}")])
-        return Response(body, media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+            return _pixel_error(exc)
+        kind = f"{pixels.OCTET}; transfer-syntax={ExplicitVRLittleEndian}"
+        body, boundary = multipart.build([(b"".join(data), kind)])
+        return Response(body, media_type=f'multipart/related; type="{pixels.OCTET}"; boundary={boundary}')
 
     def rendered(self, request: Request) -> Response:
         ds = self._instance(request)
@@ -252,7 +256,7 @@ class Service:
             image = pixels.rendered(ds, frame, window=request.query_params.get("window"), media_type=kind,
                                     quality=min(max(quality, 1), 100))
         except pixels.PixelError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404 if isinstance(exc, pixels.NoSuchFrame) else 400)
+            return _pixel_error(exc)
         except ValueError:
             return JSONResponse({"error": "quality must be an integer"}, status_code=400)
         return Response(image, media_type=kind)

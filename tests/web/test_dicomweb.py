@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 
 from aepacs.audit import read
 from aepacs.dicom.transport import RAW_DATA_STORAGE
+from aepacs.web import multipart
 from aepacs.web.multipart import build
 from tests.conftest import ct_files
 from tests.web.conftest import TOKEN, Web
@@ -172,6 +173,22 @@ def test_frames_bulkdata_and_rendered_images(web: Web) -> None:
     (decoded,) = web.client.retrieve_instance_frames(*uids(j2k), frame_numbers=[1])
     want = j2k.pixel_array
     assert np.array_equal(np.frombuffer(decoded, want.dtype.newbyteorder("<")).reshape(want.shape), want)
+    # transcoded on request, losslessly: the archived CT slice's pixels in JPEG-LS, JPEG 2000 and HTJ2K
+    (jls,) = web.client.retrieve_instance_frames(*uids(ct), frame_numbers=[1],
+                                                 media_types=(("image/jls", "1.2.840.10008.1.2.4.80"),))
+    (jp2,) = web.client.retrieve_instance_frames(*uids(ct), frame_numbers=[1], media_types=(("image/jp2",),))
+    instance = (f"{web.url}/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}/instances/"
+                f"{ct.SOPInstanceUID}")
+    r = requests.get(f"{instance}/frames/1", timeout=30, headers={
+        "Authorization": f"Bearer {TOKEN}", "Accept": 'multipart/related; type="image/jphc"'})
+    (part,) = multipart.parse(r.content, r.headers["content-type"])
+    assert part.content_type == "image/jphc"
+    for data, decode in ((jls, imagecodecs.jpegls_decode), (jp2, imagecodecs.jpeg2k_decode),
+                         (part.data, imagecodecs.htj2k_decode)):
+        assert np.array_equal(np.asarray(decode(data)).view(ct.pixel_array.dtype), ct.pixel_array)
+    r = requests.get(f"{instance}/frames/1", timeout=30, headers={
+        "Authorization": f"Bearer {TOKEN}", "Accept": 'multipart/related; type="image/jpx"'})
+    assert r.status_code == 406
     meta = web.client.retrieve_instance_metadata(*uids(multi))
     (bulk,) = web.client.retrieve_bulkdata(meta["7FE00010"]["BulkDataURI"])
     assert bulk == multi.PixelData
