@@ -104,6 +104,7 @@ class WebConfig:
     port: int = field(metadata={"range": (0, 65535)})
     bind: str
     tokens_sha256: list[str]
+    client_certificates: list[str]
     anonymous: bool
     cors_origins: list[str]
     max_request_mb: int = field(metadata={"range": (1, 1 << 20)})

@@ -12,8 +12,8 @@ Resources, under ``/dicomweb``:
 * STOW-RS ``POST /studies[/{study}]``: each part through the same acceptance
   as C-STORE (:mod:`aepacs.pipeline.receive`), answered with the same statuses.
 
-Every request needs a bearer token (:mod:`aepacs.web.auth`) unless the site
-set ``web.anonymous``; a refused one is answered 401 and audited. The
+Every request needs a bearer token or an allowed client certificate
+(:mod:`aepacs.web.auth`) unless the site set ``web.anonymous``; a refused one is answered 401 and audited. The
 endpoints are plain functions run in Starlette's thread pool: the archive's
 index and stores are synchronous.
 """
@@ -311,10 +311,11 @@ class Service:
 
 
 class _Guard:
-    """ASGI middleware: bearer tokens, and a request body cap (413), before any endpoint runs."""
+    """ASGI middleware: a bearer token or an allowed client certificate, before any DICOMweb endpoint runs."""
 
     def __init__(self, app: ASGIApp, service: Service, tokens: Tokens) -> None:
         self.app, self.service, self.tokens = app, service, tokens
+        self.certificates = frozenset(service.config.web.client_certificates)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or self.service.config.web.anonymous or scope["method"] == "OPTIONS"
@@ -326,13 +327,15 @@ class _Guard:
         if authorization is None and scope["method"] in ("GET", "HEAD"):  # a viewer session: its cookie
             cookie = SimpleCookie(headers.get("cookie", "")).get(viewer.COOKIE)
             authorization = f"Bearer {cookie.value}" if cookie is not None else None
-        if not self.tokens.allows(authorization):
+        certified = ((scope.get("extensions") or {}).get("tls") or {}).get("aepacs_common_name")
+        if not (self.tokens.allows(authorization) or certified in self.certificates):
             client = scope.get("client") or ("?", 0)
             self.service.audit.record("login-refused", outcome=MINOR_FAILURE,
                                       source=Party("DICOMweb client", f"{client[0]}:{client[1]}"),
                                       destination=self.service.me,
                                       detail=f"{scope['method']} {scope['path']}: "
-                                             + ("wrong token" if authorization else "no token"))
+                                             + ("wrong token" if authorization else "no token")
+                                             + (f", certificate CN={certified} not allowed" if certified else ""))
             response = JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
                                     headers={"WWW-Authenticate": 'Bearer realm="aepacs"'})
             await response(scope, receive, send)
@@ -343,7 +346,7 @@ class _Guard:
 def build_app(service: Service) -> Starlette:
     """The ASGI application of `service` (CORS from ``web.cors_origins``)."""
     tokens = Tokens(service.config.web.tokens_sha256)
-    if not tokens and not service.config.web.anonymous:
+    if not tokens and not service.config.web.client_certificates and not service.config.web.anonymous:
         log.warning("web: no token in web.tokens_sha256 and anonymous is false: every request gets 401")
     limit = service.config.web.max_request_mb << 20
 

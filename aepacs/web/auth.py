@@ -1,8 +1,12 @@
-"""Who may call the DICOMweb server: bearer tokens, known to the configuration only by their SHA-256.
+"""Who may call the DICOMweb server: bearer tokens, known to the configuration only by their SHA-256,
+or client certificates, by their subject.
 
 The configuration (``web.tokens_sha256``) never holds a token: a request's
 token is hashed and the digest compared, in constant time, with every
 allowed one. :func:`new_token` makes a token and its digest for an operator.
+A TLS client certificate that the handshake verified against ``server.tls.ca``
+lets a request in when its subject's common name is in
+``web.client_certificates``.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable
+from typing import Any
 
 from aepacs.errors import ConfigError
 
-__all__ = ["Tokens", "digest", "new_token"]
+__all__ = ["Tokens", "certificate_name", "common_name", "digest", "new_token"]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -56,3 +61,15 @@ class Tokens:
         for d in self._digests:  # every digest compared, whichever matches
             ok |= hmac.compare_digest(seen, d.encode("ascii"))
         return ok
+
+
+def certificate_name(cert: dict[str, Any]) -> str:
+    """A verified peer certificate's subject (:meth:`ssl.SSLSocket.getpeercert`) as ``CN=…,O=…``."""
+    short = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+             "localityName": "L", "stateOrProvinceName": "ST", "emailAddress": "E"}
+    return ",".join(f"{short.get(k, k)}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+
+
+def common_name(cert: dict[str, Any]) -> str | None:
+    """The subject's common name (CN) of a verified peer certificate; None when it has none."""
+    return next((v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"), None)

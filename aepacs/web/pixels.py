@@ -19,7 +19,7 @@ import imagecodecs
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.uid import HTJ2KLossless, JPEG2000Lossless, JPEGLSLossless, ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless, JPEGLSLossless
 
 from aepacs.errors import InputError
 

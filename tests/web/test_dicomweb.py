@@ -246,3 +246,25 @@ def test_dicomweb_over_tls_with_the_dimse_certificates(make_server, tmp_path: Pa
         requests.get(f"{url}/studies", headers=auth, verify=str(certs["ca.pem"]), timeout=30)
     with pytest.raises(requests.exceptions.ConnectionError):  # plain HTTP on the TLS port
         requests.get(url.replace("https://", "http://") + "/studies", headers=auth, timeout=30)
+
+
+def test_client_certificates_let_in_by_subject_without_a_token(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.net.conftest import free_port
+    from tests.net.test_server import _certificates
+    from tests.web.conftest import TOKEN_SHA256
+
+    certs = _certificates(tmp_path)  # "client" and "server", both signed by the test CA
+    running = make_server(server={"tls": {"enabled": True, "certificate": str(certs["server.pem"]),
+                                          "private_key": str(certs["server.key"]), "ca": str(certs["ca.pem"])}},
+                          web={"port": free_port(), "tokens_sha256": [TOKEN_SHA256], "client_certificates": ["client"]})
+    url, ca = running.server.web.url, str(certs["ca.pem"])
+    client = (str(certs["client.pem"]), str(certs["client.key"]))
+    assert requests.get(f"{url}/studies", verify=ca, cert=client, timeout=30).status_code == 204  # no token
+    other = requests.get(f"{url}/studies", verify=ca, cert=(str(certs["server.pem"]), str(certs["server.key"])),
+                         timeout=30)  # signed by the CA, but CN=server is not listed
+    assert other.status_code == 401
+    assert requests.get(f"{url}/studies", verify=ca, timeout=30).status_code == 401  # neither
+    assert requests.get(f"{url}/studies", verify=ca, headers={"Authorization": f"Bearer {TOKEN}"},
+                        timeout=30).status_code == 204  # a token still does without a certificate
+    refused = [r for r in read(running.config.audit_path) if r["event"] == "login-refused"]
+    assert any("CN=server not allowed" in r["detail"] for r in refused)

@@ -45,7 +45,8 @@ def test_frames_as_stored_native_or_not_acceptable() -> None:
     j2k = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))  # stored as JPEG 2000 (lossy syntax .91)
     (stored,), media, syntax = pixels.frames(j2k, [1], 'multipart/related; type="application/octet-stream"; '
                                                       "transfer-syntax=*")
-    assert stored == next(generate_frames(j2k.PixelData, number_of_frames=1)) and syntax == j2k.file_meta.TransferSyntaxUID
+    assert stored == next(generate_frames(j2k.PixelData, number_of_frames=1))
+    assert syntax == j2k.file_meta.TransferSyntaxUID
     (native,), media, syntax = pixels.frames(j2k, [1], "multipart/related; type=application/octet-stream")
     assert (media, syntax) == (pixels.OCTET, ExplicitVRLittleEndian)
     assert np.array_equal(np.frombuffer(native, "<i2").reshape(j2k.Rows, j2k.Columns), j2k.pixel_array)
