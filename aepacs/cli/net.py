@@ -16,7 +16,7 @@ from aepacs.models.registry import config_registry
 from aepacs.net.client import Receiver, client_ssl_context, receive_files, retrieve
 from aepacs.net.send import send_files, storables
 from aepacs.net.server import ArchiveServer
-from aepacs.net.webclient import retrieve_web
+from aepacs.net.webclient import retrieve_web, store_web
 from aepacs.pipeline.archive import load_keyring
 from aepacs.web.auth import new_token
 from aepacs.web.viewer import OHIF_VERSION, install
@@ -73,10 +73,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.set_defaults(func=cmd_retrieve)
 
     p = sub.add_parser("send", parents=[common],
-                       help="C-STORE DICOM files to a storage SCP, each as stored (its own transfer syntax)")
+                       help="C-STORE (or STOW-RS) DICOM files to a storage SCP, each as stored (its own transfer "
+                            "syntax)")
     p.add_argument("paths", type=Path, nargs="+", metavar="FILE_OR_DIR")
-    p.add_argument("--host", required=True, help="peer host")
-    p.add_argument("--port", type=int, required=True, help="peer port")
+    p.add_argument("--host", help="peer host")
+    p.add_argument("--port", type=int, help="peer port")
+    p.add_argument("--dicomweb", metavar="URL",
+                   help="send by STOW-RS to this service root (https://host:port/dicomweb) instead of C-STORE; "
+                        "the bearer token is read from $AEPACS_WEB_TOKEN")
     p.add_argument("--called-aet", default="AEPACS", metavar="TITLE", help="peer AE title (default AEPACS)")
     p.add_argument("--aet", default="AEPACS_SCU", metavar="TITLE", help="our AE title (default AEPACS_SCU)")
     _tls_options(p)
@@ -154,6 +158,16 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
     if not files:
         raise AepacsError(f"no sendable DICOM files under {', '.join(map(str, args.paths))}")
     tls = client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+    if args.dicomweb:
+        web = store_web(args.dicomweb, [(f.path, f.sop_uid) for f in files], token=os.environ.get("AEPACS_WEB_TOKEN"),
+                        context=tls)
+        for path, reason in web.refused.items():
+            print(f"  REFUSED {path}: {reason}", file=sys.stderr)
+        print(f"sent {len(files)} files to {args.dicomweb} in {web.seconds:.1f} s: {len(web.stored)} stored, "
+              f"{len(web.refused)} refused; {skipped} files skipped (not sendable DICOM)")
+        return 0 if not web.refused else 1
+    if not args.host or not args.port:
+        raise AepacsError("give --host and --port (or --dicomweb URL)")
     summary = send_files(args.host, args.port, args.called_aet, args.aet, files, tls=tls)
     stored = set(summary.stored)
     for path, status in summary.statuses.items():
