@@ -13,10 +13,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-## the main job on embedded defaults: a fresh archive served over DICOM, the sample files sent,
-## found and retrieved again, and compared with the originals (aepacs demo)
+## the main job on embedded defaults: a fresh archive served over DICOM and DICOMweb, the sample
+## files sent, found and retrieved again, and compared with the originals (aepacs demo); the OHIF
+## viewer is installed first where npm can (without it the demo leaves the viewer out)
 demo: $(STAMP)
-	$(BIN)/aepacs demo
+	-@$(MAKE) --no-print-directory viewer
+	$(BIN)/aepacs demo --viewer build/viewer
 
 ## the test suite, after the lint (ruff), the types (mypy) and the layering (import-linter)
 ## the OHIF viewer aepacs serve serves at /viewer/: npm pack @ohif/app from the npm registry,

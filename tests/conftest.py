@@ -127,6 +127,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False,
     return proc
 
 
+#: `make viewer` (CI's install step) puts the OHIF viewer here
+VIEWER = Path(__file__).resolve().parents[1] / "build" / "viewer"
+#: where screenshots are kept after the run (test artefacts)
+ARTEFACTS = Path(__file__).resolve().parents[1] / "build" / "artefacts"
+
+
+@pytest.fixture(scope="session")
+def viewer_dir() -> Path:
+    """The installed OHIF viewer (installed from the npm registry here when `make viewer` has not run)."""
+    from aepacs.web.viewer import install
+
+    if not (VIEWER / "index.html").is_file():
+        install(VIEWER)
+    return VIEWER
+
+
 @pytest.fixture(scope="session")
 def shipped():  # type: ignore[no-untyped-def]
     """The registry of models shipped inside the package (real trained weights)."""

@@ -1,30 +1,63 @@
-"""``aepacs demo``: the archive over DICOM on the bundled samples, and its figures against ``aepacs eval``."""
+"""``aepacs demo``: the archive over DICOM and DICOMweb on the bundled samples, and its figures against
+``aepacs eval``."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import requests
 
-from tests.conftest import SHARED_CT, run_cli
+from aepacs.demo.browser import viewport_stats
+from tests.conftest import ARTEFACTS, SHARED_CT, run_cli
 
 
 class Demo:
-    def __init__(self, home: Path, out: str, report: dict[str, Any]) -> None:
-        self.home, self.out, self.report = home, out, report
+    def __init__(self, home: Path, out: str, report: dict[str, Any], kept: dict[str, Any]) -> None:
+        self.home, self.out, self.report, self.kept = home, out, report, kept
+
+
+def _kept_server(out: str, token: str) -> dict[str, Any]:
+    """What a person finds while ``--keep`` holds part three's server up: the viewer page and the data."""
+    url = re.search(r"^  (http://127\.0\.0\.1:\d+/viewer/viewer\?StudyInstanceUIDs=[0-9.]+)$", out, re.M)
+    assert url, out
+    base, study = url.group(1).split("/viewer/")[0], url.group(1).rsplit("=", 1)[1]
+    auth = {"Authorization": f"Bearer {token}"}
+    return {"study": study, "page": requests.get(url.group(1), timeout=30).text,
+            "series": requests.get(f"{base}/dicomweb/studies/{study}/series", headers=auth, timeout=30).json(),
+            "refused": requests.get(f"{base}/dicomweb/studies", timeout=30).status_code, "base": base}
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+def demo(tmp_path_factory: pytest.TempPathFactory, viewer_dir: Path) -> Demo:
     home = tmp_path_factory.mktemp("demo") / "home"
-    proc = run_cli("demo", "--home", str(home), env={"AEPACS_CONFIG": ""})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return Demo(home, proc.stdout, json.loads((home / "demo.json").read_text()))
+    stderr = home.parent / "stderr.txt"
+    with stderr.open("w") as err:  # --keep: the demo holds its DICOMweb server up until interrupted
+        proc = subprocess.Popen([sys.executable, "-m", "aepacs", "demo", "--home", str(home), "--keep",
+                                 "--viewer", str(viewer_dir)], stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "AEPACS_CONFIG": ""})
+        assert proc.stdout is not None
+        out = ""
+        for line in proc.stdout:
+            out += line
+            if line.startswith("  http://"):  # the last line before it waits
+                break
+        token = re.search(r"with the token (\S+), then open", out)
+        kept = _kept_server(out, token.group(1)) if token else {}
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + rest + stderr.read_text()
+    assert kept, out
+    return Demo(home, out + rest, json.loads((home / "demo.json").read_text()), kept)
 
 
 def _table(text: str) -> dict[str, list[str]]:
@@ -35,7 +68,7 @@ def _table(text: str) -> dict[str, list[str]]:
 def test_demo_sends_finds_and_retrieves_everything_over_dicom(demo: Demo) -> None:
     out = demo.out
     assert "RESULT: every instance came back" in out
-    lossless, learned = out.split("part one:", 1)[1].split("part two:", 1)
+    lossless, learned = out.split("part one:", 1)[1].split("part three:", 1)[0].split("part two:", 1)
     rows = _table(lossless)
     n, exact = int(rows["all"][0]), rows["all"][-2]
     assert n > (250 if SHARED_CT.is_dir() else 70) and exact == f"{n}/{n}"  # every instance identical
@@ -65,9 +98,43 @@ def test_demo_sends_finds_and_retrieves_everything_over_dicom(demo: Demo) -> Non
     assert (demo.home / "keyring.json").exists() and (demo.home / "index.sqlite3").exists()
 
 
+def test_demo_part_three_over_dicomweb_and_the_viewer(demo: Demo) -> None:
+    web = demo.out.split("part three:", 1)[1]
+    rows = _table(web.split("time to the first", 1)[0])
+    figures = demo.report["dicomweb"]["modalities"]
+    n = int(rows["all"][0])
+    assert n == sum(r["stored"] for r in figures.values()) and rows["all"][-2] == f"{n}/{n}"  # all identical
+    for modality in ("CT", "MR", "CR", "US"):
+        r = figures[modality]
+        assert r["stored"] == r["found"] == r["retrieved"] == r["exact"] > 0, modality
+        assert r["stow_per_s"] > 0 and r["queryable_per_s"] > 0 and r["retrieve_per_s"] > 0
+        assert rows[modality][1:4] == [f"{r['stow_per_s']:.1f}", f"{r['queryable_per_s']:.1f}",
+                                       f"{r['retrieve_per_s']:.1f}"], modality
+    lossless = demo.report["lossless"]  # the same files are refused over C-STORE and STOW-RS, but for one kind:
+    over_dimse = {name for r in lossless.values() for name in r["refused"]}  # C-STORE also checks the UID
+    over_web = {name for r in figures.values() for name in r["refused"]}  # it announced (STOW-RS has none)
+    assert over_web and over_web <= over_dimse
+    assert 0 < demo.report["dicomweb"]["first_frame_ms"] < 60_000
+    # the viewer's URL for the CT study, its page served while --keep held the server up, the data behind it
+    kept = demo.kept
+    assert demo.report["viewer"]["url"].endswith(kept["study"]) and 'window.PUBLIC_URL="/viewer/"' in kept["page"]
+    assert kept["series"] and all(s["00080060"]["Value"] == ["CT"] for s in kept["series"])
+    assert kept["refused"] == 401  # the kept server still wants the token
+    assert "stays up until Ctrl-C" in demo.out
+    with pytest.raises(requests.exceptions.ConnectionError):  # and stopped on Ctrl-C
+        requests.get(f"{kept['base']}/dicomweb/studies", timeout=10)
+    # the screenshot next to demo-slice.png: the CT series drawn
+    shot = demo.home / "demo-viewer.png"
+    assert demo.report["viewer"]["screenshot"] == str(shot) and not demo.report["viewer"]["note"], demo.report
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, ARTEFACTS / "demo-viewer.png")
+    mean, std = viewport_stats(shot.read_bytes())
+    assert std > 15 and 5 < mean < 250
+
+
 def test_demo_table_is_what_the_demo_measured(demo: Demo) -> None:
     """Each printed PSNR / SSIM / image ratio is the mean of the per-image figures in demo.json."""
-    rows = _table(demo.out.split("part two:", 1)[1])
+    rows = _table(demo.out.split("part two:", 1)[1].split("part three:", 1)[0])
     for modality, summary in demo.report["learned"].items():
         images = [i for i in demo.report["images"] if i["modality"] == modality]
         if not images:

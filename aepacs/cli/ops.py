@@ -37,7 +37,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--data", type=Path, action="append", metavar="DIR", help="sample data (repeatable)")
     p.add_argument("--home", type=Path, metavar="DIR",
                    help="data directory, kept, with the report (default: a temporary one; report in ~/.aepacs/demo)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the data directory, and the DICOMweb server with the viewer up until Ctrl-C")
+    p.add_argument("--viewer", type=Path, metavar="DIR",
+                   help="the installed OHIF viewer (default: web.viewer; aepacs viewer install puts it there)")
     p.add_argument("--lossless-only", action="store_true", help="skip the learned lossy part")
     p.set_defaults(func=cmd_demo)
 
@@ -72,4 +75,5 @@ def cmd_audit(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    return run_demo(data=args.data or None, keep=args.keep, home=args.home, learned=not args.lossless_only)
+    return run_demo(data=args.data or None, keep=args.keep, home=args.home, learned=not args.lossless_only,
+                    viewer=args.viewer or config.resolve(config.web.viewer))

@@ -1,4 +1,4 @@
-"""``aepacs demo``: the archive over DICOM, end to end, on embedded defaults.
+"""``aepacs demo``: the archive over DICOM and DICOMweb, end to end, on embedded defaults.
 
 1. A fresh home (temporary, or ``--home``) with a new keyring.
 2. Part one, the embedded defaults: ``aepacs serve`` starts on a free loopback
@@ -14,15 +14,23 @@
    against the original as ``aepacs eval`` measures it (PSNR and SSIM over
    the original's stored range, per frame), so ``aepacs eval --gains G`` on
    the same images gives the same figures.
-4. A report: a table per modality, ``demo.json`` (every image's figures) and
-   a PNG of one CT slice (original / decoded / difference), in
-   ``~/.aepacs/demo`` (or the ``--home`` given).
+4. Part three, DICOMweb: a fresh archive serving decoded originals with
+   DICOMweb on; the same files stored by STOW-RS, found by QIDO-RS, retrieved
+   by WADO-RS and compared; the time to a CT study's first frame; with the
+   OHIF viewer installed, its URL for the CT study and a screenshot of it
+   (headless Debian chromium). ``--keep`` leaves this server up until Ctrl-C.
+5. A report: a table per part and modality, ``demo.json`` (every image's
+   figures), a PNG of one CT slice (original / decoded / difference) and
+   ``demo-viewer.png``, in ``~/.aepacs/demo`` (or the ``--home`` given).
 
 The servers are real ``aepacs serve`` processes, stopped with SIGTERM.
 The demo never touches a real archive: its data directory is its own, and
-its configuration the embedded default (plus the lossy routes of part two).
+its configuration the embedded default (plus the lossy routes of part two,
+and decoded retrieval with DICOMweb in part three).
 
-``run``      the servers, the two parts, the report files
+``run``      the servers, the parts, the report files
+``web``      part three: STOW-RS, QIDO-RS, WADO-RS, and its table
+``browser``  the viewer's screenshot
 ``compare``  each retrieved file against the one sent
 ``report``   the table per modality and the figure of one slice
 """

@@ -1,4 +1,4 @@
-"""``aepacs demo``: the servers, the two parts and the report (see :mod:`aepacs.demo`)."""
+"""``aepacs demo``: the servers, the three parts and the report (see :mod:`aepacs.demo`)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ from tqdm import tqdm
 import aepacs
 from aepacs.config import DEFAULT_CONFIG_PATH, load_config
 from aepacs.crypto.keyring import Keyring
+from aepacs.demo.browser import screenshot
 from aepacs.demo.compare import ModalityResult, _compare, _summary
 from aepacs.demo.report import draw_slice, print_table
+from aepacs.demo.web import WebPart, print_web_table, run_web_part
 from aepacs.errors import AepacsError
 from aepacs.models.registry import SHIPPED, Registry
 from aepacs.net.client import query, retrieve
@@ -186,8 +188,12 @@ def lossy_config(path: Path) -> dict[str, tuple[str, int]]:
     return models
 
 def run_demo(*, data: list[Path] | None = None, keep: bool = False, home: Path | None = None,
-             learned: bool = True) -> int:
-    """Run the demo and print its report; return 0 when everything came back as it should."""
+             learned: bool = True, viewer: Path | None = None) -> int:
+    """Run the demo and print its report; return 0 when everything came back as it should.
+
+    `viewer`: the installed OHIF viewer (``aepacs viewer install``), served by part three and
+    pictured; `keep`: keep the archive, and part three's server up until Ctrl-C.
+    """
     # the sample sets hold deliberately odd files: pydicom remarks on them at every read
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
@@ -205,8 +211,13 @@ def run_demo(*, data: list[Path] | None = None, keep: bool = False, home: Path |
     print("sources: " + ", ".join(str(s) for s in sources))
     files, repeats = sample_instances(sources)
     print(f"{len(files)} instances to send ({repeats} more files repeat a SOP Instance UID and are left out)")
+    if viewer is not None and not (viewer / "index.html").is_file():
+        print(f"the OHIF viewer is not installed in {viewer} (aepacs viewer install, or make viewer): "
+              "part three runs without it")
+        viewer = None
+    web: WebPart | None = None
     try:
-        ok, report = _run(home, files, learned)
+        ok, report, web = _run(home, files, learned, viewer)
         png, why = None, "no image was coded lossy"
         ct = [i for i in report.get("images", []) if i["modality"] == "CT"] or report.get("images", [])
         if ct:  # the largest slice there is (the 16 x 16 samples blown up into blocks show nothing)
@@ -216,30 +227,58 @@ def run_demo(*, data: list[Path] | None = None, keep: bool = False, home: Path |
             why = "matplotlib is not installed: pip install 'aepacs[eval]'"
         for image in report.get("images", []):
             image.pop("retrieved")  # a file of the demo's own (temporary) home
-        (report_dir / "demo.json").write_text(json.dumps(report, indent=1) + "\n")
         print()
-        print(f"figures per image: {report_dir / 'demo.json'}")
         print(f"original / decoded / difference of one slice: {png}" if png is not None
               else f"no slice picture ({why})")
-        logs = [p for p in (home / "serve.log", home / "learned" / "serve.log") if p.exists()]
-        for log_file in logs:  # the refusals' reasons, kept beside the report (the home may be temporary)
-            target = report_dir / ("serve.log" if log_file.parent == home else "serve-learned.log")
-            if target.resolve() != log_file.resolve():
-                shutil.copy2(log_file, target)
+        if web.viewer_url and viewer is not None:
+            shot, why = screenshot(web.root.removesuffix("/dicomweb"), web.token, web.viewer_url,
+                                   report_dir / "demo-viewer.png")
+            report["viewer"] = {"url": web.viewer_url, "screenshot": str(shot) if shot else None, "note": why}
+            print(f"the CT study in the OHIF viewer: {web.viewer_url}")
+            print(f"  screenshot: {shot}" + (f" ({why})" if why else "") if shot else f"  no screenshot ({why})")
+        elif web.viewer_url:
+            print(f"the CT study over DICOMweb: {web.root}/studies/{web.study} (no viewer installed)")
+        (report_dir / "demo.json").write_text(json.dumps(report, indent=1) + "\n")
+        print(f"figures per image: {report_dir / 'demo.json'}")
+        logs = {name: path for name, path in (("serve.log", home / "serve.log"),
+                                              ("serve-learned.log", home / "learned" / "serve.log"),
+                                              ("serve-web.log", home / "web" / "serve.log")) if path.exists()}
+        for name, log_file in logs.items():  # the refusals' reasons, kept beside the report (the home may go)
+            if (report_dir / name).resolve() != log_file.resolve():
+                shutil.copy2(log_file, report_dir / name)
         if logs:
-            print(f"the servers' logs (each refusal with its reason): {report_dir / 'serve.log'}"
-                  + (f", {report_dir / 'serve-learned.log'}" if len(logs) > 1 else ""))
+            print("the servers' logs (each refusal with its reason): " + ", ".join(str(report_dir / n) for n in logs))
         done = "every instance came back: identical over the lossless routes" + (
             ", a marked derived image at the measured quality over the learned ones" if learned else "")
         print("RESULT: " + (done if ok else "MISMATCH — see above"))
+        if keep and web.server is not None:
+            _serve_until_interrupted(web, viewer is not None)
         return 0 if ok else 1
     finally:
+        if web is not None and web.stop() != 0:
+            print(f"aepacs serve (part three) did not stop cleanly; see {home / 'web' / 'serve.log'}")
         if temporary and not keep:
             shutil.rmtree(home, ignore_errors=True)
         elif temporary:
             print(f"archive kept in {home}")
 
-def _run(home: Path, files: list[Storable], learned: bool) -> tuple[bool, dict[str, Any]]:
+def _serve_until_interrupted(web: WebPart, viewer: bool) -> None:
+    base = web.root.removesuffix("/dicomweb")
+    print(f"\nthe archive of part three stays up until Ctrl-C: DICOMweb at {web.root}")
+    if viewer:
+        print(f"  the viewer: sign in at {base}/viewer/login with the token {web.token}, then open")
+        print(f"  {web.viewer_url}")
+    else:
+        print(f"  bearer token: {web.token}")
+    try:
+        while web.server.proc.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print()
+
+
+def _run(home: Path, files: list[Storable], learned: bool,
+         viewer: Path | None) -> tuple[bool, dict[str, Any], WebPart]:
     keyring = Keyring.create(home / "keyring.json") if not (home / "keyring.json").exists() \
         else Keyring.load(home / "keyring.json")
     report: dict[str, Any] = {"instances": len(files)}
@@ -256,9 +295,37 @@ def _run(home: Path, files: list[Storable], learned: bool) -> tuple[bool, dict[s
               f"(malformed samples; each reason is in the server's log, copied beside the report):")
         print(textwrap.fill(", ".join(f"{name} {status}" for name, status in sorted(refused.items())),
                             width=100, initial_indent="  ", subsequent_indent="  "))
-    if not learned:
-        return ok, report
+    if learned:
+        ok = _learned_part(home, files, keyring, report) and ok
+    web_home = home / "web"
+    web_home.mkdir(exist_ok=True, mode=0o700)
+    shutil.copy2(home / "keyring.json", web_home / "keyring.json")
+    print("\npart three: DICOMweb (STOW-RS the same files, QIDO-RS until each is queryable, WADO-RS each series "
+          "back,\ndecoded by the archive: server.retrieve_as: decoded" + (", the OHIF viewer at /viewer/)"
+                                                                            if viewer else ")"))
+    groups = _by_modality(files)
+    with tqdm(total=len(groups), desc="STOW, QIDO, WADO", unit="modality", leave=False,
+              disable=not sys.stderr.isatty()) as progress:
 
+        def step(text: str) -> None:
+            progress.set_postfix_str(text)
+            progress.update()
+
+        web = run_web_part(web_home, keyring, viewer, free_port(), Server, groups, progress=step)
+    report["dicomweb"] = web.summary()
+    print_web_table(web)
+    refused = {name: reason for r in web.results.values() for name, reason in r.refused.items()}
+    if refused:
+        print(f"{len(refused)} instances refused by STOW-RS, nothing of them stored (each reason is in the "
+              "server's log, copied beside the report):")
+        print(textwrap.fill(", ".join(f"{name} {status}" for name, status in sorted(refused.items())),
+                            width=100, initial_indent="  ", subsequent_indent="  "))
+    ok = ok and all(r.exact == r.acked == r.found == r.retrieved for r in web.results.values())
+    return ok, report, web
+
+
+def _learned_part(home: Path, files: list[Storable], keyring: Keyring, report: dict[str, Any]) -> bool:
+    """Part two: each shipped model's modality, lossy; True when every instance came back as it should."""
     lossy_home = home / "learned"
     lossy_home.mkdir(exist_ok=True, mode=0o700)
     shutil.copy2(home / "keyring.json", lossy_home / "keyring.json")
@@ -280,6 +347,5 @@ def _run(home: Path, files: list[Storable], learned: bool) -> tuple[bool, dict[s
             name, gain = models[modality]
             print(f"  the same figures from aepacs eval: aepacs eval --model {name} --gains {gain} "
                   f"--data <these {modality} images> -o REPORT")
-    ok = ok and all(r.derived + r.exact == r.acked == r.retrieved for r in part2.values()) \
+    return all(r.derived + r.exact == r.acked == r.retrieved for r in part2.values()) \
         and any(r.derived for r in part2.values())
-    return ok, report

@@ -7,28 +7,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import imagecodecs
-import numpy as np
 import pydicom
 import pytest
 import requests
 
-from aepacs.web.viewer import COOKIE, app_config, index_html, install
-from tests.conftest import ct_files
+from aepacs.demo.browser import viewport_stats
+from aepacs.web.viewer import COOKIE, app_config, index_html
+from tests.conftest import ARTEFACTS, ct_files
 from tests.net.conftest import free_port
 from tests.web.conftest import TOKEN, TOKEN_SHA256, Web
-
-ROOT = Path(__file__).resolve().parents[2]
-VIEWER = ROOT / "build" / "viewer"  # `make viewer` (CI's install step) puts it here
-#: where the screenshots are kept after the run (a test artefact)
-ARTEFACTS = ROOT / "build" / "artefacts"
-
-
-@pytest.fixture(scope="session")
-def viewer_dir() -> Path:
-    if not (VIEWER / "index.html").is_file():
-        install(VIEWER)  # a checkout where `make viewer` has not run yet
-    return VIEWER
 
 
 @pytest.fixture
@@ -69,11 +56,7 @@ def _wait(predicate: Callable[[], object], timeout: float = 90.0) -> object:
 
 def _viewport_stats(driver: object) -> tuple[float, float]:
     """Mean and standard deviation of the viewport area of a screenshot (the canvas, not the panels)."""
-    png = driver.get_screenshot_as_png()  # type: ignore[attr-defined]
-    image = imagecodecs.png_decode(png)[..., :3].astype(np.float64).mean(axis=2)
-    h, w = image.shape
-    region = image[int(h * 0.25):int(h * 0.85), int(w * 0.35):int(w * 0.8)]
-    return float(region.mean()), float(region.std())
+    return viewport_stats(driver.get_screenshot_as_png())  # type: ignore[attr-defined]
 
 
 def test_the_viewer_shows_the_ct_series_in_a_real_browser(viewer_web: Web, browser: object) -> None:
