@@ -113,6 +113,19 @@ def fetch_blob(archive: Archive, sop_uid: str) -> tuple[Any, bytes]:
     raise OpenError(sop_uid, "blob kept changing while being read")
 
 
+def check_opens(archive: Archive, sop_uid: str) -> None:
+    """Check that an archived instance can be opened: its blob intact, its seal opening with the keyring
+    (the part of :func:`fetch` that fails on a tampered object or a missing key), without decoding it.
+
+    Raises
+    ------
+    OpenError
+        As :func:`fetch`.
+    """
+    _, blob = fetch_blob(archive, sop_uid)
+    open_sealed(blob, archive.keyring, name=sop_uid, expect_uid=sop_uid)
+
+
 def fetch(archive: Archive, sop_uid: str) -> bytes:
     """Return the original bytes of an archived instance (the derived image of a lossy one).
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -38,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -49,7 +50,7 @@ from aepacs.dicom.records import shown
 from aepacs.errors import InputError
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.receive import receive, refusal
-from aepacs.pipeline.retrieve import fetch
+from aepacs.pipeline.retrieve import check_opens, fetch, fetch_blob
 from aepacs.pipeline.spool import Spool
 from aepacs.pipeline.transport import outgoing, transport_key
 from aepacs.web import multipart, pixels, qido, viewer
@@ -68,6 +69,11 @@ def _part10(ds: Dataset) -> bytes:
     buf = BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+class StreamAborted(Exception):
+    """A streamed answer that cannot be completed (an object failed after the status went out): the
+    connection is closed without the closing boundary, so the client cannot take it for whole."""
 
 
 def _pixel_error(exc: pixels.PixelError) -> Response:
@@ -149,28 +155,28 @@ class Service:
     def _dataset(self, row: Any) -> Dataset:
         return outgoing(self.archive, row, self._pseudonym_key)
 
-    def _objects(self, request: Request, what: str, convert: Callable[[Any], Any]) -> tuple[list[Any], list[str]]:
-        """`convert` of each selected instance; the UIDs of those that could not be opened (named, logged)."""
-        rows = self._rows(request)
-
+    def _map(self, rows: list[Any], what: str, convert: Callable[[Any], Any]) -> tuple[list[tuple[Any, Any]],
+                                                                                      list[str]]:
+        """(row, `convert` of it) for each of `rows` that converts; the UIDs of those that could not be
+        opened (named, logged). Opening and decoding release the GIL (AES-GCM, SHA-256, the numba
+        decoders): one thread per core."""
         def one(row: Any) -> tuple[bool, Any]:
             try:
-                return True, convert(row)
+                return True, (row, convert(row))
             except Exception as exc:  # tampered, key missing, undecodable: this object fails, not the rest
                 log.error("WADO-RS %s of %s failed: %s", what, shown(row.sop_uid), exc)
                 return False, row.sop_uid
 
-        # opening and decoding release the GIL (AES-GCM, SHA-256, the numba decoders): one thread per core
         with ThreadPoolExecutor(min(len(rows), os.cpu_count() or 1) or 1) as pool:
             results = list(pool.map(one, rows))
-        done = [value for ok, value in results if ok]
-        failed = [value for ok, value in results if not ok]
-        self.audit.record("retrieve", outcome=MINOR_FAILURE if failed else AUDIT_OK, source=self.me,
-                          destination=_client(request), patients=[r.patient_id for r in rows],
-                          studies=[r.study_uid for r in rows], objects=len(done),
-                          detail=f"WADO-RS {what}, {self.config.server.retrieve_as} objects"
-                                 + (f"; {len(failed)} could not be opened" if failed else ""))
-        return done, failed
+        return [value for ok, value in results if ok], [value for ok, value in results if not ok]
+
+    def _objects(self, request: Request, what: str, convert: Callable[[Any], Any]) -> tuple[list[Any], list[str]]:
+        """`convert` of each selected instance; the UIDs of those that could not be opened (audited)."""
+        rows = self._rows(request)
+        done, failed = self._map(rows, what, convert)
+        self._audit_retrieve(request, rows, len(done), failed, what)
+        return [value for _, value in done], failed
 
     def _outcome(self, body: bytes, media_type: str, done: list[Any], failed: list[str]) -> Response:
         if not done and not failed:
@@ -190,9 +196,66 @@ class Service:
         return _part10(self._dataset(row))
 
     def retrieve(self, request: Request) -> Response:
-        done, failed = self._objects(request, "retrieve", self._part10_of)
-        body, boundary = multipart.build((data, DICOM) for data in done)
-        return self._outcome(body, f'multipart/related; type="{DICOM}"; boundary={boundary}', done, failed)
+        """The selected instances as one multipart answer, sent while later ones are still being decoded.
+
+        Each object's seal is opened first (cheap: no decoding), so the status
+        and ``Warning`` header name those that cannot be opened before any
+        byte goes out; one that then fails to decode cuts the answer off (the
+        client sees an incomplete body) and is logged and audited by name.
+        """
+        rows = self._rows(request)
+        if not rows:
+            return Response(status_code=404)
+        check = (lambda row: check_opens(self.archive, row.sop_uid)) if self.config.server.retrieve_as == "decoded" \
+            else (lambda row: fetch_blob(self.archive, row.sop_uid))
+        opened, failed = self._map(rows, "retrieve", check)
+        good = [row for row, _ in opened]
+        if not good:
+            self._audit_retrieve(request, rows, 0, failed, "retrieve")
+            return self._outcome(b"", "", [], failed)
+        boundary = multipart.new_boundary()
+        parts = ((data, DICOM) for data in self._produce(request, rows, good, failed))
+        warnings = [f'299 aepacs "{uid}: cannot be opened (tampered, or its key is not in the keyring)"'
+                    for uid in failed]
+        return StreamingResponse(multipart.stream(parts, boundary), status_code=206 if failed else 200,
+                                 media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
+                                 headers={"Warning": ", ".join(warnings)} if warnings else None)
+
+    def _produce(self, request: Request, rows: list[Any], good: list[Any], failed: list[str]) -> Iterator[bytes]:
+        """Each of `good`'s Part 10 bytes, in order, made ahead on one thread per core (a bounded window)."""
+        cores = os.cpu_count() or 1
+        sent, broken = 0, None
+        pool = ThreadPoolExecutor(cores, thread_name_prefix="aepacs-wado")
+        try:
+            todo = iter(good)
+            window = deque((row, pool.submit(self._part10_of, row)) for row in islice(todo, 2 * cores))
+            while window:
+                row, future = window.popleft()
+                try:
+                    data = future.result()
+                except Exception as exc:
+                    broken = row.sop_uid
+                    log.error("WADO-RS retrieve: %s could not be decoded after its seal opened (%s); the answer "
+                              "is cut off", shown(row.sop_uid), exc)
+                    raise StreamAborted(row.sop_uid) from None
+                nxt = next(todo, None)
+                if nxt is not None:
+                    window.append((nxt, pool.submit(self._part10_of, nxt)))
+                yield data
+                sent += 1
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._audit_retrieve(request, rows, sent, failed + ([broken] if broken else []), "retrieve",
+                                 cut=sent < len(good))
+
+    def _audit_retrieve(self, request: Request, rows: list[Any], sent: int, failed: list[str], what: str,
+                        cut: bool = False) -> None:
+        self.audit.record("retrieve", outcome=MINOR_FAILURE if failed or cut else AUDIT_OK, source=self.me,
+                          destination=_client(request), patients=[r.patient_id for r in rows],
+                          studies=[r.study_uid for r in rows], objects=sent,
+                          detail=f"WADO-RS {what}, {self.config.server.retrieve_as} objects"
+                                 + (f"; {len(failed)} could not be opened" if failed else "")
+                                 + ("; the answer was cut off" if cut else ""))
 
     def metadata(self, request: Request) -> Response:
         def convert(row: Any) -> dict[str, Any]:
@@ -320,7 +383,7 @@ class _Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or self.service.config.web.anonymous or scope["method"] == "OPTIONS"
                 or not (scope["path"] == ROOT or scope["path"].startswith(ROOT + "/"))):
-            await self.app(scope, receive, send)  # only DICOMweb holds data; the viewer's files do not
+            await self._pass(scope, receive, send)  # only DICOMweb holds data; the viewer's files do not
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         authorization = headers.get("authorization")
@@ -340,7 +403,13 @@ class _Guard:
                                     headers={"WWW-Authenticate": 'Bearer realm="aepacs"'})
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        await self._pass(scope, receive, send)
+
+    async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except StreamAborted:
+            pass  # logged where it happened; the server closes the connection with the answer incomplete
 
 
 def build_app(service: Service) -> Starlette:

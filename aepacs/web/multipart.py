@@ -2,19 +2,20 @@
 
 Pure functions: :func:`parse` splits a received body into its parts, each
 with its headers, refusing what is malformed with a reason a STOW-RS
-response can carry; :func:`build` frames parts for a WADO-RS response.
+response can carry; :func:`build` frames parts for a WADO-RS response, :func:`stream` the same
+piece by piece.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from aepacs.errors import InputError
 
-__all__ = ["MultipartError", "Part", "boundary_of", "build", "parse"]
+__all__ = ["MultipartError", "Part", "boundary_of", "build", "new_boundary", "parse", "stream"]
 
 #: RFC 2046 5.1.1: 1 to 70 characters from this set, not ending in a space
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
@@ -130,18 +131,29 @@ def parse(body: bytes, content_type: str, *, max_parts: int = 10_000) -> list[Pa
         pos = nxt + 2 + len(delimiter)
 
 
+def new_boundary() -> str:
+    """A random boundary (128 bits: it cannot occur in the parts by chance)."""
+    return secrets.token_hex(16)
+
+
+def stream(parts: Iterable[tuple[bytes, str]], boundary: str) -> Iterator[bytes]:
+    """The ``multipart/related`` body of ``(data, content type)`` pairs, a piece at a time, so an answer
+    can go out while its later parts are still being made. A part's data is passed on, not copied."""
+    delimiter = b"--" + boundary.encode("ascii")
+    for data, kind in parts:
+        yield b"".join((delimiter, b"\r\nContent-Type: ", kind.encode("ascii"), b"\r\n\r\n"))
+        yield data
+        yield b"\r\n"
+    yield delimiter + b"--\r\n"
+
+
 def build(parts: Iterable[tuple[bytes, str]], boundary: str | None = None) -> tuple[bytes, str]:
     """Frame ``(data, content type)`` pairs as one ``multipart/related`` body.
 
     Returns
     -------
     body, boundary : bytes, str
-        The boundary is random (it cannot occur in the parts by chance).
+        The boundary is random unless given (:func:`new_boundary`).
     """
-    boundary = boundary or secrets.token_hex(16)
-    delimiter = b"--" + boundary.encode("ascii")
-    out: list[bytes] = []
-    for data, kind in parts:
-        out += [delimiter, b"\r\nContent-Type: ", kind.encode("ascii"), b"\r\n\r\n", data, b"\r\n"]
-    out += [delimiter, b"--\r\n"]
-    return b"".join(out), boundary
+    boundary = boundary or new_boundary()
+    return b"".join(stream(parts, boundary)), boundary

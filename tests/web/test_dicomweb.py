@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -13,6 +14,7 @@ from pydicom.dataset import Dataset
 
 from aepacs.audit import read
 from aepacs.dicom.transport import RAW_DATA_STORAGE
+from aepacs.errors import InputError
 from aepacs.web import multipart
 from aepacs.web.multipart import build
 from tests.conftest import ct_files
@@ -268,3 +270,44 @@ def test_client_certificates_let_in_by_subject_without_a_token(make_server, tmp_
                         timeout=30).status_code == 204  # a token still does without a certificate
     refused = [r for r in read(running.config.audit_path) if r["event"] == "login-refused"]
     assert any("CN=server not allowed" in r["detail"] for r in refused)
+
+
+def test_wado_rs_names_objects_that_cannot_be_opened_and_cuts_off_one_that_fails_late(web: Web) -> None:
+    import os
+
+    from sqlalchemy import text
+
+    files = ct_files()[:4]
+    datasets = [pydicom.dcmread(f) for f in files]
+    web.client.store_instances(datasets)
+    web.running.wait_archived()
+    archive = web.running.archive
+    study, series = datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID
+    url = f"{web.url}/studies/{study}/series/{series}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    # a blob altered on disk: refused before the answer starts; the others are sent, the status says partial
+    tampered = datasets[1].SOPInstanceUID
+    path = archive.store.path_for(archive.index.get(tampered).blob_key)
+    os.chmod(path, 0o600)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    r = requests.get(url, headers=auth, timeout=60)
+    assert r.status_code == 206 and tampered in r.headers["warning"]
+    parts = multipart.parse(r.content, r.headers["content-type"])
+    got = {pydicom.dcmread(BytesIO(p.data)).SOPInstanceUID: p.data for p in parts}
+    assert set(got) == {d.SOPInstanceUID for d in datasets} - {tampered}
+    for f in files:  # the lossless route: the others byte for byte
+        uid = pydicom.dcmread(f).SOPInstanceUID
+        assert uid == tampered or got[uid] == Path(f).read_bytes()
+    # an object whose seal opens but whose decoded bytes disagree with the index: found only while
+    # streaming, so the answer is cut off (no closing boundary), never passed off as complete
+    late = datasets[3].SOPInstanceUID
+    with archive.index.engine.begin() as db:
+        db.execute(text("UPDATE instances SET source_sha256 = :h WHERE sop_uid = :u"), {"h": "0" * 64, "u": late})
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError, InputError)):
+        r = requests.get(url, headers=auth, timeout=60)
+        multipart.parse(r.content, r.headers["content-type"])
+    events = [e for e in read(web.running.config.audit_path) if e["event"] == "retrieve"]
+    assert "could not be opened" in events[-2]["detail"] and "cut off" in events[-1]["detail"]
+    assert requests.get(f"{web.url}/studies", headers=auth, timeout=30).status_code == 200  # still serving
