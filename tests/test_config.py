@@ -35,10 +35,10 @@ def test_site_file_overrides_only_what_it_names(home: Path, tmp_path: Path) -> N
 
 
 def test_a_route_may_name_a_standard_codec(home: Path, tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, "routes:\n  us: jpegls\n  cr: jpegxl\n  sr: zstd\n"))
+    cfg = load_config(write(tmp_path, "routes:\n  us: jpegls\n  cr: jpegxl\n  sr: zstd\n  ct: htj2k\n"))
     assert cfg.route_for("US") == Route(codec="jpegls") and cfg.route_for("CR").name == "jpegxl"
-    assert cfg.route_for("SR") == Route(codec="zstd")
-    with pytest.raises(ConfigError, match="jpegls, jpegxl, zstd"):
+    assert cfg.route_for("SR") == Route(codec="zstd") and cfg.route_for("CT") == Route(codec="htj2k")
+    with pytest.raises(ConfigError, match="jpegls, htj2k, jpegxl, zstd"):
         load_config(write(tmp_path, "routes:\n  us: png\n"))
 
 

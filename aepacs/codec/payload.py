@@ -34,7 +34,7 @@ import zstandard
 
 from aepacs.codec.base import Codec
 from aepacs.codec.learned.base import LearnedCodec
-from aepacs.codec.lossless import JpegLsCodec, JpegXlCodec, RawCodec, ZstdCodec
+from aepacs.codec.lossless import HtJ2kCodec, JpegLsCodec, JpegXlCodec, RawCodec, ZstdCodec
 from aepacs.codec.quality import psnr, ssim
 from aepacs.dicom.part10 import Part10, parse
 from aepacs.dicom.pixels import PixelMeta, pixels_from_bytes, pixels_to_bytes
@@ -74,6 +74,8 @@ def get_codec(codec_id: str, zstd_level: int = 12, resolve: Resolver | None = No
         return JpegLsCodec()
     if codec_id == "jpegxl":
         return JpegXlCodec()
+    if codec_id == "htj2k":
+        return HtJ2kCodec()
     if codec_id == "zstd":
         return ZstdCodec(zstd_level)
     if codec_id == "raw":
@@ -131,7 +133,7 @@ def encode_object(data: bytes, *, parts: Part10 | None = None, lossless: str = "
         The DICOM Part 10 stream as received.
     parts : Part10, optional
         `data` already parsed by :func:`aepacs.dicom.part10.parse`.
-    lossless : {"jpegls", "jpegxl", "zstd"}
+    lossless : {"jpegls", "htj2k", "jpegxl", "zstd"}
         Codec for native integer pixel data.
     zstd_level : int
         Zstandard level for byte sections.

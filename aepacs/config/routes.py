@@ -11,7 +11,7 @@ from aepacs.errors import ConfigError
 from aepacs.models.registry import ModelError, parse_ref
 
 #: the standard lossless codecs for native pixels a route (or ``codec.lossless``) may name
-STANDARD_CODECS = ("jpegls", "jpegxl", "zstd")
+STANDARD_CODECS = ("jpegls", "htj2k", "jpegxl", "zstd")
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Route:
     """Where one modality's images go: a standard lossless codec or a registry model.
 
     Written in a config as ``lossless`` (the site's ``codec.lossless``), a
-    standard codec by name (``jpegls``, ``jpegxl``, ``zstd``),
+    standard codec by name (``jpegls``, ``htj2k``, ``jpegxl``, ``zstd``),
     ``MODEL[@VERSION]:MODE`` or a mapping with ``model``, ``mode`` and
     optionally ``gain``, ``target_psnr``, ``min_psnr`` and ``min_ssim`` (the
     quality gate of a lossy route).

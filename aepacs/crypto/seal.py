@@ -213,6 +213,22 @@ def read_header(blob: bytes | bytearray, name: str = "object") -> SealedHeader:
     return header
 
 
+def unwrap_key(blob: bytes | bytearray, keyring: Keyring, *, name: str = "object",
+               expect_uid: str | None = None) -> tuple[SealedHeader, bytes]:
+    """The clear header and data key of a sealed object: its header and key slot authenticated under the
+    KEK, the payload not yet read (what :func:`open_sealed` does first; a quick check that it will open).
+
+    Raises
+    ------
+    OpenError
+        A malformed or swapped header, a key slot that does not authenticate, no key for it.
+    """
+    header = read_header(blob, name)
+    if expect_uid is not None and header.object_uid != expect_uid:
+        raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
+    return header, _unwrap(header.slot, header.aad, keyring, name)
+
+
 def open_sealed(blob: bytes | bytearray, keyring: Keyring, *, name: str = "object",
                 expect_uid: str | None = None) -> tuple[SealedHeader, bytes]:
     """Authenticate and decrypt a sealed object.
@@ -239,10 +255,7 @@ def open_sealed(blob: bytes | bytearray, keyring: Keyring, *, name: str = "objec
     OpenError
         Tampered, truncated, swapped, or no key for it. Naming `name`.
     """
-    header = read_header(blob, name)
-    if expect_uid is not None and header.object_uid != expect_uid:
-        raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
-    dek = _unwrap(header.slot, header.aad, keyring, name)
+    header, dek = unwrap_key(blob, keyring, name=name, expect_uid=expect_uid)
     start = len(header.aad) + SLOT_BYTES
     ciphertext = memoryview(blob)[start:start + header.payload_length]  # no copy
     cipher = AES.new(dek, AES.MODE_GCM, nonce=header.nonce)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from aepacs.codec.payload import decode_payload, read_manifest
 from aepacs.crypto.keyring import Keyring
-from aepacs.crypto.seal import SealedHeader, open_sealed, with_slot
+from aepacs.crypto.seal import SealedHeader, open_sealed, unwrap_key, with_slot
 from aepacs.dicom.derive import derive
 from aepacs.errors import AepacsError, CodecError, OpenError
 from aepacs.models.registry import Registry, config_registry
@@ -82,12 +82,14 @@ def _viewable(data: bytes, lossy: dict[str, Any] | None, name: str) -> bytes:
         raise OpenError(name, str(exc)) from None
 
 
-def fetch_blob(archive: Archive, sop_uid: str) -> tuple[Any, bytes]:
+def fetch_blob(archive: Archive, sop_uid: str, row: Any = None) -> tuple[Any, bytes]:
     """Return an archived instance's index row and its sealed blob, checked against its content key.
 
     The blob comes with its current key slot (the index's, after a rewrap).
     A blob that vanishes between reading the row and reading the file was
-    switched by a concurrent ``aepacs rekey``: the row is read again.
+    switched by a concurrent ``aepacs rekey``: the row is read again. `row`:
+    the instance's index row where the caller has it (a retrieval's selection),
+    saving the lookup.
 
     Raises
     ------
@@ -95,7 +97,8 @@ def fetch_blob(archive: Archive, sop_uid: str) -> tuple[Any, bytes]:
         Not archived, or its blob missing or altered on disk.
     """
     for attempt in range(5):
-        row = archive.index.get(sop_uid)
+        if attempt or row is None:
+            row = archive.index.get(sop_uid)
         if row is None:
             raise OpenError(sop_uid, "not in the archive")
         try:
@@ -113,28 +116,31 @@ def fetch_blob(archive: Archive, sop_uid: str) -> tuple[Any, bytes]:
     raise OpenError(sop_uid, "blob kept changing while being read")
 
 
-def check_opens(archive: Archive, sop_uid: str) -> None:
-    """Check that an archived instance can be opened: its blob intact, its seal opening with the keyring
-    (the part of :func:`fetch` that fails on a tampered object or a missing key), without decoding it.
+def check_opens(archive: Archive, sop_uid: str, row: Any = None) -> None:
+    """Check quickly that an archived instance will open: its blob as stored (its content key), its
+    header and key slot authenticating under a KEK of the keyring. The part of :func:`fetch` that
+    fails on a tampered or swapped blob or a missing key, without decrypting or decoding the payload.
 
     Raises
     ------
     OpenError
         As :func:`fetch`.
     """
-    _, blob = fetch_blob(archive, sop_uid)
-    open_sealed(blob, archive.keyring, name=sop_uid, expect_uid=sop_uid)
+    _, blob = fetch_blob(archive, sop_uid, row)
+    unwrap_key(blob, archive.keyring, name=sop_uid, expect_uid=sop_uid)
 
 
-def fetch(archive: Archive, sop_uid: str) -> bytes:
+def fetch(archive: Archive, sop_uid: str, row: Any = None) -> bytes:
     """Return the original bytes of an archived instance (the derived image of a lossy one).
+
+    `row`: its index row where the caller has it (saves the lookup).
 
     Raises
     ------
     OpenError
         Not archived, blob missing or altered, or its key is not in the keyring.
     """
-    row, blob = fetch_blob(archive, sop_uid)
+    row, blob = fetch_blob(archive, sop_uid, row)
     _, data, lossy = open_payload(blob, archive.keyring, name=sop_uid, expect_uid=sop_uid,
                                   registry=config_registry(archive.config))
     # a lossy reconstruction's hash was checked by the decoder; an original's is checked here

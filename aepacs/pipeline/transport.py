@@ -45,8 +45,8 @@ def outgoing(archive: Archive, row: Any, pseudonym_key: bytes | None) -> Dataset
         Blob missing or altered, key not in the keyring, not decodable.
     """
     if archive.config.server.retrieve_as == "decoded":
-        return pydicom.dcmread(BytesIO(fetch(archive, row.sop_uid)))
-    current, blob = fetch_blob(archive, row.sop_uid)
+        return pydicom.dcmread(BytesIO(fetch(archive, row.sop_uid, row)))
+    current, blob = fetch_blob(archive, row.sop_uid, row)
     return transport_object(blob, current, pseudonym_key)
 
 

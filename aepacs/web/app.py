@@ -20,6 +20,7 @@ index and stores are synchronous.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -192,7 +193,7 @@ class Service:
     def _part10_of(self, row: Any) -> bytes:
         """What WADO-RS sends for one instance: the original's bytes as stored, or the sealed transport object."""
         if self.config.server.retrieve_as == "decoded":
-            return fetch(self.archive, row.sop_uid)  # a Part 10 stream already: no parse, no re-encoding
+            return fetch(self.archive, row.sop_uid, row)  # a Part 10 stream already: no parse, no re-encoding
         return _part10(self._dataset(row))
 
     def retrieve(self, request: Request) -> Response:
@@ -206,8 +207,8 @@ class Service:
         rows = self._rows(request)
         if not rows:
             return Response(status_code=404)
-        check = (lambda row: check_opens(self.archive, row.sop_uid)) if self.config.server.retrieve_as == "decoded" \
-            else (lambda row: fetch_blob(self.archive, row.sop_uid))
+        check = (lambda row: check_opens(self.archive, row.sop_uid, row)) \
+            if self.config.server.retrieve_as == "decoded" else (lambda row: fetch_blob(self.archive, row.sop_uid, row))
         opened, failed = self._map(rows, "retrieve", check)
         good = [row for row, _ in opened]
         if not good:
@@ -406,10 +407,9 @@ class _Guard:
         await self._pass(scope, receive, send)
 
     async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
+        # StreamAborted: logged where it happened; the server closes the connection with the answer incomplete
+        with contextlib.suppress(StreamAborted):
             await self.app(scope, receive, send)
-        except StreamAborted:
-            pass  # logged where it happened; the server closes the connection with the answer incomplete
 
 
 def build_app(service: Service) -> Starlette:

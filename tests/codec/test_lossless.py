@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aepacs.codec.lossless import JpegLsCodec, JpegXlCodec, RawCodec, ZstdCodec
+from aepacs.codec.lossless import HtJ2kCodec, JpegLsCodec, JpegXlCodec, RawCodec, ZstdCodec
 from aepacs.dicom.pixels import PixelMeta, pixels_from_bytes, pixels_to_bytes
 from aepacs.errors import CodecError
 
@@ -39,13 +39,14 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("codec", [JpegLsCodec(), HtJ2kCodec()], ids=["jpegls", "htj2k"])
 @pytest.mark.parametrize("name, shape, lo, hi, dtype", CASES, ids=[c[0] for c in CASES])
-def test_jpegls_is_bit_exact(name: str, shape: tuple[int, ...], lo: int, hi: int, dtype: str) -> None:
+def test_plane_codecs_are_bit_exact(name: str, shape: tuple[int, ...], lo: int, hi: int, dtype: str,
+                                    codec: JpegLsCodec | HtJ2kCodec) -> None:
     arr = smooth(shape, lo, hi, dtype)
     if arr.size > 2:
         arr.flat[0], arr.flat[-1] = lo, hi  # hit both ends of the range
     meta = meta_for(arr)
-    codec = JpegLsCodec()
     stream = codec.encode(arr, meta)
     back = codec.decode(stream, meta)
     assert back.dtype.kind == arr.dtype.kind and back.shape == arr.shape
@@ -122,9 +123,14 @@ def test_jpegls_refuses_what_it_cannot_code() -> None:
 def test_corrupt_streams_raise_codec_error() -> None:
     arr = smooth((1, 32, 32, 1), 0, 4095, "<u2")
     meta = meta_for(arr)
-    stream = bytearray(JpegLsCodec().encode(arr, meta))
-    with pytest.raises(CodecError):
-        JpegLsCodec().decode(bytes(stream[:10]), meta)
+    for codec in (JpegLsCodec(), HtJ2kCodec()):
+        stream = bytearray(codec.encode(arr, meta))
+        with pytest.raises(CodecError):
+            codec.decode(bytes(stream[:10]), meta)
+        with pytest.raises(CodecError):  # another frame count
+            codec.decode(bytes(stream), meta_for(np.concatenate([arr, arr])))
+    with pytest.raises(CodecError):  # one codec's stream is not another's
+        HtJ2kCodec().decode(JpegLsCodec().encode(arr, meta), meta)
     with pytest.raises(CodecError):
         ZstdCodec().decode(b"not zstd at all", None)
 

@@ -22,6 +22,9 @@ def test_codec_choice_by_kind_of_pixel_data() -> None:
     jxl = encode_object(us, lossless="jpegxl")
     assert jxl.codec == "jpegxl" and decode_object(jxl.payload) == us  # bit for bit, the whole file
     assert len(jxl.payload) * 2 < len(encode_object(us).payload)
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()  # signed 16-bit
+    htj = encode_object(ct, lossless="htj2k")
+    assert htj.codec == "htj2k" and decode_object(htj.payload) == ct
 
 
 def test_manifest_records_source_hash_and_layout() -> None:
