@@ -108,8 +108,8 @@ def test_demo_part_three_over_dicomweb_and_the_viewer(demo: Demo) -> None:
         r = figures[modality]
         assert r["stored"] == r["found"] == r["retrieved"] == r["exact"] > 0, modality
         assert r["stow_per_s"] > 0 and r["queryable_per_s"] > 0 and r["retrieve_per_s"] > 0
-        assert rows[modality][1:4] == [f"{r['stow_per_s']:.1f}", f"{r['queryable_per_s']:.1f}",
-                                       f"{r['retrieve_per_s']:.1f}"], modality
+        printed = [float(v) for v in rows[modality][1:4]]  # the table's one decimal, demo.json's two
+        assert printed == pytest.approx([r["stow_per_s"], r["queryable_per_s"], r["retrieve_per_s"]], abs=0.051)
     lossless = demo.report["lossless"]  # the same files are refused over C-STORE and STOW-RS, but for one kind:
     over_dimse = {name for r in lossless.values() for name in r["refused"]}  # C-STORE also checks the UID
     over_web = {name for r in figures.values() for name in r["refused"]}  # it announced (STOW-RS has none)
