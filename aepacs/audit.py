@@ -54,6 +54,7 @@ EVENTS: dict[str, tuple[str, str, str, str | None]] = {
     "key-change": ("110113", "Security Alert", "U", "110129"),            # Security Configuration
     "rekey": ("110113", "Security Alert", "U", "110135"),                 # Object Security Attributes Changed
     "model-change": ("110113", "Security Alert", "U", "110131"),          # Software Configuration
+    "schema-change": ("110113", "Security Alert", "U", "110131"),         # Software Configuration (the index)
     "application-start": ("110100", "Application Activity", "E", "110120"),
     "application-stop": ("110100", "Application Activity", "E", "110121"),
 }

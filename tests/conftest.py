@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,36 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False,
     if check and proc.returncode != 0:
         raise AssertionError(f"aepacs {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def postgres_server():  # type: ignore[no-untyped-def]
+    """A real PostgreSQL cluster on loopback for the session (:mod:`tests.postgres`)."""
+    from tests.postgres import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():  # type: ignore[no-untyped-def]
+    """A real S3-protocol server (moto) on loopback for the session (:mod:`tests.s3`)."""
+    from tests.s3 import S3
+
+    server = S3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_index_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
+    """Fresh, empty index databases (each call another) on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        counter = itertools.count()
+        return lambda: f"sqlite:///{tmp_path}/i{next(counter)}.sqlite3"
+    server = request.getfixturevalue("postgres_server")
+    return server.database  # type: ignore[no-any-return]
 
 
 #: `make viewer` (CI's install step) puts the OHIF viewer here

@@ -257,11 +257,15 @@ def test_json_logs_are_one_object_per_line(env: dict[str, str], tmp_path: Path) 
     proc = subprocess.Popen([sys.executable, "-m", "aepacs", "serve", "--config", str(site)],
                             env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    first = proc.stderr.readline()  # the "listening on" line
+    first = []
+    while not first or "listening on" not in first[-1]:  # up to the "listening on" line (a new index says so first)
+        line = proc.stderr.readline()
+        assert line, "serve exited before listening"
+        first.append(line)
     proc.send_signal(signal.SIGTERM)
     rest = proc.communicate(timeout=120)[1]
     assert proc.returncode == 0
-    lines = [first, *rest.splitlines()]
+    lines = [*first, *rest.splitlines()]
     records = [json.loads(line) for line in lines if line.strip()]
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     assert any("listening on" in r["message"] for r in records) and records[-1]["message"] == "stopped"

@@ -4,7 +4,7 @@
 ``archive``  seal, open, info, import, export
 ``net``      serve, send, retrieve
 ``models``   train, models, eval
-``ops``      rekey, audit, demo
+``ops``      rekey, db, audit, demo
 
 Every command reads the configuration (``--config FILE`` or
 ``$AEPACS_CONFIG`` over the embedded default; data under ``$AEPACS_HOME``).

@@ -1,4 +1,5 @@
-"""``aepacs rekey | audit | demo``: operations on the whole archive, its audit trail, and the demonstration."""
+"""``aepacs rekey | db | audit | demo``: operations on the whole archive, its index schema, its audit trail,
+and the demonstration."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from aepacs.audit import MINOR_FAILURE, SUCCESS, describe, parse_since, read, verify
 from aepacs.cli.common import audit
 from aepacs.config import Config
 from aepacs.demo.run import run_demo
+from aepacs.errors import StoreError
 from aepacs.pipeline.rekey import rekey
+from aepacs.store import migrate
+from aepacs.store.index import make_engine, shown_url, writer
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -25,6 +31,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--verify", action="store_true", help="rewrap: authenticate each whole object first")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rekey)
+
+    p = sub.add_parser("db", parents=[common],
+                       help="the index schema: upgrade it to this release's (every node stopped), or show it")
+    p.add_argument("db_command", choices=["upgrade", "current"])
+    p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("audit", parents=[common], help="print the audit trail, or verify its hash chain")
     p.add_argument("audit_command", nargs="?", choices=["verify"], help="verify: check the hash chain")
@@ -57,6 +68,33 @@ def cmd_rekey(args: argparse.Namespace, config: Config) -> int:
     audit(config).record("rekey", outcome=MINOR_FAILURE if summary.failed else SUCCESS,
                          detail=f"rekey --mode {args.mode}: " + "; ".join(summary.lines()))
     return 1 if summary.failed else 0
+
+
+def _revision(now: str | None) -> str:
+    return {None: "empty (no schema yet)", "legacy": "made before schema migrations"}.get(now, f"revision {now}")
+
+
+def cmd_db(args: argparse.Namespace, config: Config) -> int:
+    engine = make_engine(config.index_url)
+    shown = shown_url(config.index_url)
+    try:
+        if args.db_command == "current":
+            with engine.connect() as conn:
+                now = migrate.revision(conn)
+            print(f"index {shown}: {_revision(now)}; this release needs revision {migrate.head()}"
+                  + ("" if now == migrate.head() else " (aepacs db upgrade)"))
+            return 0
+        with writer(engine) as conn, conn.begin():
+            before, after = migrate.upgrade(conn)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"index {shown}: {type(exc).__name__}: {exc}") from None
+    finally:
+        engine.dispose()
+    if before != after:
+        audit(config).record("schema-change", detail=f"aepacs db upgrade: index {_revision(before)} -> {after}")
+    print(f"index {shown}: {_revision(before)} -> revision {after}" if before != after
+          else f"index {shown}: at revision {after} already")
+    return 0
 
 
 def cmd_audit(args: argparse.Namespace, config: Config) -> int:

@@ -48,6 +48,8 @@ class IndexConfig:
 class StoreConfig:
     path: str
     min_free_mb: int = field(metadata={"range": (0, 10**9)})
+    endpoint_url: str | None
+    region: str | None
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ class Archive:
         self.config = config
         private_dir(config.data_dir)
         self.keyring = keyring or load_keyring(config)
-        self.store = open_store(config.store_location)
+        self.store = open_store(config.store_location, endpoint_url=config.store.endpoint_url,
+                                region=config.store.region)
         self.index = Index(config.index_url)
         self.audit = AuditTrail.for_config(config)
 

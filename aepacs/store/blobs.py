@@ -152,18 +152,38 @@ class BlobStore:
 class FsspecBlobStore:
     """The same content-addressed layout on any fsspec filesystem (object storage).
 
+    A put is one PUT of the whole blob under its content key, which S3 and its
+    kind make visible whole or not at all; its size is then checked against
+    the store's own listing of it before the put counts as done. A put that
+    fails half-way leaves nothing visible; a crash between a put and its index
+    row leaves an orphan that :meth:`aepacs.pipeline.archive.Archive.sweep_orphans`
+    removes.
+
     Parameters
     ----------
     url : str
         ``PROTOCOL://ROOT`` (credentials come from the protocol's usual
         environment: ``AWS_*`` variables or ``~/.aws`` for S3).
+    endpoint_url, region : str, optional
+        For ``s3://``: an S3-compatible service (MinIO, Ceph) and its region.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, endpoint_url: str | None = None, region: str | None = None) -> None:
         import fsspec  # noqa: PLC0415 -- only object-storage sites need it
 
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url)
+        options: dict[str, Any] = {}
+        if url.startswith(("s3://", "s3a://")):
+            # no listing cache: other nodes add and remove blobs under the same prefix
+            options = {"use_listings_cache": False, "skip_instance_cache": True}
+            if endpoint_url:
+                options["endpoint_url"] = endpoint_url
+            if region:
+                options["client_kwargs"] = {"region_name": region}
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **options)
+        except ImportError as exc:
+            raise StoreError(f"{url}: {exc} (pip install 'aepacs[scale]')") from None
         self.root = root.rstrip("/")
 
     def path_for(self, key: str) -> str:
@@ -178,6 +198,9 @@ class FsspecBlobStore:
         try:
             if not self.fs.exists(path):
                 self.fs.pipe_file(path, bytes(blob))
+                size = int(self.fs.info(path)["size"])
+                if size != len(blob):
+                    raise StoreError(f"{self.url}: blob {key} stored as {size} bytes, not {len(blob)}")
         except OSError as exc:
             raise StoreError(f"{self.url}: cannot write blob {key} ({exc})") from None
         return key
@@ -240,11 +263,12 @@ def _mtime(info: dict[str, Any]) -> float:
 AnyBlobStore = BlobStore | FsspecBlobStore
 
 
-def open_store(location: str | Path) -> AnyBlobStore:
-    """The blob store at `location`: a path or ``file://`` URL (local), or any other fsspec URL."""
+def open_store(location: str | Path, *, endpoint_url: str | None = None, region: str | None = None) -> AnyBlobStore:
+    """The blob store at `location`: a path or ``file://`` URL (local), or any other fsspec URL (`endpoint_url`
+    and `region`: an S3-compatible service's, for ``s3://``)."""
     text = str(location)
     if "://" not in text:
         return BlobStore(Path(text))
     if text.startswith("file://"):
         return BlobStore(Path(text[len("file://"):]))
-    return FsspecBlobStore(text)
+    return FsspecBlobStore(text, endpoint_url=endpoint_url, region=region)

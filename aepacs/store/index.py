@@ -1,7 +1,10 @@
 """The query index: patient / study / series / instance rows (SQLAlchemy Core; tables in :mod:`.schema`).
 
-SQLite in WAL mode with ``synchronous=FULL`` by default; any SQLAlchemy URL
-(PostgreSQL) works unchanged. Each instance row points at its sealed blob
+SQLite in WAL mode with ``synchronous=FULL`` by default, or PostgreSQL
+(``postgresql+psycopg://``) for several processes or nodes: the same Core
+statements; unique keys decide between concurrent writers (the loser reads
+again), row locks order the study's modality list, and the key and blob swaps
+are compare-and-swap updates. Each instance row points at its sealed blob
 (content key, size), names its codec and KEK version, and keeps the SHA-256
 of the original stream so a re-sent identical instance is recognised.
 
@@ -26,19 +29,18 @@ from sqlalchemy import (
     delete,
     event,
     func,
-    inspect,
     or_,
     select,
-    text,
     update,
 )
-from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.engine import Connection, Engine, Row, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
 from aepacs.dicom.records import INSTANCE_FIELDS, PATIENT_FIELDS, SERIES_FIELDS, STUDY_FIELDS, InstanceRecord
 from aepacs.errors import StoreError
+from aepacs.store import migrate
 from aepacs.store.atomic import private_dir, private_file
-from aepacs.store.schema import ADDED_COLUMNS, instances, metadata, patients, pending_blobs, series, studies
+from aepacs.store.schema import instances, patients, pending_blobs, series, studies
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ class BlobRef:
     ssim: float | None = None
 
 
+#: How often :meth:`Index.add` tries again after another writer inserted a row it was about to
+_RETRIES = 8
+#: PostgreSQL's deadlock-detected and serialization-failure states: the transaction may simply be run again
+_TRANSIENT = ("40P01", "40001")
 #: Outcomes of :meth:`Index.add`.
 ADDED, SAME, CONFLICT = "added", "same", "conflict"
 
@@ -77,18 +83,38 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cur.close()
 
 
-def _add_missing_columns(conn: Connection) -> None:
-    """Bring an index made by an older release up to date (nullable columns only)."""
-    have = {c["name"] for c in inspect(conn).get_columns("instances")}
-    for name in ADDED_COLUMNS:
-        if name not in have:
-            column = instances.c[name]
-            kind = column.type.compile(dialect=conn.dialect)
-            conn.execute(text(f"ALTER TABLE instances ADD COLUMN {name} {kind}"))
-
-
 def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.pop("aepacs_write", False) else "BEGIN")
+
+
+def shown_url(url: str) -> str:
+    """`url` as logs and messages may show it: any password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparsable database URL)"
+
+
+def make_engine(url: str) -> Engine:
+    """The SQLAlchemy engine of the index at `url`; SQLite with WAL, full sync and write transactions that
+    take the write lock at BEGIN (:func:`writer`); its file owner-only from the first byte (patient data;
+    SQLite gives -wal/-shm the file's mode)."""
+    path = sqlite_path(url)
+    if path is not None:
+        private_dir(path.parent)
+        private_file(path)
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def writer(engine: Engine) -> Connection:
+    """A connection whose transactions write (SQLite: ``BEGIN IMMEDIATE``)."""
+    conn = engine.connect()
+    conn.info["aepacs_write"] = True
+    return conn
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -113,38 +139,29 @@ class Index:
         # level keys already in the table -> primary key; rows are never renumbered, so this
         # cache only saves look-ups (ingest of a series hits the same three rows each time)
         self._pks: dict[tuple[str, tuple[Any, ...]], int] = {}
-        path = sqlite_path(url)
-        if path is not None:  # patient data: owner-only from the first byte (SQLite gives -wal/-shm its mode)
-            private_dir(path.parent)
-            private_file(path)
+        self.shown = shown_url(url)
         try:
-            self.engine: Engine = create_engine(url, future=True)
-            if self.engine.dialect.name == "sqlite":
-                event.listen(self.engine, "connect", _sqlite_pragmas)
-                event.listen(self.engine, "begin", _sqlite_begin)
+            self.engine: Engine = make_engine(url)
             # as a write transaction from the start: two processes creating the tables in deferred
             # transactions would both read, then one would fail its lock upgrade at once
             for attempt in range(100):
                 try:
                     with self._writer() as conn, conn.begin():
-                        metadata.create_all(conn)
-                        _add_missing_columns(conn)
+                        migrate.prepare(conn, self.shown)
                     break
                 except OperationalError as exc:
                     if "locked" not in str(exc) or attempt == 99:
                         raise
                     time.sleep(0.02)
         except SQLAlchemyError as exc:
-            raise StoreError(f"index {url}: {exc}") from None
+            raise StoreError(f"index {self.shown}: {type(exc).__name__}: {exc}") from None
 
     def close(self) -> None:
         self.engine.dispose()
 
     # -- writing ------------------------------------------------------------
     def _writer(self) -> Connection:
-        conn = self.engine.connect()
-        conn.info["aepacs_write"] = True
-        return conn
+        return writer(self.engine)
 
     def _get_or_insert(self, conn: Connection, table: Table, where: dict[str, Any],
                        values: dict[str, Any]) -> tuple[int, bool]:
@@ -181,29 +198,42 @@ class Index:
         """
         who = {"patient_id": rec.patient_id, "issuer_of_patient_id": rec.issuer_of_patient_id}
         study_key, series_key = {"study_uid": rec.study_uid}, {"series_uid": rec.series_uid}
-        try:
-            with self._writer() as conn, conn.begin():
-                existing = conn.execute(select(instances.c.source_sha256)
-                                        .where(instances.c.sop_uid == rec.sop_uid)).scalar()
-                if existing is not None:
-                    return SAME if existing == ref.source_sha256 else CONFLICT
-                patient_pk, _ = self._get_or_insert(conn, patients, who, rec.values(PATIENT_FIELDS))
-                study_pk, _ = self._get_or_insert(conn, studies, study_key,
-                                                  {**rec.values(STUDY_FIELDS), "patient_pk": patient_pk})
-                series_pk, new_series = self._get_or_insert(conn, series, series_key,
-                                                            {**rec.values(SERIES_FIELDS), "study_pk": study_pk})
-                if new_series:
-                    self._refresh_modalities(conn, study_pk)
-                conn.execute(instances.insert().values(
-                    **rec.values(INSTANCE_FIELDS), series_pk=series_pk, stored_at=time.time(),
-                    **asdict(ref)))
-            self._remember((patients, who, patient_pk), (studies, study_key, study_pk),
-                           (series, series_key, series_pk))  # only once committed
-            return ADDED
-        except SQLAlchemyError as exc:
-            raise StoreError(f"index: cannot add {rec.sop_uid} ({type(exc).__name__}: {exc})") from None
+        for attempt in range(_RETRIES):
+            try:
+                with self._writer() as conn, conn.begin():
+                    existing = conn.execute(select(instances.c.source_sha256)
+                                            .where(instances.c.sop_uid == rec.sop_uid)).scalar()
+                    if existing is not None:
+                        return SAME if existing == ref.source_sha256 else CONFLICT
+                    patient_pk, _ = self._get_or_insert(conn, patients, who, rec.values(PATIENT_FIELDS))
+                    study_pk, _ = self._get_or_insert(conn, studies, study_key,
+                                                      {**rec.values(STUDY_FIELDS), "patient_pk": patient_pk})
+                    series_pk, new_series = self._get_or_insert(conn, series, series_key,
+                                                                {**rec.values(SERIES_FIELDS), "study_pk": study_pk})
+                    if new_series:
+                        self._refresh_modalities(conn, study_pk)
+                    conn.execute(instances.insert().values(
+                        **rec.values(INSTANCE_FIELDS), series_pk=series_pk, stored_at=time.time(),
+                        **asdict(ref)))
+                self._remember((patients, who, patient_pk), (studies, study_key, study_pk),
+                               (series, series_key, series_pk))  # only once committed
+                return ADDED
+            except (IntegrityError, OperationalError) as exc:
+                # another writer (process or node) added the same patient, study, series or instance
+                # between our read and our insert, or PostgreSQL broke a deadlock between two writers:
+                # read again, now seeing it (READ COMMITTED)
+                retry = isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) in _TRANSIENT
+                if not retry or attempt == _RETRIES - 1:
+                    raise StoreError(f"index: cannot add {rec.sop_uid} ({type(exc).__name__}: {exc})") from None
+            except SQLAlchemyError as exc:
+                raise StoreError(f"index: cannot add {rec.sop_uid} ({type(exc).__name__}: {exc})") from None
+        raise AssertionError("unreachable")
 
     def _refresh_modalities(self, conn: Connection, study_pk: int) -> None:
+        # the study row first (PostgreSQL: FOR NO KEY UPDATE, which the series' foreign-key locks do not
+        # block; SQLite's writers are serial already), so that two writers adding series to one study take
+        # turns, and the second sees the first's series
+        conn.execute(select(studies.c.pk).where(studies.c.pk == study_pk).with_for_update(key_share=True))
         mods = conn.execute(select(series.c.modality).where(series.c.study_pk == study_pk)
                             .distinct()).scalars().all()
         conn.execute(update(studies).where(studies.c.pk == study_pk)

@@ -1,5 +1,8 @@
 """The index tables: patient, study, series and instance (SQLAlchemy Core), and the rekey's pending blobs.
 
+What the queries see; the database gets them from the migrations in
+:mod:`aepacs.store.migrations` (``aepacs db upgrade``), which must agree.
+
 The query attributes' columns are made from :data:`aepacs.dicom.attributes.ATTRIBUTES`;
 each instance row adds where its sealed blob is and how it was sealed.
 """
@@ -8,7 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
 
 from aepacs.dicom.attributes import at_level
 
@@ -55,8 +69,8 @@ instances = Table(
     Column("codec", String(64), nullable=False),
     Column("kek_version", Integer, nullable=False, index=True),
     Column("blob_key", String(64), nullable=False, index=True),
-    Column("blob_size", Integer, nullable=False),
-    Column("source_size", Integer, nullable=False),
+    Column("blob_size", BigInteger, nullable=False),
+    Column("source_size", BigInteger, nullable=False),
     Column("source_sha256", String(64), nullable=False),
     Column("psnr", Float),   # learned lossy objects: quality measured at sealing
     Column("ssim", Float),
@@ -79,5 +93,6 @@ pending_blobs = Table(
     Column("owner", String(160), nullable=False),
     Column("created", Float, nullable=False),
 )
-#: Columns added after the first release: created on an older index when it is opened.
+#: Columns releases before schema migrations added in place: :mod:`aepacs.store.migrate` adds any
+#: that an index of theirs lacks before calling it the baseline revision.
 ADDED_COLUMNS = ("psnr", "ssim", "key_slot", "sealed_at")

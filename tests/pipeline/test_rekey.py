@@ -267,19 +267,27 @@ def test_dask_local_cluster_gives_the_same_end_state(config: Config, archive: Ar
 
 # -- object storage through fsspec ---------------------------------------------------------
 
-def test_fsspec_store_end_to_end(home: Path) -> None:
+@pytest.mark.parametrize("backend", ["memory", "postgresql+s3"])
+def test_fsspec_store_end_to_end(home: Path, backend: str, request: pytest.FixtureRequest) -> None:
     site = home / "site.yaml"
     home.mkdir(parents=True, exist_ok=True)
-    site.write_text(f"store:\n  path: memory://aepacs-{generate_uid()}/blobs\n")
+    if backend == "memory":
+        site.write_text(f"store:\n  path: memory://aepacs-{generate_uid()}/blobs\n")
+    else:  # the shared engines of several nodes: a real PostgreSQL and a real S3-protocol server
+        s3, pg = request.getfixturevalue("s3_server"), request.getfixturevalue("postgres_server")
+        site.write_text(f"index:\n  url: {pg.database()}\nstore:\n  path: {s3.bucket()}\n"
+                        f"  endpoint_url: {s3.endpoint}\n")
     config = load_config(site)
     Keyring.create(config.keyring_path)
     with Archive(config) as archive:
         assert isinstance(archive.store, FsspecBlobStore)
         originals = fill(archive, 8)
         Keyring.load(config.keyring_path).rotate()
-        assert rekey(config, mode="full", workers=1, progress=False).done == 8
+        workers = 1 if backend == "memory" else 2  # memory:// is one process's; S3 is everyone's
+        assert rekey(config, mode="full", workers=workers, progress=False).done == 8
     with Archive(config) as archive:
         assert set(archive.store.keys()) == set(archive.index.blob_keys())
+        assert archive.index.kek_versions() == {2: 8} and archive.index.pending() == []
         for uid, digest in originals.items():
             assert hashlib.sha256(fetch(archive, uid)).hexdigest() == digest
 

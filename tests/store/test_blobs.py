@@ -87,3 +87,25 @@ def test_fsspec_store_has_the_local_stores_behaviour() -> None:
     with pytest.raises(StoreError, match="missing"):
         store.get(key)
     assert isinstance(open_store("file:///tmp/aepacs-test-local"), BlobStore)
+
+
+def test_s3_store_against_a_real_s3_server(s3_server) -> None:  # type: ignore[no-untyped-def]
+    from aepacs.store.blobs import FsspecBlobStore, open_store
+
+    url = s3_server.bucket()
+    store = open_store(url, endpoint_url=s3_server.endpoint, region="us-east-1")
+    assert isinstance(store, FsspecBlobStore)
+    blobs = [os.urandom(n) for n in (10, 70_000, 3_000_000)]
+    keys = [store.put(b) for b in blobs]
+    assert store.put(blobs[0]) == keys[0]  # content-addressed: a no-op
+    other = open_store(url, endpoint_url=s3_server.endpoint)  # another node, no cache between them
+    for key, blob in zip(keys, blobs, strict=True):
+        assert other.get(key) == blob and other.exists(key)
+    assert other.read_prefix(keys[2], 100) == blobs[2][:100]
+    assert sorted(other.keys()) == sorted(keys) and list(other.keys(older_than=0)) == []
+    other.delete(keys[1])
+    assert not store.exists(keys[1]) and sorted(store.keys()) == sorted([keys[0], keys[2]])
+    with pytest.raises(StoreError, match="missing"):
+        store.get(keys[1])
+    with pytest.raises(StoreError, match="invalid blob key"):
+        store.get("../../" + "0" * 58)  # a key never becomes a path outside the prefix

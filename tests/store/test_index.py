@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-from pathlib import Path
+from collections.abc import Callable
 
 import pydicom
 import pytest
@@ -31,8 +31,8 @@ def test_record_from_dataset_and_refusal() -> None:
         InstanceRecord.from_dataset(ds)
 
 
-def test_add_find_same_conflict(tmp_path: Path) -> None:
-    index = Index(f"sqlite:///{tmp_path}/i.sqlite3")
+def test_add_find_same_conflict(new_index_url: Callable[[], str]) -> None:
+    index = Index(new_index_url())
     a = record()
     assert index.add(a, ref()) == ADDED
     assert index.add(a, ref()) == SAME
@@ -51,21 +51,27 @@ def test_add_find_same_conflict(tmp_path: Path) -> None:
     assert set(index.blob_keys()) == {"b" * 64, "d" * 64}
 
 
-def _writer(url: str, worker: int, n: int) -> None:
+def _writer(url: str, worker: int, n: int, start: float) -> None:
+    import time
+
     index = Index(url)
+    time.sleep(max(0.0, start - time.time()))  # all at once: the same patient and study, new series each
     for i in range(n):
-        rec = record(sop_uid=f"1.2.826.0.1.3680043.8.498.{worker}.{i}",
+        rec = record(sop_uid=f"1.2.826.0.1.3680043.8.498.{worker}.{i}", modality=("CT", "MR", "US", "CR")[worker],
                      series_uid=f"1.2.826.0.1.3680043.8.498.{worker}")
         assert index.add(rec, ref(key=f"{worker:032x}{i:032x}")) == ADDED
         # every worker also re-adds one shared instance: exactly one wins
         index.add(record(), ref())
 
 
-def test_concurrent_writers_in_processes(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/i.sqlite3"
+def test_concurrent_writers_in_processes(new_index_url: Callable[[], str]) -> None:
+    import time
+
+    url = new_index_url()
     Index(url)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(url, w, 40)) for w in range(4)]
+    start = time.time() + 3.0
+    procs = [ctx.Process(target=_writer, args=(url, w, 40, start)) for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:
@@ -77,6 +83,8 @@ def test_concurrent_writers_in_processes(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("select count(*) from patients").scalar() == 1
         assert conn.exec_driver_sql("select count(*) from studies").scalar() == 1
         assert conn.exec_driver_sql("select count(*) from series").scalar() == 5
+    (study,) = index.studies()
+    assert study.modalities_in_study == "CR\\CT\\MR\\US" and study.instances == 4 * 40 + 1
 
 
 def _open(url: str, start: float) -> None:
@@ -86,13 +94,13 @@ def _open(url: str, start: float) -> None:
     Index(url).count()
 
 
-def test_processes_opening_a_new_index_at_once(tmp_path: Path) -> None:
+def test_processes_opening_a_new_index_at_once(new_index_url: Callable[[], str]) -> None:
     """Several processes creating the tables of one new database together all succeed."""
     import time
 
     ctx = multiprocessing.get_context("spawn")
     for trial in range(3):
-        url = f"sqlite:///{tmp_path}/i{trial}.sqlite3"
+        url = new_index_url()
         start = time.time() + 2.0
         procs = [ctx.Process(target=_open, args=(url, start)) for _ in range(4)]
         for p in procs:
@@ -102,24 +110,8 @@ def test_processes_opening_a_new_index_at_once(tmp_path: Path) -> None:
         assert [p.exitcode for p in procs] == [0, 0, 0, 0], trial
 
 
-def test_an_older_index_gains_the_new_columns(tmp_path: Path) -> None:
-    import sqlite3
-
-    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
-    Index(url).close()
-    db = sqlite3.connect(tmp_path / "old.sqlite3")
-    for column in ("key_slot", "sealed_at", "psnr"):
-        db.execute(f"ALTER TABLE instances DROP COLUMN {column}")
-    db.commit()
-    db.close()
-    index = Index(url)
-    assert index.kek_versions() == {}
-    assert index.rekey_count(1, sealed_before=1e12) == 0  # reads sealed_at
-    index.close()
-
-
-def test_key_rotation_swaps_are_compare_and_swap(tmp_path: Path) -> None:
-    index = Index(f"sqlite:///{tmp_path}/i.sqlite3")
+def test_key_rotation_swaps_are_compare_and_swap(new_index_url: Callable[[], str]) -> None:
+    index = Index(new_index_url())
     for i in range(3):
         index.add(record(sop_uid=f"1.2.3.{i}"), ref(key=f"{i:064x}"))
     assert index.rekey_count(2) == 3 and index.rekey_count(1) == 0

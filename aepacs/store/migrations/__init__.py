@@ -1,0 +1,1 @@
+"""Alembic migrations of the index schema (``aepacs db upgrade``); :mod:`aepacs.store.migrate` runs them."""

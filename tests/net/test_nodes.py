@@ -1,0 +1,42 @@
+"""Several archive nodes on one shared index (PostgreSQL) and blob store (S3): what one stores, any answers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from aepacs.net.client import query, retrieve
+from tests.conftest import ct_files
+from tests.net.conftest import Running
+from tests.net.dcmtk import run
+
+
+def test_two_nodes_share_one_archive_on_postgresql_and_s3(make_server: Callable[..., Running], postgres_server: Any,
+                                                          s3_server: Any, tmp_path: Path) -> None:
+    shared = {"index": {"url": postgres_server.database()},
+              "store": {"path": s3_server.bucket(), "endpoint_url": s3_server.endpoint}}
+    nodes = [make_server(**shared, ingest={"workers": 1, "spool_path": str(tmp_path / f"spool-{n}")})
+             for n in (1, 2)]
+    files = ct_files()[:24]
+    half = len(files) // 2
+    for node, part in zip(nodes, (files[:half], files[half - 2:]), strict=True):  # two sent to both
+        run("storescu", "-aec", node.aet, "127.0.0.1", str(node.port), *map(str, part))
+    for node in nodes:
+        node.wait_archived()
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files}
+    for node in nodes:  # each node finds every instance, whichever node stored it; each once
+        found = query("127.0.0.1", node.port, node.aet, "FINDER", "IMAGE",
+                      {"SOPInstanceUID": "", "SeriesInstanceUID": ""})
+        assert sorted(str(d.SOPInstanceUID) for d in found) == sorted(uids)
+    assert nodes[0].archive.index.count() == len(files)
+    series = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    got = retrieve("127.0.0.1", nodes[1].port, nodes[1].aet, "GETTER", "series", series, nodes[1].keyring,
+                   tmp_path / "out")
+    assert len(got.written) == len(files) and not got.failed
+    for path in got.written:  # the lossless route: every element as sent (C-STORE carries no file meta)
+        back = pydicom.dcmread(path)
+        sent = pydicom.dcmread(uids[str(back.SOPInstanceUID)])
+        assert back == sent and back.PixelData == sent.PixelData
