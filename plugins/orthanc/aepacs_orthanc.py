@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import site
+import sys
 import threading
 import traceback
 from typing import Any
@@ -45,8 +46,13 @@ OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
 
 def _settings() -> dict[str, Any]:
     block = json.loads(orthanc.GetConfiguration()).get("Aepacs", {})
+    before = list(sys.path)
     for path in block.get("SitePackages", []):
         site.addsitedir(path)  # processes .pth files too (an editable install of aepacs)
+    # aepacs's environment ahead of the system's packages (Debian's python3-*), so that a package and
+    # its compiled half come from one place (cffi from the venv with the system's _cffi_backend fails)
+    added = [p for p in sys.path if p not in before]
+    sys.path[:] = added + before
     return block
 
 
