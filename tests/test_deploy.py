@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,19 @@ def test_the_production_example_config_loads_with_tls_and_an_allow_list() -> Non
     assert config.index_url.startswith("postgresql") and config.store_location.startswith("s3://")
     assert config.metrics.bind == "127.0.0.1" and config.metrics.port
     assert config.log.format == "json" and config.audit.syslog
+
+
+def test_the_haproxy_example_is_a_valid_configuration() -> None:
+    from tests.haproxy import HAPROXY, config
+
+    if not HAPROXY.exists():
+        if os.environ.get("CI"):
+            raise AssertionError("haproxy missing: .ci/run must install haproxy")
+        pytest.skip("haproxy not installed")
+    check = subprocess.run([str(HAPROXY), "-c", "-f", str(DEPLOY / "haproxy.cfg")], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "check port" in config(104, [(11112, 9464)], 8404)  # the tests' balancer checks /health alike
 
 
 def test_the_wheel_installs_what_the_units_documentation_names(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pydicom
 
+from aepacs.audit import read
 from aepacs.net.client import query, retrieve
 from tests.conftest import ct_files
 from tests.net.conftest import Running
@@ -40,3 +41,39 @@ def test_two_nodes_share_one_archive_on_postgresql_and_s3(make_server: Callable[
         back = pydicom.dcmread(path)
         sent = pydicom.dcmread(uids[str(back.SOPInstanceUID)])
         assert back == sent and back.PixelData == sent.PixelData
+
+
+def test_two_nodes_behind_haproxy_answer_for_each_other(make_server: Callable[..., Running], postgres_server: Any,
+                                                        s3_server: Any, tmp_path: Path) -> None:
+    """Four storescu associations at once through one HAProxy address: each instance archived once,
+    duplicates across nodes resolved keep-first as on one node, C-FIND on either node finds all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.haproxy import Balancer
+    from tests.net.conftest import free_port
+
+    shared = {"index": {"url": postgres_server.database()},
+              "store": {"path": s3_server.bucket(), "endpoint_url": s3_server.endpoint}}
+    nodes = [make_server(**shared, ingest={"workers": 1, "spool_path": str(tmp_path / f"spool-{n}")},
+                         metrics={"port": free_port()}, audit={"path": str(tmp_path / f"audit-{n}.jsonl")})
+             for n in (1, 2)]  # each node its own spool and audit trail on local disk
+    balancer = Balancer([(node.port, node.config.metrics.port) for node in nodes])
+    try:
+        balancer.wait_up(2)
+        files = ct_files()[:40]
+        batches = [files[i::4] + files[:3] for i in range(4)]  # the first three sent four times, to any node
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda part: run("storescu", "-aec", "AEPACS", "127.0.0.1", str(balancer.port),
+                                           *map(str, part)), batches))
+        for node in nodes:
+            node.wait_archived()
+        uids = sorted(str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
+        assert nodes[0].archive.index.count() == len(files)  # stored once each
+        keys = {"SOPInstanceUID": "", "SeriesInstanceUID": ""}
+        for port in (balancer.port, nodes[0].port, nodes[1].port):
+            found = query("127.0.0.1", port, "AEPACS", "FINDER", "IMAGE", keys)
+            assert sorted(str(d.SOPInstanceUID) for d in found) == uids
+        for n in (1, 2):  # four associations at once, least connections first: both nodes took some
+            assert any(r["event"] == "store" for r in read(tmp_path / f"audit-{n}.jsonl")), n
+    finally:
+        balancer.stop()
