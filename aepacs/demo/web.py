@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from aepacs.demo.compare import ModalityResult, _compare
 from aepacs.demo.report import _rate as _per_s
 from aepacs.net.client import Receiver
 from aepacs.net.send import Storable
-from aepacs.net.webclient import retrieve_web, store_web
+from aepacs.net.webclient import WebError, get, retrieve_web, store_web
 from aepacs.web.auth import new_token
 
 __all__ = ["WebPart", "print_web_table", "run_web_part"]
@@ -70,9 +69,7 @@ def _rate(count: int, seconds: float) -> float:
 
 
 def _get(url: str, token: str, accept: str) -> bytes:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", "Accept": accept})
-    with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310 (our own loopback server)
-        return bytes(response.read())
+    return get(url, token, accept)[2]
 
 
 def _instances(root: str, token: str) -> list[dict[str, Any]]:
@@ -125,7 +122,7 @@ def _measure(part: WebPart, keyring: Keyring, groups: dict[str, list[Storable]],
         try:
             _instances(part.root, part.token)
             break
-        except OSError:
+        except (OSError, WebError):  # not listening yet
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)

@@ -29,7 +29,7 @@ from aepacs.errors import AepacsError, InputError, OpenError
 from aepacs.net.client import Receiver, RetrieveSummary
 from aepacs.web import multipart
 
-__all__ = ["StowSummary", "WebError", "retrieve_web", "store_web"]
+__all__ = ["StowSummary", "WebError", "get", "retrieve_web", "store_web"]
 
 _WARNED = re.compile(r'299 aepacs "([0-9.]+): ')
 
@@ -38,8 +38,15 @@ class WebError(AepacsError):
     """The DICOMweb server refused the request or answered something that is not DICOMweb."""
 
 
-def _get(url: str, token: str | None, accept: str, context: ssl.SSLContext | None) -> tuple[int, dict[str, str],
-                                                                                            bytes]:
+def get(url: str, token: str | None, accept: str,
+        context: ssl.SSLContext | None = None) -> tuple[int, dict[str, str], bytes]:
+    """GET `url` with a bearer `token`: (status, headers lower-cased, body); 404 and 204 come back empty.
+
+    Raises
+    ------
+    WebError
+        401, another error status, or no answer.
+    """
     request = urllib.request.Request(url, headers={"Accept": accept, **(
         {"Authorization": f"Bearer {token}"} if token else {})})
     try:
@@ -63,7 +70,7 @@ def _locate(root: str, level: str, uid: str, token: str | None, context: ssl.SSL
     if level == "study":
         return f"{root}/studies/{uid}"
     resource, key = {"series": ("series", "SeriesInstanceUID"), "instance": ("instances", "SOPInstanceUID")}[level]
-    status, _, body = _get(f"{root}/{resource}?{key}={urllib.parse.quote(uid)}", token, "application/dicom+json",
+    status, _, body = get(f"{root}/{resource}?{key}={urllib.parse.quote(uid)}", token, "application/dicom+json",
                            context)
     matches: list[dict[str, Any]] = json.loads(body) if status == 200 and body else []
     if not matches:
@@ -91,7 +98,7 @@ def retrieve_web(root: str, level: str, uid: str, receiver: Receiver, *, token: 
         A refused request (401), an unknown UID, an answer that is not multipart DICOM.
     """
     url = _locate(root.rstrip("/"), level, uid, token, context)
-    status, headers, body = _get(url, token, 'multipart/related; type="application/dicom"', context)
+    status, headers, body = get(url, token, 'multipart/related; type="application/dicom"', context)
     summary = receiver.summary
     summary.status = status
     for failed in _WARNED.findall(headers.get("warning", "")):

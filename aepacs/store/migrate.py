@@ -12,6 +12,7 @@ starting on a new database) take turns.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -44,10 +45,20 @@ def _config(conn: Connection) -> AlembicConfig:
     return cfg
 
 
+@functools.cache
+def _script() -> ScriptDirectory:
+    return ScriptDirectory(str(MIGRATIONS))
+
+
+@functools.cache
+def _known() -> frozenset[str]:
+    """Every revision this release's migrations define."""
+    return frozenset(s.revision for s in _script().walk_revisions())
+
+
 def head() -> str:
     """The schema revision this release needs."""
-    script = ScriptDirectory(str(MIGRATIONS))
-    found = script.get_current_head()
+    found = _script().get_current_head()
     assert found is not None
     return found
 
@@ -86,8 +97,7 @@ def upgrade(conn: Connection) -> tuple[str | None, str]:
     """
     _lock(conn)
     before = revision(conn)
-    known = {s.revision for s in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
-    if before not in (None, "legacy") and before not in known:
+    if before not in (None, "legacy") and before not in _known():
         raise StoreError(f"index schema is at revision {before}, which this release does not know "
                          f"(its newest is {head()}): a newer aepacs made it")
     if before == "legacy":
@@ -111,7 +121,7 @@ def prepare(conn: Connection, url: str) -> None:
         command.upgrade(_config(conn), "head")
         log.info("index %s: a new database, schema created at revision %s", url, head())
         return
-    if now != "legacy" and now not in {s.revision for s in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}:
+    if now != "legacy" and now not in _known():
         raise StoreError(f"index {url} is at schema revision {now}, which this release does not know (its "
                          f"newest is {head()}): a newer aepacs made it")
     if now != head():

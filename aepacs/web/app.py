@@ -77,6 +77,11 @@ class StreamAborted(Exception):
     connection is closed without the closing boundary, so the client cannot take it for whole."""
 
 
+def _warnings(failed: list[str]) -> list[str]:
+    """The ``Warning`` header values naming the instances that could not be opened."""
+    return [f'299 aepacs "{uid}: cannot be opened (tampered, or its key is not in the keyring)"' for uid in failed]
+
+
 def _pixel_error(exc: pixels.PixelError) -> Response:
     status = 404 if isinstance(exc, pixels.NoSuchFrame) else 406 if isinstance(exc, pixels.NotAcceptable) else 400
     return JSONResponse({"error": str(exc)}, status_code=status)
@@ -182,8 +187,7 @@ class Service:
     def _outcome(self, body: bytes, media_type: str, done: list[Any], failed: list[str]) -> Response:
         if not done and not failed:
             return Response(status_code=404)
-        warnings = [f'299 aepacs "{uid}: cannot be opened (tampered, or its key is not in the keyring)"'
-                    for uid in failed]
+        warnings = _warnings(failed)
         if not done:
             return JSONResponse({"error": "no instance could be opened", "failed": failed}, status_code=500,
                                 headers={"Warning": ", ".join(warnings)})
@@ -216,8 +220,7 @@ class Service:
             return self._outcome(b"", "", [], failed)
         boundary = multipart.new_boundary()
         parts = ((data, DICOM) for data in self._produce(request, rows, good, failed))
-        warnings = [f'299 aepacs "{uid}: cannot be opened (tampered, or its key is not in the keyring)"'
-                    for uid in failed]
+        warnings = _warnings(failed)
         return StreamingResponse(multipart.stream(parts, boundary), status_code=206 if failed else 200,
                                  media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
                                  headers={"Warning": ", ".join(warnings)} if warnings else None)

@@ -22,6 +22,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless, JPEGLSLossless
 
 from aepacs.errors import InputError
+from aepacs.web.multipart import media_type
 
 __all__ = ["MEDIA", "NoSuchFrame", "NotAcceptable", "PixelError", "accepted", "frame_list", "frames", "native",
            "rendered", "window_of"]
@@ -69,11 +70,7 @@ def accepted(header: str) -> list[tuple[str, str | None]]:
     """
     ranked: list[tuple[float, int, str, str | None]] = []
     for n, item in enumerate(header.split(",")):
-        fields = [f.strip() for f in item.split(";")]
-        kind, params = fields[0].lower(), {}
-        for field_ in fields[1:]:
-            name, _, value = field_.partition("=")
-            params[name.strip().lower()] = value.strip().strip('"')
+        kind, params = media_type(item)
         if kind == "multipart/related":
             kind = params.get("type", "*/*").lower()
         try:
