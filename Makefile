@@ -20,7 +20,8 @@ demo: $(STAMP)
 	-@$(MAKE) --no-print-directory viewer
 	$(BIN)/aepacs demo --viewer build/viewer
 
-## the test suite, after the lint (ruff), the types (mypy) and the layering (import-linter)
+## the test suite, after the lint (ruff), the types (mypy) and the layering (import-linter); two test
+## processes (pytest-xdist), a test module each at a time (module fixtures start servers once)
 ## the OHIF viewer aepacs serve serves at /viewer/: npm pack @ohif/app from the npm registry,
 ## verified and unpacked into build/viewer (the tests' copy; a site runs aepacs viewer install)
 viewer: build/viewer/index.html
@@ -31,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/ruff check aepacs tests bench plugins
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 ## the fuzzing harness at length (CI runs it with its default case count as part of make test)
 FUZZ_CASES ?= 5000

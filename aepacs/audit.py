@@ -53,6 +53,7 @@ EVENTS: dict[str, tuple[str, str, str, str | None]] = {
     "login-refused": ("110114", "User Authentication", "E", "110122"),    # Login (a DICOMweb request)
     "key-change": ("110113", "Security Alert", "U", "110129"),            # Security Configuration
     "rekey": ("110113", "Security Alert", "U", "110135"),                 # Object Security Attributes Changed
+    "reencode": ("110103", "DICOM Instances Accessed", "U", None),        # stored objects coded again
     "model-change": ("110113", "Security Alert", "U", "110131"),          # Software Configuration
     "schema-change": ("110113", "Security Alert", "U", "110131"),         # Software Configuration (the index)
     "application-start": ("110100", "Application Activity", "E", "110120"),

@@ -83,14 +83,47 @@ def ct_files() -> list[Path]:
     return _FALLBACK_CT
 
 
+#: Where an archive keeps its index and blobs: the embedded defaults (SQLite, local files), or the
+#: engines several nodes share (a real PostgreSQL cluster and S3-protocol server, started for the session)
+BACKENDS = ("local", "postgresql+s3")
+
+
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty data directory that AEPACS_HOME points at."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend of :func:`home`'s archive: ``local`` unless a test or conftest parametrises it over
+    :data:`BACKENDS` (``tests/net`` and the rekey tests run on both)."""
+    return str(getattr(request, "param", "local"))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, request: pytest.FixtureRequest) -> Path:
+    """An empty data directory that AEPACS_HOME points at.
+
+    On ``postgresql+s3`` AEPACS_CONFIG also names a site configuration with a
+    new PostgreSQL database as the index and a new S3 bucket as the blob store
+    (servers, CLIs and rekey workers the test starts read it too); the spool,
+    keyring and audit trail stay in the data directory, as on a node.
+    """
     home = tmp_path / "home"
     monkeypatch.setenv("AEPACS_HOME", str(home))
     for var in ("AEPACS_CONFIG", "AEPACS_KEYRING_PASSPHRASE"):
         monkeypatch.delenv(var, raising=False)
+    site = backend_site(backend, tmp_path, request)
+    if site is not None:
+        monkeypatch.setenv("AEPACS_CONFIG", str(site))
     return home
+
+
+def backend_site(backend: str, directory: Path, request: pytest.FixtureRequest) -> Path | None:
+    """The site configuration of `backend` (written in `directory`), or None for ``local``."""
+    if backend == "local":
+        return None
+    assert backend == "postgresql+s3", backend
+    pg, s3 = request.getfixturevalue("postgres_server"), request.getfixturevalue("s3_server")
+    site = directory / "backend.yaml"
+    site.write_text(f"index:\n  url: {pg.database()}\nstore:\n  path: {s3.bucket()}\n"
+                    f"  endpoint_url: {s3.endpoint}\n")
+    return site
 
 
 @pytest.fixture
@@ -99,12 +132,9 @@ def config(home: Path) -> Config:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """Environment for ``aepacs`` subprocesses: a fresh data directory, no site config or passphrase."""
-    e = {"AEPACS_HOME": str(tmp_path / "home")}
-    os.environ.pop("AEPACS_KEYRING_PASSPHRASE", None)
-    os.environ.pop("AEPACS_CONFIG", None)
-    return e
+def env(home: Path) -> dict[str, str]:
+    """Environment for ``aepacs`` subprocesses (laid over ``os.environ``): :func:`home` as the data directory."""
+    return {"AEPACS_HOME": str(home)}
 
 
 @pytest.fixture
@@ -236,3 +266,16 @@ def decode_in_child(child: str, pixels: np.ndarray, stream: bytes, tmp_path: Pat
                          env=env, capture_output=True, text=True, check=True, timeout=300)
     result: dict[str, str] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def tamper(store: Any, key: str, offset: int, mask: int = 0x40) -> None:
+    """Flip bits of one stored blob in place, under its own key, on local files or object storage
+    (what a corrupted disk or a hostile admin does: the key no longer matches the bytes)."""
+    data = bytearray(store.get(key))
+    data[offset] ^= mask
+    path = store.path_for(key)
+    if isinstance(path, Path):
+        os.chmod(path, 0o600)
+        path.write_bytes(bytes(data))
+    else:
+        store.fs.pipe_file(path, bytes(data))

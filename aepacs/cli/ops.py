@@ -1,5 +1,5 @@
-"""``aepacs rekey | db | audit | demo``: operations on the whole archive, its index schema, its audit trail,
-and the demonstration."""
+"""``aepacs rekey | reencode | spool | db | audit | demo``: operations on the whole archive, a node's
+spool, the index schema, the audit trail, and the demonstration."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ from aepacs.audit import MINOR_FAILURE, SUCCESS, describe, parse_since, read, ve
 from aepacs.cli.common import audit
 from aepacs.config import Config
 from aepacs.demo.run import run_demo
-from aepacs.errors import StoreError
+from aepacs.errors import InputError, StoreError
+from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.batch import Summary
+from aepacs.pipeline.reencode import reencode
 from aepacs.pipeline.rekey import rekey
+from aepacs.pipeline.workers import adopt
 from aepacs.store import migrate
 from aepacs.store.index import make_engine, shown_url, writer
 
@@ -31,6 +35,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--verify", action="store_true", help="rewrap: authenticate each whole object first")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rekey)
+
+    p = sub.add_parser("reencode", parents=[common],
+                       help="code every lossless object stored with one codec again with another")
+    p.add_argument("--from", dest="source", required=True, metavar="CODEC",
+                   help="a model version (ct@3) or a standard codec (jpegls, htj2k, jpegxl, zstd)")
+    p.add_argument("--to", dest="target", required=True, metavar="CODEC",
+                   help="a model (ct@6; a bare name: its current version) or a standard codec")
+    p.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: one per core)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run on a Dask scheduler (tcp://host:8786)")
+    p.add_argument("--limit", type=int, metavar="N", help="re-encode at most N objects")
+    p.add_argument("--dry-run", action="store_true", help="count what would be re-encoded; change nothing")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_reencode)
+
+    p = sub.add_parser("spool", parents=[common],
+                       help="adopt the spool of a node that will not come back (docs/SCALING.md)")
+    p.add_argument("spool_command", choices=["adopt"])
+    p.add_argument("directory", type=Path, metavar="DIR", help="the dead node's spool directory")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_spool)
 
     p = sub.add_parser("db", parents=[common],
                        help="the index schema: upgrade it to this release's (every node stopped), or show it")
@@ -63,10 +87,41 @@ def cmd_rekey(args: argparse.Namespace, config: Config) -> int:
     if args.dry_run:
         print(f"rekey {args.mode} (dry run): {summary.skipped} objects would be rekeyed")
         return 0
+    return _report(config, "rekey", summary)
+
+
+def cmd_reencode(args: argparse.Namespace, config: Config) -> int:
+    summary = reencode(config, args.source, args.target, workers=args.workers, dask=args.dask, limit=args.limit,
+                       dry_run=args.dry_run, progress=not args.quiet)
+    if args.dry_run:
+        print(f"{summary.job} (dry run): {summary.skipped} objects would be re-encoded")
+        for line in summary.notes:
+            print(line)
+        return 0
+    return _report(config, "reencode", summary)
+
+
+def cmd_spool(args: argparse.Namespace, config: Config) -> int:
+    if not args.directory.is_dir():
+        raise InputError(f"{args.directory}: not a directory")
+    with Archive(config) as archive:
+        counts = adopt(archive, args.directory, progress=not args.quiet)
+    line = (f"spool {args.directory}: {sum(counts.values())} entries; " +
+            ", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
+    print(line)
+    audit(config).record("import", outcome=MINOR_FAILURE if counts["failed"] else SUCCESS,
+                         detail=f"aepacs spool adopt: {line}")
+    if counts["failed"]:
+        print(f"kept in {args.directory / 'failed'}: entries that cannot be archived as instances", file=sys.stderr)
+    return 1 if counts["failed"] else 0
+
+
+def _report(config: Config, event: str, summary: Summary) -> int:
+    """Print a batch job's summary and audit it; exit 1 when any object failed."""
     for line in summary.lines():
         print(line)
-    audit(config).record("rekey", outcome=MINOR_FAILURE if summary.failed else SUCCESS,
-                         detail=f"rekey --mode {args.mode}: " + "; ".join(summary.lines()))
+    audit(config).record(event, outcome=MINOR_FAILURE if summary.failed else SUCCESS,
+                         detail="; ".join(summary.lines()))
     return 1 if summary.failed else 0
 
 

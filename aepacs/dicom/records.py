@@ -16,7 +16,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from aepacs.dicom.attributes import ATTRIBUTES, record_columns
+from aepacs.dicom.attributes import ATTRIBUTES, Attribute, record_columns
 from aepacs.errors import DatasetMismatch, InputError
 
 
@@ -138,6 +138,18 @@ def check_uids(uids: dict[str, str]) -> dict[str, str]:
     return uids
 
 
+def index_text(a: Attribute, value: str) -> str:
+    """A text value as the index keeps it for matching: a date of the old ``YYYY.MM.DD`` form as
+    ``YYYYMMDD``, and anything longer than the column cut to it (real files exceed their VR's
+    length; PostgreSQL refuses what SQLite would keep). UIDs are never cut: they are checked whole.
+    The sealed object keeps the value as received."""
+    if a.vr == "DA" and len(value) == 10 and value[4] == value[7] == ".":
+        value = value.replace(".", "")
+    if a.length is not None and a.matching != "uid" and len(value) > a.length:
+        return value[:a.length]
+    return value
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
     """Index attributes of one instance, by query level (the columns of :data:`~aepacs.dicom.attributes.ATTRIBUTES`)."""
@@ -191,8 +203,9 @@ class InstanceRecord:
         values: dict[str, Any] = {}
         for a in ATTRIBUTES:
             if a.source is not None:
-                read = text_value if a.length is not None else _int
-                values[a.column] = read(meta if a.source == "file_meta" else ds, a.keyword)
+                source = meta if a.source == "file_meta" else ds
+                values[a.column] = _int(source, a.keyword) if a.length is None else \
+                    index_text(a, text_value(source, a.keyword))
         return cls(**values)
 
     def values(self, names: tuple[str, ...]) -> dict[str, Any]:

@@ -203,6 +203,7 @@ class ArchiveServer:
             problems.append("spool workers stopped")
         try:
             self.archive.check_room(0)
+            self.spool.check_room(0, self.config.store.min_free_mb * 1_000_000)
         except StoreFullError as exc:
             problems.append(str(exc))
         details: dict[str, Any] = {"ae_title": self.config.server.ae_title,

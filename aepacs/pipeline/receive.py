@@ -44,6 +44,7 @@ def receive(archive: Archive, spool: Spool, config: Config, data: bytes, *,
         if known is not None and known != hashlib.sha256(data).hexdigest():
             raise DatasetMismatch("a different object with this SOP Instance UID is already archived")
     archive.check_room(spool.admission_need(len(data)))
+    spool.check_room(len(data), config.store.min_free_mb * 1_000_000)
     spool.put(seal_entry(data, uids["SOPInstanceUID"], uids["StudyInstanceUID"], archive.keyring),
               uids["SOPInstanceUID"])
     return uids

@@ -37,96 +37,22 @@ worker opens the archive from the same configuration.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
-
-from tqdm import tqdm
 
 from aepacs.config import Config
 from aepacs.errors import AepacsError
+from aepacs.pipeline import batch
 from aepacs.pipeline.archive import Archive
-from aepacs.pipeline.rekey_batch import Job, Outcome, recover, run_batch, work
-from aepacs.pipeline.runners import dask_cluster, local_pool
+from aepacs.pipeline.batch import Summary
+from aepacs.pipeline.rekey_batch import recover, run_batch, work
 
 log = logging.getLogger("aepacs.rekey")
 
 MODES = ("rewrap", "full")
-BATCH = 256
-#: A ``full`` batch holds its new blobs in memory until they are synced: at most this many bytes.
-BATCH_BYTES = 64 * 1024 * 1024
-
-
-@dataclass
-class Summary:
-    """Totals of one run."""
-
-    mode: str
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    bytes_read: int = 0
-    bytes_written: int = 0
-    seconds: float = 0.0
-    swept: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-
-    def add(self, outcome: Outcome) -> None:
-        setattr(self, outcome.status, getattr(self, outcome.status) + 1)
-        self.bytes_read += outcome.read
-        self.bytes_written += outcome.written
-        if outcome.status == "failed":
-            self.failures.append((outcome.sop_uid, outcome.reason))
-
-    @property
-    def objects_per_s(self) -> float:
-        return (self.done + self.skipped + self.failed) / self.seconds if self.seconds > 0 else 0.0
-
-    def lines(self) -> list[str]:
-        """The report printed at the end of a run."""
-        mb_r, mb_w = self.bytes_read / 1e6, self.bytes_written / 1e6
-        rate = (mb_r + mb_w) / self.seconds if self.seconds > 0 else 0.0
-        out = [f"rekey {self.mode}: {self.done} done, {self.skipped} skipped, {self.failed} failed "
-               f"in {self.seconds:.1f} s ({self.objects_per_s:.0f} objects/s)",
-               f"read {mb_r:.1f} MB, wrote {mb_w:.1f} MB ({rate:.1f} MB/s); "
-               f"removed {self.swept} unreferenced blobs"]
-        out += [f"FAILED {uid}: {reason}" for uid, reason in self.failures]
-        return out
-
-
-def _batches(archive: Archive, *, sealed_before: float | None, limit: int | None) -> Iterator[list[Job]]:
-    """The selected objects in batches, by primary key (each seen once per run)."""
-    after, left = 0, limit
-    active = archive.keyring.active_version
-    while left is None or left > 0:
-        rows = archive.index.rekey_candidates(active, sealed_before=sealed_before, after_pk=after,
-                                              limit=BATCH if left is None else min(BATCH, left))
-        if not rows:
-            return
-        after = rows[-1].pk
-        if left is not None:
-            left -= len(rows)
-        batch: list[Job] = []
-        nbytes = 0
-        for r in rows:
-            if batch and nbytes + r.blob_size > BATCH_BYTES:
-                yield batch
-                batch, nbytes = [], 0
-            batch.append(Job(r.sop_uid, r.blob_key, r.blob_size, r.kek_version,
-                             bytes(r.key_slot) if r.key_slot is not None else None))
-            nbytes += r.blob_size
-        yield batch
-
-
-def _collect(finished: set[Any], summary: Summary, bar: Any) -> None:
-    for fut in finished:
-        outcomes = fut.result()
-        for outcome in outcomes:
-            summary.add(outcome)
-        bar.update(len(outcomes))
 
 
 def rekey(config: Config, *, mode: str = "rewrap", workers: int | None = None, dask: str | None = None,
@@ -157,42 +83,24 @@ def rekey(config: Config, *, mode: str = "rewrap", workers: int | None = None, d
     if mode not in MODES:
         raise AepacsError(f"unknown rekey mode {mode!r} (choose {', '.join(MODES)})")
     archive = Archive(config)
-    summary = Summary(mode)
+    summary = Summary(f"rekey {mode}")
     started = time.perf_counter()
     try:
         recover(archive)
         sealed_before = None
         if mode == "full":
             sealed_before = time.time() - config.rekey.full_after_days * 86400.0
-        total = archive.index.rekey_count(archive.keyring.active_version, sealed_before=sealed_before)
+        active = archive.keyring.active_version
+        total = archive.index.rekey_count(active, sealed_before=sealed_before)
         total = min(total, limit) if limit is not None else total
         if dry_run:
             summary.skipped = total
             return summary
-        batches = _batches(archive, sealed_before=sealed_before, limit=limit)
-        workers = workers or os.cpu_count() or 1
-        with tqdm(total=total, desc=f"rekey {mode}", unit="obj", disable=not progress) as bar:
-            if dask is None and workers == 1:
-                for jobs in batches:
-                    for outcome in work(archive, jobs, mode, verify):
-                        summary.add(outcome)
-                    bar.update(len(jobs))
-            else:
-                submit, first_done, close = dask_cluster(dask) if dask else local_pool(workers)
-                try:
-                    inflight: set[Any] = set()
-                    for jobs in batches:
-                        inflight.add(submit(run_batch, config, jobs, mode, verify))
-                        finished = first_done(inflight) if len(inflight) >= 2 * workers else \
-                            {f for f in inflight if f.done()}
-                        _collect(finished, summary, bar)
-                        inflight -= finished
-                    while inflight:
-                        finished = first_done(inflight)
-                        _collect(finished, summary, bar)
-                        inflight -= finished
-                finally:
-                    close()
+        select = functools.partial(_candidates, archive, active, sealed_before)
+        batch.run(batch.batches(select, limit), summary, total=total,
+                  here=lambda jobs: work(archive, jobs, mode, verify), remote=run_batch,
+                  args=(config, mode, verify), workers=workers or os.cpu_count() or 1, dask=dask,
+                  progress=progress)
         recover(archive)
         # blobs no row references (a crash between an ingest's blob write and its index row),
         # once old enough that no write can still be on its way to the index
@@ -202,3 +110,6 @@ def rekey(config: Config, *, mode: str = "rewrap", workers: int | None = None, d
         archive.close()
     return summary
 
+
+def _candidates(archive: Archive, active: int, sealed_before: float | None, after: int, n: int) -> list[Any]:
+    return archive.index.rekey_candidates(active, sealed_before=sealed_before, after_pk=after, limit=n)

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from aepacs.config import Config
 from aepacs.crypto.seal import SLOT_BYTES, header_span, open_sealed, rewrap_slot, seal, with_slot
@@ -148,48 +149,69 @@ def rewrap_batch(archive: Archive, jobs: list[Job], *, verify: bool = False) -> 
     return outcomes
 
 
-def full_batch(archive: Archive, jobs: list[Job], owner: str) -> list[Outcome]:
+class Recode(Protocol):
+    """What a full batch does to each payload between opening and sealing again (``aepacs reencode``)."""
+
+    def __call__(self, payload: bytes, sop_uid: str) -> tuple[bytes, str, bytes]:
+        """The new payload, its codec id, and :meth:`digest` of the old one."""
+        ...
+
+    def digest(self, payload: bytes, sop_uid: str) -> bytes:
+        """What must stay the same: the SHA-256 of the instance a payload holds."""
+        ...
+
+
+def full_batch(archive: Archive, jobs: list[Job], owner: str, recode: Recode | None = None) -> list[Outcome]:
     """Seal each object of `jobs` again under a fresh data key; see the module docstring for the order.
+
+    With `recode`, each payload is coded again on the way (``aepacs reencode``);
+    the new blob must open to a payload holding the same instance.
 
     The index writes and the durability barrier are made once per batch, not
     once per object: pending list, blob writes, one sync, check, one switch.
     """
     ring, store, index = archive.keyring, archive.store, archive.index
     outcomes: list[Outcome] = []
-    fresh: list[tuple[Job, bytes, str, int, bytes]] = []  # job, new blob, its key, bytes read, plaintext hash
+    fresh: list[tuple[Job, bytes, str, int, bytes, str]] = []  # job, new blob, its key, bytes read, digest, codec
     for job in jobs:
         try:
             blob = _current_blob(archive, job)
             header, payload = open_sealed(blob, ring, name=job.sop_uid, expect_uid=job.sop_uid)
+            if recode is None:
+                codec, digest = header.codec, hashlib.sha256(payload).digest()
+            else:
+                payload, codec, digest = recode(payload, job.sop_uid)
             new_blob = bytes(seal(payload, object_uid=header.object_uid, study_uid=header.study_uid,
-                                  codec=header.codec, keyring=ring))
-            fresh.append((job, new_blob, blob_key(new_blob), len(blob), hashlib.sha256(payload).digest()))
+                                  codec=codec, keyring=ring))
+            fresh.append((job, new_blob, blob_key(new_blob), len(blob), digest, codec))
         except AepacsError as exc:
             outcomes.append(_failure(archive, job, exc))
-    index.add_pending([(key, job.sop_uid) for job, _, key, _, _ in fresh], owner)
-    checked: list[tuple[Job, int, str, int, bytes]] = []
-    for job, new_blob, key, read, digest in fresh:
+    index.add_pending([(key, job.sop_uid) for job, _, key, *_ in fresh], owner)
+    checked: list[tuple[Job, int, str, int, bytes, str]] = []
+    for job, new_blob, key, read, digest, codec in fresh:
         try:
             store.put(new_blob, sync=False)
-            checked.append((job, len(new_blob), key, read, digest))
+            checked.append((job, len(new_blob), key, read, digest, codec))
         except AepacsError as exc:
             _clear(archive, key)
             outcomes.append(Outcome(job.sop_uid, "failed", read=read, reason=f"new blob not written: {exc}"))
     store.sync()  # every new blob durable before any row points at it
     swaps = []
     del fresh
-    for job, new_size, key, read, digest in checked:
-        try:  # the stored blob opens to the same plaintext as the old one
+    for job, new_size, key, read, digest, codec in checked:
+        try:  # the stored blob opens to the same plaintext (recoded: the same instance) as the old one
             _, plain = open_sealed(store.get(key), ring, name=job.sop_uid, expect_uid=job.sop_uid)
-            if hashlib.sha256(plain).digest() != digest:
-                raise OpenError(job.sop_uid, "re-sealed object does not open to the same plaintext")
-            swaps.append((job.sop_uid, job.blob_key, key, new_size, ring.active_version))
+            same = (hashlib.sha256(plain).digest() if recode is None else recode.digest(plain, job.sop_uid))
+            if same != digest:
+                raise OpenError(job.sop_uid, "re-sealed object does not open to the same "
+                                + ("plaintext" if recode is None else "instance"))
+            swaps.append((job.sop_uid, job.blob_key, key, new_size, ring.active_version, codec))
         except AepacsError as exc:
             _clear(archive, key)
             outcomes.append(Outcome(job.sop_uid, "failed", read=read, reason=f"{exc}; old blob kept"))
     switched = index.swap_blobs(swaps, owner) if swaps else set()
-    read_of = {job.sop_uid: read for job, _, _, read, _ in checked}
-    for sop_uid, old_key, new_key, size, _ in swaps:
+    read_of = {job.sop_uid: read for job, _, _, read, *_ in checked}
+    for sop_uid, old_key, new_key, size, *_ in swaps:
         read = read_of[sop_uid]
         if sop_uid in switched:
             store.delete(old_key)
@@ -206,7 +228,7 @@ def full_batch(archive: Archive, jobs: list[Job], owner: str) -> list[Outcome]:
 _OPEN: dict[str, Archive] = {}
 
 
-def _archive(config: Config) -> Archive:
+def worker_archive(config: Config) -> Archive:
     """One open archive per worker process and configuration."""
     key = f"{config.index_url}|{config.store_location}"
     archive = _OPEN.get(key)
@@ -221,10 +243,10 @@ def work(archive: Archive, jobs: list[Job], mode: str, verify: bool) -> list[Out
     return full_batch(archive, jobs, owner_id())
 
 
-def run_batch(config: Config, jobs: list[Job], mode: str, verify: bool) -> list[Outcome]:
+def run_batch(config: Config, mode: str, verify: bool, jobs: list[Job]) -> list[Outcome]:
     """Rekey one batch in a worker process (the unit of work of the pool and of Dask)."""
     try:
-        archive = _archive(config)
+        archive = worker_archive(config)
     except AepacsError as exc:
         return [Outcome(j.sop_uid, "failed", reason=f"worker cannot open the archive: {exc}") for j in jobs]
     return work(archive, jobs, mode, verify)

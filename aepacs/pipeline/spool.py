@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import open_sealed, seal
-from aepacs.store.atomic import atomic_write, fsync_dir, private_dir, sweep_temporaries
+from aepacs.store.atomic import atomic_write, check_free, fsync_dir, private_dir, sweep_temporaries
 
 log = logging.getLogger("aepacs.spool")
 
@@ -107,6 +107,16 @@ class Spool:
         the archive while the disk stays at its reserve (``docs/CONFORMANCE.md``).
         """
         return 2 * (size + ENTRY_SLACK) + self._waiting_bytes + ENTRY_SLACK * len(self._sizes)
+
+    def check_room(self, incoming: int, reserve: int) -> None:
+        """Refuse a new entry of `incoming` bytes unless `reserve` bytes stay free on the spool's own
+        disk (local to this node, whatever holds the blobs: an object store has no free-space figure).
+
+        Raises
+        ------
+        StoreFullError
+        """
+        check_free(self.path, incoming + ENTRY_SLACK if incoming else 0, reserve)
 
     def entries(self) -> list[Path]:
         """Entries waiting to be archived, oldest first."""

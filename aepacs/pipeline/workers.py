@@ -14,10 +14,13 @@ import multiprocessing
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+
+from tqdm import tqdm
 
 from aepacs.config import Config
 from aepacs.errors import InputError
@@ -197,8 +200,12 @@ class SpoolWorker:
         if self._thread.is_alive():
             self._thread.join()
         for pool in (self._pool, self._catch_up):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            if pool is None:
+                continue
+            if not self._inflight:  # nothing under way: no need to wait for a worker still starting up
+                for proc in list(getattr(pool, "_processes", {}).values()):  # (imports, codecs warmed)
+                    proc.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _next_batch(self, entries: list[Path], limit: int) -> list[Path]:
         """Oldest entries first, at most one per SOP Instance UID and none of an instance in flight
@@ -315,3 +322,30 @@ class SpoolWorker:
                 self.spool.release(path)
                 self.caught_up += catch_up
                 self._observer(result)
+
+
+def adopt(archive: Archive, directory: Path, *, progress: bool = True) -> Counter[str]:
+    """Archive the spool of another node (one that will not come back) into `archive`; see
+    ``docs/SCALING.md``.
+
+    Each entry, oldest first, goes the way the node's own workers would have
+    sent it (:func:`archive_entry`, keep-first by arrival order) and leaves
+    `directory`; an entry that cannot be archived as an instance is kept in
+    ``failed/`` there. Entries the node archived meanwhile (it was alive after
+    all) are simply found gone. The entries are sealed under the cluster's
+    keyring, which this node holds too.
+
+    Returns
+    -------
+    Counter
+        Entries per outcome (added, same, conflict, failed, gone).
+    """
+    counts: Counter[str] = Counter()
+    spool = Spool(directory)  # also sweeps the temporaries of a write the node never finished
+    entries = spool.entries()
+    for path in tqdm(entries, desc="adopting", unit="entry", disable=not progress):
+        try:
+            counts[archive_entry(archive, path, directory / "failed").status] += 1
+        except FileNotFoundError:
+            counts["gone"] += 1
+    return counts

@@ -58,6 +58,21 @@ def private_file(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+def check_free(path: Path, incoming: int, reserve: int) -> None:
+    """Refuse `incoming` more bytes on the file system of `path` unless `reserve` bytes stay free.
+
+    Raises
+    ------
+    StoreFullError
+        Naming the directory and how much is free.
+    """
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if free - incoming < reserve:
+        raise StoreFullError(f"{path}: {free / 1e6:.0f} MB free, below the {reserve / 1e6:.0f} MB reserve; "
+                             "refusing new data")
+
+
 def temp_name(directory: Path) -> Path:
     """Return a fresh temporary path in `directory` naming this host and process."""
     return directory / f"{TMP_PREFIX}{_HOST}-{os.getpid()}-{secrets.token_hex(8)}"

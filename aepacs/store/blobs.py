@@ -17,6 +17,7 @@ workers on other machines use either unchanged.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -25,8 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aepacs.errors import StoreError, StoreFullError
-from aepacs.store.atomic import atomic_write, private_dir, sweep_temporaries
+from aepacs.errors import StoreError
+from aepacs.store.atomic import atomic_write, check_free, private_dir, sweep_temporaries
 
 SUFFIX = ".aepx"
 
@@ -74,11 +75,7 @@ class BlobStore:
         StoreFullError
             Naming the store and how much is free.
         """
-        st = os.statvfs(self.root)
-        free = st.f_bavail * st.f_frsize
-        if free - incoming < reserve:
-            raise StoreFullError(f"{self.root}: {free / 1e6:.0f} MB free, below the "
-                                 f"{reserve / 1e6:.0f} MB reserve; refusing new data")
+        check_free(self.root, incoming, reserve)
 
     def put(self, blob: bytes | bytearray, *, sync: bool = True) -> str:
         """Store `blob` and return its key (a no-op when already there).
@@ -153,11 +150,12 @@ class FsspecBlobStore:
     """The same content-addressed layout on any fsspec filesystem (object storage).
 
     A put is one PUT of the whole blob under its content key, which S3 and its
-    kind make visible whole or not at all; its size is then checked against
-    the store's own listing of it before the put counts as done. A put that
-    fails half-way leaves nothing visible; a crash between a put and its index
-    row leaves an orphan that :meth:`aepacs.pipeline.archive.Archive.sweep_orphans`
-    removes.
+    kind make visible whole or not at all. On S3 the request carries the
+    blob's MD5 (``Content-MD5``: the service refuses a body that arrives
+    different) and the ETag it answers must be that MD5; elsewhere the stored
+    size is checked. A put that fails half-way leaves nothing visible; a crash
+    between a put and its index row leaves an orphan that
+    :meth:`aepacs.pipeline.archive.Archive.sweep_orphans` removes.
 
     Parameters
     ----------
@@ -172,8 +170,9 @@ class FsspecBlobStore:
         import fsspec  # noqa: PLC0415 -- only object-storage sites need it
 
         self.url = url
+        self.s3 = url.startswith(("s3://", "s3a://"))
         options: dict[str, Any] = {}
-        if url.startswith(("s3://", "s3a://")):
+        if self.s3:
             # no listing cache: other nodes add and remove blobs under the same prefix
             options = {"use_listings_cache": False, "skip_instance_cache": True}
             if endpoint_url:
@@ -196,7 +195,13 @@ class FsspecBlobStore:
         key = blob_key(blob)
         path = self.path_for(key)
         try:
-            if not self.fs.exists(path):
+            if self.s3:  # one request: an existing blob has these very bytes, so writing it again is harmless
+                md5 = hashlib.md5(blob, usedforsecurity=False).digest()
+                answer = self.fs.pipe_file(path, bytes(blob), ContentMD5=base64.b64encode(md5).decode())
+                etag = str((answer or {}).get("ETag", "")).strip('"')
+                if etag != md5.hex():
+                    raise StoreError(f"{self.url}: blob {key} stored with ETag {etag!r}, not its MD5 {md5.hex()}")
+            elif not self.fs.exists(path):
                 self.fs.pipe_file(path, bytes(blob))
                 size = int(self.fs.info(path)["size"])
                 if size != len(blob):

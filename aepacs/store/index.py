@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Table,
+    and_,
     bindparam,
     create_engine,
     delete,
@@ -308,7 +309,27 @@ class Index:
         (epoch s) also those whose data key is older than that. Rows carry
         ``pk, sop_uid, blob_key, blob_size, kek_version, key_slot``.
         """
-        cond = self._rekey_condition(active, sealed_before)
+        return self._batch(self._rekey_condition(active, sealed_before), after_pk, limit)
+
+    # -- bulk re-encoding (aepacs reencode) --------------------------------------
+    @staticmethod
+    def _recode_condition(codec: str) -> Any:
+        return and_(instances.c.codec == codec, instances.c.psnr.is_(None))
+
+    def recode_count(self, codec: str) -> tuple[int, int]:
+        """Instances coded by `codec`: (lossless, lossy); only the lossless ones are re-encoded."""
+        q = (select(instances.c.psnr.is_(None), func.count()).where(instances.c.codec == codec)
+             .group_by(instances.c.psnr.is_(None)))
+        with self.engine.connect() as conn:
+            counts = {bool(exact): int(n) for exact, n in conn.execute(q)}
+        return counts.get(True, 0), counts.get(False, 0)
+
+    def recode_candidates(self, codec: str, *, after_pk: int = 0, limit: int = 500) -> list[Row[Any]]:
+        """Lossless instances coded by `codec`, in primary-key order after `after_pk` (rows as
+        :meth:`rekey_candidates`)."""
+        return self._batch(self._recode_condition(codec), after_pk, limit)
+
+    def _batch(self, cond: Any, after_pk: int, limit: int) -> list[Row[Any]]:
         q = (select(instances.c.pk, instances.c.sop_uid, instances.c.blob_key, instances.c.blob_size,
                     instances.c.kek_version, instances.c.key_slot)
              .where(cond, instances.c.pk > after_pk).order_by(instances.c.pk).limit(limit))
@@ -346,12 +367,12 @@ class Index:
             raise StoreError(f"index: cannot switch key slots ({type(exc).__name__}: {exc})") from None
         return done
 
-    def swap_blobs(self, swaps: Sequence[tuple[str, str, str, int, int]], owner: str) -> set[str]:
+    def swap_blobs(self, swaps: Sequence[tuple[str, str, str, int, int, str]], owner: str) -> set[str]:
         """Point each row at its new blob if it still points at the old one (compare and swap).
 
         Parameters
         ----------
-        swaps : sequence of (sop_uid, old_key, new_key, new_size, new_version)
+        swaps : sequence of (sop_uid, old_key, new_key, new_size, new_version, codec)
         owner : str
             The process the old blobs are left pending for.
 
@@ -366,11 +387,11 @@ class Index:
         now, done = time.time(), set()
         try:
             with self._writer() as conn, conn.begin():
-                for sop_uid, old_key, new_key, new_size, new_version in swaps:
+                for sop_uid, old_key, new_key, new_size, new_version, codec in swaps:
                     result = conn.execute(update(instances).where(
                         instances.c.sop_uid == sop_uid, instances.c.blob_key == old_key).values(
                         blob_key=new_key, blob_size=new_size, kek_version=new_version, key_slot=None,
-                        sealed_at=now))
+                        sealed_at=now, codec=codec))
                     if result.rowcount != 1:
                         continue
                     done.add(sop_uid)

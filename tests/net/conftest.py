@@ -1,4 +1,9 @@
-"""Fixtures: a real archive SCP on a free loopback port, and its keyring."""
+"""Fixtures: a real archive SCP on a free loopback port, and its keyring.
+
+Every test here runs twice: on the embedded defaults (SQLite, local files)
+and on the engines several nodes share (PostgreSQL, S3); see
+:func:`tests.conftest.home`.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,25 @@ from pynetdicom.sop_class import Verification
 from aepacs.config import Config, load_config
 from aepacs.crypto.keyring import Keyring
 from aepacs.net.server import ArchiveServer
+from tests.conftest import BACKENDS
+
+
+@pytest.fixture(params=BACKENDS, autouse=True)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _data_directory(home: Path) -> Path:
+    """Every test's data directory and backend set up, also for tests that start ``aepacs serve``
+    on ``tmp_path / "home"`` themselves."""
+    return home
+
+
+def local_only(backend: str, why: str) -> None:
+    """Skip a test's ``postgresql+s3`` run: what it checks exists only on local files (say what)."""
+    if backend != "local":
+        pytest.skip(why)
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ from aepacs.crypto.keyring import Keyring
 from aepacs.dicom.transport import PRIVATE_CREATOR, RAW_DATA_STORAGE, read_transport
 from aepacs.net.client import receive_files, retrieve
 from aepacs.net.server import ArchiveServer
-from tests.conftest import SHARED_CT, corpus_files, ct_files
+from tests.conftest import BACKENDS, SHARED_CT, backend_site, corpus_files, ct_files
 from tests.net.conftest import free_port
 from tests.net.dcmtk import readable_by_dcmtk, require, run, storescu_profile
 
@@ -88,10 +88,17 @@ def _store_statuses(log: str) -> dict[str, str]:
     return out
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Module-wide here: :func:`loaded` sends the corpus once per backend."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+def loaded(tmp_path_factory: pytest.TempPathFactory, backend: str, request: pytest.FixtureRequest) -> Iterator[Loaded]:
     require("storescu")
     home = tmp_path_factory.mktemp("home")
+    site = backend_site(backend, tmp_path_factory.mktemp("backend"), request)
     files = sendable(corpus_files())
     if SHARED_CT.is_dir():
         files += sorted((SHARED_CT / "series-3-5mm").glob("*.dcm"))
@@ -99,6 +106,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AEPACS_HOME", str(home))
         mp.delenv("AEPACS_CONFIG", raising=False)
+        if site is not None:
+            mp.setenv("AEPACS_CONFIG", str(site))
         config = load_config(overrides={
             "server": {"port": free_port(),
                        "move_destinations": {"STORESCP": ["127.0.0.1", move_port],

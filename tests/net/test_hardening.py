@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,9 +28,9 @@ from aepacs.net.client import query, receive_files, retrieve
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.retrieve import export
 from aepacs.store.index import BlobRef
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tamper
 from tests.fuzz.mutate import nested_sequence, with_element
-from tests.net.conftest import Running, free_port
+from tests.net.conftest import Running, free_port, local_only
 from tests.net.dcmtk import run
 from tests.net.test_server import scu, store_series, tiny_ct
 
@@ -140,7 +141,8 @@ def _crafted(tmp_path: Path, sop_uid: str, series_uid: str) -> bytes:
 def test_export_retrieve_and_from_files_stay_inside_the_output_directory(
         server: Running, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
     """Defect 1: a stored UID ``../../x`` or ``/tmp/x`` made export and retrieve write outside -o."""
-    escape = tmp_path / "escaped"
+    # a path short enough for the index's 64-character UID columns (PostgreSQL enforces them)
+    escape = tmp_path / "escaped" if kind == "relative" else Path("/tmp") / f"aepacs-escape-{uuid.uuid4().hex[:8]}"
     sop = "../../../escaped/sop" if kind == "relative" else str(escape / "abs10")
     series = "../../escaped-series" if kind == "relative" else str(escape / "series")
     uid = _as_older_release(server.archive, _crafted(tmp_path, sop, series))
@@ -229,11 +231,7 @@ def three_with_one_tampered(make_server: Callable[..., Running], tmp_path: Path)
     _, series, sent = store_series(srv, 3, seed=7)
     srv.wait_archived()
     victim = str(sent[1].SOPInstanceUID)
-    path = srv.archive.store.path_for(srv.archive.index.get(victim).blob_key)
-    blob = bytearray(path.read_bytes())
-    blob[-10] ^= 0x40
-    os.chmod(path, 0o600)
-    path.write_bytes(bytes(blob))
+    tamper(srv.archive.store, srv.archive.index.get(victim).blob_key, -10)
     yield srv, series, victim
 
 
@@ -276,7 +274,7 @@ def test_getscu_sees_the_failure(three_with_one_tampered: tuple[Running, str, st
 
 
 # -- defect 6: file modes ----------------------------------------------------------------------------------
-def test_data_directory_is_private_whatever_the_umask(env: dict[str, str], tmp_path: Path) -> None:
+def test_data_directory_is_private_whatever_the_umask(env: dict[str, str], tmp_path: Path, backend: str) -> None:
     src = tmp_path / "in"
     src.mkdir()
     (src / "ct.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
@@ -288,14 +286,17 @@ def test_data_directory_is_private_whatever_the_umask(env: dict[str, str], tmp_p
                               capture_output=True, text=True, env={**os.environ, **shell})
         assert proc.returncode == 0, proc.stderr
     modes = {p.relative_to(home).as_posix(): p.stat().st_mode & 0o777 for p in [home, *home.rglob("*")]}
-    assert modes["."] == 0o700 and modes["index.sqlite3"] == 0o600 and modes["blobs"] == 0o700
+    assert modes["."] == 0o700
+    if backend == "local":  # else on PostgreSQL and S3, whose own access control applies
+        assert modes["index.sqlite3"] == 0o600 and modes["blobs"] == 0o700
     assert modes["audit.jsonl"] == 0o600 and modes["keyring.json"] == 0o600
     assert all(m & 0o077 == 0 for m in modes.values()), {k: oct(m) for k, m in modes.items() if m & 0o077}
     exported = [p for p in (tmp_path / "x").rglob("*")]
     assert exported and all(p.stat().st_mode & 0o077 == 0 for p in exported)
 
 
-def test_serve_refuses_an_index_others_can_read(env: dict[str, str]) -> None:
+def test_serve_refuses_an_index_others_can_read(env: dict[str, str], backend: str) -> None:
+    local_only(backend, "an SQLite index file's mode")
     run_cli("keys", "init", env=env, check=True)
     run_cli("import", "-q", get_testdata_file("CT_small.dcm"), env=env, check=True)
     index = Path(env["AEPACS_HOME"]) / "index.sqlite3"
@@ -330,9 +331,10 @@ def _free_mb(path: Path) -> float:
 
 
 def test_disk_full_refuses_new_data_and_archives_everything_acknowledged(
-        make_server: Callable[..., Running], small_disk: Path, tmp_path: Path) -> None:
+        make_server: Callable[..., Running], small_disk: Path, tmp_path: Path, backend: str) -> None:
     """Defect 4: with the disk at its reserve, 57 acknowledged instances stayed in the spool for good
     ("archiving failed, will retry: StoreFullError"), invisible to C-FIND and C-GET."""
+    local_only(backend, "index and blobs on a small disk of their own (the spool disk on S3: next test)")
     srv = make_server(store={"path": str(small_disk / "blobs"), "min_free_mb": 6},
                       index={"url": f"sqlite:///{small_disk / 'index.sqlite3'}"},
                       ingest={"spool_path": str(small_disk / "spool"), "workers": 1})
@@ -361,6 +363,25 @@ def test_disk_full_refuses_new_data_and_archives_everything_acknowledged(
     assert sorted(str(d.SOPInstanceUID) for d in found) == sorted(acked)
     s = retrieve("127.0.0.1", srv.port, srv.aet, "VIEWER", "series", series, srv.keyring, tmp_path / "out")
     assert not s.failed and len(s.written) == len(acked)
+
+
+def test_a_full_spool_disk_refuses_new_data_whatever_holds_the_blobs(
+        make_server: Callable[..., Running], small_disk: Path, tmp_path: Path) -> None:
+    """A node whose blobs go to object storage (no free-space figure there) still has a spool on a
+    local disk: when that disk is at its reserve, new data is refused (0xA700) and nothing is spooled."""
+    reserve = int(_free_mb(small_disk) - 1.0)  # room for about 1 MB of spool entries
+    srv = make_server(store={"min_free_mb": reserve}, ingest={"spool_path": str(small_disk / "spool"),
+                                                             "workers": 1})
+    study, series, rng = generate_uid(), generate_uid(), np.random.default_rng(5)
+    small, large = tiny_ct(0, study, series, rng), tiny_ct(1, study, series, rng)
+    large.Rows = large.Columns = 1024  # 2 MB: more than the spool disk has above its reserve
+    large.PixelData = rng.integers(0, 4000, (1024, 1024), dtype=np.int16).tobytes()
+    assoc = scu().associate("127.0.0.1", srv.port, ae_title=srv.aet)
+    assert [int(assoc.send_c_store(ds).Status) for ds in (large, small)] == [0xA700, 0x0000]
+    assoc.release()
+    srv.wait_archived()
+    found = query("127.0.0.1", srv.port, srv.aet, "SCU", "IMAGE", {"SOPInstanceUID": "", "StudyInstanceUID": study})
+    assert [str(d.SOPInstanceUID) for d in found] == [str(small.SOPInstanceUID)]
 
 
 # -- operator finding: what a transport object shows in clear --------------------------------------------

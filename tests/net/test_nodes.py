@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import pytest
 
 from aepacs.audit import read
 from aepacs.demo.compare import same_instance
@@ -14,6 +15,12 @@ from aepacs.net.client import query, retrieve
 from tests.conftest import ct_files
 from tests.net.conftest import Running
 from tests.net.dcmtk import run
+
+
+@pytest.fixture
+def backend() -> str:
+    """Several nodes share PostgreSQL and S3 by definition: one run, not one per backend."""
+    return "postgresql+s3"
 
 
 def test_two_nodes_share_one_archive_on_postgresql_and_s3(make_server: Callable[..., Running], postgres_server: Any,

@@ -125,11 +125,11 @@ def test_key_rotation_swaps_are_compare_and_swap(new_index_url: Callable[[], str
     assert index.swap_slots(fresh) == {"1.2.3.2"}  # the first two no longer match
     # a blob swap: the old blob becomes pending in the same transaction
     index.add_pending([("f" * 64, "1.2.3.0")], "host:1")
-    assert index.swap_blobs([("1.2.3.0", "e" * 64, "f" * 64, 10, 3)], "host:1") == set()  # stale old key
-    assert index.swap_blobs([("1.2.3.0", f"{0:064x}", "f" * 64, 10, 3)], "host:1") == {"1.2.3.0"}
+    assert index.swap_blobs([("1.2.3.0", "e" * 64, "f" * 64, 10, 3, "jpegls")], "host:1") == set()  # stale old key
+    assert index.swap_blobs([("1.2.3.0", f"{0:064x}", "f" * 64, 10, 3, "htj2k")], "host:1") == {"1.2.3.0"}
     assert [(p.blob_key, p.sop_uid) for p in index.pending()] == [(f"{0:064x}", "1.2.3.0")]
     row = index.get("1.2.3.0")
-    assert (row.blob_key, row.kek_version, row.key_slot) == ("f" * 64, 3, None)
+    assert (row.blob_key, row.kek_version, row.key_slot, row.codec) == ("f" * 64, 3, None, "htj2k")
     assert not index.referenced(f"{0:064x}") and index.referenced("f" * 64)
     index.drop_pending(f"{0:064x}")
     assert index.pending() == []

@@ -1,0 +1,126 @@
+"""The driver of the archive's batch jobs (``aepacs rekey``, ``aepacs reencode``): select, run, count.
+
+A job selects its objects from the index in batches (:func:`batches`), runs
+each batch in this process, on a local process pool or on a Dask cluster
+(:func:`run`, with :mod:`.runners`), and adds what happened to each object
+to a :class:`Summary`. The per-object work is the job's own
+(:mod:`.rekey_batch`, :mod:`.reencode`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from aepacs.pipeline.rekey_batch import Job, Outcome
+from aepacs.pipeline.runners import dask_cluster, local_pool
+
+#: Objects selected from the index per query.
+BATCH = 256
+#: A batch that seals again holds its new blobs in memory until they are synced: at most this many bytes.
+BATCH_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Summary:
+    """Totals of one run."""
+
+    job: str  # what ran, as the report names it: "rekey full", "reencode ae:ct@3 -> htj2k"
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    swept: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, outcome: Outcome) -> None:
+        setattr(self, outcome.status, getattr(self, outcome.status) + 1)
+        self.bytes_read += outcome.read
+        self.bytes_written += outcome.written
+        if outcome.status == "failed":
+            self.failures.append((outcome.sop_uid, outcome.reason))
+
+    @property
+    def objects_per_s(self) -> float:
+        return (self.done + self.skipped + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def lines(self) -> list[str]:
+        """The report printed at the end of a run."""
+        mb_r, mb_w = self.bytes_read / 1e6, self.bytes_written / 1e6
+        rate = (mb_r + mb_w) / self.seconds if self.seconds > 0 else 0.0
+        out = [f"{self.job}: {self.done} done, {self.skipped} skipped, {self.failed} failed "
+               f"in {self.seconds:.1f} s ({self.objects_per_s:.0f} objects/s)",
+               f"read {mb_r:.1f} MB, wrote {mb_w:.1f} MB ({rate:.1f} MB/s); "
+               f"removed {self.swept} unreferenced blobs", *self.notes]
+        out += [f"FAILED {uid}: {reason}" for uid, reason in self.failures]
+        return out
+
+
+def batches(select: Callable[[int, int], list[Any]], limit: int | None) -> Iterator[list[Job]]:
+    """The objects ``select(after_pk, n)`` gives, in batches of at most :data:`BATCH_BYTES`
+    (by primary key: each seen once per run)."""
+    after, left = 0, limit
+    while left is None or left > 0:
+        rows = select(after, BATCH if left is None else min(BATCH, left))
+        if not rows:
+            return
+        after = rows[-1].pk
+        if left is not None:
+            left -= len(rows)
+        batch: list[Job] = []
+        nbytes = 0
+        for r in rows:
+            if batch and nbytes + r.blob_size > BATCH_BYTES:
+                yield batch
+                batch, nbytes = [], 0
+            batch.append(Job(r.sop_uid, r.blob_key, r.blob_size, r.kek_version,
+                             bytes(r.key_slot) if r.key_slot is not None else None))
+            nbytes += r.blob_size
+        yield batch
+
+
+def run(jobs: Iterator[list[Job]], summary: Summary, *, total: int, here: Callable[[list[Job]], list[Outcome]],
+        remote: Callable[..., list[Outcome]], args: tuple[Any, ...], workers: int, dask: str | None,
+        progress: bool) -> None:
+    """Run every batch of `jobs` and add its outcomes to `summary`.
+
+    With one worker and no Dask address, ``here(batch)`` runs each batch in
+    this process; otherwise ``remote(*args, batch)`` (a module-level function:
+    it is pickled) runs on a local pool of `workers` processes or on the Dask
+    scheduler at `dask`, at most two batches a worker in flight.
+    """
+    with tqdm(total=total, desc=summary.job, unit="obj", disable=not progress) as bar:
+        def collect(finished: set[Any]) -> None:
+            for fut in finished:
+                outcomes = fut.result()
+                for outcome in outcomes:
+                    summary.add(outcome)
+                bar.update(len(outcomes))
+
+        if dask is None and workers == 1:
+            for batch in jobs:
+                for outcome in here(batch):
+                    summary.add(outcome)
+                bar.update(len(batch))
+            return
+        submit, first_done, close = dask_cluster(dask) if dask else local_pool(workers)
+        try:
+            inflight: set[Any] = set()
+            for batch in jobs:
+                inflight.add(submit(remote, *args, batch))
+                finished = first_done(inflight) if len(inflight) >= 2 * workers else \
+                    {f for f in inflight if f.done()}
+                collect(finished)
+                inflight -= finished
+            while inflight:
+                finished = first_done(inflight)
+                collect(finished)
+                inflight -= finished
+        finally:
+            close()
