@@ -41,7 +41,7 @@ from aepacs.dicom.records import INSTANCE_FIELDS, PATIENT_FIELDS, SERIES_FIELDS,
 from aepacs.errors import StoreError
 from aepacs.store import migrate
 from aepacs.store.atomic import private_dir, private_file
-from aepacs.store.schema import instances, patients, pending_blobs, series, studies
+from aepacs.store.schema import fold, instances, patients, pending_blobs, series, studies
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,8 @@ class Index:
                                             .where(instances.c.sop_uid == rec.sop_uid)).scalar()
                     if existing is not None:
                         return SAME if existing == ref.source_sha256 else CONFLICT
-                    patient_pk, _ = self._get_or_insert(conn, patients, who, rec.values(PATIENT_FIELDS))
+                    patient_pk, _ = self._get_or_insert(conn, patients, who, {
+                        **rec.values(PATIENT_FIELDS), "patient_name_fold": fold(rec.patient_name)})
                     study_pk, _ = self._get_or_insert(conn, studies, study_key,
                                                       {**rec.values(STUDY_FIELDS), "patient_pk": patient_pk})
                     series_pk, new_series = self._get_or_insert(conn, series, series_key,

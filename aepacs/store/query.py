@@ -26,7 +26,7 @@ from sqlalchemy.sql.selectable import FromClause
 from aepacs.dicom.attributes import ATTRIBUTES, BY_KEYWORD, LEVELS, UNIQUE, Attribute
 from aepacs.errors import DatasetMismatch
 from aepacs.store.index import Index
-from aepacs.store.schema import TABLES, instances, patients, series, studies
+from aepacs.store.schema import FOLDED, TABLES, instances, patients, series, studies
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,21 @@ def _like(pattern: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
+def _name_like(key: Key, pattern: str) -> ColumnElement[bool]:
+    """A lowercased PN wildcard pattern against the name's folded copy where the index keeps one
+    (its literal prefix as a range the index serves: ``SMITH*``), else against ``lower(column)``."""
+    table = key.column.table
+    folded = FOLDED.get(key.column.name)
+    if folded is None:
+        return func.lower(key.column).like(_like(pattern), escape="\\")
+    col = table.c[folded]
+    like = col.like(_like(pattern), escape="\\")
+    prefix = pattern[:min(i for i in (pattern.find("*"), pattern.find("?"), len(pattern)) if i >= 0)]
+    if not prefix or ord(prefix[-1]) >= 0x10FFFF:
+        return like
+    return and_(col >= prefix, col < prefix[:-1] + chr(ord(prefix[-1]) + 1), like)
+
+
 def condition(key: Key, pattern: str) -> ColumnElement[bool] | None:
     """The SQL condition of one matching key, or None for universal matching."""
     col = key.column
@@ -91,6 +106,8 @@ def condition(key: Key, pattern: str) -> ColumnElement[bool] | None:
     if key.matching == "multi":
         return None  # multi-valued: matched in Python
     if "*" in pattern or "?" in pattern:
+        if key.matching == "name":  # PN: case-insensitive, the same on every engine
+            return _name_like(key, pattern.lower())
         return col.like(_like(pattern), escape="\\")
     if key.matching == "number":
         try:

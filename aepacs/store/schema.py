@@ -42,13 +42,27 @@ def _columns(level: str) -> list[Column[Any]]:
     return out
 
 
+#: Text compared bytewise (by code point): PostgreSQL's "C" collation, SQLite's default. A prefix
+#: range on such a column is exact whatever the database's locale, and its index serves it.
+BYTEWISE = String(324).with_variant(String(324, collation="C"), "postgresql")
+
+
+def fold(name: str) -> str:
+    """A person name as PN wildcards match it: case-insensitively (PS3.4 C.2.2.2.1)."""
+    return name.lower()[:324]
+
+
 patients = Table(
     "patients", metadata,
     Column("pk", Integer, primary_key=True),
     *_columns("PATIENT"),
+    # PatientName folded by :func:`fold`, indexed: the name searches a PACS sees most (SMITH*)
+    Column("patient_name_fold", BYTEWISE, nullable=False, server_default="", index=True),
     # a patient is PatientID within its issuer
     UniqueConstraint("patient_id", "issuer_of_patient_id"),
 )
+#: the folded, indexed copy of a column that PN wildcards match on
+FOLDED = {"patient_name": "patient_name_fold"}
 studies = Table(
     "studies", metadata,
     Column("pk", Integer, primary_key=True),

@@ -77,6 +77,8 @@ def test_a_legacy_index_gains_the_columns_added_in_place(tmp_path: Path) -> None
     db.execute("DROP TABLE alembic_version")  # an index of the first releases: no version table,
     for column in ("key_slot", "sealed_at", "psnr"):  # and without the columns added since
         db.execute(f"ALTER TABLE instances DROP COLUMN {column}")
+    db.execute("DROP INDEX ix_patients_patient_name_fold")  # and without what later revisions added
+    db.execute("ALTER TABLE patients DROP COLUMN patient_name_fold")
     db.commit()
     db.close()
     with pytest.raises(StoreError, match="made before schema migrations.*aepacs db upgrade"):
