@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--limit", type=int, help="at most this many images per modality (evenly spaced)")
     p.add_argument("--gains", type=int, nargs="+", help="gains to measure (default: every other one)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="measure images on N local processes (encode/decode times then share the cores)")
+    p.add_argument("--dask", metavar="ADDRESS", help="measure images on a Dask scheduler (tcp://host:8786)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
@@ -129,7 +132,8 @@ def cmd_eval(args: argparse.Namespace, config: Config) -> int:
     if not frames:
         raise AepacsError(f"no {'/'.join(model.manifest.get('modality', []))} images under {args.data}")
     noise = list(KINDS) if args.noise == ["all"] else (args.noise or [])
-    result = evaluate(model, frames, gains=args.gains, paper=paper, noise=noise, progress=not args.quiet)
+    result = evaluate(model, frames, gains=args.gains, paper=paper, noise=noise, progress=not args.quiet,
+                      workers=args.workers, dask=args.dask)
     write_report(result, args.output, command="aepacs " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     for modality, s in result.summary.items():
         for t, a in s["at_ratio"].items():

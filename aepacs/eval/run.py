@@ -32,7 +32,8 @@ from aepacs.dicom.frames import Frame, collect
 from aepacs.eval.baselines import LOSSLESS, LOSSY, at_budget, jpegls_bytes, lossless_sizes
 from aepacs.eval.noise import KINDS, add_noise
 from aepacs.eval.paper import paper_decode
-from aepacs.models.registry import Model
+from aepacs.models.registry import Model, Registry
+from aepacs.runners import dask_cluster, local_pool
 
 TARGET_RATIOS = (8, 16, 32)
 #: the lossy families compared at each gain: the learned codec, then the standard codecs
@@ -86,55 +87,117 @@ def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
     return out, 1000 * (time.perf_counter() - t0)
 
 
-def evaluate(model: Model, frames: list[Frame], *, gains: list[int] | None = None,
-             paper: Model | None = None, noise: list[str] | None = None, progress: bool = True) -> EvalResult:
-    """Measure `model` (and the baselines) on `frames`; see the module docstring."""
+@dataclass
+class ImageResult:
+    """What one image adds to an :class:`EvalResult` (made where it is measured: here, or on a worker)."""
+
+    image: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    noise: list[dict[str, Any]] = field(default_factory=list)
+    example: dict[str, np.ndarray] | None = None
+
+
+def measure_image(model: Model, i: int, frame: Frame, gains: list[int], paper: Model | None,
+                  noise: list[str] | None) -> ImageResult:
+    """Every codec on one image (the body of :func:`evaluate`)."""
     lossless = codec_for(model, "lossless")
-    if not lossless.lossy:  # a lossless-only model: its lossless mode against the lossless baselines
-        gains, noise = [], None
+    px = frame.pixels[None]
+    out = ImageResult({"image": i, "source": frame.source, "modality": frame.modality, "rows": px.shape[1],
+                       "columns": px.shape[2], "samples": px.shape[3], "bits_stored": frame.bits_stored})
+    for k in gains:
+        codec = codec_for(model, "lossy", gain=k)
+        stream, enc = _timed(codec.encode, px)
+        decoded, dec = _timed(codec.decode, stream)
+        out.rows.append(_row(i, frame, "aepacs", f"{model.ref} gain {k}", len(stream), decoded[0], enc, dec, gain=k))
+        for family, label in LOSSY:
+            nbytes, other, oenc, odec = at_budget(family, frame.pixels, len(stream))
+            out.rows.append(_row(i, frame, family, f"{label} at the bytes of gain {k}", nbytes, other,
+                                 oenc, odec, gain=k))
+            if family == "jpeg2000" and i == 0 and k == gains[len(gains) // 2]:
+                out.example = {"original": frame.pixels, "decoded": decoded[0], "jpeg2000": other, "gain": np.array(k)}
+    stream, enc = _timed(lossless.encode, px)
+    back, dec = _timed(lossless.decode, stream)
+    assert np.array_equal(back[0], frame.pixels), "lossless mode must be bit-exact"
+    out.rows.append(_row(i, frame, "aepacs-lossless", f"{model.ref} lossless", len(stream), None, enc, dec))
+    nbytes, enc = jpegls_bytes(frame.pixels)
+    out.rows.append(_row(i, frame, "jpegls", "JPEG-LS lossless", nbytes, None, enc, 0.0))
+    others = lossless_sizes(frame.pixels)
+    for family, label in LOSSLESS:
+        nbytes, enc = others[family]
+        out.rows.append(_row(i, frame, family, label, nbytes, None, enc, 0.0))
+    if paper is not None and int(paper.manifest["hyper"]["channels"]) == frame.pixels.shape[2]:
+        rec, nbytes, ms = paper_decode(paper, frame)
+        out.rows.append(_row(i, frame, "paper", f"paper {paper.ref} (float32 latent)", nbytes, rec, ms, 0.0))
+    for kind in noise or []:
+        noisy = add_noise(frame.pixels, kind, seed=i)
+        codec = codec_for(model, "lossy")
+        dec_px = codec.decode(codec.encode(noisy[None].astype(np.int64)))[0]
+        a = frame.pixels[None]
+        out.noise.append({"image": i, "modality": frame.modality, "kind": kind,
+                          "ssim_noisy": round(ssim(a, noisy[None]), 5), "mse_noisy": round(mse(a, noisy[None]), 3),
+                          "ssim_decoded": round(ssim(a, dec_px[None]), 5),
+                          "mse_decoded": round(mse(a, dec_px[None]), 3)})
+    return out
+
+
+_MODELS: dict[Path, Model] = {}
+
+
+def _model_at(path: Path) -> Model:
+    """The model in directory `path` (``ROOT/NAME/VERSION``), verified once per worker process."""
+    if path not in _MODELS:
+        _MODELS[path] = Registry(path.parents[1]).verify(f"{path.parent.name}@{path.name}")
+    return _MODELS[path]
+
+
+def measure_on_worker(model_path: Path, paper_path: Path | None, gains: list[int], noise: list[str] | None,
+                      job: tuple[int, Frame]) -> ImageResult:
+    """:func:`measure_image` in a pool or Dask worker (models found by path: workers share the files)."""
+    i, frame = job
+    return measure_image(_model_at(model_path), i, frame, gains, _model_at(paper_path) if paper_path else None, noise)
+
+
+def evaluate(model: Model, frames: list[Frame], *, gains: list[int] | None = None,
+             paper: Model | None = None, noise: list[str] | None = None, progress: bool = True,
+             workers: int = 1, dask: str | None = None) -> EvalResult:
+    """Measure `model` (and the baselines) on `frames`; see the module docstring.
+
+    Images are measured in this process (``workers=1``), on a local pool of
+    `workers` processes, or on the Dask scheduler at `dask`; every figure but
+    the encode and decode times is the same wherever it is measured.
+    """
+    if not codec_for(model, "lossless").lossy:  # a lossless-only model: its lossless mode against
+        gains, noise = [], None  # the lossless baselines
     gains = gains if gains is not None else list(range(0, codec_for(model).gains, 2))
     result = EvalResult(model.ref)
-    for i, frame in enumerate(tqdm(frames, desc=f"eval {model.ref}", unit="image", disable=not progress)):
-        px = frame.pixels[None]
-        result.images.append({"image": i, "source": frame.source, "modality": frame.modality,
-                              "rows": px.shape[1], "columns": px.shape[2], "samples": px.shape[3],
-                              "bits_stored": frame.bits_stored})
-        for k in gains:
-            codec = codec_for(model, "lossy", gain=k)
-            stream, enc = _timed(codec.encode, px)
-            decoded, dec = _timed(codec.decode, stream)
-            result.rows.append(_row(i, frame, "aepacs", f"{model.ref} gain {k}", len(stream), decoded[0], enc, dec,
-                                    gain=k))
-            for family, label in LOSSY:
-                nbytes, other, oenc, odec = at_budget(family, frame.pixels, len(stream))
-                result.rows.append(_row(i, frame, family, f"{label} at the bytes of gain {k}", nbytes, other,
-                                        oenc, odec, gain=k))
-                if family == "jpeg2000" and i == 0 and k == gains[len(gains) // 2]:
-                    result.examples.setdefault(frame.modality, {"original": frame.pixels, "decoded": decoded[0],
-                                                                "jpeg2000": other, "gain": np.array(k)})
-        stream, enc = _timed(lossless.encode, px)
-        back, dec = _timed(lossless.decode, stream)
-        assert np.array_equal(back[0], frame.pixels), "lossless mode must be bit-exact"
-        result.rows.append(_row(i, frame, "aepacs-lossless", f"{model.ref} lossless", len(stream), None, enc, dec))
-        nbytes, enc = jpegls_bytes(frame.pixels)
-        result.rows.append(_row(i, frame, "jpegls", "JPEG-LS lossless", nbytes, None, enc, 0.0))
-        others = lossless_sizes(frame.pixels)
-        for family, label in LOSSLESS:
-            nbytes, enc = others[family]
-            result.rows.append(_row(i, frame, family, label, nbytes, None, enc, 0.0))
-        if paper is not None and int(paper.manifest["hyper"]["channels"]) == frame.pixels.shape[2]:
-            rec, nbytes, ms = paper_decode(paper, frame)
-            result.rows.append(_row(i, frame, "paper", f"paper {paper.ref} (float32 latent)", nbytes, rec, ms, 0.0))
-        for kind in noise or []:
-            noisy = add_noise(frame.pixels, kind, seed=i)
-            codec = codec_for(model, "lossy")
-            dec = codec.decode(codec.encode(noisy[None].astype(np.int64)))[0]
-            a = frame.pixels[None]
-            result.noise.append({"image": i, "modality": frame.modality, "kind": kind,
-                                 "ssim_noisy": round(ssim(a, noisy[None]), 5),
-                                 "mse_noisy": round(mse(a, noisy[None]), 3),
-                                 "ssim_decoded": round(ssim(a, dec[None]), 5),
-                                 "mse_decoded": round(mse(a, dec[None]), 3)})
+    measured: dict[int, ImageResult] = {}
+    bar = tqdm(total=len(frames), desc=f"eval {model.ref}", unit="image", disable=not progress)
+    if dask is None and workers == 1:
+        for i, frame in enumerate(frames):
+            measured[i] = measure_image(model, i, frame, gains, paper, noise)
+            bar.update()
+    else:
+        submit, first_done, close = dask_cluster(dask) if dask else local_pool(workers)
+        try:
+            pending = {submit(measure_on_worker, model.path, paper.path if paper else None, gains, noise, (i, frame))
+                       for i, frame in enumerate(frames)}
+            while pending:
+                done = first_done(pending)
+                for fut in done:
+                    one = fut.result()
+                    measured[one.image["image"]] = one
+                bar.update(len(done))
+                pending -= done
+        finally:
+            close()
+    bar.close()
+    for i in sorted(measured):  # in image order, wherever each was measured
+        one = measured[i]
+        result.images.append(one.image)
+        result.rows.extend(one.rows)
+        result.noise.extend(one.noise)
+        if one.example is not None:
+            result.examples.setdefault(one.image["modality"], one.example)
     result.summary = summarise(result.rows, result.noise)
     return result
 

@@ -2,7 +2,7 @@
 
 A job selects its objects from the index in batches (:func:`batches`), runs
 each batch in this process, on a local process pool or on a Dask cluster
-(:func:`run`, with :mod:`.runners`), and adds what happened to each object
+(:func:`run`, with :mod:`aepacs.runners`), and adds what happened to each object
 to a :class:`Summary`. The per-object work is the job's own
 (:mod:`.rekey_batch`, :mod:`.reencode`).
 """
@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from aepacs.pipeline.rekey_batch import Job, Outcome
-from aepacs.pipeline.runners import dask_cluster, local_pool
+from aepacs.runners import dask_cluster, local_pool
 
 #: Objects selected from the index per query.
 BATCH = 256

@@ -79,3 +79,31 @@ def test_eval_of_a_lossless_only_model_against_the_lossless_baselines(home: Path
     assert ct["aepacs-lossless"]["ratio"] > ct["jpegls"]["ratio"] > 1  # held-out slices, the same run
     report = (out / "report.md").read_text()
     assert "JPEG-XL lossless" in report and "HTJ2K lossless" in report and "rd_CT.png" not in report
+
+
+def test_eval_on_a_scheduler_and_two_worker_processes_gives_the_figures_measured_here(tmp_path: Path) -> None:
+    """aepacs eval --dask: every figure but the encode and decode times is what one process measures."""
+    from pydicom.data import get_testdata_file
+
+    from aepacs.eval.run import evaluate, frames_for
+    from aepacs.models.registry import Registry
+    from tests.dask_cluster import Cluster
+
+    model = Registry.default().load("ct@3")
+    frames = frames_for(model, [get_testdata_file("CT_small.dcm"), str(ct_files()[0])])
+    assert len(frames) >= 2
+
+    def figures(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [{k: v for k, v in r.items() if k not in ("encode_ms", "decode_ms")} for r in rows]
+
+    here = evaluate(model, frames, gains=[10], progress=False)
+    cluster = Cluster(tmp_path)
+    try:
+        there = evaluate(model, frames, gains=[10], progress=False, dask=cluster.address)
+    finally:
+        cluster.stop()
+    assert there.images == here.images and figures(there.rows) == figures(here.rows)
+    assert there.summary.keys() == here.summary.keys()
+    proc = run_cli("eval", "--model", "ct@3", "--data", get_testdata_file("CT_small.dcm"), "--gains", "10",
+                   "--workers", "2", "-q", "-o", str(tmp_path / "report"), check=True)
+    assert (tmp_path / "report" / "report.md").exists(), proc.stdout

@@ -1,8 +1,8 @@
-"""Where a batch job's work runs: a local process pool or a Dask distributed cluster.
+"""Where batch work runs: a local process pool or a Dask distributed cluster.
 
-A :data:`Runner` is (submit, wait for the first finished, close): the job
-(:mod:`aepacs.pipeline.rekey`) submits batches and collects what finishes,
-whichever runs them.
+A :data:`Runner` is (submit, wait for the first finished, close): a job
+(:mod:`aepacs.pipeline.batch` for rekey and reencode, :mod:`aepacs.eval.run`)
+submits its units and collects what finishes, whichever runs them.
 """
 
 from __future__ import annotations
