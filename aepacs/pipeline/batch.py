@@ -9,13 +9,17 @@ to a :class:`Summary`. The per-object work is the job's own
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm import tqdm
 
-from aepacs.pipeline.rekey_batch import Job, Outcome
+from aepacs.config import Config
+from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.rekey_batch import Job, Outcome, recover
 from aepacs.runners import dask_cluster, local_pool
 
 #: Objects selected from the index per query.
@@ -124,3 +128,39 @@ def run(jobs: Iterator[list[Job]], summary: Summary, *, total: int, here: Callab
                 inflight -= finished
         finally:
             close()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a job selects, once the archive is open: how many objects, how to page through them
+    (``select(after_pk, n)``), and the work on one batch in this process."""
+
+    total: int
+    select: Callable[[int, int], list[Any]]
+    here: Callable[[list[Job]], list[Outcome]]
+
+
+def run_job(config: Config, summary: Summary, plan: Callable[[Archive], Plan], *, limit: int | None,
+            dry_run: bool, remote: Callable[..., list[Outcome]], args: tuple[Any, ...], workers: int | None,
+            dask: str | None, progress: bool) -> Summary:
+    """A whole batch job: clear what dead runs left pending, plan, run every batch (:func:`run`; one
+    worker per core unless told), clear again, sweep unreferenced blobs; `summary` filled in."""
+    archive = Archive(config)
+    started = time.perf_counter()
+    try:
+        recover(archive)
+        planned = plan(archive)
+        total = min(planned.total, limit) if limit is not None else planned.total
+        if dry_run:
+            summary.skipped = total
+            return summary
+        run(batches(planned.select, limit), summary, total=total, here=planned.here, remote=remote, args=args,
+            workers=workers or os.cpu_count() or 1, dask=dask, progress=progress)
+        recover(archive)
+        # blobs no row references (a crash between an ingest's blob write and its index row),
+        # once old enough that no write can still be on its way to the index
+        summary.swept = archive.sweep_orphans()
+    finally:
+        summary.seconds = time.perf_counter() - started
+        archive.close()
+    return summary

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +37,7 @@ from aepacs.pipeline import batch
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.batch import Summary
 from aepacs.pipeline.codecs import resolver
-from aepacs.pipeline.rekey_batch import Job, Outcome, full_batch, owner_id, recover, worker_archive
+from aepacs.pipeline.rekey_batch import Job, Outcome, full_batch, owner_id, worker_archive
 
 
 def codec_id(name: str, config: Config) -> str:
@@ -142,31 +140,19 @@ def reencode(config: Config, source: str, target: str, *, workers: int | None = 
     source_id, target_id = codec_id(source, config), codec_id(target, config)
     if source_id == target_id:
         raise ConfigError(f"--from and --to both name {source_id}")
-    archive = Archive(config)
     summary = Summary(f"reencode {source_id} -> {target_id}")
-    started = time.perf_counter()
-    try:
-        recover(archive)
+    recoder = _recoder(config, target_id)
+
+    def plan(archive: Archive) -> batch.Plan:
         total, lossy = archive.index.recode_count(source_id)
-        total = min(total, limit) if limit is not None else total
         if lossy:
             summary.notes.append(f"left alone: {lossy} objects stored lossy with {source_id} (coding a "
                                  f"reconstruction again would add a second generation of loss)")
-        if dry_run:
-            summary.skipped = total
-            return summary
-        recoder = _recoder(config, target_id)
-        select = functools.partial(_candidates, archive, source_id)
-        batch.run(batch.batches(select, limit), summary, total=total,
-                  here=lambda jobs: full_batch(archive, jobs, owner_id(), recoder), remote=run_batch,
-                  args=(config, target_id), workers=workers or os.cpu_count() or 1, dask=dask,
-                  progress=progress)
-        recover(archive)
-        summary.swept = archive.sweep_orphans()
-    finally:
-        summary.seconds = time.perf_counter() - started
-        archive.close()
-    return summary
+        return batch.Plan(total, functools.partial(_candidates, archive, source_id),
+                          lambda jobs: full_batch(archive, jobs, owner_id(), recoder))
+
+    return batch.run_job(config, summary, plan, limit=limit, dry_run=dry_run, remote=run_batch,
+                         args=(config, target_id), workers=workers, dask=dask, progress=progress)
 
 
 def _candidates(archive: Archive, source: str, after: int, n: int) -> list[Any]:

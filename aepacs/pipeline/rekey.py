@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from typing import Any
 
@@ -48,7 +47,7 @@ from aepacs.errors import AepacsError
 from aepacs.pipeline import batch
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.batch import Summary
-from aepacs.pipeline.rekey_batch import recover, run_batch, work
+from aepacs.pipeline.rekey_batch import run_batch, work
 
 log = logging.getLogger("aepacs.rekey")
 
@@ -82,33 +81,16 @@ def rekey(config: Config, *, mode: str = "rewrap", workers: int | None = None, d
     """
     if mode not in MODES:
         raise AepacsError(f"unknown rekey mode {mode!r} (choose {', '.join(MODES)})")
-    archive = Archive(config)
-    summary = Summary(f"rekey {mode}")
-    started = time.perf_counter()
-    try:
-        recover(archive)
-        sealed_before = None
-        if mode == "full":
-            sealed_before = time.time() - config.rekey.full_after_days * 86400.0
+    sealed_before = time.time() - config.rekey.full_after_days * 86400.0 if mode == "full" else None
+
+    def plan(archive: Archive) -> batch.Plan:
         active = archive.keyring.active_version
-        total = archive.index.rekey_count(active, sealed_before=sealed_before)
-        total = min(total, limit) if limit is not None else total
-        if dry_run:
-            summary.skipped = total
-            return summary
-        select = functools.partial(_candidates, archive, active, sealed_before)
-        batch.run(batch.batches(select, limit), summary, total=total,
-                  here=lambda jobs: work(archive, jobs, mode, verify), remote=run_batch,
-                  args=(config, mode, verify), workers=workers or os.cpu_count() or 1, dask=dask,
-                  progress=progress)
-        recover(archive)
-        # blobs no row references (a crash between an ingest's blob write and its index row),
-        # once old enough that no write can still be on its way to the index
-        summary.swept = archive.sweep_orphans()
-    finally:
-        summary.seconds = time.perf_counter() - started
-        archive.close()
-    return summary
+        return batch.Plan(archive.index.rekey_count(active, sealed_before=sealed_before),
+                          functools.partial(_candidates, archive, active, sealed_before),
+                          lambda jobs: work(archive, jobs, mode, verify))
+
+    return batch.run_job(config, Summary(f"rekey {mode}"), plan, limit=limit, dry_run=dry_run, remote=run_batch,
+                         args=(config, mode, verify), workers=workers, dask=dask, progress=progress)
 
 
 def _candidates(archive: Archive, active: int, sealed_before: float | None, after: int, n: int) -> list[Any]:
