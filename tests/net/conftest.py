@@ -8,6 +8,7 @@ and on the engines several nodes share (PostgreSQL, S3); see
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -44,10 +45,30 @@ def local_only(backend: str, why: str) -> None:
         pytest.skip(why)
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, chosen at random below the kernel's ephemeral range: there no outgoing
+    connection (of this test, or of the other test process running beside it) takes it before it is used."""
+    low = _ephemeral_low()
+    if low < 20_000:  # an unusual range: take the kernel's choice
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    for _ in range(500):
+        port = random.randrange(10_000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def start_serve(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -68,9 +68,9 @@ def expected_refusal(path: Path) -> bool:
 
 class Loaded:
     def __init__(self, port: int, keyring: Keyring, sent: list[Path], statuses: dict[Path, str],
-                 originals: dict[str, Path], server: ArchiveServer, move_port: int) -> None:
+                 originals: dict[str, Path], server: ArchiveServer, move_port: int, self_port: int) -> None:
         self.port, self.keyring, self.sent, self.statuses = port, keyring, sent, statuses
-        self.originals, self.server, self.move_port = originals, server, move_port
+        self.originals, self.server, self.move_port, self.self_port = originals, server, move_port, self_port
 
 
 def _store_statuses(log: str) -> dict[str, str]:
@@ -102,7 +102,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, backend: str, request: pyte
     files = sendable(corpus_files())
     if SHARED_CT.is_dir():
         files += sorted((SHARED_CT / "series-3-5mm").glob("*.dcm"))
-    move_port = free_port()
+    move_port, self_port = free_port(), free_port()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AEPACS_HOME", str(home))
         mp.delenv("AEPACS_CONFIG", raising=False)
@@ -111,7 +111,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, backend: str, request: pyte
         config = load_config(overrides={
             "server": {"port": free_port(),
                        "move_destinations": {"STORESCP": ["127.0.0.1", move_port],
-                                             "SELF": ["127.0.0.1", move_port + 1]}},
+                                             "SELF": ["127.0.0.1", self_port]}},
             "ingest": {"workers": 2}})
         keyring = Keyring.create(config.keyring_path)
         server = ArchiveServer(config, keyring)
@@ -127,7 +127,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, backend: str, request: pyte
                 if statuses.get(f) == "Success":
                     originals.setdefault(str(_read(f, stop_before_pixels=True).SOPInstanceUID), f)
             assert server.worker.wait_idle(300)
-            yield Loaded(config.server.port, keyring, files, statuses, originals, server, move_port)
+            yield Loaded(config.server.port, keyring, files, statuses, originals, server, move_port, self_port)
         finally:
             server.stop(timeout=5)
 
@@ -304,7 +304,7 @@ def test_aepacs_retrieve_returns_the_whole_set(loaded: Loaded, tmp_path: Path) -
     for i, study in enumerate(sorted(studies)):
         if i % 2:  # half by C-GET, half by C-MOVE to a storage SCP of its own
             s = retrieve("127.0.0.1", loaded.port, "AEPACS", "SELF", "study", study, loaded.keyring,
-                         tmp_path / "out", move_to_self=loaded.move_port + 1)
+                         tmp_path / "out", move_to_self=loaded.self_port)
         else:
             s = retrieve("127.0.0.1", loaded.port, "AEPACS", "AEPACS_SCU", "study", study, loaded.keyring,
                          tmp_path / "out")
