@@ -44,6 +44,7 @@ from aepacs.dicom.records import InstanceRecord  # noqa: E402
 from aepacs.store.index import BlobRef, Index  # noqa: E402
 from aepacs.store.query import find, retrieve_rows  # noqa: E402
 from aepacs.store.schema import fold  # noqa: E402
+from tests.store.test_query_plans import search_identifier  # noqa: E402
 
 PER_SERIES, PER_STUDY, PER_PATIENT = 100, 4, 2
 SURNAMES = ["SMITH", "JONES", "MULLER", "GARCIA", "NGUYEN", "KOWALSKI", "ROSSI", "DUBOIS", "TANAKA", "OKAFOR",
@@ -127,16 +128,6 @@ def fill(index: Index, instances: int) -> float:
     return time.perf_counter() - started
 
 
-def _identifier(level: str, **keys: str) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for keyword in ("PatientID", "PatientName", "StudyInstanceUID"):
-        setattr(ds, keyword, "")
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
 def _week(day: str) -> str:
     """A date range of a week from `day` (YYYYMMDD-YYYYMMDD)."""
     return f"{day}-{day[:6]}{min(28, int(day[6:]) + 6):02d}"
@@ -145,14 +136,14 @@ def _week(day: str) -> str:
 def searches(instances: int, rng: random.Random) -> dict[str, Callable[[], Dataset]]:
     n_series, n_studies, n_patients = sizes(instances)
     return {
-        "PatientID": lambda: _identifier("PATIENT", PatientID=f"P{rng.randrange(n_patients):09d}"),
-        "AccessionNumber": lambda: _identifier("STUDY", AccessionNumber=f"A{rng.randrange(n_studies):010d}"),
-        "StudyDate week + Modality": lambda: _identifier("STUDY", StudyDate=_week(_date(rng.randrange(n_studies))),
-                                                         ModalitiesInStudy="CT"),
-        "PatientName prefix": lambda: _identifier("PATIENT",
-                                                  PatientName=f"{rng.choice(SURNAMES)}^{rng.randrange(1, 10)}*"),
-        "series' instances": lambda: _identifier("IMAGE", SeriesInstanceUID=f"{ROOT}.2.{rng.randrange(n_series)}",
-                                                 SOPInstanceUID=""),
+        "PatientID": lambda: search_identifier("PATIENT", PatientID=f"P{rng.randrange(n_patients):09d}"),
+        "AccessionNumber": lambda: search_identifier("STUDY", AccessionNumber=f"A{rng.randrange(n_studies):010d}"),
+        "StudyDate week + Modality": lambda: search_identifier(
+            "STUDY", StudyDate=_week(_date(rng.randrange(n_studies))), ModalitiesInStudy="CT"),
+        "PatientName prefix": lambda: search_identifier(
+            "PATIENT", PatientName=f"{rng.choice(SURNAMES)}^{rng.randrange(1, 10)}*"),
+        "series' instances": lambda: search_identifier(
+            "IMAGE", SeriesInstanceUID=f"{ROOT}.2.{rng.randrange(n_series)}", SOPInstanceUID=""),
     }
 
 

@@ -33,7 +33,7 @@ from aepacs.eval.baselines import LOSSLESS, LOSSY, at_budget, jpegls_bytes, loss
 from aepacs.eval.noise import KINDS, add_noise
 from aepacs.eval.paper import paper_decode
 from aepacs.models.registry import Model, Registry
-from aepacs.runners import dask_cluster, local_pool
+from aepacs.runners import completed
 
 TARGET_RATIOS = (8, 16, 32)
 #: the lossy families compared at each gain: the learned codec, then the standard codecs
@@ -172,24 +172,14 @@ def evaluate(model: Model, frames: list[Frame], *, gains: list[int] | None = Non
     result = EvalResult(model.ref)
     measured: dict[int, ImageResult] = {}
     bar = tqdm(total=len(frames), desc=f"eval {model.ref}", unit="image", disable=not progress)
-    if dask is None and workers == 1:
-        for i, frame in enumerate(frames):
-            measured[i] = measure_image(model, i, frame, gains, paper, noise)
-            bar.update()
-    else:
-        submit, first_done, close = dask_cluster(dask) if dask else local_pool(workers)
-        try:
-            pending = {submit(measure_on_worker, model.path, paper.path if paper else None, gains, noise, (i, frame))
-                       for i, frame in enumerate(frames)}
-            while pending:
-                done = first_done(pending)
-                for fut in done:
-                    one = fut.result()
-                    measured[one.image["image"]] = one
-                bar.update(len(done))
-                pending -= done
-        finally:
-            close()
+    jobs = list(enumerate(frames))
+    done = (measure_image(model, i, frame, gains, paper, noise) for i, frame in jobs) \
+        if dask is None and workers == 1 else \
+        completed(measure_on_worker, (model.path, paper.path if paper else None, gains, noise), jobs,
+                  workers=workers, dask=dask, window=len(jobs))
+    for one in done:
+        measured[one.image["image"]] = one
+        bar.update()
     bar.close()
     for i in sorted(measured):  # in image order, wherever each was measured
         one = measured[i]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from aepacs.config import Config
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.rekey_batch import Job, Outcome, recover
-from aepacs.runners import dask_cluster, local_pool
+from aepacs.runners import completed
 
 #: Objects selected from the index per query.
 BATCH = 256
@@ -100,34 +100,12 @@ def run(jobs: Iterator[list[Job]], summary: Summary, *, total: int, here: Callab
     scheduler at `dask`, at most two batches a worker in flight.
     """
     with tqdm(total=total, desc=summary.job, unit="obj", disable=not progress) as bar:
-        def collect(finished: set[Any]) -> None:
-            for fut in finished:
-                outcomes = fut.result()
-                for outcome in outcomes:
-                    summary.add(outcome)
-                bar.update(len(outcomes))
-
-        if dask is None and workers == 1:
-            for batch in jobs:
-                for outcome in here(batch):
-                    summary.add(outcome)
-                bar.update(len(batch))
-            return
-        submit, first_done, close = dask_cluster(dask) if dask else local_pool(workers)
-        try:
-            inflight: set[Any] = set()
-            for batch in jobs:
-                inflight.add(submit(remote, *args, batch))
-                finished = first_done(inflight) if len(inflight) >= 2 * workers else \
-                    {f for f in inflight if f.done()}
-                collect(finished)
-                inflight -= finished
-            while inflight:
-                finished = first_done(inflight)
-                collect(finished)
-                inflight -= finished
-        finally:
-            close()
+        done = map(here, jobs) if dask is None and workers == 1 else \
+            completed(remote, args, jobs, workers=workers, dask=dask, window=2 * workers)
+        for outcomes in done:
+            for outcome in outcomes:
+                summary.add(outcome)
+            bar.update(len(outcomes))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,9 @@ from aepacs.store.query import find, retrieve_rows
 NAMES = ["Smith^John", "SMITHERS^Ann", "Jones^Mary", "Doe^Jane", "Müller^Jörg", "Ng^Wei"]
 
 
-def _identifier(level: str, **keys: str) -> Dataset:
+def search_identifier(level: str, **keys: str) -> Dataset:
+    """A C-FIND identifier at `level` asking for PatientID, PatientName and StudyInstanceUID, with
+    `keys` to match (``bench/index.py`` times the same searches)."""
     ds = Dataset()
     ds.QueryRetrieveLevel = level
     for keyword in ("PatientID", "PatientName", "StudyInstanceUID"):
@@ -121,7 +123,7 @@ def _full_scans(index: Index, statement: str, parameters: Any) -> list[str]:
 @pytest.mark.parametrize("search", list(SEARCHES))
 def test_every_frequent_search_uses_an_index(index: Index, search: str) -> None:
     level, keys = SEARCHES[search]
-    identifier = _identifier(level, **keys)
+    identifier = search_identifier(level, **keys)
     found: list[Dataset] = []
     statements = _captured(index, lambda: found.extend(find(index, identifier)))
     assert found, "the search must match something, or its plan proves little"
@@ -131,16 +133,16 @@ def test_every_frequent_search_uses_an_index(index: Index, search: str) -> None:
 
 
 def test_the_name_prefix_search_is_case_insensitive_and_exact(index: Index) -> None:
-    names = sorted(str(d.PatientName) for d in find(index, _identifier("PATIENT", PatientName="SMITH*")))
+    names = sorted(str(d.PatientName) for d in find(index, search_identifier("PATIENT", PatientName="SMITH*")))
     assert names and all(n.lower().startswith("smith") for n in names)
     assert {n.rstrip("0123456789") for n in names} == {"Smith^John", "SMITHERS^Ann"}
-    umlaut = [str(d.PatientName) for d in find(index, _identifier("PATIENT", PatientName="müller*"))]
+    umlaut = [str(d.PatientName) for d in find(index, search_identifier("PATIENT", PatientName="müller*"))]
     assert umlaut and all(n.startswith("Müller^Jörg") for n in umlaut)
 
 
 def test_a_series_retrieval_uses_an_index(index: Index) -> None:
-    identifier = _identifier("SERIES", SeriesInstanceUID="1.2.826.0.1.3680043.9.7.12.1",
-                             StudyInstanceUID="1.2.826.0.1.3680043.9.7.6")
+    identifier = search_identifier("SERIES", SeriesInstanceUID="1.2.826.0.1.3680043.9.7.12.1",
+                                   StudyInstanceUID="1.2.826.0.1.3680043.9.7.6")
     rows: list[Any] = []
     statements = _captured(index, lambda: rows.extend(retrieve_rows(index, identifier)))
     assert len(rows) == 2
@@ -150,6 +152,6 @@ def test_a_series_retrieval_uses_an_index(index: Index) -> None:
 
 def test_a_search_on_a_column_without_an_index_is_seen_as_a_full_scan(index: Index) -> None:
     """The check above can fail: StudyDescription has no index, and the plan says so."""
-    identifier = _identifier("STUDY", StudyDescription="*Chest*")
+    identifier = search_identifier("STUDY", StudyDescription="*Chest*")
     statements = _captured(index, lambda: list(find(index, identifier)))
     assert any(_full_scans(index, statement, parameters) for statement, parameters in statements)
