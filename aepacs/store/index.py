@@ -34,6 +34,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, Row, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
@@ -199,6 +200,12 @@ class Index:
         """
         who = {"patient_id": rec.patient_id, "issuer_of_patient_id": rec.issuer_of_patient_id}
         study_key, series_key = {"study_uid": rec.study_uid}, {"series_uid": rec.series_uid}
+        known = [self._pks.get((t.name, tuple(k.values()))) for t, k in
+                 ((patients, who), (studies, study_key), (series, series_key))]
+        if None not in known:
+            outcome = self._add_to_known_series(rec, ref, cast(int, known[2]))
+            if outcome is not None:
+                return outcome
         for attempt in range(_RETRIES):
             try:
                 with self._writer() as conn, conn.begin():
@@ -230,6 +237,32 @@ class Index:
             except SQLAlchemyError as exc:
                 raise StoreError(f"index: cannot add {rec.sop_uid} ({type(exc).__name__}: {exc})") from None
         raise AssertionError("unreachable")
+
+    def _add_to_known_series(self, rec: InstanceRecord, ref: BlobRef, series_pk: int) -> str | None:
+        """:meth:`add` for the common case, the next instance of a series this process has indexed: one
+        ``INSERT … ON CONFLICT DO NOTHING`` (on PostgreSQL in autocommit: one round trip instead of four);
+        the patient, study and series rows exist, and the study's modality list already has the series'.
+        None: the series row is gone (the caller then runs the whole transaction)."""
+        pg = self.engine.dialect.name == "postgresql"
+        statement = (postgresql if pg else sqlite).insert(instances).on_conflict_do_nothing(
+            index_elements=[instances.c.sop_uid]).returning(instances.c.pk)
+        row = {**rec.values(INSTANCE_FIELDS), "series_pk": series_pk, "stored_at": time.time(), **asdict(ref)}
+        try:
+            if pg:
+                with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    added = conn.execute(statement, row).first() is not None
+            else:
+                with self._writer() as conn, conn.begin():
+                    added = conn.execute(statement, row).first() is not None
+        except IntegrityError:
+            self._pks.clear()
+            return None
+        except SQLAlchemyError as exc:
+            raise StoreError(f"index: cannot add {rec.sop_uid} ({type(exc).__name__}: {exc})") from None
+        if added:
+            return ADDED
+        existing = self.source_sha256(rec.sop_uid)
+        return SAME if existing == ref.source_sha256 else CONFLICT
 
     def _refresh_modalities(self, conn: Connection, study_pk: int) -> None:
         # the study row first (PostgreSQL: FOR NO KEY UPDATE, which the series' foreign-key locks do not

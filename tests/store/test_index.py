@@ -51,6 +51,22 @@ def test_add_find_same_conflict(new_index_url: Callable[[], str]) -> None:
     assert set(index.blob_keys()) == {"b" * 64, "d" * 64}
 
 
+def test_keep_first_between_nodes_that_both_know_the_series(new_index_url: Callable[[], str]) -> None:
+    """The next instance of a series a node has indexed takes one statement; a second node that indexed
+    the same instance first still wins, and the first node's answer says so."""
+    url = new_index_url()
+    one, two = Index(url), Index(url)
+    first, second, third = (record(sop_uid=f"1.2.826.0.1.3680043.8.498.9.{i}") for i in range(3))
+    assert one.add(first, ref()) == ADDED and two.add(first, ref()) == SAME  # both know the series now
+    assert two.add(second, ref(sha="e" * 64, key="e" * 64)) == ADDED
+    assert one.add(second, ref(sha="f" * 64, key="f" * 64)) == CONFLICT
+    assert one.add(second, ref(sha="e" * 64, key="e" * 64)) == SAME
+    assert one.add(third, ref(sha="1" * 64, key="1" * 64)) == ADDED
+    assert two.get(second.sop_uid).blob_key == "e" * 64 and two.count() == 3
+    (study,) = two.studies()
+    assert study.modalities_in_study == "CT" and study.instances == 3
+
+
 def _writer(url: str, worker: int, n: int, start: float) -> None:
     import time
 
