@@ -66,9 +66,11 @@ class Archive:
         """The SHA-256 of the archived instance `sop_uid` as received, or None when it is not archived."""
         return self.index.source_sha256(sop_uid)
 
-    def find(self, identifier: Dataset, *, ae_title: str = "") -> Iterator[Dataset]:
-        """C-FIND: one response identifier per match (:func:`aepacs.store.query.find`)."""
-        return find(self.index, identifier, ae_title=ae_title)
+    def find(self, identifier: Dataset, *, ae_title: str = "", offset: int = 0,
+             limit: int | None = None) -> Iterator[Dataset]:
+        """C-FIND and QIDO-RS: one response identifier per match, paged by `offset` and `limit`
+        (:func:`aepacs.store.query.find`)."""
+        return find(self.index, identifier, ae_title=ae_title, offset=offset, limit=limit)
 
     def selection(self, identifier: Dataset) -> list[Any]:
         """C-GET / C-MOVE: the index rows of the instances `identifier` selects."""

@@ -117,16 +117,21 @@ def condition(key: Key, pattern: str) -> ColumnElement[bool] | None:
     return col == pattern
 
 
+def _python_checked(key: Key, pattern: str) -> bool:
+    """Whether SQL's answer for this key is only a superset, finished by :func:`_python_match`."""
+    if pattern in ("", "*"):
+        return False
+    return key.matching == "multi" or (("*" in pattern or "?" in pattern) and key.matching != "name")
+
+
 def _python_match(key: Key, pattern: str, value: Any) -> bool:
     """Where DICOM matching and SQL differ: case-sensitive wildcards, multi-valued values."""
-    if pattern in ("", "*"):
+    if not _python_checked(key, pattern):
         return True
     if key.matching == "multi":
         wanted = {p.strip() for p in pattern.split("\\")}
         return bool(wanted & set(_text(value).split("\\")))
-    if ("*" in pattern or "?" in pattern) and key.matching != "name":  # PN: case-insensitive is allowed
-        return fnmatch.fnmatchcase(_text(value), pattern.replace("[", "[[]"))
-    return True
+    return fnmatch.fnmatchcase(_text(value), pattern.replace("[", "[[]"))  # PN: case-insensitive is allowed
 
 
 def _level(identifier: Dataset) -> str:
@@ -147,8 +152,22 @@ def _from_clause(level: str) -> FromClause:
     return joined
 
 
-def find(index: Index, identifier: Dataset, *, ae_title: str = "") -> Iterator[Dataset]:
+def find(index: Index, identifier: Dataset, *, ae_title: str = "", offset: int = 0,
+         limit: int | None = None) -> Iterator[Dataset]:
     """Yield one response identifier per matching entity at the request's level.
+
+    Parameters
+    ----------
+    index : Index
+        The archive's index.
+    identifier : Dataset
+        The request identifier (QueryRetrieveLevel and the keys).
+    ae_title : str
+        The RetrieveAETitle to answer with.
+    offset, limit : int
+        Skip the first `offset` matches (in index order) and yield at most `limit` (QIDO-RS paging).
+        Done by the database when SQL decides every key alone; otherwise the rows are read as a
+        stream and counted after the Python check.
 
     Raises
     ------
@@ -168,10 +187,19 @@ def find(index: Index, identifier: Dataset, *, ae_title: str = "") -> Iterator[D
         if cond is not None:
             q = q.where(cond)
     q = q.order_by(_PK[level])
+    checked = {k: key for k, key in usable.items() if _python_checked(key, patterns[k])}
+    if limit is not None and limit <= 0:
+        return
+    if not checked:  # the database's answer is the answer: it pages too
+        q = q.offset(offset or None).limit(limit)
+        offset, limit = 0, None
     with index.engine.connect() as conn:
-        rows = conn.execute(q).all()
+        rows = conn.execution_options(yield_per=500).execute(q)
         for row in rows:
-            if not all(_python_match(usable[k], patterns[k], getattr(row, k)) for k in usable):
+            if not all(_python_match(key, patterns[k], getattr(row, k)) for k, key in checked.items()):
+                continue
+            if offset:
+                offset -= 1
                 continue
             rsp = Dataset()
             rsp.SpecificCharacterSet = "ISO_IR 192"
@@ -190,6 +218,10 @@ def find(index: Index, identifier: Dataset, *, ae_title: str = "") -> Iterator[D
                     value = None  # a key the archive does not keep: returned empty
                 rsp.add_new(elem.tag, elem.VR, None if value in (None, "") else value)
             yield rsp
+            if limit is not None:
+                limit -= 1
+                if limit <= 0:
+                    return
 
 
 def _count_related(conn: Any, level: str, counted: str, pk: int) -> int:

@@ -129,8 +129,8 @@ class Service:
         outcome, count = AUDIT_OK, 0
         try:
             search = qido.identifier(level, path, params)
-            matches = islice(self.archive.find(search.identifier, ae_title=self.config.server.ae_title),
-                             search.offset, search.offset + search.limit)
+            matches = self.archive.find(search.identifier, ae_title=self.config.server.ae_title,
+                                        offset=search.offset, limit=search.limit)
             body = qido.response(matches, level, self.root(request))
             count = len(body)
         except InputError as exc:

@@ -110,6 +110,25 @@ def test_a_key_below_the_level_does_not_restrict(index: Index) -> None:
     assert len(studies) == 4 and all(not s.SOPInstanceUID for s in studies)
 
 
+@pytest.mark.parametrize(("keys", "matches"), [
+    ({"StudyInstanceUID": ""}, 4),                 # universal: the database pages
+    ({"AccessionNumber": "*C*"}, 2),               # case-sensitive wildcard: SQL's LIKE finds 3, Python keeps 2
+    ({"ModalitiesInStudy": "PT\\MR\\CR"}, 3),      # multi-valued: finished in Python
+], ids=["sql", "wildcard", "multi-valued"])
+def test_offset_and_limit_page_the_full_answer(index: Index, keys: dict[str, str], matches: int) -> None:
+    """Every page of a search is the same slice of its full answer, whether the database pages or the
+    Python check counts."""
+    def uids(**page: int) -> list[str]:
+        return [r.StudyInstanceUID for r in find(index, _query("STUDY", **{"StudyInstanceUID": "", **keys}), **page)]
+
+    full = uids()
+    assert len(full) == matches
+    for offset in range(len(full) + 1):
+        for limit in range(len(full) + 1):
+            assert uids(offset=offset, limit=limit) == full[offset:offset + limit], (offset, limit)
+        assert uids(offset=offset) == full[offset:]
+
+
 def test_a_bad_level_is_refused(index: Index) -> None:
     with pytest.raises(DatasetMismatch, match="QueryRetrieveLevel"):
         list(find(index, _query("FRAME")))
