@@ -13,13 +13,14 @@ pre-filter for wildcards) and finished in Python where SQL and DICOM differ
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from sqlalchemy import and_, func, select
+from sqlalchemy import Select, and_, func, select
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import FromClause
 
@@ -190,11 +191,13 @@ def find(index: Index, identifier: Dataset, *, ae_title: str = "", offset: int =
     checked = {k: key for k, key in usable.items() if _python_checked(key, patterns[k])}
     if limit is not None and limit <= 0:
         return
-    if not checked:  # the database's answer is the answer: it pages too
-        q = q.offset(offset or None).limit(limit)
-        offset, limit = 0, None
     with index.engine.connect() as conn:
-        rows = conn.execution_options(yield_per=500).execute(q)
+        rows: Iterable[Row[Any]]
+        if not checked and (offset or limit is not None):  # SQL's answer is the answer: it pages too
+            rows = conn.execute(q.offset(offset or None).limit(limit)).all()
+            offset, limit = 0, None
+        else:
+            rows = chunked(conn, q, _PK[level])
         for row in rows:
             if not all(_python_match(key, patterns[k], getattr(row, k)) for k, key in checked.items()):
                 continue
@@ -222,6 +225,19 @@ def find(index: Index, identifier: Dataset, *, ae_title: str = "", offset: int =
                 limit -= 1
                 if limit <= 0:
                     return
+
+
+def chunked(conn: Connection, q: Select[Any], pk: ColumnElement[int], size: int = 1000) -> Iterator[Row[Any]]:
+    """The rows of `q` (ordered by `pk`, which it selects as ``_pk``), read `size` at a time by key, so
+    that a search matching millions holds a thousand at once (without a server-side cursor, whose
+    extra round trips would slow every small search on PostgreSQL)."""
+    last = None
+    while True:
+        page = conn.execute((q if last is None else q.where(pk > last)).limit(size)).all()
+        yield from page
+        if len(page) < size:
+            return
+        last = page[-1]._pk
 
 
 def _count_related(conn: Any, level: str, counted: str, pk: int) -> int:

@@ -9,11 +9,13 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from sqlalchemy import select
 
 from aepacs.dicom.records import InstanceRecord
 from aepacs.errors import DatasetMismatch
 from aepacs.store.index import BlobRef, Index
-from aepacs.store.query import KEYS, condition, find, retrieve_rows
+from aepacs.store.query import KEYS, chunked, condition, find, retrieve_rows
+from aepacs.store.schema import instances
 
 
 def _record(n: int, **changes: object) -> InstanceRecord:
@@ -127,6 +129,14 @@ def test_offset_and_limit_page_the_full_answer(index: Index, keys: dict[str, str
         for limit in range(len(full) + 1):
             assert uids(offset=offset, limit=limit) == full[offset:offset + limit], (offset, limit)
         assert uids(offset=offset) == full[offset:]
+
+
+@pytest.mark.parametrize("size", [1, 2, 4, 5, 1000])
+def test_rows_read_in_chunks_are_all_the_rows_once(index: Index, size: int) -> None:
+    q = select(instances.c.pk.label("_pk"), instances.c.sop_uid).order_by(instances.c.pk)
+    with index.engine.connect() as conn:
+        assert list(chunked(conn, q, instances.c.pk, size)) == conn.execute(q).all()
+        assert len(conn.execute(q).all()) == 5
 
 
 def test_a_bad_level_is_refused(index: Index) -> None:
