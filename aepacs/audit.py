@@ -49,6 +49,7 @@ EVENTS: dict[str, tuple[str, str, str, str | None]] = {
     "query": ("110112", "Query", "E", None),
     "import": ("110107", "Import", "C", None),
     "export": ("110106", "Export", "R", None),
+    "remove": ("110103", "DICOM Instances Accessed", "D", None),          # a stored file deleted
     "association-rejected": ("110113", "Security Alert", "E", "110126"),  # Node Authentication
     "login-refused": ("110114", "User Authentication", "E", "110122"),    # Login (a DICOMweb request)
     "key-change": ("110113", "Security Alert", "U", "110129"),            # Security Configuration

@@ -42,7 +42,7 @@ from aepacs.dicom.records import INSTANCE_FIELDS, PATIENT_FIELDS, SERIES_FIELDS,
 from aepacs.errors import StoreError
 from aepacs.store import migrate
 from aepacs.store.atomic import private_dir, private_file
-from aepacs.store.schema import fold, instances, patients, pending_blobs, series, studies
+from aepacs.store.schema import OBJECT_TABLES, fold, instances, patients, pending_blobs, series, studies
 
 
 @dataclass(frozen=True)
@@ -317,9 +317,10 @@ class Index:
             return int(conn.execute(select(func.count()).select_from(instances)).scalar() or 0)
 
     def blob_keys(self) -> Iterator[str]:
-        """Every blob key an instance row references."""
+        """Every blob key an instance or attachment row references."""
         with self.engine.connect() as conn:
-            yield from conn.execute(select(instances.c.blob_key)).scalars()
+            for table in OBJECT_TABLES:
+                yield from conn.execute(select(table.c.blob_key)).scalars()
 
     # -- key rotation (aepacs rekey) ---------------------------------------------
     @staticmethod
@@ -455,10 +456,10 @@ class Index:
             return list(conn.execute(select(pending_blobs)).all())
 
     def referenced(self, blob_key: str) -> bool:
-        """Whether any instance row points at `blob_key`."""
+        """Whether any instance or attachment row points at `blob_key`."""
         with self.engine.connect() as conn:
-            return conn.execute(select(instances.c.pk).where(instances.c.blob_key == blob_key)
-                                .limit(1)).first() is not None
+            return any(conn.execute(select(table.c.pk).where(table.c.blob_key == blob_key).limit(1)).first()
+                       is not None for table in OBJECT_TABLES)
 
     def drop_pending(self, *blob_keys: str) -> None:
         """Forget pending blobs (after they were removed or found referenced)."""
@@ -468,11 +469,13 @@ class Index:
             conn.execute(delete(pending_blobs).where(pending_blobs.c.blob_key.in_(list(blob_keys))))
 
     def kek_versions(self) -> dict[int, int]:
-        """Instances per KEK version their key slot is under."""
+        """Objects (instances and attachments) per KEK version their key slot is under."""
+        counts: dict[int, int] = {}
         with self.engine.connect() as conn:
-            rows = conn.execute(select(instances.c.kek_version, func.count())
-                                .group_by(instances.c.kek_version)).all()
-        return {int(v): int(n) for v, n in rows}
+            for table in OBJECT_TABLES:
+                for v, n in conn.execute(select(table.c.kek_version, func.count()).group_by(table.c.kek_version)):
+                    counts[int(v)] = counts.get(int(v), 0) + int(n)
+        return counts
 
     def studies(self) -> list[Row[Any]]:
         """One row per study: UID, patient, date, modalities, instance count."""

@@ -97,6 +97,28 @@ instances = Table(
 )
 #: the table of each query level
 TABLES = {"PATIENT": patients, "STUDY": studies, "SERIES": series, "IMAGE": instances}
+#: The files another program keeps in aepacs (Orthanc's storage area, ``plugins/orthanc``): each
+#: sealed as it came, its blob bound to ``object_uid`` (the program's file id and content type), the
+#: DICOM files among them later coded losslessly (``codec`` then names the pixel codec, as for an
+#: instance; ``file``: the payload is the file itself). They are not query rows: the program that
+#: stored them keeps their index.
+attachments = Table(
+    "attachments", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("object_uid", String(64), nullable=False, unique=True),
+    Column("content_type", Integer, nullable=False),
+    Column("codec", String(64), nullable=False, index=True),
+    Column("kek_version", Integer, nullable=False, index=True),
+    Column("blob_key", String(64), nullable=False, index=True),
+    Column("blob_size", BigInteger, nullable=False),
+    Column("source_size", BigInteger, nullable=False),
+    Column("source_sha256", String(64), nullable=False),
+    Column("stored_at", Float, nullable=False),
+    Column("key_slot", LargeBinary),
+    Column("sealed_at", Float),
+)
+#: every table whose rows point at sealed blobs (what the sweep, key retirement and rekey cover)
+OBJECT_TABLES = (instances, attachments)
 #: Blobs that may have become garbage: a rekey's new blob not yet switched in, or the old
 #: blob of a switched row not yet removed. Cleared by the rekey that wrote them, or by the
 #: next one when that process died (:mod:`aepacs.pipeline.rekey`).

@@ -1,0 +1,243 @@
+"""Another program's storage area on aepacs (Orthanc's, ``plugins/orthanc``): sealed at rest, DICOM coded behind.
+
+The program hands over every file it stores, under its own id and content type, and asks for the same
+bytes back. The data flows:
+
+- create: check room → seal the file as it is (codec ``file``; a fresh data key, bound to
+  :func:`attachment_uid`) → store → index. AES-GCM runs at GB/s, so the program's ingest waits for
+  little more than the writes; no plaintext reaches a disk, not even a temporary file;
+- read: fetch → open (authenticated, bound to the id) → decode (SHA-256 checked) → the exact bytes;
+- remove: index → blob, audited;
+- compress (in the background, :func:`compress_pending`): a DICOM file sealed as it came is coded by
+  its modality's lossless route (a lossy route's model in its lossless mode), sealed again, stored,
+  opened again and compared with the original's SHA-256, then switched in by compare-and-swap, the
+  old blob removed after; the order of effects of a rekey, so a crash at any moment leaves every file
+  readable and at most a pending blob for the next pass to remove.
+
+Key rotation, retirement, the orphan sweep and backups cover these blobs as they do instances'
+(the attachment rows are in :data:`aepacs.store.schema.OBJECT_TABLES`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from tqdm import tqdm
+
+from aepacs.codec.payload import decode_object
+from aepacs.config.routes import Route
+from aepacs.crypto.seal import open_sealed, seal, with_slot
+from aepacs.dicom.part10 import parse
+from aepacs.errors import AepacsError, CodecError, InputError, OpenError
+from aepacs.models.registry import config_registry
+from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.codecs import resolver
+from aepacs.pipeline.ingest import check, encode, route
+from aepacs.pipeline.rekey_batch import owner_id, recover
+from aepacs.store.attachments import AttachmentRef, Attachments
+from aepacs.store.blobs import blob_key
+
+log = logging.getLogger("aepacs.storage_area")
+
+#: The codec of a blob whose payload is the file itself (sealed as it came, not coded yet).
+FILE = "file"
+#: Orthanc's content type of a DICOM instance (``OrthancPluginContentType_Dicom``).
+DICOM = 1
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def attachment_uid(uuid: str, content_type: int) -> str:
+    """The object UID a file's blob is bound to: ``orthanc.<content type>.<uuid>``.
+
+    Raises
+    ------
+    InputError
+        `uuid` is not a lowercase RFC 4122 UUID or `content_type` not a small integer (a name made
+        from them must not be able to reach another object).
+    """
+    if not isinstance(uuid, str) or not _UUID.fullmatch(uuid):
+        raise InputError(f"storage area: {uuid!r} is not a file id (a UUID)")
+    if not isinstance(content_type, int) or not 0 <= content_type < 1 << 16:
+        raise InputError(f"storage area: content type {content_type!r} is not 0..65535")
+    return f"orthanc.{content_type}.{uuid}"
+
+
+def lossless_route(r: Route) -> Route:
+    """`r` as a lossless route: a lossy route's model in its lossless mode (what a program that expects
+    its exact bytes back may be given)."""
+    return dataclasses.replace(r, mode="lossless") if r.model and r.mode != "lossless" else r
+
+
+class StorageArea:
+    """Files of another program, kept in `archive` (see the module).
+
+    Parameters
+    ----------
+    archive : Archive
+        Keyring, blob store, index and audit trail.
+    program : str
+        Who stores the files, as audit records name it.
+    """
+
+    def __init__(self, archive: Archive, program: str = "Orthanc") -> None:
+        self.archive = archive
+        self.rows = Attachments(archive.index)
+        self.program = program
+        self._resolve = resolver(config_registry(archive.config))
+
+    # -- the program's three calls --------------------------------------------------------
+    def create(self, uuid: str, content_type: int, data: bytes) -> None:
+        """Keep `data` as file `uuid` of `content_type`, sealed; durable when this returns.
+
+        Raises
+        ------
+        InputError
+            A malformed id.
+        StoreFullError
+            Less than ``store.min_free_mb`` free: nothing written.
+        AepacsError
+            Keyring, store or index failure: nothing kept (the program's store fails).
+        """
+        uid = attachment_uid(uuid, content_type)
+        self.archive.check_room(len(data))
+        blob = seal(data, object_uid=uid, study_uid="", codec=FILE, keyring=self.archive.keyring)
+        key = self.archive.store.put(blob)
+        try:
+            self.rows.add(AttachmentRef(uid, content_type, FILE, self.archive.keyring.active_version, key,
+                                        len(blob), len(data), hashlib.sha256(data).hexdigest()))
+        except AepacsError:
+            self.archive.store.delete(key)
+            raise
+
+    def read(self, uuid: str, content_type: int) -> bytes:
+        """The bytes of file `uuid` exactly as created.
+
+        Raises
+        ------
+        OpenError
+            Not stored, its blob missing, altered, bound to another file, or no key for it; naming it.
+        """
+        uid = attachment_uid(uuid, content_type)
+        for attempt in range(5):
+            row = self.rows.get(uid)
+            if row is None:
+                raise OpenError(uid, "not in the storage area")
+            try:
+                blob = self.archive.store.get(row.blob_key)
+            except AepacsError as exc:
+                again = self.rows.get(uid)
+                if again is not None and again.blob_key != row.blob_key and attempt < 4:
+                    continue  # switched by the compressor or a rekey meanwhile
+                raise OpenError(uid, str(exc)) from None
+            return self._open(uid, blob, row.blob_key, row.key_slot)
+        raise OpenError(uid, "blob kept changing while being read")
+
+    def remove(self, uuid: str, content_type: int) -> None:
+        """Delete file `uuid` (its row, then its blob), audited; a file not stored is logged, not an error
+        (the program may remove a file whose create it saw fail)."""
+        uid = attachment_uid(uuid, content_type)
+        row = self.rows.remove(uid)
+        if row is None:
+            log.warning("storage area: %s removed but not stored", uid)
+            return
+        self.archive.store.delete(row.blob_key)
+        self.archive.audit.record("remove", detail=f"{self.program} file {uid} ({row.source_size} bytes)")
+
+    # -- helpers --------------------------------------------------------------------------
+    def _open(self, uid: str, blob: bytes, key: str, key_slot: bytes | None) -> bytes:
+        """The file in `blob`, stored under content key `key` with the index's `key_slot` (None: its own)."""
+        if blob_key(blob) != key:
+            raise OpenError(uid, f"blob {key} was altered on disk")
+        if key_slot is not None:
+            blob = with_slot(blob, bytes(key_slot), uid)
+        header, payload = open_sealed(blob, self.archive.keyring, name=uid, expect_uid=uid)
+        if header.codec == FILE:
+            return payload
+        try:
+            return decode_object(payload, self._resolve)  # its SHA-256 is checked there
+        except CodecError as exc:
+            raise OpenError(uid, str(exc)) from None
+
+    # -- the background coding ------------------------------------------------------------
+    def compress(self, row: Any, owner: str) -> str:
+        """Code one DICOM file sealed as it came; ``coded``, ``kept`` (nothing gained, or not an image
+        the routes code: it stays sealed as it came) or ``gone`` (removed or switched meanwhile).
+
+        Raises
+        ------
+        AepacsError
+            Its blob does not open, the store or the index failed: the row is unchanged.
+        """
+        uid, archive = row.object_uid, self.archive
+        try:
+            blob = archive.store.get(row.blob_key)
+        except AepacsError as exc:
+            if (now := self.rows.get(uid)) is None or now.blob_key != row.blob_key:
+                return "gone"
+            raise OpenError(uid, str(exc)) from None
+        data = self._open(uid, blob, row.blob_key, row.key_slot)
+        try:
+            parts = parse(data)
+            check(parts)
+            encoded = encode(data, parts, lossless_route(route(parts, archive.config)), archive.config,
+                             sha256=row.source_sha256)
+        except InputError as exc:
+            log.info("storage area: %s kept as it came (%s)", uid, exc)
+            return "kept"
+        if len(encoded.payload) >= len(data):
+            return "kept"
+        study = str(parts.dataset.get("StudyInstanceUID", "") or "")
+        new = seal(encoded.payload, object_uid=uid, study_uid=study if study.isascii() else "",
+                   codec=encoded.codec, keyring=archive.keyring)
+        new_key = blob_key(new)
+        archive.index.add_pending([(new_key, uid)], owner)
+        archive.store.put(new)
+        if hashlib.sha256(self._open(uid, archive.store.get(new_key), new_key, None)).hexdigest() \
+                != row.source_sha256:
+            raise OpenError(uid, "the coded blob does not open to the file")  # (encode checked it already)
+        if not self.rows.swap_blob(uid, row.blob_key, new_key, len(new), archive.keyring.active_version,
+                                   encoded.codec, owner):
+            archive.store.delete(new_key)
+            archive.index.drop_pending(new_key)
+            return "gone"
+        archive.store.delete(row.blob_key)
+        archive.index.drop_pending(row.blob_key)
+        return "coded"
+
+
+def pending_rows(area: StorageArea, *, batch: int = 100) -> Iterator[Any]:
+    """The DICOM files still sealed as they came, oldest first."""
+    after = 0
+    while rows := area.rows.coded_by(FILE, DICOM, after_pk=after, limit=batch):
+        yield from rows
+        after = rows[-1].pk
+
+
+def compress_pending(area: StorageArea, *, limit: int | None = None, progress: bool = False) -> Counter[str]:
+    """Code the DICOM files of the storage area still sealed as they came (one pass, oldest first).
+
+    Blobs left pending by a compressor that died are removed first. Returns how many were ``coded``,
+    ``kept``, ``gone`` or ``failed`` (logged with the reason; the next pass tries them again).
+    """
+    recover(area.archive)
+    owner, counts = owner_id(), Counter[str]()
+    total = area.rows.count(FILE) if progress else None
+    for n, row in enumerate(tqdm(pending_rows(area), total=total, unit="file", desc="coding",
+                                 disable=not progress)):
+        if limit is not None and n >= limit:
+            break
+        try:
+            counts[area.compress(row, owner)] += 1
+        except AepacsError as exc:
+            counts["failed"] += 1
+            log.error("storage area: %s not coded: %s", row.object_uid, exc)
+    return counts
+
+
+__all__ = ["DICOM", "FILE", "StorageArea", "attachment_uid", "compress_pending", "lossless_route", "pending_rows"]

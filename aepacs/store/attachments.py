@@ -1,0 +1,121 @@
+"""The attachment rows of the index: files another program keeps in aepacs (Orthanc's storage area).
+
+Each row names a file by ``object_uid`` (its program's id and content type, which its sealed blob
+is bound to) and points at that blob as an instance row does. Rows are written once, switched to a
+coded blob by compare-and-swap (:meth:`Attachments.swap_blob`, the old blob then pending removal, as
+a rekey's), and deleted when the program removes the file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from aepacs.errors import StoreError
+from aepacs.store.index import Index, writer
+from aepacs.store.schema import attachments, pending_blobs
+
+
+@dataclass(frozen=True)
+class AttachmentRef:
+    """What the index keeps of one attachment."""
+
+    object_uid: str
+    content_type: int
+    codec: str
+    kek_version: int
+    blob_key: str
+    blob_size: int
+    source_size: int
+    source_sha256: str
+
+
+class Attachments:
+    """The attachment rows of `index`.
+
+    Parameters
+    ----------
+    index : Index
+        The archive's index (its engine and write transactions).
+    """
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def add(self, ref: AttachmentRef) -> None:
+        """Index a new attachment whose blob is already durable.
+
+        Raises
+        ------
+        StoreError
+            That object UID is already indexed, or the index failed.
+        """
+        try:
+            with writer(self.index.engine) as conn, conn.begin():
+                conn.execute(attachments.insert().values(**asdict(ref), stored_at=time.time()))
+        except IntegrityError:
+            raise StoreError(f"attachment {ref.object_uid} is already stored") from None
+        except SQLAlchemyError as exc:
+            raise StoreError(f"index: cannot add attachment {ref.object_uid} ({type(exc).__name__})") from None
+
+    def get(self, object_uid: str) -> Row[Any] | None:
+        """The row of `object_uid`, or None."""
+        with self.index.engine.connect() as conn:
+            return conn.execute(select(attachments).where(attachments.c.object_uid == object_uid)).first()
+
+    def remove(self, object_uid: str) -> Row[Any] | None:
+        """Delete the row of `object_uid`; the row as it was (its blob is the caller's to delete), or None."""
+        try:
+            with writer(self.index.engine) as conn, conn.begin():
+                row = conn.execute(select(attachments).where(attachments.c.object_uid == object_uid)).first()
+                if row is not None:
+                    conn.execute(delete(attachments).where(attachments.c.pk == row.pk))
+                return row
+        except SQLAlchemyError as exc:
+            raise StoreError(f"index: cannot remove attachment {object_uid} ({type(exc).__name__})") from None
+
+    def count(self, codec: str | None = None) -> int:
+        """Attachments in all, or those whose blob is coded by `codec`."""
+        q = select(func.count()).select_from(attachments)
+        if codec is not None:
+            q = q.where(attachments.c.codec == codec)
+        with self.index.engine.connect() as conn:
+            return int(conn.execute(q).scalar() or 0)
+
+    def coded_by(self, codec: str, content_type: int, *, after_pk: int = 0, limit: int = 100) -> list[Row[Any]]:
+        """Attachments of `content_type` whose blob is coded by `codec`, in primary-key order after `after_pk`."""
+        q = (select(attachments).where(attachments.c.codec == codec, attachments.c.content_type == content_type,
+                                       attachments.c.pk > after_pk)
+             .order_by(attachments.c.pk).limit(limit))
+        with self.index.engine.connect() as conn:
+            return list(conn.execute(q).all())
+
+    def swap_blob(self, object_uid: str, old_key: str, new_key: str, new_size: int, kek_version: int,
+                  codec: str, owner: str) -> bool:
+        """Point the row at its new blob if it still points at `old_key` (compare and swap).
+
+        In the same transaction the new blob leaves the pending list and the old one joins it (for
+        `owner` to remove next). False: the row changed or went meanwhile (the new blob stays pending).
+        """
+        now = time.time()
+        try:
+            with writer(self.index.engine) as conn, conn.begin():
+                switched = conn.execute(update(attachments).where(
+                    attachments.c.object_uid == object_uid, attachments.c.blob_key == old_key).values(
+                    blob_key=new_key, blob_size=new_size, kek_version=kek_version, key_slot=None, sealed_at=now,
+                    codec=codec)).rowcount == 1
+                if switched:
+                    conn.execute(delete(pending_blobs).where(pending_blobs.c.blob_key.in_([new_key, old_key])))
+                    conn.execute(pending_blobs.insert().values(blob_key=old_key, sop_uid=object_uid, owner=owner,
+                                                               created=now))
+                return switched
+        except SQLAlchemyError as exc:
+            raise StoreError(f"index: cannot switch the blob of {object_uid} ({type(exc).__name__})") from None
+
+
+__all__ = ["AttachmentRef", "Attachments"]

@@ -1,0 +1,140 @@
+"""A program's storage area on aepacs (what the Orthanc plugin registers), on real files, keys and codecs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import uuid as uuidlib
+from io import BytesIO
+
+import pydicom
+import pytest
+
+from aepacs.audit import read
+from aepacs.config import Config
+from aepacs.crypto.keyring import Keyring
+from aepacs.errors import InputError, OpenError, StoreFullError
+from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.storage_area import (
+    DICOM,
+    FILE,
+    StorageArea,
+    attachment_uid,
+    compress_pending,
+)
+from aepacs.store.schema import attachments
+from tests.conftest import BACKENDS, ct_files, tamper
+
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.parametrize("backend", BACKENDS, indirect=True)]
+
+JSON = 2  # Orthanc's content type of its JSON summary of an instance
+
+
+def _id() -> str:
+    return str(uuidlib.uuid4())
+
+
+def _pixel_runs(data: bytes, haystack: bytes, run: int = 64) -> int:
+    """How many of `data`'s pixel bytes, taken `run` at a time at 32 places, occur in `haystack`."""
+    pixels = pydicom.dcmread(BytesIO(data)).PixelData
+    step = max(1, (len(pixels) - run) // 32)
+    return sum(pixels[i:i + run] in haystack for i in range(0, len(pixels) - run, step))
+
+
+def _blobs(archive: Archive) -> bytes:
+    return b"".join(map(archive.store.get, archive.store.keys()))
+
+
+def test_files_come_back_exactly_sealed_then_coded(archive: Archive) -> None:
+    area = StorageArea(archive)
+    files = {_id(): f.read_bytes() for f in ct_files()[:4]}
+    summary = json.dumps({"MainDicomTags": {"PatientName": "DOE^JANE"}}).encode()
+    summary_id = _id()
+    for uuid, data in files.items():
+        area.create(uuid, DICOM, data)
+    area.create(summary_id, JSON, summary)
+    for uuid, data in files.items():  # sealed as they came: the same bytes, no pixel run on the store
+        assert area.read(uuid, DICOM) == data
+    stored = _blobs(archive)
+    assert all(_pixel_runs(data, stored) == 0 for data in files.values())
+    assert b"DICM" not in stored and b"DOE^JANE" not in stored
+    assert area.rows.count(FILE) == 5
+
+    counts = compress_pending(area)
+    assert counts == {"coded": 4}  # the JSON summary is not an image: left sealed as it came
+    for uuid, data in files.items():
+        assert area.read(uuid, DICOM) == data
+        row = area.rows.get(attachment_uid(uuid, DICOM))
+        assert row.codec != FILE and row.blob_size < row.source_size / 1.5  # coded losslessly, smaller
+    assert area.read(summary_id, JSON) == summary
+    assert compress_pending(area) == {}  # nothing left to code
+    assert len(list(archive.store.keys())) == 5  # the old blobs went
+    stored = _blobs(archive)
+    assert all(_pixel_runs(data, stored) == 0 for data in files.values()) and b"DICM" not in stored
+
+
+def test_remove_deletes_blob_and_row_and_is_audited(archive: Archive) -> None:
+    area = StorageArea(archive)
+    uuid = _id()
+    area.create(uuid, DICOM, ct_files()[0].read_bytes())
+    compress_pending(area)
+    area.remove(uuid, DICOM)
+    assert list(archive.store.keys()) == [] and area.rows.count() == 0
+    with pytest.raises(OpenError, match=f"orthanc.1.{uuid}.*not in the storage area"):
+        area.read(uuid, DICOM)
+    area.remove(uuid, DICOM)  # again: logged, not an error
+    (record,) = [r for r in read(archive.config.audit_path) if r["event"] == "remove"]
+    assert record["action"] == "D" and uuid in record["detail"]
+
+
+def test_a_tampered_or_swapped_blob_names_the_file(archive: Archive) -> None:
+    area = StorageArea(archive)
+    one, two = _id(), _id()
+    area.create(one, DICOM, ct_files()[0].read_bytes())
+    area.create(two, DICOM, ct_files()[1].read_bytes())
+    row_one, row_two = (area.rows.get(attachment_uid(u, DICOM)) for u in (one, two))
+    # the index pointing one file at another's blob: bound to the other id, refused
+    with archive.index.engine.begin() as conn:
+        conn.execute(attachments.update().where(attachments.c.pk == row_one.pk).values(blob_key=row_two.blob_key))
+    with pytest.raises(OpenError, match=f"orthanc.1.{one}.*belongs to object orthanc.1.{two}"):
+        area.read(one, DICOM)
+    tamper(archive.store, row_two.blob_key, row_two.blob_size - 40)
+    with pytest.raises(OpenError, match=f"orthanc.1.{two}.*altered"):
+        area.read(two, DICOM)
+
+
+def test_ids_that_could_reach_another_object_are_refused(archive: Archive) -> None:
+    area = StorageArea(archive)
+    for bad in ("../../etc/passwd", "ABCDEF00-0000-0000-0000-000000000000", "", "x" * 36):
+        with pytest.raises(InputError, match="not a file id"):
+            area.create(bad, DICOM, b"data")
+    with pytest.raises(InputError, match="content type"):
+        area.create(_id(), -1, b"data")
+    assert area.rows.count() == 0 and list(archive.store.keys()) == []
+
+
+def test_the_sweep_and_the_key_counts_cover_the_files(archive: Archive) -> None:
+    area = StorageArea(archive)
+    ids = [_id() for _ in range(3)]
+    datas = [f.read_bytes() for f in ct_files()[:3]]
+    for uuid, data in zip(ids, datas, strict=True):
+        area.create(uuid, DICOM, data)
+    compress_pending(area, limit=1)
+    assert archive.sweep_orphans(min_age_s=0) == 0  # every blob is referenced by a file
+    assert archive.index.kek_versions() == {1: 3}
+    for uuid, data in zip(ids, datas, strict=True):
+        assert hashlib.sha256(area.read(uuid, DICOM)).digest() == hashlib.sha256(data).digest()
+
+
+def test_a_full_store_refuses_and_keeps_nothing(config: Config, keyring: Keyring, backend: str) -> None:
+    if backend != "local":
+        pytest.skip("object storage has no disk of its own to fill")
+    full = dataclasses.replace(config, store=dataclasses.replace(config.store, min_free_mb=10 ** 9))
+    with Archive(full, keyring) as archive:  # a reserve larger than any disk here
+        area = StorageArea(archive)
+        with pytest.raises(StoreFullError):
+            area.create(_id(), DICOM, ct_files()[0].read_bytes())
+        assert area.rows.count() == 0 and list(archive.store.keys()) == []
+
