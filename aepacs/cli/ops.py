@@ -1,5 +1,6 @@
-"""``aepacs rekey | reencode | spool | db | audit | demo``: operations on the whole archive, a node's
-spool, the index schema, the audit trail, and the demonstration."""
+"""``aepacs rekey | reencode | spool | db | audit | orthanc-compress | demo``: operations on the whole
+archive, a node's spool, the index schema, the audit trail, another program's storage area, and the
+demonstration."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from aepacs.audit import MINOR_FAILURE, SUCCESS, describe, parse_since, read, verify
 from aepacs.cli.common import audit
-from aepacs.config import Config
+from aepacs.config import Config, load_config
 from aepacs.demo.run import run_demo
 from aepacs.errors import InputError, StoreError
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.batch import Summary
 from aepacs.pipeline.reencode import reencode
 from aepacs.pipeline.rekey import rekey
+from aepacs.pipeline.storage_area import StorageArea, compress_pending, follow
 from aepacs.pipeline.workers import adopt
 from aepacs.store import migrate
 from aepacs.store.index import make_engine, shown_url, writer
@@ -67,6 +69,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--patient", metavar="ID", help="only records naming this patient ID")
     p.set_defaults(func=cmd_audit)
 
+    p = sub.add_parser("orthanc-compress", parents=[common],
+                       help="code the DICOM files Orthanc keeps in aepacs (its storage area) losslessly")
+    p.add_argument("--follow", action="store_true", help="keep coding new files as Orthanc stores them")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="--follow: look for new files every S s")
+    p.add_argument("--parent", type=int, metavar="PID", help="--follow: stop when process PID is gone")
+    p.add_argument("--limit", type=int, help="code at most this many files")
+    p.add_argument("--keyring", type=Path, help="the keyring file (overrides keyring.path)")
+    p.add_argument("--models", type=Path, help="the model registry (overrides models.path)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_orthanc_compress)
+
     p = sub.add_parser("demo", parents=[common],
                        help="the archive over DICOM on the bundled sample files: send, find, retrieve, compare")
     p.add_argument("--data", type=Path, action="append", metavar="DIR", help="sample data (repeatable)")
@@ -113,6 +126,20 @@ def cmd_spool(args: argparse.Namespace, config: Config) -> int:
                          detail=f"aepacs spool adopt: {line}")
     if counts["failed"]:
         print(f"kept in {args.directory / 'failed'}: entries that cannot be archived as instances", file=sys.stderr)
+    return 1 if counts["failed"] else 0
+
+
+def cmd_orthanc_compress(args: argparse.Namespace, config: Config) -> int:
+    overrides = {k: {"path": str(v)} for k, v in (("keyring", args.keyring), ("models", args.models)) if v}
+    if overrides:
+        config = load_config(getattr(args, "config", None), overrides=overrides)
+    with Archive(config) as archive:
+        area = StorageArea(archive)
+        if args.follow:
+            counts = follow(area, interval=args.interval, parent=args.parent)
+        else:
+            counts = compress_pending(area, limit=args.limit, progress=not args.quiet)
+    print("orthanc-compress: " + (", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "nothing to code"))
     return 1 if counts["failed"] else 0
 
 

@@ -23,7 +23,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import re
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -37,9 +40,10 @@ from aepacs.dicom.part10 import parse
 from aepacs.errors import AepacsError, CodecError, InputError, OpenError
 from aepacs.models.registry import config_registry
 from aepacs.pipeline.archive import Archive
-from aepacs.pipeline.codecs import resolver
+from aepacs.pipeline.codecs import resolver, warm_up
 from aepacs.pipeline.ingest import check, encode, route
 from aepacs.pipeline.rekey_batch import owner_id, recover
+from aepacs.pipeline.workers import run_in_background
 from aepacs.store.attachments import AttachmentRef, Attachments
 from aepacs.store.blobs import blob_key
 
@@ -240,4 +244,23 @@ def compress_pending(area: StorageArea, *, limit: int | None = None, progress: b
     return counts
 
 
-__all__ = ["DICOM", "FILE", "StorageArea", "attachment_uid", "compress_pending", "lossless_route", "pending_rows"]
+def follow(area: StorageArea, *, interval: float = 1.0, parent: int | None = None,
+           stop: threading.Event | None = None) -> Counter[str]:
+    """Code new DICOM files as the program stores them (``aepacs orthanc-compress --follow``): a pass
+    whenever one is waiting, else a look every `interval` seconds; at idle priority, so the program's
+    own work comes first. Returns when `stop` is set or process `parent` is gone (the program it
+    codes for was stopped or killed: a half-coded file is safe, the next pass clears what it left).
+    """
+    run_in_background()
+    warm_up(area.archive.config)
+    total: Counter[str] = Counter()
+    while not (stop is not None and stop.is_set()) and (parent is None or os.getppid() == parent):
+        if area.rows.coded_by(FILE, DICOM, limit=1):
+            total.update(compress_pending(area, limit=50))
+        else:
+            time.sleep(interval)
+    return total
+
+
+__all__ = ["DICOM", "FILE", "StorageArea", "attachment_uid", "compress_pending", "follow", "lossless_route",
+           "pending_rows"]

@@ -42,14 +42,14 @@ def _init_worker(config: Config, idle: bool) -> None:
     instances waiting minutes for model loading and numba's compiled code.
     """
     global _WORKER
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="aepacs-parent-watch", daemon=True).start()
+    threading.Thread(target=exit_with_parent, args=(os.getppid(),), name="aepacs-parent-watch", daemon=True).start()
     _WORKER = (Archive(config), config.spool_path / "failed")
     warm_up(config)
     if idle:
-        _background()
+        run_in_background()
 
 
-def _background() -> None:
+def run_in_background() -> None:
     """Run this worker only on CPU time the network leaves: SCHED_IDLE where there is one, else nice 10.
 
     A received instance needs several thread wake-ups in the server (socket,
@@ -64,7 +64,7 @@ def _background() -> None:
         os.nice(10)
 
 
-def _exit_with_parent(parent: int) -> None:
+def exit_with_parent(parent: int) -> None:
     """End this worker once the server that started it is gone (killed, say, by the OOM killer).
 
     A pool worker holds both ends of its task queue, so it never sees the parent

@@ -1,31 +1,40 @@
-"""aepacs for Orthanc: keep sealed transport objects instead of plaintext images.
+"""aepacs for Orthanc: Orthanc's files sealed and compressed at rest, or replaced by sealed transport objects.
 
-Loaded by Orthanc's Python plugin (Debian ``orthanc-python``) as its
-``PythonScript``. Every instance Orthanc receives is checked, encoded by its
-modality's route, sealed (AES-256-GCM) and replaced by the Raw Data Storage
-transport object ``aepacs serve`` sends on C-GET, through aepacs's own
-library (:func:`aepacs.pipeline.transport.seal_as_transport`). The original is
-never stored.
+Loaded by Orthanc's Python plugin (Debian ``orthanc-python``) as its ``PythonScript``, in one of two
+modes (``Aepacs.Mode``):
 
-Failures never let the original through:
+``storage-area`` (the default)
+    aepacs becomes Orthanc's storage area (``orthanc.RegisterStorageArea``): every file Orthanc stores
+    (DICOM instances and its own attachments) is sealed with aepacs's sealed-object format as it
+    arrives (a fresh data key, wrapped by the keyring's KEK, bound to the file's Orthanc id and
+    content type) into aepacs's blob store and index, and read back byte for byte. Nothing Orthanc
+    does changes: its REST API, DICOM services, DICOMweb, viewers, transcoding and deletions work on
+    the original files. A worker process at idle priority then codes each DICOM file losslessly by its
+    modality's route and switches it in crash-safely (:mod:`aepacs.pipeline.storage_area`). Any
+    failure in ``create`` raises, so Orthanc's store fails and the sender gets a failure status; no
+    plaintext is written anywhere.
 
-* the received-instance callback never raises (Orthanc would keep the
-  original). When sealing fails for an instance that came over DICOM it
-  leaves the instance unchanged and remembers why; the incoming C-STORE filter,
-  which Orthanc runs next, then refuses every instance that is not an aepacs
-  transport object with a failure status (0xA700 out of resources, 0xA900
-  dataset mismatch, 0xC000 cannot understand), so the sender sees the failure
-  and retries, and nothing is written;
-* an instance from any other origin (REST upload, Lua, another plugin) whose
-  sealing fails is discarded.
+``transport``
+    for sites whose Orthanc must never hold keys: every instance received is checked, encoded by its
+    modality's route, sealed and replaced by the Raw Data Storage transport object ``aepacs serve``
+    sends on C-GET (:func:`aepacs.pipeline.transport.seal_as_transport`). Failures never let the
+    original through: the received-instance callback never raises (Orthanc would keep the original);
+    when sealing fails for an instance that came over DICOM it leaves the instance unchanged and
+    remembers why, and the incoming C-STORE filter, which Orthanc runs next, refuses every instance
+    that is not an aepacs transport object with a failure status (0xA700 out of resources, 0xA900
+    dataset mismatch, 0xC000 cannot understand); an instance from any other origin whose sealing
+    fails is discarded.
 
 Configuration: an ``Aepacs`` block in Orthanc's configuration (see README.md)::
 
     "Aepacs": {
-      "Config": "/etc/aepacs/site.yaml",       // aepacs config: routes, keyring, registry
+      "Mode": "storage-area",                    // or "transport"
+      "Config": "/etc/aepacs/site.yaml",       // aepacs config: routes, keyring, index, blob store
       "SitePackages": ["/opt/aepacs/lib/python3.11/site-packages"],
+      "Python": "/opt/aepacs/bin/python3",     // optional: runs the compressor (default: beside SitePackages)
       "Keyring": "/etc/aepacs/keyring.json",   // optional: overrides keyring.path
       "Models": "/var/lib/aepacs/models",      // optional: overrides models.path
+      "Compress": true,                          // storage-area mode: code DICOM files behind Orthanc
       "FailWith": null                          // tests only: refuse every instance with this status
     }
 """
@@ -33,10 +42,13 @@ Configuration: an ``Aepacs`` block in Orthanc's configuration (see README.md)::
 from __future__ import annotations
 
 import json
+import os
 import site
+import subprocess
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 import orthanc  # provided by Orthanc's Python plugin
@@ -63,7 +75,8 @@ from aepacs.config import load_config  # noqa: E402
 from aepacs.dicom.part10 import parse  # noqa: E402
 from aepacs.dicom.transport import PRIVATE_CREATOR, RAW_DATA_STORAGE  # noqa: E402
 from aepacs.errors import AepacsError, DatasetMismatch, InputError, StoreFullError  # noqa: E402
-from aepacs.pipeline.archive import load_keyring  # noqa: E402
+from aepacs.pipeline.archive import Archive, load_keyring  # noqa: E402
+from aepacs.pipeline.storage_area import StorageArea  # noqa: E402
 from aepacs.pipeline.transport import seal_as_transport  # noqa: E402
 
 
@@ -137,8 +150,78 @@ def on_cstore(instance: Any) -> int:
         return OUT_OF_RESOURCES
 
 
-orthanc.RegisterReceivedInstanceCallback(on_received)
-orthanc.RegisterIncomingCStoreInstanceFilter(on_cstore)
-orthanc.LogWarning(f"aepacs {__version__} plugin ready: routes "
+# -- storage-area mode ------------------------------------------------------------------------
+def _python() -> str | None:
+    """The compressor's interpreter: ``Python``, else the one beside the first SitePackages (a venv)."""
+    if SETTINGS.get("Python"):
+        return str(SETTINGS["Python"])
+    for site_dir in SETTINGS.get("SitePackages", []):
+        candidate = Path(site_dir).resolve().parents[2] / "bin" / "python3"
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+def start_compressor() -> subprocess.Popen[bytes] | None:
+    """``aepacs orthanc-compress --follow`` as a child process (it ends when Orthanc does, killed or not)."""
+    python = _python()
+    if python is None:
+        orthanc.LogError("aepacs: no Python for the compressor (set Aepacs.Python): DICOM files stay uncoded")
+        return None
+    command = [python, "-m", "aepacs", "orthanc-compress", "--follow", "--quiet", "--parent", str(os.getpid())]
+    for flag, key in (("--config", "Config"), ("--keyring", "Keyring"), ("--models", "Models")):
+        if SETTINGS.get(key):
+            command += [flag, str(SETTINGS[key])]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+
+
+class SealedStorage:
+    """Orthanc's storage-area callbacks on an aepacs :class:`StorageArea`."""
+
+    def __init__(self) -> None:
+        self.area = StorageArea(Archive(CONFIG, KEYRING))
+
+    def create(self, uuid: str, content_type: Any, data: bytes) -> None:
+        try:
+            if FAIL_WITH:
+                raise AepacsError(f"configured to refuse (FailWith {FAIL_WITH})")
+            self.area.create(uuid, int(content_type), bytes(data))
+        except BaseException as exc:  # raised on: Orthanc fails the store, the sender gets a failure status
+            orthanc.LogError(f"aepacs: file {uuid} (type {int(content_type)}) not stored: {exc}")
+            raise
+
+    def read(self, uuid: str, content_type: Any) -> bytes:
+        try:
+            return self.area.read(uuid, int(content_type))
+        except BaseException as exc:  # a tampered blob or a missing key: Orthanc's request fails, named
+            orthanc.LogError(f"aepacs: file {uuid} (type {int(content_type)}) cannot be read: {exc}")
+            raise
+
+    def remove(self, uuid: str, content_type: Any) -> None:
+        try:
+            self.area.remove(uuid, int(content_type))
+        except BaseException as exc:
+            orthanc.LogError(f"aepacs: file {uuid} (type {int(content_type)}) not removed: {exc}")
+            raise
+
+
+MODE = SETTINGS.get("Mode", "storage-area")
+if MODE == "storage-area":
+    STORAGE = SealedStorage()
+    orthanc.RegisterStorageArea(STORAGE.create, STORAGE.read, STORAGE.remove)
+    COMPRESSOR = start_compressor() if SETTINGS.get("Compress", True) else None
+
+    def on_change(change_type: Any, level: Any, resource: str) -> None:
+        if change_type == orthanc.ChangeType.ORTHANC_STOPPED and COMPRESSOR is not None:
+            COMPRESSOR.terminate()
+
+    orthanc.RegisterOnChangeCallback(on_change)
+elif MODE == "transport":
+    orthanc.RegisterReceivedInstanceCallback(on_received)
+    orthanc.RegisterIncomingCStoreInstanceFilter(on_cstore)
+else:
+    raise RuntimeError(f"aepacs: Aepacs.Mode {MODE!r} is not storage-area or transport")
+orthanc.LogWarning(f"aepacs {__version__} plugin ready ({MODE} mode): routes "
                    + ", ".join(f"{k}={v.name}" for k, v in sorted(CONFIG.routes.items()))
                    + f"; key version {KEYRING.active_version}")

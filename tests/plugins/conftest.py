@@ -1,0 +1,78 @@
+"""The real Orthanc (Debian orthanc + orthanc-python) with the aepacs plugin, started on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sysconfig
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from aepacs.crypto.keyring import Keyring
+from tests.net.conftest import free_port
+
+ORTHANC = Path("/usr/sbin/Orthanc")
+PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+SCRIPT = Path(__file__).resolve().parents[2] / "plugins" / "orthanc" / "aepacs_orthanc.py"
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+class Orthanc:
+    def __init__(self, root: Path, home: Path, fail_with: int | None = None, mode: str = "transport") -> None:
+        self.storage = root / "storage"
+        self.port, self.http, self.client_port = free_port(), free_port(), free_port()
+        conf = {"Name": "aepacs-test", "StorageDirectory": str(self.storage), "IndexDirectory": str(self.storage),
+                "DicomAet": "ORTHANC", "DicomPort": self.port, "HttpPort": self.http, "RemoteAccessAllowed": False,
+                "DicomCheckCalledAet": False, "Plugins": [str(PYTHON_PLUGIN)], "PythonScript": str(SCRIPT),
+                "DicomModalities": {"AEPACSCLIENT": ["AEPACSCLIENT", "127.0.0.1", self.client_port]},
+                "Aepacs": {"Config": None, "SitePackages": [sysconfig.get_paths()["purelib"]],
+                           "Keyring": str(home / "keyring.json"), "Models": str(home / "models"),
+                           "FailWith": fail_with, "Mode": mode}}
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "orthanc.json").write_text(json.dumps(conf))
+        self.log = root / "orthanc.log"
+        self.proc = subprocess.Popen([str(ORTHANC), str(root / "orthanc.json")], env={**ENV, "AEPACS_HOME": str(home)},
+                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.http}/system", timeout=2)
+                if "plugin ready" in self.log.read_text():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("Orthanc did not start:\n" + self.log.read_text())
+
+    def rest(self, path: str, method: str = "GET") -> bytes:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return bytes(response.read())
+
+    def stored_files(self) -> list[Path]:
+        return [p for p in self.storage.rglob("*") if p.is_file() and not p.name.startswith("index")]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(20)
+
+
+@pytest.fixture
+def orthanc_home(tmp_path: Path) -> Path:
+    if not (ORTHANC.exists() and PYTHON_PLUGIN.exists()):
+        pytest.skip("Orthanc and its Python plugin are not installed (Debian: orthanc orthanc-python)")
+    home = tmp_path / "home"
+    home.mkdir()
+    Keyring.create(home / "keyring.json")
+    return home
+
+

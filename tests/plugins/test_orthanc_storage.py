@@ -1,0 +1,125 @@
+"""The Orthanc plugin's storage-area mode against the real Orthanc: every file sealed and compressed at rest
+in aepacs, Orthanc's own services unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from aepacs.config import load_config
+from aepacs.pipeline.archive import Archive, load_keyring
+from aepacs.pipeline.storage_area import DICOM, FILE, StorageArea
+from tests.conftest import ct_files
+from tests.plugins.conftest import ENV, Orthanc
+
+#: the other modalities' sample files sent with the CT series (pydicom's test data: MR, US, CR, OT, NM)
+OTHERS = ("MR_small.dcm", "US1_UNCI.dcm", "RG3_UNCR.dcm", "SC_rgb_16bit.dcm", "JPEG2000_UNC.dcm")
+
+
+@pytest.fixture
+def sealed_orthanc(tmp_path: Path, orthanc_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Orthanc]:
+    monkeypatch.setenv("AEPACS_HOME", str(orthanc_home))
+    server = Orthanc(tmp_path / "orthanc", orthanc_home, mode="storage-area")
+    yield server
+    server.stop()
+
+
+def _archive(home: Path) -> Archive:
+    config = load_config()
+    assert config.data_dir == home
+    return Archive(config, load_keyring(config))
+
+
+def _runs(pixels: bytes, haystack: bytes, run: int = 64) -> int:
+    step = max(1, (len(pixels) - run) // 64)
+    return sum(pixels[i:i + run] in haystack for i in range(0, len(pixels) - run, step))
+
+
+def _wait_coded(area: StorageArea, timeout: float = 240.0) -> None:
+    deadline = time.time() + timeout
+    while area.rows.coded_by(FILE, DICOM, limit=1):
+        assert time.time() < deadline, "the compressor did not code every DICOM file"
+        time.sleep(0.5)
+
+
+def test_orthanc_on_sealed_storage_gives_back_what_it_stored(sealed_orthanc: Orthanc, orthanc_home: Path) -> None:
+    files = ct_files()[:12] + [Path(get_testdata_file(name)) for name in OTHERS]
+    sent_out = subprocess.run(["/usr/bin/storescu", "-aec", "ORTHANC", "127.0.0.1", str(sealed_orthanc.port),
+                               *map(str, files)], env=ENV, capture_output=True, text=True)
+    assert sent_out.returncode == 0, sent_out.stdout + sent_out.stderr
+    ids = json.loads(sealed_orthanc.rest("/instances"))
+    assert len(ids) == len(files)
+    archive = _archive(orthanc_home)
+    area = StorageArea(archive)
+    sent = {str(pydicom.dcmread(f).SOPInstanceUID): pydicom.dcmread(f) for f in files}
+
+    def check_every_instance() -> None:
+        for orthanc_id in ids:
+            data = sealed_orthanc.rest(f"/instances/{orthanc_id}/file")
+            # byte for byte what Orthanc handed its storage area (aepacs kept the SHA-256 of it) ...
+            (row,) = [r for r in _dicom_rows(area) if r.source_sha256 == hashlib.sha256(data).hexdigest()]
+            got = pydicom.dcmread(BytesIO(data))
+            # ... and element for element what storescu sent
+            original = sent[str(got.SOPInstanceUID)]
+            kept = [e for e in original if e.tag != 0xFFFCFFFC]
+            assert [e.tag for e in got] == [e.tag for e in kept]
+            for elem in kept:
+                assert got[elem.tag].value == elem.value, elem.keyword
+
+    check_every_instance()
+    _wait_coded(area)
+    rows = _dicom_rows(area)
+    assert len(rows) == len(files) and sum(r.codec != FILE for r in rows) >= 12  # the CT series at least coded
+    assert sum(r.blob_size for r in rows) < sum(r.source_size for r in rows) / 1.5
+    check_every_instance()  # the same bytes from the coded blobs
+
+    # at rest: no 64-byte run of any original's pixel data, no DICOM preamble, in Orthanc's storage
+    # directory or aepacs's blob store
+    at_rest = b"".join(p.read_bytes() for p in list(sealed_orthanc.storage.rglob("*")) +
+                       list((orthanc_home / "blobs").rglob("*")) if p.is_file() and "index" not in p.name)
+    assert b"DICM" not in at_rest
+    for uid, ds in sent.items():
+        assert _runs(bytes(ds.PixelData), at_rest) == 0, uid
+
+    # deleting the study in Orthanc removes its sealed blobs
+    study = json.loads(sealed_orthanc.rest(f"/instances/{ids[0]}/study"))
+    ct_uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in ct_files()[:12]}
+    blobs_before = len(list(archive.store.keys()))
+    sealed_orthanc.rest(f"/studies/{study['ID']}", method="DELETE")
+    left = json.loads(sealed_orthanc.rest("/instances"))
+    gone = len(ids) - len(left)
+    assert gone >= 1 and len(_dicom_rows(area)) == len(left)
+    assert len(list(archive.store.keys())) <= blobs_before - gone
+    _ = ct_uids
+
+
+def _dicom_rows(area: StorageArea) -> list:  # type: ignore[type-arg]
+    with area.archive.index.engine.connect() as conn:
+        from aepacs.store.schema import attachments
+
+        return list(conn.execute(attachments.select().where(attachments.c.content_type == DICOM)).all())
+
+
+def test_a_failure_fails_the_store_and_keeps_nothing(tmp_path: Path, orthanc_home: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AEPACS_HOME", str(orthanc_home))
+    server = Orthanc(tmp_path / "failing", orthanc_home, fail_with=0xA700, mode="storage-area")
+    try:
+        proc = subprocess.run(["/usr/bin/storescu", "-v", "-aec", "ORTHANC", "127.0.0.1", str(server.port),
+                               str(ct_files()[3])], env=ENV, capture_output=True, text=True)
+        assert "Received Store Response (Refused: OutOfResources" in proc.stdout + proc.stderr \
+            or "Failure" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        assert json.loads(server.rest("/instances")) == []
+        archive = _archive(orthanc_home)
+        assert StorageArea(archive).rows.count() == 0 and list(archive.store.keys()) == []
+    finally:
+        server.stop()
