@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,27 +66,29 @@ class Summary:
         return out
 
 
-def batches(select: Callable[[int, int], list[Any]], limit: int | None) -> Iterator[list[Job]]:
-    """The objects ``select(after_pk, n)`` gives, in batches of at most :data:`BATCH_BYTES`
-    (by primary key: each seen once per run)."""
-    after, left = 0, limit
-    while left is None or left > 0:
-        rows = select(after, BATCH if left is None else min(BATCH, left))
-        if not rows:
-            return
-        after = rows[-1].pk
-        if left is not None:
-            left -= len(rows)
-        batch: list[Job] = []
-        nbytes = 0
-        for r in rows:
-            if batch and nbytes + r.blob_size > BATCH_BYTES:
-                yield batch
-                batch, nbytes = [], 0
-            batch.append(Job(r.sop_uid, r.blob_key, r.blob_size, r.kek_version,
-                             bytes(r.key_slot) if r.key_slot is not None else None))
-            nbytes += r.blob_size
-        yield batch
+def batches(selects: Sequence[Callable[[int, int], list[Any]]], limit: int | None) -> Iterator[list[Job]]:
+    """The objects each ``select(after_pk, n)`` gives, one select after the other (an index table
+    each), in batches of at most :data:`BATCH_BYTES` (by primary key: each seen once per run)."""
+    left = limit
+    for select in selects:
+        after = 0
+        while left is None or left > 0:
+            rows = select(after, BATCH if left is None else min(BATCH, left))
+            if not rows:
+                break
+            after = rows[-1].pk
+            if left is not None:
+                left -= len(rows)
+            batch: list[Job] = []
+            nbytes = 0
+            for r in rows:
+                if batch and nbytes + r.blob_size > BATCH_BYTES:
+                    yield batch
+                    batch, nbytes = [], 0
+                batch.append(Job(r.sop_uid, r.blob_key, r.blob_size, r.kek_version,
+                                 bytes(r.key_slot) if r.key_slot is not None else None, r.kind))
+                nbytes += r.blob_size
+            yield batch
 
 
 def run(jobs: Iterator[list[Job]], summary: Summary, *, total: int, here: Callable[[list[Job]], list[Outcome]],
@@ -111,10 +113,11 @@ def run(jobs: Iterator[list[Job]], summary: Summary, *, total: int, here: Callab
 @dataclass(frozen=True)
 class Plan:
     """What a job selects, once the archive is open: how many objects, how to page through them
-    (``select(after_pk, n)``), and the work on one batch in this process."""
+    (``select(after_pk, n)``, one for each index table it covers), and the work on one batch in this
+    process."""
 
     total: int
-    select: Callable[[int, int], list[Any]]
+    selects: tuple[Callable[[int, int], list[Any]], ...]
     here: Callable[[list[Job]], list[Outcome]]
 
 
@@ -132,7 +135,7 @@ def run_job(config: Config, summary: Summary, plan: Callable[[Archive], Plan], *
         if dry_run:
             summary.skipped = total
             return summary
-        run(batches(planned.select, limit), summary, total=total, here=planned.here, remote=remote, args=args,
+        run(batches(planned.selects, limit), summary, total=total, here=planned.here, remote=remote, args=args,
             workers=workers or os.cpu_count() or 1, dask=dask, progress=progress)
         recover(archive)
         # blobs no row references (a crash between an ingest's blob write and its index row),

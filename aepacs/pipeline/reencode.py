@@ -148,7 +148,7 @@ def reencode(config: Config, source: str, target: str, *, workers: int | None = 
         if lossy:
             summary.notes.append(f"left alone: {lossy} objects stored lossy with {source_id} (coding a "
                                  f"reconstruction again would add a second generation of loss)")
-        return batch.Plan(total, functools.partial(_candidates, archive, source_id),
+        return batch.Plan(total, (functools.partial(_candidates, archive, source_id),),
                           lambda jobs: full_batch(archive, jobs, owner_id(), recoder))
 
     return batch.run_job(config, summary, plan, limit=limit, dry_run=dry_run, remote=run_batch,

@@ -1,6 +1,7 @@
 """Key rotation over the whole archive (``aepacs rekey``).
 
-Selects, in batches from the index, every object whose key slot is not
+Selects, in batches from the index, every object (the archive's instances, then the files other
+programs keep in it: Orthanc's storage area) whose key slot is not
 under the active KEK (``--mode full``: also every object whose data key is
 older than ``rekey.full_after_days``) and brings it under the active KEK:
 
@@ -48,6 +49,7 @@ from aepacs.pipeline import batch
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.batch import Summary
 from aepacs.pipeline.rekey_batch import run_batch, work
+from aepacs.store.schema import OBJECT_TABLES
 
 log = logging.getLogger("aepacs.rekey")
 
@@ -85,13 +87,16 @@ def rekey(config: Config, *, mode: str = "rewrap", workers: int | None = None, d
 
     def plan(archive: Archive) -> batch.Plan:
         active = archive.keyring.active_version
-        return batch.Plan(archive.index.rekey_count(active, sealed_before=sealed_before),
-                          functools.partial(_candidates, archive, active, sealed_before),
+        return batch.Plan(sum(archive.index.rekey_count(active, sealed_before=sealed_before, table=t.name)
+                              for t in OBJECT_TABLES),
+                          tuple(functools.partial(_candidates, archive, active, sealed_before, t.name)
+                                for t in OBJECT_TABLES),
                           lambda jobs: work(archive, jobs, mode, verify))
 
     return batch.run_job(config, Summary(f"rekey {mode}"), plan, limit=limit, dry_run=dry_run, remote=run_batch,
                          args=(config, mode, verify), workers=workers, dask=dask, progress=progress)
 
 
-def _candidates(archive: Archive, active: int, sealed_before: float | None, after: int, n: int) -> list[Any]:
-    return archive.index.rekey_candidates(active, sealed_before=sealed_before, after_pk=after, limit=n)
+def _candidates(archive: Archive, active: int, sealed_before: float | None, table: str, after: int,
+                n: int) -> list[Any]:
+    return archive.index.rekey_candidates(active, sealed_before=sealed_before, after_pk=after, limit=n, table=table)

@@ -32,11 +32,15 @@ _HEAD_READ = 512  # bytes read for a rewrap: the header and slot of any ordinary
 class Job:
     """One object to rekey, as the index showed it when selected."""
 
+    #: the object's name, which its blob is bound to: an instance's SOP Instance UID, an attachment's
+    #: object UID
     sop_uid: str
     blob_key: str
     blob_size: int
     kek_version: int
     key_slot: bytes | None
+    #: its index table: ``instances`` or ``attachments``
+    table: str = "instances"
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,7 @@ def _current_blob(archive: Archive, job: Job) -> bytes:
 
 def _moved(archive: Archive, job: Job) -> bool:
     """Whether the object's row no longer points at the blob this job was selected with."""
-    row = archive.index.get(job.sop_uid)
-    return row is None or row.blob_key != job.blob_key
+    return archive.index.blob_of(job.sop_uid, job.table) != job.blob_key
 
 
 def _failure(archive: Archive, job: Job, exc: AepacsError) -> Outcome:
@@ -116,6 +119,14 @@ def _failure(archive: Archive, job: Job, exc: AepacsError) -> Outcome:
     if isinstance(exc, StoreError) and _moved(archive, job):
         return Outcome(job.sop_uid, "skipped", reason="changed by another writer")
     return Outcome(job.sop_uid, "failed", reason=str(exc))
+
+
+def _table(jobs: list[Job]) -> str:
+    """The one index table of a batch's objects (a batch is selected from one table)."""
+    tables = {job.table for job in jobs}
+    if len(tables) != 1:
+        raise StoreError(f"a rekey batch spans index tables {sorted(tables)}")
+    return tables.pop()
 
 
 def rewrap_batch(archive: Archive, jobs: list[Job], *, verify: bool = False) -> list[Outcome]:
@@ -140,7 +151,7 @@ def rewrap_batch(archive: Archive, jobs: list[Job], *, verify: bool = False) -> 
             sizes[job.sop_uid] = read
         except AepacsError as exc:
             outcomes.append(_failure(archive, job, exc))
-    switched = archive.index.swap_slots(swaps) if swaps else set()
+    switched = archive.index.swap_slots(swaps, _table(jobs)) if swaps else set()
     for sop_uid, *_ in swaps:
         if sop_uid in switched:
             outcomes.append(Outcome(sop_uid, "done", read=sizes[sop_uid], written=SLOT_BYTES))
@@ -209,7 +220,7 @@ def full_batch(archive: Archive, jobs: list[Job], owner: str, recode: Recode | N
         except AepacsError as exc:
             _clear(archive, key)
             outcomes.append(Outcome(job.sop_uid, "failed", read=read, reason=f"{exc}; old blob kept"))
-    switched = index.swap_blobs(swaps, owner) if swaps else set()
+    switched = index.swap_blobs(swaps, owner, _table(jobs)) if swaps else set()
     read_of = {job.sop_uid: read for job, _, _, read, *_ in checked}
     for sop_uid, old_key, new_key, size, *_ in swaps:
         read = read_of[sop_uid]

@@ -205,8 +205,8 @@ class StorageArea:
         if hashlib.sha256(self._open(uid, archive.store.get(new_key), new_key, None)).hexdigest() \
                 != row.source_sha256:
             raise OpenError(uid, "the coded blob does not open to the file")  # (encode checked it already)
-        if not self.rows.swap_blob(uid, row.blob_key, new_key, len(new), archive.keyring.active_version,
-                                   encoded.codec, owner):
+        if not archive.index.swap_blobs([(uid, row.blob_key, new_key, len(new), archive.keyring.active_version,
+                                          encoded.codec)], owner, table="attachments"):
             archive.store.delete(new_key)
             archive.index.drop_pending(new_key)
             return "gone"

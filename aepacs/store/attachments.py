@@ -2,8 +2,8 @@
 
 Each row names a file by ``object_uid`` (its program's id and content type, which its sealed blob
 is bound to) and points at that blob as an instance row does. Rows are written once, switched to a
-coded blob by compare-and-swap (:meth:`Attachments.swap_blob`, the old blob then pending removal, as
-a rekey's), and deleted when the program removes the file.
+coded or re-sealed blob by compare-and-swap (:meth:`aepacs.store.index.Index.swap_blobs` with
+``table="attachments"``, as a rekey's), and deleted when the program removes the file.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from aepacs.errors import StoreError
 from aepacs.store.index import Index, writer
-from aepacs.store.schema import attachments, pending_blobs
+from aepacs.store.schema import attachments
 
 
 @dataclass(frozen=True)
@@ -94,28 +94,6 @@ class Attachments:
              .order_by(attachments.c.pk).limit(limit))
         with self.index.engine.connect() as conn:
             return list(conn.execute(q).all())
-
-    def swap_blob(self, object_uid: str, old_key: str, new_key: str, new_size: int, kek_version: int,
-                  codec: str, owner: str) -> bool:
-        """Point the row at its new blob if it still points at `old_key` (compare and swap).
-
-        In the same transaction the new blob leaves the pending list and the old one joins it (for
-        `owner` to remove next). False: the row changed or went meanwhile (the new blob stays pending).
-        """
-        now = time.time()
-        try:
-            with writer(self.index.engine) as conn, conn.begin():
-                switched = conn.execute(update(attachments).where(
-                    attachments.c.object_uid == object_uid, attachments.c.blob_key == old_key).values(
-                    blob_key=new_key, blob_size=new_size, kek_version=kek_version, key_slot=None, sealed_at=now,
-                    codec=codec)).rowcount == 1
-                if switched:
-                    conn.execute(delete(pending_blobs).where(pending_blobs.c.blob_key.in_([new_key, old_key])))
-                    conn.execute(pending_blobs.insert().values(blob_key=old_key, sop_uid=object_uid, owner=owner,
-                                                               created=now))
-                return switched
-        except SQLAlchemyError as exc:
-            raise StoreError(f"index: cannot switch the blob of {object_uid} ({type(exc).__name__})") from None
 
 
 __all__ = ["AttachmentRef", "Attachments"]

@@ -30,6 +30,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    literal,
     or_,
     select,
     update,
@@ -42,7 +43,16 @@ from aepacs.dicom.records import INSTANCE_FIELDS, PATIENT_FIELDS, SERIES_FIELDS,
 from aepacs.errors import StoreError
 from aepacs.store import migrate
 from aepacs.store.atomic import private_dir, private_file
-from aepacs.store.schema import OBJECT_TABLES, fold, instances, patients, pending_blobs, series, studies
+from aepacs.store.schema import (
+    OBJECT_NAMES,
+    OBJECT_TABLES,
+    fold,
+    instances,
+    patients,
+    pending_blobs,
+    series,
+    studies,
+)
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,14 @@ def sqlite_path(url: str) -> Path | None:
     if not url.startswith(prefix) or url[len(prefix):] in ("", ":memory:") or "mode=memory" in url:
         return None
     return Path(url[len(prefix):].split("?", 1)[0])
+
+
+def _object_table(name: str) -> Table:
+    """The object table called `name` (``instances`` or ``attachments``)."""
+    for table in OBJECT_TABLES:
+        if table.name == name:
+            return table
+    raise StoreError(f"index: no object table {name!r}")
 
 
 class Index:
@@ -324,27 +342,30 @@ class Index:
 
     # -- key rotation (aepacs rekey) ---------------------------------------------
     @staticmethod
-    def _rekey_condition(active: int, sealed_before: float | None) -> Any:
-        cond = instances.c.kek_version != active
+    def _rekey_condition(table: Table, active: int, sealed_before: float | None) -> Any:
+        cond = table.c.kek_version != active
         if sealed_before is not None:
-            cond = or_(cond, func.coalesce(instances.c.sealed_at, instances.c.stored_at) < sealed_before)
+            cond = or_(cond, func.coalesce(table.c.sealed_at, table.c.stored_at) < sealed_before)
         return cond
 
-    def rekey_count(self, active: int, *, sealed_before: float | None = None) -> int:
-        """How many instances :meth:`rekey_candidates` would select in all."""
-        q = select(func.count()).select_from(instances).where(self._rekey_condition(active, sealed_before))
+    def rekey_count(self, active: int, *, sealed_before: float | None = None, table: str = "instances") -> int:
+        """How many objects of `table` :meth:`rekey_candidates` would select in all."""
+        t = _object_table(table)
+        q = select(func.count()).select_from(t).where(self._rekey_condition(t, active, sealed_before))
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar() or 0)
 
     def rekey_candidates(self, active: int, *, sealed_before: float | None = None, after_pk: int = 0,
-                         limit: int = 500) -> list[Row[Any]]:
-        """Instances to rekey, in primary-key order after `after_pk`.
+                         limit: int = 500, table: str = "instances") -> list[Row[Any]]:
+        """Objects of `table` (``instances`` or ``attachments``) to rekey, in primary-key order after `after_pk`.
 
         Those whose key slot is not under KEK `active`; with `sealed_before`
         (epoch s) also those whose data key is older than that. Rows carry
-        ``pk, sop_uid, blob_key, blob_size, kek_version, key_slot``.
+        ``pk, sop_uid`` (the object's name: an attachment's object UID), ``blob_key, blob_size,
+        kek_version, key_slot`` and ``kind`` (the table).
         """
-        return self._batch(self._rekey_condition(active, sealed_before), after_pk, limit)
+        t = _object_table(table)
+        return self._batch(t, self._rekey_condition(t, active, sealed_before), after_pk, limit)
 
     # -- bulk re-encoding (aepacs reencode) --------------------------------------
     @staticmethod
@@ -362,30 +383,39 @@ class Index:
     def recode_candidates(self, codec: str, *, after_pk: int = 0, limit: int = 500) -> list[Row[Any]]:
         """Lossless instances coded by `codec`, in primary-key order after `after_pk` (rows as
         :meth:`rekey_candidates`)."""
-        return self._batch(self._recode_condition(codec), after_pk, limit)
+        return self._batch(instances, self._recode_condition(codec), after_pk, limit)
 
-    def _batch(self, cond: Any, after_pk: int, limit: int) -> list[Row[Any]]:
-        q = (select(instances.c.pk, instances.c.sop_uid, instances.c.blob_key, instances.c.blob_size,
-                    instances.c.kek_version, instances.c.key_slot)
-             .where(cond, instances.c.pk > after_pk).order_by(instances.c.pk).limit(limit))
+    def _batch(self, table: Table, cond: Any, after_pk: int, limit: int) -> list[Row[Any]]:
+        q = (select(table.c.pk, OBJECT_NAMES[table.name].label("sop_uid"), table.c.blob_key, table.c.blob_size,
+                    table.c.kek_version, table.c.key_slot, literal(table.name).label("kind"))
+             .where(cond, table.c.pk > after_pk).order_by(table.c.pk).limit(limit))
         with self.engine.connect() as conn:
-            return [cast("Row[Any]", row) for row in conn.execute(q)]
+            return list(conn.execute(q).all())
 
-    def swap_slots(self, swaps: Sequence[tuple[str, str, int, bytes, int]]) -> set[str]:
+    def blob_of(self, name: str, table: str = "instances") -> str | None:
+        """The blob key the object `name` of `table` points at now, or None (gone)."""
+        t = _object_table(table)
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.c.blob_key).where(OBJECT_NAMES[table] == name)).scalar()
+
+    def swap_slots(self, swaps: Sequence[tuple[str, str, int, bytes, int]], table: str = "instances") -> set[str]:
         """Install rewrapped key slots, each only if its row is still as read.
 
         Parameters
         ----------
-        swaps : sequence of (sop_uid, blob_key, old_version, slot, new_version)
+        swaps : sequence of (name, blob_key, old_version, slot, new_version)
+            ``name``: the object's SOP Instance UID (an attachment's object UID).
+        table : {"instances", "attachments"}
 
         Returns
         -------
         set of str
-            The SOP Instance UIDs switched (the others changed meanwhile).
+            The objects switched (the others changed meanwhile).
         """
-        stmt = (update(instances)
-                .where(instances.c.sop_uid == bindparam("b_uid"), instances.c.blob_key == bindparam("b_key"),
-                       instances.c.kek_version == bindparam("b_old"))
+        t, ident = _object_table(table), OBJECT_NAMES[table]
+        stmt = (update(t)
+                .where(ident == bindparam("b_uid"), t.c.blob_key == bindparam("b_key"),
+                       t.c.kek_version == bindparam("b_old"))
                 .values(key_slot=bindparam("b_slot"), kek_version=bindparam("b_new")))
         params = [{"b_uid": u, "b_key": k, "b_old": o, "b_slot": s, "b_new": n} for u, k, o, s, n in swaps]
         try:
@@ -395,21 +425,22 @@ class Index:
                     return {u for u, *_ in swaps}
                 # some rows changed meanwhile: see which ones now hold the slot written here
                 mine = {u: s for u, _, _, s, _ in swaps}
-                rows = conn.execute(select(instances.c.sop_uid, instances.c.key_slot)
-                                    .where(instances.c.sop_uid.in_(list(mine)))).all()
+                rows = conn.execute(select(ident, t.c.key_slot).where(ident.in_(list(mine)))).all()
                 done = {u for u, slot in rows if slot is not None and bytes(slot) == mine[u]}
         except SQLAlchemyError as exc:
             raise StoreError(f"index: cannot switch key slots ({type(exc).__name__}: {exc})") from None
         return done
 
-    def swap_blobs(self, swaps: Sequence[tuple[str, str, str, int, int, str]], owner: str) -> set[str]:
+    def swap_blobs(self, swaps: Sequence[tuple[str, str, str, int, int, str]], owner: str,
+                   table: str = "instances") -> set[str]:
         """Point each row at its new blob if it still points at the old one (compare and swap).
 
         Parameters
         ----------
-        swaps : sequence of (sop_uid, old_key, new_key, new_size, new_version, codec)
+        swaps : sequence of (name, old_key, new_key, new_size, new_version, codec)
         owner : str
             The process the old blobs are left pending for.
+        table : {"instances", "attachments"}
 
         In the same transaction, each switched row's new blob leaves the
         pending list and its old blob joins it, to be removed next.
@@ -417,21 +448,21 @@ class Index:
         Returns
         -------
         set of str
-            The SOP Instance UIDs switched.
+            The objects switched.
         """
+        t, ident = _object_table(table), OBJECT_NAMES[table]
         now, done = time.time(), set()
         try:
             with self._writer() as conn, conn.begin():
-                for sop_uid, old_key, new_key, new_size, new_version, codec in swaps:
-                    result = conn.execute(update(instances).where(
-                        instances.c.sop_uid == sop_uid, instances.c.blob_key == old_key).values(
+                for name, old_key, new_key, new_size, new_version, codec in swaps:
+                    result = conn.execute(update(t).where(ident == name, t.c.blob_key == old_key).values(
                         blob_key=new_key, blob_size=new_size, kek_version=new_version, key_slot=None,
                         sealed_at=now, codec=codec))
                     if result.rowcount != 1:
                         continue
-                    done.add(sop_uid)
+                    done.add(name)
                     conn.execute(delete(pending_blobs).where(pending_blobs.c.blob_key.in_([new_key, old_key])))
-                    conn.execute(pending_blobs.insert().values(blob_key=old_key, sop_uid=sop_uid, owner=owner,
+                    conn.execute(pending_blobs.insert().values(blob_key=old_key, sop_uid=name, owner=owner,
                                                                created=now))
         except SQLAlchemyError as exc:
             raise StoreError(f"index: cannot switch blobs ({type(exc).__name__}: {exc})") from None

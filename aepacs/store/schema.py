@@ -119,6 +119,8 @@ attachments = Table(
 )
 #: every table whose rows point at sealed blobs (what the sweep, key retirement and rekey cover)
 OBJECT_TABLES = (instances, attachments)
+#: the column that names each object table's objects (its blobs are bound to that name)
+OBJECT_NAMES = {instances.name: instances.c.sop_uid, attachments.name: attachments.c.object_uid}
 #: Blobs that may have become garbage: a rekey's new blob not yet switched in, or the old
 #: blob of a switched row not yet removed. Cleared by the rekey that wrote them, or by the
 #: next one when that process died (:mod:`aepacs.pipeline.rekey`).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import uuid as uuidlib
 from io import BytesIO
@@ -16,6 +15,7 @@ from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
 from aepacs.errors import InputError, OpenError, StoreFullError
 from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.rekey import rekey
 from aepacs.pipeline.storage_area import (
     DICOM,
     FILE,
@@ -115,17 +115,29 @@ def test_ids_that_could_reach_another_object_are_refused(archive: Archive) -> No
     assert area.rows.count() == 0 and list(archive.store.keys()) == []
 
 
-def test_the_sweep_and_the_key_counts_cover_the_files(archive: Archive) -> None:
+def test_rekey_retire_and_the_sweep_cover_the_files(archive: Archive, config: Config) -> None:
     area = StorageArea(archive)
     ids = [_id() for _ in range(3)]
     datas = [f.read_bytes() for f in ct_files()[:3]]
     for uuid, data in zip(ids, datas, strict=True):
         area.create(uuid, DICOM, data)
-    compress_pending(area, limit=1)
+    area.create(ids[0], JSON, b'{"a": 1}')
+    assert compress_pending(area, limit=1) == {"coded": 1}  # one coded, two still as they came
     assert archive.sweep_orphans(min_age_s=0) == 0  # every blob is referenced by a file
-    assert archive.index.kek_versions() == {1: 3}
-    for uuid, data in zip(ids, datas, strict=True):
-        assert hashlib.sha256(area.read(uuid, DICOM)).digest() == hashlib.sha256(data).digest()
+    assert archive.index.kek_versions() == {1: 4}
+    archive.keyring.rotate()
+    rewrap = rekey(config, mode="rewrap", workers=1, progress=False)
+    assert (rewrap.done, rewrap.failed) == (4, 0) and archive.index.kek_versions() == {2: 4}
+    full = rekey(dataclasses.replace(config, rekey=dataclasses.replace(config.rekey, full_after_days=0)),
+                 mode="full", workers=1, progress=False)
+    assert (full.done, full.failed) == (4, 0)
+    archive.keyring.retire(1)
+    for uuid, data in zip(ids, datas, strict=True):  # under key 2 alone, the same bytes
+        assert area.read(uuid, DICOM) == data
+    assert area.read(ids[0], JSON) == b'{"a": 1}'
+    assert compress_pending(area) == {"coded": 2}  # coding goes on after a rekey
+    assert all(area.read(uuid, DICOM) == data for uuid, data in zip(ids, datas, strict=True))
+    assert len(list(archive.store.keys())) == 4
 
 
 def test_a_full_store_refuses_and_keeps_nothing(config: Config, keyring: Keyring, backend: str) -> None:
