@@ -253,6 +253,7 @@ def follow(area: StorageArea, *, interval: float = 1.0, parent: int | None = Non
     """
     run_in_background()
     warm_up(area.archive.config)
+    recover(area.archive)  # what a compressor killed mid-file left pending
     total: Counter[str] = Counter()
     while not (stop is not None and stop.is_set()) and (parent is None or os.getppid() == parent):
         if area.rows.coded_by(FILE, DICOM, limit=1):

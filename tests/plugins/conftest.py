@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sysconfig
 import time
@@ -33,24 +35,39 @@ class Orthanc:
                            "Keyring": str(home / "keyring.json"), "Models": str(home / "models"),
                            "FailWith": fail_with, "Mode": mode}}
         root.mkdir(parents=True, exist_ok=True)
-        (root / "orthanc.json").write_text(json.dumps(conf))
+        self.conf, self.home = root / "orthanc.json", home
+        self.conf.write_text(json.dumps(conf))
         self.log = root / "orthanc.log"
-        self.proc = subprocess.Popen([str(ORTHANC), str(root / "orthanc.json")], env={**ENV, "AEPACS_HOME": str(home)},
-                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.start()
+
+    def start(self) -> None:
+        """Start Orthanc (again, on the same storage and ports) and wait for the plugin to be ready."""
+        with self.log.open("ab") as log:
+            start = log.tell()
+            self.proc = subprocess.Popen([str(ORTHANC), str(self.conf)], env={**ENV, "AEPACS_HOME": str(self.home)},
+                                         stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while time.time() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.http}/system", timeout=2)
-                if "plugin ready" in self.log.read_text():
+                if "plugin ready" in self.log.read_bytes()[start:].decode(errors="replace"):
                     return
             except OSError:
                 pass
             time.sleep(0.2)
         raise AssertionError("Orthanc did not start:\n" + self.log.read_text())
 
-    def rest(self, path: str, method: str = "GET") -> bytes:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", method=method)
+    def kill(self) -> None:
+        """SIGKILL Orthanc and its children (the compressor) at once, as a power cut would end them."""
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in [self.proc.pid, *map(int, children)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(20)
+
+    def rest(self, path: str, method: str = "GET", data: bytes | None = None) -> bytes:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", method=method, data=data)
         with urllib.request.urlopen(request, timeout=60) as response:
             return bytes(response.read())
 
