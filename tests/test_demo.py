@@ -56,7 +56,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, viewer_dir: Path) -> Demo:
         token = re.search(r"with the token (\S+), then open", out)
         kept = _kept_server(out, token.group(1)) if token else {}
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=120)
+        rest, _ = proc.communicate(timeout=330)  # its server may archive what it still spools (stop waits 300 s)
     assert proc.returncode == 0, out + rest + stderr.read_text()
     assert kept, out
     return Demo(home, out + rest, json.loads((home / "demo.json").read_text()), kept)
