@@ -19,12 +19,14 @@ from tests.net.conftest import free_port
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 SCRIPT = Path(__file__).resolve().parents[2] / "plugins" / "orthanc" / "aepacs_orthanc.py"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 class Orthanc:
-    def __init__(self, root: Path, home: Path, fail_with: int | None = None, mode: str = "transport") -> None:
+    def __init__(self, root: Path, home: Path, fail_with: int | None = None, mode: str = "transport",
+                 dicomweb: bool = False) -> None:
         self.storage = root / "storage"
         self.port, self.http, self.client_port = free_port(), free_port(), free_port()
         conf = {"Name": "aepacs-test", "StorageDirectory": str(self.storage), "IndexDirectory": str(self.storage),
@@ -34,6 +36,9 @@ class Orthanc:
                 "Aepacs": {"Config": None, "SitePackages": [sysconfig.get_paths()["purelib"]],
                            "Keyring": str(home / "keyring.json"), "Models": str(home / "models"),
                            "FailWith": fail_with, "Mode": mode}}
+        if dicomweb:  # Debian's orthanc-dicomweb, beside the aepacs plugin
+            conf["Plugins"].append(str(DICOMWEB_PLUGIN))
+            conf["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
         root.mkdir(parents=True, exist_ok=True)
         self.conf, self.home = root / "orthanc.json", home
         self.conf.write_text(json.dumps(conf))

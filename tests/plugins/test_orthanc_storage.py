@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from io import BytesIO
@@ -13,13 +14,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
 
 from aepacs.config import load_config
 from aepacs.pipeline.archive import Archive, load_keyring
 from aepacs.pipeline.storage_area import DICOM, FILE, StorageArea
-from tests.conftest import ct_files
-from tests.plugins.conftest import ENV, Orthanc
+from tests.conftest import ct_files, run_cli
+from tests.plugins.conftest import DICOMWEB_PLUGIN, ENV, Orthanc
 
 #: the other modalities' sample files sent with the CT series (pydicom's test data: MR, US, CR, OT, NM)
 OTHERS = ("MR_small.dcm", "US1_UNCI.dcm", "RG3_UNCR.dcm", "SC_rgb_16bit.dcm", "JPEG2000_UNC.dcm")
@@ -28,7 +30,7 @@ OTHERS = ("MR_small.dcm", "US1_UNCI.dcm", "RG3_UNCR.dcm", "SC_rgb_16bit.dcm", "J
 @pytest.fixture
 def sealed_orthanc(tmp_path: Path, orthanc_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Orthanc]:
     monkeypatch.setenv("AEPACS_HOME", str(orthanc_home))
-    server = Orthanc(tmp_path / "orthanc", orthanc_home, mode="storage-area")
+    server = Orthanc(tmp_path / "orthanc", orthanc_home, mode="storage-area", dicomweb=DICOMWEB_PLUGIN.exists())
     yield server
     server.stop()
 
@@ -81,6 +83,42 @@ def test_orthanc_on_sealed_storage_gives_back_what_it_stored(sealed_orthanc: Ort
     assert len(rows) == len(files) and sum(r.codec != FILE for r in rows) >= 12  # the CT series at least coded
     assert sum(r.blob_size for r in rows) < sum(r.source_size for r in rows) / 1.5
     check_every_instance()  # the same bytes from the coded blobs
+
+    # Orthanc's DICOMweb (orthanc-dicomweb) serves the same instances: QIDO-RS finds them, WADO-RS returns them
+    if DICOMWEB_PLUGIN.exists():
+        client = DICOMwebClient(f"http://127.0.0.1:{sealed_orthanc.http}/dicom-web")
+        found = client.search_for_instances()
+        assert {str(pydicom.Dataset.from_json(f).SOPInstanceUID) for f in found} == set(sent)
+        for uid, original in sent.items():
+            (match,) = [pydicom.Dataset.from_json(f) for f in found
+                        if str(pydicom.Dataset.from_json(f).SOPInstanceUID) == uid]
+            got = client.retrieve_instance(match.StudyInstanceUID, match.SeriesInstanceUID, uid)
+            assert got.PixelData == original.PixelData and got.SOPInstanceUID == uid
+
+    # keys rotated and every file fully re-sealed while Orthanc serves; the old key retired
+    env = {"AEPACS_HOME": str(orthanc_home)}
+    run_cli("keys", "rotate", env=env, check=True)
+    reads, errors, stop = [], [], threading.Event()
+
+    def read_meanwhile() -> None:  # a viewer reading the study the whole time
+        while not stop.is_set():
+            for orthanc_id in ids:
+                try:
+                    reads.append(hashlib.sha256(sealed_orthanc.rest(f"/instances/{orthanc_id}/file")).hexdigest())
+                except OSError as exc:
+                    errors.append(f"{orthanc_id}: {exc}")
+
+    reader = threading.Thread(target=read_meanwhile)
+    reader.start()
+    try:
+        run_cli("rekey", "--mode", "full", "--quiet", env=env, check=True)
+    finally:
+        stop.set()
+        reader.join(60)
+    assert errors == [] and reads and set(reads) <= {r.source_sha256 for r in _dicom_rows(area)}
+    run_cli("keys", "retire", "1", "--yes", env=env, check=True)
+    assert set(archive.index.kek_versions()) == {2}  # every file: its DICOM and its other attachments
+    check_every_instance()
 
     # at rest: no 64-byte run of any original's pixel data, no DICOM preamble, in Orthanc's storage
     # directory or aepacs's blob store
