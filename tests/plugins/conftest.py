@@ -26,14 +26,14 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 class Orthanc:
     def __init__(self, root: Path, home: Path, fail_with: int | None = None, mode: str = "transport",
-                 dicomweb: bool = False) -> None:
+                 dicomweb: bool = False, site: Path | None = None) -> None:
         self.storage = root / "storage"
         self.port, self.http, self.client_port = free_port(), free_port(), free_port()
         conf = {"Name": "aepacs-test", "StorageDirectory": str(self.storage), "IndexDirectory": str(self.storage),
                 "DicomAet": "ORTHANC", "DicomPort": self.port, "HttpPort": self.http, "RemoteAccessAllowed": False,
                 "DicomCheckCalledAet": False, "Plugins": [str(PYTHON_PLUGIN)], "PythonScript": str(SCRIPT),
                 "DicomModalities": {"AEPACSCLIENT": ["AEPACSCLIENT", "127.0.0.1", self.client_port]},
-                "Aepacs": {"Config": None, "SitePackages": [sysconfig.get_paths()["purelib"]],
+                "Aepacs": {"Config": str(site) if site else None, "SitePackages": [sysconfig.get_paths()["purelib"]],
                            "Keyring": str(home / "keyring.json"), "Models": str(home / "models"),
                            "FailWith": fail_with, "Mode": mode}}
         if dicomweb:  # Debian's orthanc-dicomweb, beside the aepacs plugin

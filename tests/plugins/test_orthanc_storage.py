@@ -159,3 +159,44 @@ def test_a_failure_fails_the_store_and_keeps_nothing(tmp_path: Path, orthanc_hom
         assert StorageArea(archive).rows.count() == 0 and list(archive.store.keys()) == []
     finally:
         server.stop()
+
+
+def _store_one(server: Orthanc, f: Path) -> str:
+    proc = subprocess.run(["/usr/bin/storescu", "-v", "-aec", "ORTHANC", "127.0.0.1", str(server.port), str(f)],
+                          env=ENV, capture_output=True, text=True)
+    return proc.stdout + proc.stderr
+
+
+def test_a_full_disk_or_a_damaged_keyring_fails_the_store(tmp_path: Path, orthanc_home: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real failures, not a forced one: a blob store below its free-space reserve, and a keyring file
+    that no longer parses (seen at the next store); and with no keyring at all Orthanc does not start
+    (it never falls back to its own plaintext storage)."""
+    monkeypatch.setenv("AEPACS_HOME", str(orthanc_home))
+    site = tmp_path / "full.yaml"
+    site.write_text("store:\n  min_free_mb: 1000000000\n")  # a reserve no disk here has
+    full = Orthanc(tmp_path / "full", orthanc_home, mode="storage-area", site=site)
+    try:
+        assert "Received Store Response (Refused: OutOfResources)" in _store_one(full, ct_files()[0])
+        assert json.loads(full.rest("/instances")) == [] and "below" in full.log.read_text()
+    finally:
+        full.stop()
+
+    server = Orthanc(tmp_path / "damaged", orthanc_home, mode="storage-area")
+    keyring = orthanc_home / "keyring.json"
+    good = keyring.read_bytes()
+    try:
+        keyring.write_bytes(b"{not a keyring")
+        assert "Received Store Response (Refused: OutOfResources)" in _store_one(server, ct_files()[1])
+        assert json.loads(server.rest("/instances")) == []
+        keyring.write_bytes(good)
+        assert "Received Store Response (Success)" in _store_one(server, ct_files()[1])
+    finally:
+        server.stop()
+    archive = _archive(orthanc_home)
+    assert StorageArea(archive).rows.count(FILE) >= 1 and archive.sweep_orphans(min_age_s=0) == 0
+
+    keyring.unlink()
+    with pytest.raises(AssertionError, match="no keyring"):
+        Orthanc(tmp_path / "nokeys", orthanc_home, mode="storage-area")
+    assert [p for p in (tmp_path / "nokeys" / "storage").rglob("*") if p.is_file()] == []
