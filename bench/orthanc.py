@@ -1,23 +1,29 @@
-"""Orthanc ingest with and without the aepacs plugin: dcmtk storescu, real CT slices, one run.
+"""Orthanc with and without aepacs under it: dcmtk storescu, real CT slices, one run.
 
-(a) plain Orthanc (its own temporary storage, loopback ports)
-(b) the same Orthanc with ``plugins/orthanc/aepacs_orthanc.py``: every instance checked,
-    encoded by its route (CT: the shipped wavelet model, lossless), sealed and stored as
-    a transport object before the C-STORE response
+(a) plain Orthanc (its own storage directory, loopback ports);
+(b) Orthanc on aepacs's storage area (``plugins/orthanc``, ``Mode: storage-area``): each file
+    sealed as Orthanc stores it, then coded losslessly by ``aepacs orthanc-compress`` behind it;
+    acknowledged (storescu done) and sustained (until every DICOM file is coded);
+(c) Orthanc with the plugin in transport mode: each instance encoded and sealed inside the
+    C-STORE, stored as a transport object.
 
-Prints slices/s for each, the ratio b/a, and the bytes Orthanc stored. Unlike ``aepacs
-serve`` (which acknowledges once the instance is sealed in its spool and encodes in
-background workers), the plugin does all the work inside the C-STORE, in Orthanc's single
-Python interpreter.
+Every Orthanc also loads Debian's DICOMweb plugin: WADO-RS retrieval of the whole series
+(multipart, as a viewer fetches it) is timed on (a) and on (b) once coded, each the median of
+three. Bytes at rest are compared with JPEG-LS on the same slices (imagecodecs, each slice's pixel
+data coded on its own, plus its header as received).
 
-Usage: ``python bench/orthanc.py [--count 200]``
+Prints a table and the ratios against (a), measured in the same run.
+
+Usage: ``python bench/orthanc.py [--count 500]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -26,70 +32,158 @@ import time
 import urllib.request
 from pathlib import Path
 
+import imagecodecs
+import pydicom
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import ENV, ROOT, free_port, make_slices, send, stop  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+from aepacs.config import load_config  # noqa: E402
+from aepacs.pipeline.archive import Archive  # noqa: E402
+from aepacs.pipeline.storage_area import DICOM, FILE, StorageArea  # noqa: E402
+
 ORTHANC = Path("/usr/sbin/Orthanc")
-PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+PYTHON = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
-def run_orthanc(work: Path, name: str, slices: Path, plugin: bool) -> tuple[float, int]:
-    """Start Orthanc, time storescu into it, stop it; (seconds, bytes stored)."""
-    root, port, http = work / name, free_port(), free_port()
-    root.mkdir()
-    conf: dict[str, object] = {"Name": name, "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
-                               "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http,
-                               "RemoteAccessAllowed": False, "DicomCheckCalledAet": False, "Plugins": []}
-    env = dict(ENV)
-    if plugin:
-        home = root / "aepacs-home"
-        env["AEPACS_HOME"] = str(home)
-        subprocess.run([sys.executable, "-m", "aepacs", "keys", "init"], env=env, check=True, capture_output=True)
-        conf.update({"Plugins": [str(PLUGIN)], "PythonScript": str(ROOT / "plugins" / "orthanc" / "aepacs_orthanc.py"),
-                     "Aepacs": {"Config": None, "SitePackages": [sysconfig.get_paths()["purelib"]]}})
-    (root / "orthanc.json").write_text(json.dumps(conf))
-    log = root / "orthanc.log"
-    proc = subprocess.Popen([str(ORTHANC), str(root / "orthanc.json")], env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
-    try:
+class Node:
+    """One Orthanc, configured as `mode` (None: plain) in `root`."""
+
+    def __init__(self, root: Path, mode: str | None) -> None:
+        self.root, self.mode, self.port, self.http = root, mode, free_port(), free_port()
+        root.mkdir()
+        self.home = root / "aepacs-home"
+        self.env = {**ENV, "AEPACS_HOME": str(self.home)}
+        conf: dict[str, object] = {
+            "Name": root.name, "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+            "DicomAet": "ORTHANC", "DicomPort": self.port, "HttpPort": self.http, "RemoteAccessAllowed": False,
+            "DicomCheckCalledAet": False, "Plugins": [str(DICOMWEB)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "MaximumStorageCacheSize": 0}  # every retrieval reads its storage (Orthanc caches 128 MB by default)
+        if mode:
+            subprocess.run([sys.executable, "-m", "aepacs", "keys", "init"], env=self.env, check=True,
+                           capture_output=True)
+            conf["Plugins"] = [str(PYTHON), str(DICOMWEB)]
+            conf.update({"PythonScript": str(ROOT / "plugins" / "orthanc" / "aepacs_orthanc.py"),
+                         "Aepacs": {"Mode": mode, "Config": None, "SitePackages": [sysconfig.get_paths()["purelib"]]}})
+        (root / "orthanc.json").write_text(json.dumps(conf))
+        self.log = root / "orthanc.log"
+        self.proc = subprocess.Popen([str(ORTHANC), str(root / "orthanc.json")], env=self.env,
+                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{http}/system", timeout=2)
-                if not plugin or "plugin ready" in log.read_text(errors="replace"):
-                    break
+                urllib.request.urlopen(f"http://127.0.0.1:{self.http}/system", timeout=2)
+                if not mode or "plugin ready" in self.log.read_text(errors="replace"):
+                    return
             except OSError:
                 pass
-            if time.time() > deadline or proc.poll() is not None:
-                sys.exit(f"Orthanc ({name}) did not start; see {log}")
+            if time.time() > deadline or self.proc.poll() is not None:
+                sys.exit(f"Orthanc ({root.name}) did not start; see {self.log}")
             time.sleep(0.2)
-        seconds = send(port, "ORTHANC", slices)
-    finally:
-        stop(proc)
-    stored = sum(p.stat().st_size for p in (root / "db").rglob("*") if p.is_file() and not p.name.startswith("index"))
-    return seconds, stored
+
+    def get(self, path: str, accept: str | None = None) -> bytes:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}",
+                                         headers={"Accept": accept} if accept else {})
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return bytes(response.read())
+
+    def wado_series(self, study: str, series: str) -> float:
+        """Seconds to retrieve the whole series over WADO-RS (median of three)."""
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            body = self.get(f"/dicom-web/studies/{study}/series/{series}",
+                            'multipart/related; type="application/dicom"')
+            times.append(time.perf_counter() - t0)
+            assert len(body) > 1000
+        return statistics.median(times)
+
+    def stored_bytes(self) -> int:
+        """Bytes at rest: Orthanc's storage directory (not its index), and aepacs's blob store."""
+        files = [p for p in (self.root / "db").rglob("*") if p.is_file() and not p.name.startswith("index")]
+        files += [p for p in (self.home / "blobs").rglob("*") if p.is_file()]
+        return sum(p.stat().st_size for p in files)
+
+    def coded(self, timeout: float = 3600) -> None:
+        """Wait until the storage area holds no DICOM file still sealed as it came."""
+        os.environ["AEPACS_HOME"] = str(self.home)  # the archive this Orthanc's plugin made
+        with Archive(load_config()) as archive:
+            area = StorageArea(archive)
+            deadline = time.time() + timeout
+            while area.rows.coded_by(FILE, DICOM, limit=1):
+                if time.time() > deadline:
+                    sys.exit("the compressor did not finish")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+def jpegls_bytes(slices: Path) -> int:
+    """What JPEG-LS makes of the slices: each slice's pixel data coded alone, plus the rest of its file."""
+    total = 0
+    for path in sorted(slices.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        total += path.stat().st_size - len(ds.PixelData) + len(imagecodecs.jpegls_encode(ds.pixel_array))
+    return total
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--count", type=int, default=500)
     args = parser.parse_args()
-    if not (ORTHANC.exists() and PLUGIN.exists()):
-        sys.exit("bench/orthanc.py needs Debian's orthanc and orthanc-python")
+    if not (ORTHANC.exists() and PYTHON.exists() and DICOMWEB.exists()):
+        sys.exit("bench/orthanc.py needs Debian's orthanc, orthanc-python and orthanc-dicomweb")
     work = Path(tempfile.mkdtemp(prefix="aepacs-bench-orthanc-"))
     try:
         slices = work / "slices"
         slices.mkdir()
-        size = make_slices(args.count, slices)
-        a, a_bytes = run_orthanc(work, "plain", slices, plugin=False)
-        b, b_bytes = run_orthanc(work, "aepacs", slices, plugin=True)
-        n = args.count
-        print(f"# bench/orthanc.py — {n} CT slices ({size / n / 1e3:.0f} kB each), storescu, one association")
-        print("| receiver | slices/s | MB stored |")
-        print("|---|---|---|")
-        print(f"| a plain Orthanc | {n / a:,.1f} | {a_bytes / 1e6:.1f} |")
-        print(f"| b Orthanc + aepacs plugin | {n / b:,.1f} | {b_bytes / 1e6:.1f} |")
-        print(f"\nb/a = {a / b:.2f} (speed); stored bytes b/a = {b_bytes / a_bytes:.2f}")
+        size, n = make_slices(args.count, slices), args.count
+        first = pydicom.dcmread(next(slices.glob("*.dcm")), stop_before_pixels=True)
+        study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+        rows: list[tuple[str, float, float | None, float | None, int]] = []
+
+        plain = Node(work / "plain", None)
+        try:
+            acked = send(plain.port, "ORTHANC", slices)
+            rows.append(("a plain Orthanc", acked, None, plain.wado_series(study, series), plain.stored_bytes()))
+        finally:
+            plain.stop()
+
+        sealed = Node(work / "sealed", "storage-area")
+        try:
+            t0 = time.perf_counter()
+            acked = send(sealed.port, "ORTHANC", slices)
+            sealed.coded()
+            sustained = time.perf_counter() - t0
+            rows.append(("b Orthanc on aepacs storage", acked, sustained, sealed.wado_series(study, series),
+                         sealed.stored_bytes()))
+        finally:
+            sealed.stop()
+
+        transport = Node(work / "transport", "transport")
+        try:
+            acked = send(transport.port, "ORTHANC", slices)
+            rows.append(("c Orthanc + transport objects", acked, None, None, transport.stored_bytes()))
+        finally:
+            transport.stop()
+
+        jls = jpegls_bytes(slices)
+        base_ack, base_wado = rows[0][1], rows[0][3]
+        print(f"# bench/orthanc.py: {n} CT slices ({size / n / 1e3:.0f} kB each), storescu, one association")
+        print("| Orthanc | acknowledged slices/s | sustained slices/s | WADO-RS series (s) | MB at rest |")
+        print("|---|---:|---:|---:|---:|")
+        for name, ack, sus, wado, stored in rows:
+            print(f"| {name} | {n / ack:,.1f} ({base_ack / ack:.2f}x) | "
+                  + (f"{n / sus:,.1f}" if sus else "") + " | "
+                  + (f"{wado:.2f} ({base_wado / wado:.2f}x)" if wado and base_wado else "") + " | "
+                  + f"{stored / 1e6:.1f} |")
+        print(f"| JPEG-LS of the same slices (imagecodecs) | | | | {jls / 1e6:.1f} |")
+        print(f"\nsealed storage at rest / JPEG-LS = {rows[1][4] / jls:.3f}; "
+              f"as received: {size / 1e6:.1f} MB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import zstandard
 from tqdm import tqdm
 
 from aepacs.codec.payload import decode_object
@@ -51,6 +52,11 @@ log = logging.getLogger("aepacs.storage_area")
 
 #: The codec of a blob whose payload is the file itself (sealed as it came, not coded yet).
 FILE = "file"
+#: The codec of a blob whose payload is the file compressed by zstd: the program's other files (Orthanc's
+#: JSON summaries, its copy of each instance's header), small enough to compress as they arrive.
+ZSTD_FILE = "file+zstd"
+_ZSTD_LEVEL = 3
+_MAX_FILE = 1 << 31  # the largest file a zstd frame may claim to hold
 #: Orthanc's content type of a DICOM instance (``OrthancPluginContentType_Dicom``).
 DICOM = 1
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -110,10 +116,12 @@ class StorageArea:
         """
         uid = attachment_uid(uuid, content_type)
         self.archive.check_room(len(data))
-        blob = seal(data, object_uid=uid, study_uid="", codec=FILE, keyring=self.archive.keyring)
+        codec, payload = (FILE, data) if content_type == DICOM else \
+            (ZSTD_FILE, zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data))
+        blob = seal(payload, object_uid=uid, study_uid="", codec=codec, keyring=self.archive.keyring)
         key = self.archive.store.put(blob)
         try:
-            self.rows.add(AttachmentRef(uid, content_type, FILE, self.archive.keyring.active_version, key,
+            self.rows.add(AttachmentRef(uid, content_type, codec, self.archive.keyring.active_version, key,
                                         len(blob), len(data), hashlib.sha256(data).hexdigest()))
         except AepacsError:
             self.archive.store.delete(key)
@@ -164,8 +172,10 @@ class StorageArea:
         if header.codec == FILE:
             return payload
         try:
+            if header.codec == ZSTD_FILE:
+                return zstandard.ZstdDecompressor().decompress(payload, max_output_size=_MAX_FILE)
             return decode_object(payload, self._resolve)  # its SHA-256 is checked there
-        except CodecError as exc:
+        except (CodecError, zstandard.ZstdError) as exc:
             raise OpenError(uid, str(exc)) from None
 
     # -- the background coding ------------------------------------------------------------
@@ -263,5 +273,5 @@ def follow(area: StorageArea, *, interval: float = 1.0, parent: int | None = Non
     return total
 
 
-__all__ = ["DICOM", "FILE", "StorageArea", "attachment_uid", "compress_pending", "follow", "lossless_route",
-           "pending_rows"]
+__all__ = ["DICOM", "FILE", "ZSTD_FILE", "StorageArea", "attachment_uid", "compress_pending", "follow",
+           "lossless_route", "pending_rows"]
