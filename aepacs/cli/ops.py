@@ -1,4 +1,4 @@
-"""``aepacs rekey | reencode | spool | db | audit | orthanc-compress | demo``: operations on the whole
+"""``aepacs rekey | reencode | spool | db | audit | orthanc-compress | orthanc-migrate | demo``: operations on the whole
 archive, a node's spool, the index schema, the audit trail, another program's storage area, and the
 demonstration."""
 
@@ -15,11 +15,12 @@ from aepacs.cli.common import audit
 from aepacs.config import Config, load_config
 from aepacs.demo.run import run_demo
 from aepacs.errors import InputError, StoreError
+from aepacs.net.orthanc import OrthancApi
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.batch import Summary
 from aepacs.pipeline.reencode import reencode
 from aepacs.pipeline.rekey import rekey
-from aepacs.pipeline.storage_area import StorageArea, compress_pending, follow
+from aepacs.pipeline.storage_area import StorageArea, compress_pending, follow, migrate_files
 from aepacs.pipeline.workers import adopt
 from aepacs.store import migrate
 from aepacs.store.index import make_engine, shown_url, writer
@@ -80,6 +81,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_orthanc_compress)
 
+    p = sub.add_parser("orthanc-migrate", parents=[common],
+                       help="move a running Orthanc's own storage directory into aepacs (its storage area)")
+    p.add_argument("--orthanc", required=True, metavar="URL",
+                   help="Orthanc's REST API (http://host:8042; http://user:password@host:8042)")
+    p.add_argument("--storage", required=True, type=Path, metavar="DIR",
+                   help="Orthanc's StorageDirectory from before (the plugin's Aepacs.MigrateFrom)")
+    p.add_argument("--delete", action="store_true", help="remove each plaintext file once its sealed copy reads back")
+    p.add_argument("--limit", type=int, help="move at most this many files")
+    p.add_argument("--keyring", type=Path, help="the keyring file (overrides keyring.path)")
+    p.add_argument("--models", type=Path, help="the model registry (overrides models.path)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_orthanc_migrate)
+
     p = sub.add_parser("demo", parents=[common],
                        help="the archive over DICOM on the bundled sample files: send, find, retrieve, compare")
     p.add_argument("--data", type=Path, action="append", metavar="DIR", help="sample data (repeatable)")
@@ -129,10 +143,28 @@ def cmd_spool(args: argparse.Namespace, config: Config) -> int:
     return 1 if counts["failed"] else 0
 
 
-def cmd_orthanc_compress(args: argparse.Namespace, config: Config) -> int:
+def _with_paths(args: argparse.Namespace, config: Config) -> Config:
+    """`config` with the plugin's Keyring and Models settings laid over it."""
     overrides = {k: {"path": str(v)} for k, v in (("keyring", args.keyring), ("models", args.models)) if v}
-    if overrides:
-        config = load_config(getattr(args, "config", None), overrides=overrides)
+    return load_config(getattr(args, "config", None), overrides=overrides) if overrides else config
+
+
+def cmd_orthanc_migrate(args: argparse.Namespace, config: Config) -> int:
+    if not args.storage.is_dir():
+        raise InputError(f"{args.storage}: not a directory")
+    api = OrthancApi(args.orthanc)
+    with Archive(_with_paths(args, config)) as archive:
+        counts = migrate_files(StorageArea(archive, legacy=args.storage), api.files(), delete=args.delete,
+                         limit=args.limit, progress=not args.quiet)
+    line = "orthanc-migrate: " + (", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "no files")
+    print(line)
+    audit(config).record("import", outcome=MINOR_FAILURE if counts["failed"] else SUCCESS,
+                         detail=f"{line} (from {args.storage})")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_orthanc_compress(args: argparse.Namespace, config: Config) -> int:
+    config = _with_paths(args, config)
     with Archive(config) as archive:
         area = StorageArea(archive)
         if args.follow:

@@ -28,7 +28,8 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import zstandard
@@ -38,7 +39,7 @@ from aepacs.codec.payload import decode_object
 from aepacs.config.routes import Route
 from aepacs.crypto.seal import open_sealed, seal, with_slot
 from aepacs.dicom.part10 import parse
-from aepacs.errors import AepacsError, CodecError, InputError, OpenError
+from aepacs.errors import AepacsError, CodecError, InputError, OpenError, StoreError
 from aepacs.models.registry import config_registry
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.codecs import resolver, warm_up
@@ -93,12 +94,17 @@ class StorageArea:
         Keyring, blob store, index and audit trail.
     program : str
         Who stores the files, as audit records name it.
+    legacy : Path, optional
+        The program's own storage directory from before (Orthanc's ``StorageDirectory``: files at
+        ``ab/cd/<uuid>``), while :func:`migrate_files` moves it here: a file not here yet is read from it
+        (and moved on the way), removed from it.
     """
 
-    def __init__(self, archive: Archive, program: str = "Orthanc") -> None:
+    def __init__(self, archive: Archive, program: str = "Orthanc", legacy: Path | None = None) -> None:
         self.archive = archive
         self.rows = Attachments(archive.index)
         self.program = program
+        self.legacy = legacy
         self._resolve = resolver(config_registry(archive.config))
 
     # -- the program's three calls --------------------------------------------------------
@@ -139,7 +145,11 @@ class StorageArea:
         for attempt in range(5):
             row = self.rows.get(uid)
             if row is None:
-                raise OpenError(uid, "not in the storage area")
+                data = self._read_legacy(uuid, uid)
+                if data is None:
+                    raise OpenError(uid, "not in the storage area")
+                self._adopt(uuid, content_type, data)
+                return data
             try:
                 blob = self.archive.store.get(row.blob_key)
             except AepacsError as exc:
@@ -156,10 +166,70 @@ class StorageArea:
         uid = attachment_uid(uuid, content_type)
         row = self.rows.remove(uid)
         if row is None:
+            legacy = self.legacy_path(uuid)
+            if legacy is not None and legacy.is_file():
+                legacy.unlink()
+                self.archive.audit.record("remove", detail=f"{self.program} file {uid} (not migrated yet)")
+                return
             log.warning("storage area: %s removed but not stored", uid)
             return
         self.archive.store.delete(row.blob_key)
         self.archive.audit.record("remove", detail=f"{self.program} file {uid} ({row.source_size} bytes)")
+
+    # -- the program's storage from before ----------------------------------------------------
+    def legacy_path(self, uuid: str) -> Path | None:
+        """Where the program's own storage kept file `uuid` (``ab/cd/<uuid>``), or None without one."""
+        if self.legacy is None:
+            return None
+        attachment_uid(uuid, 0)  # a UUID: the path stays inside the directory
+        return self.legacy / uuid[:2] / uuid[2:4] / uuid
+
+    def _read_legacy(self, uuid: str, uid: str) -> bytes | None:
+        path = self.legacy_path(uuid)
+        try:
+            return path.read_bytes() if path is not None else None
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise OpenError(uid, f"cannot read {path}: {exc.strerror}") from None
+
+    def _adopt(self, uuid: str, content_type: int, data: bytes) -> bool:
+        """Keep a legacy file here (False: another process moved it first)."""
+        try:
+            self.create(uuid, content_type, data)
+            return True
+        except StoreError:
+            row = self.rows.get(attachment_uid(uuid, content_type))
+            if row is not None and row.source_sha256 == hashlib.sha256(data).hexdigest():
+                return False
+            raise
+
+    def migrate_file(self, uuid: str, content_type: int, md5: str | None = None, *, delete: bool = False) -> str:
+        """Move file `uuid` from the legacy storage here; ``moved``, ``present`` (already here) or ``missing``.
+
+        The copy is read back and compared before the legacy file is deleted (with `delete`).
+
+        Raises
+        ------
+        AepacsError
+            The legacy file does not match `md5` (what the program recorded), or storing failed.
+        """
+        uid = attachment_uid(uuid, content_type)
+        path = self.legacy_path(uuid)
+        if path is None:
+            raise InputError("storage area: no legacy directory to migrate from")
+        present = self.rows.get(uid) is not None
+        data = self._read_legacy(uuid, uid)
+        if data is None:
+            return "present" if present else "missing"
+        if md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
+            raise OpenError(uid, f"{path} does not match the MD5 {self.program} recorded for it")
+        moved = not present and self._adopt(uuid, content_type, data)
+        if self.read(uuid, content_type) != data:
+            raise OpenError(uid, "the sealed copy does not read back as the legacy file")
+        if delete:
+            path.unlink(missing_ok=True)
+        return "moved" if moved else "present"
 
     # -- helpers --------------------------------------------------------------------------
     def _open(self, uid: str, blob: bytes, key: str, key_slot: bytes | None) -> bytes:
@@ -254,6 +324,26 @@ def compress_pending(area: StorageArea, *, limit: int | None = None, progress: b
     return counts
 
 
+def migrate_files(area: StorageArea, files: Iterable[tuple[str, int, str | None]], *, delete: bool = False,
+            limit: int | None = None, progress: bool = False) -> Counter[str]:
+    """Move the program's legacy files (``(uuid, content type, MD5 or None)``, as the program lists them)
+    into the storage area (``aepacs orthanc-migrate``), with the program running on the storage area
+    (``MigrateFrom``): each one copied, read back and compared, then (`delete`) its plaintext removed.
+    Resumable: a file already here counts as ``present``. Returns counts of ``moved``, ``present``,
+    ``missing`` (gone meanwhile) and ``failed`` (logged; the legacy file is kept).
+    """
+    counts: Counter[str] = Counter()
+    for n, (uuid, content_type, md5) in enumerate(tqdm(files, unit="file", desc="migrating", disable=not progress)):
+        if limit is not None and n >= limit:
+            break
+        try:
+            counts[area.migrate_file(uuid, content_type, md5, delete=delete)] += 1
+        except AepacsError as exc:
+            counts["failed"] += 1
+            log.error("storage area: %s (type %s) not migrated: %s", uuid, content_type, exc)
+    return counts
+
+
 def follow(area: StorageArea, *, interval: float = 1.0, parent: int | None = None,
            stop: threading.Event | None = None) -> Counter[str]:
     """Code new DICOM files as the program stores them (``aepacs orthanc-compress --follow``): a pass
@@ -274,4 +364,4 @@ def follow(area: StorageArea, *, interval: float = 1.0, parent: int | None = Non
 
 
 __all__ = ["DICOM", "FILE", "ZSTD_FILE", "StorageArea", "attachment_uid", "compress_pending", "follow",
-           "lossless_route", "pending_rows"]
+           "lossless_route", "migrate_files", "pending_rows"]

@@ -35,6 +35,7 @@ Configuration: an ``Aepacs`` block in Orthanc's configuration (see README.md)::
       "Keyring": "/etc/aepacs/keyring.json",   // optional: overrides keyring.path
       "Models": "/var/lib/aepacs/models",      // optional: overrides models.path
       "Compress": true,                          // storage-area mode: code DICOM files behind Orthanc
+      "MigrateFrom": null,                       // Orthanc's StorageDirectory from before, while it moves
       "FailWith": null                          // tests only: refuse every instance with this status
     }
 """
@@ -180,7 +181,8 @@ class SealedStorage:
     """Orthanc's storage-area callbacks on an aepacs :class:`StorageArea`."""
 
     def __init__(self) -> None:
-        self.area = StorageArea(Archive(CONFIG, KEYRING))
+        legacy = SETTINGS.get("MigrateFrom")  # Orthanc's own storage from before: read there until moved
+        self.area = StorageArea(Archive(CONFIG, KEYRING), legacy=Path(legacy) if legacy else None)
 
     def create(self, uuid: str, content_type: Any, data: bytes) -> None:
         try:

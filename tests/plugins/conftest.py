@@ -25,8 +25,9 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 class Orthanc:
-    def __init__(self, root: Path, home: Path, fail_with: int | None = None, mode: str = "transport",
-                 dicomweb: bool = False, site: Path | None = None) -> None:
+    def __init__(self, root: Path, home: Path, fail_with: int | None = None, mode: str | None = "transport",
+                 dicomweb: bool = False, site: Path | None = None, migrate_from: Path | None = None) -> None:
+        """`mode` None: a plain Orthanc (its own storage, no aepacs)."""
         self.storage = root / "storage"
         self.port, self.http, self.client_port = free_port(), free_port(), free_port()
         conf = {"Name": "aepacs-test", "StorageDirectory": str(self.storage), "IndexDirectory": str(self.storage),
@@ -35,7 +36,13 @@ class Orthanc:
                 "DicomModalities": {"AEPACSCLIENT": ["AEPACSCLIENT", "127.0.0.1", self.client_port]},
                 "Aepacs": {"Config": str(site) if site else None, "SitePackages": [sysconfig.get_paths()["purelib"]],
                            "Keyring": str(home / "keyring.json"), "Models": str(home / "models"),
-                           "FailWith": fail_with, "Mode": mode}}
+                           "FailWith": fail_with, "Mode": mode,
+                           "MigrateFrom": str(migrate_from) if migrate_from else None}}
+        if mode is None:
+            conf["Plugins"], self.plain = [], True
+            del conf["PythonScript"], conf["Aepacs"]
+        else:
+            self.plain = False
         if dicomweb:  # Debian's orthanc-dicomweb, beside the aepacs plugin
             conf["Plugins"].append(str(DICOMWEB_PLUGIN))
             conf["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
@@ -56,7 +63,7 @@ class Orthanc:
             assert self.proc.poll() is None, self.log.read_text()
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.http}/system", timeout=2)
-                if "plugin ready" in self.log.read_bytes()[start:].decode(errors="replace"):
+                if self.plain or "plugin ready" in self.log.read_bytes()[start:].decode(errors="replace"):
                     return
             except OSError:
                 pass
