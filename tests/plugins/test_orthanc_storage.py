@@ -8,6 +8,7 @@ import json
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -200,3 +201,51 @@ def test_a_full_disk_or_a_damaged_keyring_fails_the_store(tmp_path: Path, orthan
     with pytest.raises(AssertionError, match="no keyring"):
         Orthanc(tmp_path / "nokeys", orthanc_home, mode="storage-area")
     assert [p for p in (tmp_path / "nokeys" / "storage").rglob("*") if p.is_file()] == []
+
+
+def test_orthanc_services_work_on_sealed_storage(sealed_orthanc: Orthanc, tmp_path: Path) -> None:
+    """C-FIND, C-GET, C-MOVE (dcmtk), STOW-RS (dicomweb-client), the web viewer's preview and transcoding,
+    all on files Orthanc reads from aepacs."""
+    files = ct_files()[:4]
+    stored = subprocess.run(["/usr/bin/storescu", "-aec", "ORTHANC", "127.0.0.1", str(sealed_orthanc.port),
+                            *map(str, files[:3])], env=ENV, capture_output=True, text=True)
+    assert stored.returncode == 0, stored.stdout
+    sent = {str(pydicom.dcmread(f).SOPInstanceUID): pydicom.dcmread(f) for f in files}
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    if DICOMWEB_PLUGIN.exists():  # the fourth by STOW-RS
+        DICOMwebClient(f"http://127.0.0.1:{sealed_orthanc.http}/dicom-web").store_instances([sent[str(
+            pydicom.dcmread(files[3], stop_before_pixels=True).SOPInstanceUID)]])
+    else:
+        subprocess.run(["/usr/bin/storescu", "-aec", "ORTHANC", "127.0.0.1", str(sealed_orthanc.port), str(files[3])],
+                       env=ENV, check=True, capture_output=True)
+    assert len(json.loads(sealed_orthanc.rest("/instances"))) == 4
+
+    me = ["-aet", "AEPACSCLIENT", "-aec", "ORTHANC"]  # an AE Orthanc knows (DicomModalities)
+    find = subprocess.run(["/usr/bin/findscu", "-S", *me, "-k", "QueryRetrieveLevel=IMAGE",
+                           "-k", f"StudyInstanceUID={study}", "-k", "SOPInstanceUID", "127.0.0.1",
+                           str(sealed_orthanc.port)], env=ENV, capture_output=True, text=True)
+    assert find.returncode == 0 and find.stderr.count("(0008,0018) UI [") + find.stdout.count("(0008,0018) UI [") == 4
+
+    for how in ("get", "move"):
+        out = tmp_path / how
+        out.mkdir()
+        command = ["/usr/bin/getscu", "-S", *me, "-od", str(out)] if how == "get" else \
+            ["/usr/bin/movescu", "-S", *me, "-aem", "AEPACSCLIENT", "+P", str(sealed_orthanc.client_port),
+             "-od", str(out)]
+        proc = subprocess.run([*command, "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+                               "127.0.0.1", str(sealed_orthanc.port)], env=ENV, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        got = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, out.iterdir())}
+        assert set(got) == set(sent), how
+        assert all(got[uid].PixelData == ds.PixelData for uid, ds in sent.items()), how
+
+    some = json.loads(sealed_orthanc.rest("/instances"))[0]
+    assert sealed_orthanc.rest(f"/instances/{some}/preview").startswith(b"\x89PNG")  # Orthanc Explorer's view
+    original = pydicom.dcmread(BytesIO(sealed_orthanc.rest(f"/instances/{some}/file")))
+    request = urllib.request.Request(f"http://127.0.0.1:{sealed_orthanc.http}/instances/{some}/modify",
+                                     data=json.dumps({"Transcode": "1.2.840.10008.1.2.4.80", "Force": True,
+                                                      "Keep": ["SOPInstanceUID"]}).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        transcoded = pydicom.dcmread(BytesIO(response.read()))
+    assert transcoded.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"  # JPEG-LS lossless
+    assert (transcoded.pixel_array == original.pixel_array).all()
