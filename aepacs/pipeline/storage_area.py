@@ -3,9 +3,9 @@
 The program hands over every file it stores, under its own id and content type, and asks for the same
 bytes back. The data flows:
 
-- create: check room → seal the file as it is (codec ``file``; a fresh data key, bound to
-  :func:`attachment_uid`) → store → index. AES-GCM runs at GB/s, so the program's ingest waits for
-  little more than the writes; no plaintext reaches a disk, not even a temporary file;
+- create: check room → seal the file as it is (codec ``file``; the program's other files, small,
+  compressed by zstd first: ``file+zstd``; a fresh data key, bound to :func:`attachment_uid`) → store
+  → index. No plaintext reaches a disk, not even a temporary file;
 - read: fetch → open (authenticated, bound to the id) → decode (SHA-256 checked) → the exact bytes;
 - remove: index → blob, audited;
 - compress (in the background, :func:`compress_pending`): a DICOM file sealed as it came is coded by
@@ -15,7 +15,8 @@ bytes back. The data flows:
   readable and at most a pending blob for the next pass to remove.
 
 Key rotation, retirement, the orphan sweep and backups cover these blobs as they do instances'
-(the attachment rows are in :data:`aepacs.store.schema.OBJECT_TABLES`).
+(the attachment rows are in :data:`aepacs.store.schema.OBJECT_TABLES`). A program's own storage
+from before (``legacy``) is read until :func:`migrate_files` has moved it here.
 """
 
 from __future__ import annotations
