@@ -262,7 +262,15 @@ def run_demo(*, data: list[Path] | None = None, keep: bool = False, home: Path |
         elif temporary:
             print(f"archive kept in {home}")
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _serve_until_interrupted(web: WebPart, viewer: bool) -> None:
+    # Ctrl-C or a SIGTERM ends it, even where the demo was started with SIGINT ignored (from a
+    # non-interactive shell's background job, as nohup ... & does)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupted)
     base = web.root.removesuffix("/dicomweb")
     print(f"\nthe archive of part three stays up until Ctrl-C: DICOMweb at {web.root}")
     if viewer:
