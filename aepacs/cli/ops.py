@@ -75,10 +75,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--follow", action="store_true", help="keep coding new files as Orthanc stores them")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="--follow: look for new files every S s")
     p.add_argument("--parent", type=int, metavar="PID", help="--follow: stop when process PID is gone")
-    p.add_argument("--limit", type=int, help="code at most this many files")
-    p.add_argument("--keyring", type=Path, help="the keyring file (overrides keyring.path)")
-    p.add_argument("--models", type=Path, help="the model registry (overrides models.path)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _orthanc_options(p, "code")
     p.set_defaults(func=cmd_orthanc_compress)
 
     p = sub.add_parser("orthanc-migrate", parents=[common],
@@ -88,10 +85,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--storage", required=True, type=Path, metavar="DIR",
                    help="Orthanc's StorageDirectory from before (the plugin's Aepacs.MigrateFrom)")
     p.add_argument("--delete", action="store_true", help="remove each plaintext file once its sealed copy reads back")
-    p.add_argument("--limit", type=int, help="move at most this many files")
-    p.add_argument("--keyring", type=Path, help="the keyring file (overrides keyring.path)")
-    p.add_argument("--models", type=Path, help="the model registry (overrides models.path)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _orthanc_options(p, "move")
     p.set_defaults(func=cmd_orthanc_migrate)
 
     p = sub.add_parser("demo", parents=[common],
@@ -141,6 +135,14 @@ def cmd_spool(args: argparse.Namespace, config: Config) -> int:
     if counts["failed"]:
         print(f"kept in {args.directory / 'failed'}: entries that cannot be archived as instances", file=sys.stderr)
     return 1 if counts["failed"] else 0
+
+
+def _orthanc_options(p: argparse.ArgumentParser, verb: str) -> None:
+    """The options of the commands Orthanc's plugin runs: how many files, and its Keyring and Models."""
+    p.add_argument("--limit", type=int, help=f"{verb} at most this many files")
+    p.add_argument("--keyring", type=Path, help="the keyring file (overrides keyring.path)")
+    p.add_argument("--models", type=Path, help="the model registry (overrides models.path)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _with_paths(args: argparse.Namespace, config: Config) -> Config:

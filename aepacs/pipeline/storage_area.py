@@ -47,8 +47,9 @@ from aepacs.pipeline.codecs import resolver, warm_up
 from aepacs.pipeline.ingest import check, encode, route
 from aepacs.pipeline.rekey_batch import owner_id, recover
 from aepacs.pipeline.workers import run_in_background
-from aepacs.store.attachments import AttachmentRef, Attachments
+from aepacs.store.attachments import Attachments
 from aepacs.store.blobs import blob_key
+from aepacs.store.index import BlobRef
 
 log = logging.getLogger("aepacs.storage_area")
 
@@ -128,8 +129,8 @@ class StorageArea:
         blob = seal(payload, object_uid=uid, study_uid="", codec=codec, keyring=self.archive.keyring)
         key = self.archive.store.put(blob)
         try:
-            self.rows.add(AttachmentRef(uid, content_type, codec, self.archive.keyring.active_version, key,
-                                        len(blob), len(data), hashlib.sha256(data).hexdigest()))
+            self.rows.add(uid, content_type, BlobRef(codec, self.archive.keyring.active_version, key, len(blob),
+                                                     len(data), hashlib.sha256(data).hexdigest()))
         except AepacsError:
             self.archive.store.delete(key)
             raise

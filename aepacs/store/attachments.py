@@ -9,7 +9,7 @@ coded or re-sealed blob by compare-and-swap (:meth:`aepacs.store.index.Index.swa
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -17,22 +17,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from aepacs.errors import StoreError
-from aepacs.store.index import Index, writer
+from aepacs.store.index import BlobRef, Index, writer
 from aepacs.store.schema import attachments
-
-
-@dataclass(frozen=True)
-class AttachmentRef:
-    """What the index keeps of one attachment."""
-
-    object_uid: str
-    content_type: int
-    codec: str
-    kek_version: int
-    blob_key: str
-    blob_size: int
-    source_size: int
-    source_sha256: str
 
 
 class Attachments:
@@ -47,21 +33,23 @@ class Attachments:
     def __init__(self, index: Index) -> None:
         self.index = index
 
-    def add(self, ref: AttachmentRef) -> None:
-        """Index a new attachment whose blob is already durable.
+    def add(self, object_uid: str, content_type: int, ref: BlobRef) -> None:
+        """Index a new attachment whose blob is already durable (`ref`: as an instance's, without quality).
 
         Raises
         ------
         StoreError
             That object UID is already indexed, or the index failed.
         """
+        blob = {k: v for k, v in asdict(ref).items() if k in attachments.c}
         try:
             with writer(self.index.engine) as conn, conn.begin():
-                conn.execute(attachments.insert().values(**asdict(ref), stored_at=time.time()))
+                conn.execute(attachments.insert().values(object_uid=object_uid, content_type=content_type, **blob,
+                                                         stored_at=time.time()))
         except IntegrityError:
-            raise StoreError(f"attachment {ref.object_uid} is already stored") from None
+            raise StoreError(f"attachment {object_uid} is already stored") from None
         except SQLAlchemyError as exc:
-            raise StoreError(f"index: cannot add attachment {ref.object_uid} ({type(exc).__name__})") from None
+            raise StoreError(f"index: cannot add attachment {object_uid} ({type(exc).__name__})") from None
 
     def get(self, object_uid: str) -> Row[Any] | None:
         """The row of `object_uid`, or None."""
@@ -96,4 +84,4 @@ class Attachments:
             return list(conn.execute(q).all())
 
 
-__all__ = ["AttachmentRef", "Attachments"]
+__all__ = ["Attachments"]
