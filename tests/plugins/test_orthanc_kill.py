@@ -93,7 +93,7 @@ def test_sigkill_during_ingest_and_coding_loses_nothing_acknowledged(
             files = _series(tmp_path / "sent", trial)
             sender = _storescu(orthanc, files)
             if trial % 2 == 0:  # mid-stream: after the k-th store response
-                k, lines = rng.randint(1, PER_TRIAL // 2), []
+                k, lines = rng.randint(1, PER_TRIAL // 3), []  # at least 8 still to send
                 assert sender.stdout is not None
                 for line in sender.stdout:
                     lines.append(line)
