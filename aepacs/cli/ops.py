@@ -1,6 +1,6 @@
-"""``aepacs rekey | reencode | spool | db | audit | orthanc-compress | orthanc-migrate | demo``: operations on the whole
-archive, a node's spool, the index schema, the audit trail, another program's storage area, and the
-demonstration."""
+"""``aepacs rekey | reencode | spool | db | audit | orthanc-compress | orthanc-migrate | orthanc-sweep |
+demo``: operations on the whole archive, a node's spool, the index schema, the audit trail, another
+program's storage area (Orthanc's), and the demonstration."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from aepacs.cli.common import audit
 from aepacs.config import Config, load_config
 from aepacs.demo.run import run_demo
 from aepacs.errors import InputError, StoreError
-from aepacs.net.orthanc import OrthancApi
+from aepacs.net.orthanc import LEVELS, OrthancApi
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.batch import Summary
 from aepacs.pipeline.reencode import reencode
 from aepacs.pipeline.rekey import rekey
-from aepacs.pipeline.storage_area import StorageArea, compress_pending, follow, migrate_files
+from aepacs.pipeline.storage_area import StorageArea, compress_pending, follow, migrate_files, sweep_unknown
 from aepacs.pipeline.workers import adopt
 from aepacs.store import migrate
 from aepacs.store.index import make_engine, shown_url, writer
@@ -87,6 +87,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--delete", action="store_true", help="remove each plaintext file once its sealed copy reads back")
     _orthanc_options(p, "move")
     p.set_defaults(func=cmd_orthanc_migrate)
+
+    p = sub.add_parser("orthanc-sweep", parents=[common],
+                       help="remove files Orthanc handed to aepacs but never committed (it was killed meanwhile)")
+    p.add_argument("--orthanc", required=True, metavar="URL", help="Orthanc's REST API, as for orthanc-migrate")
+    p.add_argument("--min-age", type=float, default=3600.0, metavar="S",
+                   help="only files stored at least S seconds ago (default: an hour)")
+    p.add_argument("--force", action="store_true", help="even when more than 1%% of the files would go")
+    p.add_argument("--keyring", type=Path, help="the keyring file (overrides keyring.path)")
+    p.add_argument("--models", type=Path, help="the model registry (overrides models.path)")
+    p.set_defaults(func=cmd_orthanc_sweep)
 
     p = sub.add_parser("demo", parents=[common],
                        help="the archive over DICOM on the bundled sample files: send, find, retrieve, compare")
@@ -163,6 +173,14 @@ def cmd_orthanc_migrate(args: argparse.Namespace, config: Config) -> int:
     audit(config).record("import", outcome=MINOR_FAILURE if counts["failed"] else SUCCESS,
                          detail=f"{line} (from {args.storage})")
     return 1 if counts["failed"] else 0
+
+
+def cmd_orthanc_sweep(args: argparse.Namespace, config: Config) -> int:
+    known = [(uuid, content_type) for uuid, content_type, _ in OrthancApi(args.orthanc).files(LEVELS)]
+    with Archive(_with_paths(args, config)) as archive:
+        removed = sweep_unknown(StorageArea(archive), known, min_age_s=args.min_age, force=args.force)
+    print(f"orthanc-sweep: {len(known)} files known to Orthanc; removed {removed} it never committed")
+    return 0
 
 
 def cmd_orthanc_compress(args: argparse.Namespace, config: Config) -> int:

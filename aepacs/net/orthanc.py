@@ -12,8 +12,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from aepacs.errors import AepacsError
 
-#: instances listed per request
+#: resources listed per request
 PAGE = 500
+#: the levels of Orthanc's resources, each of which may have files (attachments)
+LEVELS = ("patients", "studies", "series", "instances")
 
 
 class OrthancApi:
@@ -43,22 +45,24 @@ class OrthancApi:
         except (OSError, ValueError) as exc:
             raise AepacsError(f"Orthanc {self.base}: {exc}") from None
 
-    def files(self) -> Iterator[tuple[str, int, str | None]]:
-        """Every file of every instance: ``(uuid, content type, MD5 of the stored bytes)``, page by page."""
-        since = 0
-        while ids := self.get(f"/instances?since={since}&limit={PAGE}"):
-            for instance in ids:
-                try:
-                    names = self.get(f"/instances/{quote(instance)}/attachments")
-                except AepacsError:
-                    continue  # deleted meanwhile
-                for name in names:
+    def files(self, levels: tuple[str, ...] = ("instances",)) -> Iterator[tuple[str, int, str | None]]:
+        """Every file of every resource of `levels` (``patients``, ``studies``, ``series``, ``instances``):
+        ``(uuid, content type, MD5 of the stored bytes)``, page by page."""
+        for level in levels:
+            since = 0
+            while ids := self.get(f"/{level}?since={since}&limit={PAGE}"):
+                for resource in ids:
                     try:
-                        info = self.get(f"/instances/{quote(instance)}/attachments/{quote(name)}/info")
+                        names = self.get(f"/{level}/{quote(resource)}/attachments")
                     except AepacsError:
-                        continue
-                    yield str(info["Uuid"]), int(info["ContentType"]), info.get("CompressedMD5")
-            since += len(ids)
+                        continue  # deleted meanwhile
+                    for name in names:
+                        try:
+                            info = self.get(f"/{level}/{quote(resource)}/attachments/{quote(name)}/info")
+                        except AepacsError:
+                            continue
+                        yield str(info["Uuid"]), int(info["ContentType"]), info.get("CompressedMD5")
+                since += len(ids)
 
 
-__all__ = ["OrthancApi"]
+__all__ = ["LEVELS", "OrthancApi"]

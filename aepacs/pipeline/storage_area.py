@@ -346,6 +346,35 @@ def migrate_files(area: StorageArea, files: Iterable[tuple[str, int, str | None]
     return counts
 
 
+#: A sweep refuses, unless forced, to remove more than this share of the rows (a wrong program URL
+#: would otherwise look like every file being unknown).
+SWEEP_MAX_SHARE = 0.01
+
+
+def sweep_unknown(area: StorageArea, known: Iterable[tuple[str, int]], *, min_age_s: float = 3600.0,
+                  force: bool = False) -> int:
+    """Remove the files the program does not know (``aepacs orthanc-sweep``): those it handed to
+    :meth:`StorageArea.create` but never committed (it was killed between the two, or its transaction
+    failed), older than `min_age_s`. Returns how many were removed (each audited).
+
+    Raises
+    ------
+    AepacsError
+        The program lists no file at all, or more than :data:`SWEEP_MAX_SHARE` of the rows would go,
+        and not `force`: nothing removed.
+    """
+    names = {attachment_uid(uuid, content_type) for uuid, content_type in known}
+    unknown = [row for row in area.rows.stored_before(time.time() - min_age_s) if row.object_uid not in names]
+    total = area.rows.count()
+    if not force and unknown and (not names or len(unknown) > max(10, SWEEP_MAX_SHARE * total)):
+        raise AepacsError(f"storage area: {len(unknown)} of {total} files are unknown to {area.program}: "
+                          "is that the right one? Nothing removed (force it if it is)")
+    for row in unknown:
+        _, content_type, uuid = row.object_uid.split(".", 2)
+        area.remove(uuid, int(content_type))
+    return len(unknown)
+
+
 def follow(area: StorageArea, *, interval: float = 1.0, parent: int | None = None,
            stop: threading.Event | None = None) -> Counter[str]:
     """Code new DICOM files as the program stores them (``aepacs orthanc-compress --follow``): a pass
@@ -366,4 +395,4 @@ def follow(area: StorageArea, *, interval: float = 1.0, parent: int | None = Non
 
 
 __all__ = ["DICOM", "FILE", "ZSTD_FILE", "StorageArea", "attachment_uid", "compress_pending", "follow",
-           "lossless_route", "migrate_files", "pending_rows"]
+           "lossless_route", "migrate_files", "pending_rows", "sweep_unknown"]

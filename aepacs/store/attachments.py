@@ -9,6 +9,7 @@ coded or re-sealed blob by compare-and-swap (:meth:`aepacs.store.index.Index.swa
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -66,6 +67,19 @@ class Attachments:
                 return row
         except SQLAlchemyError as exc:
             raise StoreError(f"index: cannot remove attachment {object_uid} ({type(exc).__name__})") from None
+
+    def stored_before(self, when: float, *, batch: int = 1000) -> Iterator[Any]:
+        """Every row stored before `when` (epoch s): ``pk, object_uid, content_type``, by primary key."""
+        after = 0
+        while True:
+            with self.index.engine.connect() as conn:
+                rows = conn.execute(select(attachments.c.pk, attachments.c.object_uid, attachments.c.content_type)
+                                    .where(attachments.c.stored_at < when, attachments.c.pk > after)
+                                    .order_by(attachments.c.pk).limit(batch)).all()
+            yield from rows
+            if len(rows) < batch:
+                return
+            after = rows[-1].pk
 
     def count(self, codec: str | None = None) -> int:
         """Attachments in all, or those whose blob is coded by `codec`."""

@@ -13,7 +13,7 @@ import pytest
 from aepacs.audit import read
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
-from aepacs.errors import InputError, OpenError, StoreFullError
+from aepacs.errors import AepacsError, InputError, OpenError, StoreFullError
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.rekey import rekey
 from aepacs.pipeline.storage_area import (
@@ -23,6 +23,7 @@ from aepacs.pipeline.storage_area import (
     StorageArea,
     attachment_uid,
     compress_pending,
+    sweep_unknown,
 )
 from aepacs.store.schema import attachments
 from tests.conftest import BACKENDS, ct_files, tamper
@@ -151,3 +152,19 @@ def test_a_full_store_refuses_and_keeps_nothing(config: Config, keyring: Keyring
             area.create(_id(), DICOM, ct_files()[0].read_bytes())
         assert area.rows.count() == 0 and list(archive.store.keys()) == []
 
+
+
+def test_the_sweep_removes_only_old_files_the_program_never_committed(archive: Archive) -> None:
+    area = StorageArea(archive)
+    committed, orphans = [_id() for _ in range(20)], [_id() for _ in range(2)]
+    for uuid in committed + orphans:
+        area.create(uuid, JSON, b"{}")
+    known = [(u, JSON) for u in committed]
+    assert sweep_unknown(area, known, min_age_s=3600) == 0  # too young: a create may still be committing
+    assert sweep_unknown(area, known, min_age_s=0) == 2
+    assert area.rows.count() == 20 and len(list(archive.store.keys())) == 20
+    with pytest.raises(AepacsError, match="unknown to Orthanc.*Nothing removed"):
+        sweep_unknown(area, [], min_age_s=0)  # the wrong Orthanc: it knows none of them
+    assert area.rows.count() == 20
+    assert sweep_unknown(area, known[:5], min_age_s=0, force=True) == 15
+    assert sum(r["event"] == "remove" for r in read(archive.config.audit_path)) == 17

@@ -16,10 +16,11 @@ import pytest
 from pydicom.uid import generate_uid
 
 from aepacs.config import load_config
+from aepacs.net.orthanc import LEVELS, OrthancApi
 from aepacs.pipeline.archive import Archive, load_keyring
 from aepacs.pipeline.rekey_batch import recover
-from aepacs.pipeline.storage_area import DICOM, FILE, StorageArea
-from tests.conftest import ct_files
+from aepacs.pipeline.storage_area import DICOM, FILE, StorageArea, attachment_uid
+from tests.conftest import ct_files, run_cli
 from tests.plugins.conftest import ENV, Orthanc
 
 TRIALS = 10  # even: killed while storescu sends; odd: killed while the compressor codes
@@ -128,6 +129,14 @@ def test_sigkill_during_ingest_and_coding_loses_nothing_acknowledged(
         assert set(archive.store.keys()) == set(archive.index.blob_keys())  # no blob without its row
         orthanc.start()
         _check(orthanc, area, kept)  # every acknowledged instance, now coded, byte for byte
+        # files Orthanc handed over but never committed (killed in between) go; nothing Orthanc knows does
+        url = f"http://127.0.0.1:{orthanc.http}"
+        run_cli("orthanc-sweep", "--orthanc", url, "--min-age", "0", env={"AEPACS_HOME": str(orthanc_home)},
+                check=True)
+        known = {attachment_uid(u, t) for u, t, _ in OrthancApi(url).files(LEVELS)}
+        assert {r.object_uid for r in area.rows.stored_before(time.time() + 1)} == known
+        assert set(archive.store.keys()) == set(archive.index.blob_keys())
+        _check(orthanc, area, kept)
     finally:
         orthanc.stop()
         archive.close()
