@@ -15,7 +15,7 @@ from aepacs.cli.common import audit
 from aepacs.config import Config, load_config
 from aepacs.demo.run import run_demo
 from aepacs.errors import InputError, StoreError
-from aepacs.net.orthanc import LEVELS, OrthancApi
+from aepacs.net.orthanc import OrthancApi
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.batch import Summary
 from aepacs.pipeline.reencode import reencode
@@ -176,7 +176,7 @@ def cmd_orthanc_migrate(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_orthanc_sweep(args: argparse.Namespace, config: Config) -> int:
-    known = [(uuid, content_type) for uuid, content_type, _ in OrthancApi(args.orthanc).files(LEVELS)]
+    known = [(uuid, content_type) for uuid, content_type, _ in OrthancApi(args.orthanc).files()]
     with Archive(_with_paths(args, config)) as archive:
         removed = sweep_unknown(StorageArea(archive), known, min_age_s=args.min_age, force=args.force)
     print(f"orthanc-sweep: {len(known)} files known to Orthanc; removed {removed} it never committed")

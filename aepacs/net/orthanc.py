@@ -45,7 +45,7 @@ class OrthancApi:
         except (OSError, ValueError) as exc:
             raise AepacsError(f"Orthanc {self.base}: {exc}") from None
 
-    def files(self, levels: tuple[str, ...] = ("instances",)) -> Iterator[tuple[str, int, str | None]]:
+    def files(self, levels: tuple[str, ...] = LEVELS) -> Iterator[tuple[str, int, str | None]]:
         """Every file of every resource of `levels` (``patients``, ``studies``, ``series``, ``instances``):
         ``(uuid, content type, MD5 of the stored bytes)``, page by page."""
         for level in levels:
