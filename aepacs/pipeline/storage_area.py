@@ -55,6 +55,9 @@ log = logging.getLogger("aepacs.storage_area")
 
 #: The codec of a blob whose payload is the file itself (sealed as it came, not coded yet).
 FILE = "file"
+#: The codec the index records for a DICOM file sealed as it came that coding would not make smaller
+#: (or that is no image the routes code): its blob is as for :data:`FILE`; the compressor passes it by.
+KEPT = "file-kept"
 #: The codec of a blob whose payload is the file compressed by zstd: the program's other files (Orthanc's
 #: JSON summaries, its copy of each instance's header), small enough to compress as they arrive.
 ZSTD_FILE = "file+zstd"
@@ -275,9 +278,9 @@ class StorageArea:
                              sha256=row.source_sha256)
         except InputError as exc:
             log.info("storage area: %s kept as it came (%s)", uid, exc)
-            return "kept"
+            return self._keep(uid, row)
         if len(encoded.payload) >= len(data):
-            return "kept"
+            return self._keep(uid, row)
         study = str(parts.dataset.get("StudyInstanceUID", "") or "")
         new = seal(encoded.payload, object_uid=uid, study_uid=study if study.isascii() else "",
                    codec=encoded.codec, keyring=archive.keyring)
@@ -295,6 +298,10 @@ class StorageArea:
         archive.store.delete(row.blob_key)
         archive.index.drop_pending(row.blob_key)
         return "coded"
+
+    def _keep(self, uid: str, row: Any) -> str:
+        """Record that `row`'s file stays as it came, so that no later pass codes it again."""
+        return "kept" if self.rows.set_codec(uid, row.blob_key, KEPT) else "gone"
 
 
 def pending_rows(area: StorageArea, *, batch: int = 100) -> Iterator[Any]:
@@ -387,12 +394,12 @@ def follow(area: StorageArea, *, interval: float = 1.0, parent: int | None = Non
     recover(area.archive)  # what a compressor killed mid-file left pending
     total: Counter[str] = Counter()
     while not (stop is not None and stop.is_set()) and (parent is None or os.getppid() == parent):
-        if area.rows.coded_by(FILE, DICOM, limit=1):
-            total.update(compress_pending(area, limit=50))
-        else:
+        counts = compress_pending(area, limit=50) if area.rows.coded_by(FILE, DICOM, limit=1) else Counter()
+        total.update(counts)
+        if not counts["coded"]:  # nothing waiting, or only files that failed: look again later
             time.sleep(interval)
     return total
 
 
-__all__ = ["DICOM", "FILE", "ZSTD_FILE", "StorageArea", "attachment_uid", "compress_pending", "follow",
+__all__ = ["DICOM", "FILE", "KEPT", "ZSTD_FILE", "StorageArea", "attachment_uid", "compress_pending", "follow",
            "lossless_route", "migrate_files", "pending_rows", "sweep_unknown"]

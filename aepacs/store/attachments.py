@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -67,6 +67,16 @@ class Attachments:
                 return row
         except SQLAlchemyError as exc:
             raise StoreError(f"index: cannot remove attachment {object_uid} ({type(exc).__name__})") from None
+
+    def set_codec(self, object_uid: str, blob_key: str, codec: str) -> bool:
+        """Record `codec` for the row of `object_uid` if it still points at `blob_key` (compare and swap)."""
+        try:
+            with writer(self.index.engine) as conn, conn.begin():
+                return conn.execute(update(attachments).where(
+                    attachments.c.object_uid == object_uid, attachments.c.blob_key == blob_key)
+                    .values(codec=codec)).rowcount == 1
+        except SQLAlchemyError as exc:
+            raise StoreError(f"index: cannot update attachment {object_uid} ({type(exc).__name__})") from None
 
     def stored_before(self, when: float, *, batch: int = 1000) -> Iterator[Any]:
         """Every row stored before `when` (epoch s): ``pk, object_uid, content_type``, by primary key."""

@@ -100,8 +100,8 @@ TABLES = {"PATIENT": patients, "STUDY": studies, "SERIES": series, "IMAGE": inst
 #: The files another program keeps in aepacs (Orthanc's storage area, ``plugins/orthanc``): each
 #: sealed as it came, its blob bound to ``object_uid`` (the program's file id and content type), the
 #: DICOM files among them later coded losslessly (``codec`` then names the pixel codec, as for an
-#: instance; ``file``: the payload is the file itself). They are not query rows: the program that
-#: stored them keeps their index.
+#: instance; ``file``: the payload is the file itself, ``file-kept``: and stays so). They are not query
+#: rows: the program that stored them keeps their index.
 attachments = Table(
     "attachments", metadata,
     Column("pk", Integer, primary_key=True),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
 import uuid as uuidlib
+from collections import Counter
 from io import BytesIO
 
 import pydicom
@@ -19,10 +22,12 @@ from aepacs.pipeline.rekey import rekey
 from aepacs.pipeline.storage_area import (
     DICOM,
     FILE,
+    KEPT,
     ZSTD_FILE,
     StorageArea,
     attachment_uid,
     compress_pending,
+    follow,
     sweep_unknown,
 )
 from aepacs.store.schema import attachments
@@ -168,3 +173,26 @@ def test_the_sweep_removes_only_old_files_the_program_never_committed(archive: A
     assert area.rows.count() == 20
     assert sweep_unknown(area, known[:5], min_age_s=0, force=True) == 15
     assert sum(r["event"] == "remove" for r in read(archive.config.audit_path)) == 17
+
+
+def test_a_file_coding_cannot_shrink_is_passed_by_once_and_for_all(archive: Archive) -> None:
+    """Orthanc's DICOM content type holding what the routes cannot code: kept as it came, recorded so, and
+    the compressor following Orthanc looks at it once, not on every pass."""
+    area = StorageArea(archive)
+    odd, image = _id(), _id()
+    area.create(odd, DICOM, b"not a DICOM stream at all")
+    area.create(image, DICOM, ct_files()[0].read_bytes())
+    stop = threading.Event()
+    seen: list[Counter[str]] = []
+    follower = threading.Thread(target=lambda: seen.append(follow(area, interval=0.05, stop=stop)))
+    follower.start()
+    deadline = time.time() + 120
+    while area.rows.coded_by(FILE, DICOM, limit=1):  # until both are dealt with
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # passes the follower would make over the kept file, were it still waiting
+    stop.set()
+    follower.join(60)
+    assert seen == [Counter({"coded": 1, "kept": 1})]
+    assert area.rows.get(attachment_uid(odd, DICOM)).codec == KEPT and compress_pending(area) == {}
+    assert area.read(odd, DICOM) == b"not a DICOM stream at all"
