@@ -94,8 +94,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--min-age", type=float, default=3600.0, metavar="S",
                    help="only files stored at least S seconds ago (default: an hour)")
     p.add_argument("--force", action="store_true", help="even when more than 1%% of the files would go")
-    p.add_argument("--keyring", type=Path, help="the keyring file (overrides keyring.path)")
-    p.add_argument("--models", type=Path, help="the model registry (overrides models.path)")
+    _orthanc_options(p)
     p.set_defaults(func=cmd_orthanc_sweep)
 
     p = sub.add_parser("demo", parents=[common],
@@ -147,12 +146,14 @@ def cmd_spool(args: argparse.Namespace, config: Config) -> int:
     return 1 if counts["failed"] else 0
 
 
-def _orthanc_options(p: argparse.ArgumentParser, verb: str) -> None:
-    """The options of the commands Orthanc's plugin runs: how many files, and its Keyring and Models."""
-    p.add_argument("--limit", type=int, help=f"{verb} at most this many files")
+def _orthanc_options(p: argparse.ArgumentParser, verb: str | None = None) -> None:
+    """The options of the commands on Orthanc's storage area: the plugin's Keyring and Models, and for those
+    that `verb` files one by one, how many and whether to show progress."""
     p.add_argument("--keyring", type=Path, help="the keyring file (overrides keyring.path)")
     p.add_argument("--models", type=Path, help="the model registry (overrides models.path)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    if verb:
+        p.add_argument("--limit", type=int, help=f"{verb} at most this many files")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _with_paths(args: argparse.Namespace, config: Config) -> Config:
@@ -167,7 +168,7 @@ def cmd_orthanc_migrate(args: argparse.Namespace, config: Config) -> int:
     api = OrthancApi(args.orthanc)
     with Archive(_with_paths(args, config)) as archive:
         counts = migrate_files(StorageArea(archive, legacy=args.storage), api.files(), delete=args.delete,
-                         limit=args.limit, progress=not args.quiet)
+                               limit=args.limit, progress=not args.quiet)
     line = "orthanc-migrate: " + (", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "no files")
     print(line)
     audit(config).record("import", outcome=MINOR_FAILURE if counts["failed"] else SUCCESS,

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ class StorageArea:
             Not stored, its blob missing, altered, bound to another file, or no key for it; naming it.
         """
         uid = attachment_uid(uuid, content_type)
-        for attempt in range(5):
+        for _ in range(5):  # a blob switched meanwhile: read the row again
             row = self.rows.get(uid)
             if row is None:
                 data = self._read_legacy(uuid, uid)
@@ -155,14 +156,9 @@ class StorageArea:
                     raise OpenError(uid, "not in the storage area")
                 self._adopt(uuid, content_type, data)
                 return data
-            try:
-                blob = self.archive.store.get(row.blob_key)
-            except AepacsError as exc:
-                again = self.rows.get(uid)
-                if again is not None and again.blob_key != row.blob_key and attempt < 4:
-                    continue  # switched by the compressor or a rekey meanwhile
-                raise OpenError(uid, str(exc)) from None
-            return self._open(uid, blob, row.blob_key, row.key_slot)
+            blob = self._blob(uid, row)
+            if blob is not None:
+                return self._open(uid, blob, row.blob_key, row.key_slot)
         raise OpenError(uid, "blob kept changing while being read")
 
     def remove(self, uuid: str, content_type: int) -> None:
@@ -237,6 +233,22 @@ class StorageArea:
         return "moved" if moved else "present"
 
     # -- helpers --------------------------------------------------------------------------
+    def _blob(self, uid: str, row: Any) -> bytes | None:
+        """The blob `row` points at; None when it went because the row was switched or removed meanwhile
+        (by the compressor, a rekey or the program).
+
+        Raises
+        ------
+        OpenError
+            The blob is missing or unreadable while its row still points at it.
+        """
+        try:
+            return self.archive.store.get(row.blob_key)
+        except AepacsError as exc:
+            if (now := self.rows.get(uid)) is None or now.blob_key != row.blob_key:
+                return None
+            raise OpenError(uid, str(exc)) from None
+
     def _open(self, uid: str, blob: bytes, key: str, key_slot: bytes | None) -> bytes:
         """The file in `blob`, stored under content key `key` with the index's `key_slot` (None: its own)."""
         if blob_key(blob) != key:
@@ -264,12 +276,9 @@ class StorageArea:
             Its blob does not open, the store or the index failed: the row is unchanged.
         """
         uid, archive = row.object_uid, self.archive
-        try:
-            blob = archive.store.get(row.blob_key)
-        except AepacsError as exc:
-            if (now := self.rows.get(uid)) is None or now.blob_key != row.blob_key:
-                return "gone"
-            raise OpenError(uid, str(exc)) from None
+        blob = self._blob(uid, row)
+        if blob is None:
+            return "gone"
         data = self._open(uid, blob, row.blob_key, row.key_slot)
         try:
             parts = parse(data)
@@ -312,6 +321,20 @@ def pending_rows(area: StorageArea, *, batch: int = 100) -> Iterator[Any]:
         after = rows[-1].pk
 
 
+def _each(items: Iterable[Any], work: Callable[[Any], str], *, what: Callable[[Any], str], verb: str,
+          limit: int | None, progress: bool, total: int | None = None) -> Counter[str]:
+    """``work(item)`` for each of the first `limit` items, counted by the outcome it names; an item that
+    raises counts as ``failed`` and is logged (``what(item)`` names it), the others go on."""
+    counts: Counter[str] = Counter()
+    for item in tqdm(itertools.islice(items, limit), total=total, unit="file", desc=verb, disable=not progress):
+        try:
+            counts[work(item)] += 1
+        except AepacsError as exc:
+            counts["failed"] += 1
+            log.error("storage area: %s not %s: %s", what(item), verb, exc)
+    return counts
+
+
 def compress_pending(area: StorageArea, *, limit: int | None = None, progress: bool = False) -> Counter[str]:
     """Code the DICOM files of the storage area still sealed as they came (one pass, oldest first).
 
@@ -319,38 +342,21 @@ def compress_pending(area: StorageArea, *, limit: int | None = None, progress: b
     ``kept``, ``gone`` or ``failed`` (logged with the reason; the next pass tries them again).
     """
     recover(area.archive)
-    owner, counts = owner_id(), Counter[str]()
-    total = area.rows.count(FILE) if progress else None
-    for n, row in enumerate(tqdm(pending_rows(area), total=total, unit="file", desc="coding",
-                                 disable=not progress)):
-        if limit is not None and n >= limit:
-            break
-        try:
-            counts[area.compress(row, owner)] += 1
-        except AepacsError as exc:
-            counts["failed"] += 1
-            log.error("storage area: %s not coded: %s", row.object_uid, exc)
-    return counts
+    owner = owner_id()
+    return _each(pending_rows(area), lambda row: area.compress(row, owner), what=lambda row: row.object_uid,
+                 verb="coded", limit=limit, progress=progress, total=area.rows.count(FILE) if progress else None)
 
 
 def migrate_files(area: StorageArea, files: Iterable[tuple[str, int, str | None]], *, delete: bool = False,
-            limit: int | None = None, progress: bool = False) -> Counter[str]:
+                  limit: int | None = None, progress: bool = False) -> Counter[str]:
     """Move the program's legacy files (``(uuid, content type, MD5 or None)``, as the program lists them)
     into the storage area (``aepacs orthanc-migrate``), with the program running on the storage area
     (``MigrateFrom``): each one copied, read back and compared, then (`delete`) its plaintext removed.
     Resumable: a file already here counts as ``present``. Returns counts of ``moved``, ``present``,
     ``missing`` (gone meanwhile) and ``failed`` (logged; the legacy file is kept).
     """
-    counts: Counter[str] = Counter()
-    for n, (uuid, content_type, md5) in enumerate(tqdm(files, unit="file", desc="migrating", disable=not progress)):
-        if limit is not None and n >= limit:
-            break
-        try:
-            counts[area.migrate_file(uuid, content_type, md5, delete=delete)] += 1
-        except AepacsError as exc:
-            counts["failed"] += 1
-            log.error("storage area: %s (type %s) not migrated: %s", uuid, content_type, exc)
-    return counts
+    return _each(files, lambda f: area.migrate_file(*f, delete=delete), what=lambda f: f"{f[0]} (type {f[1]})",
+                 verb="migrated", limit=limit, progress=progress)
 
 
 #: A sweep refuses, unless forced, to remove more than this share of the rows (a wrong program URL

@@ -126,9 +126,8 @@ def _python_checked(key: Key, pattern: str) -> bool:
 
 
 def _python_match(key: Key, pattern: str, value: Any) -> bool:
-    """Where DICOM matching and SQL differ: case-sensitive wildcards, multi-valued values."""
-    if not _python_checked(key, pattern):
-        return True
+    """Where DICOM matching and SQL differ (a key :func:`_python_checked` names): case-sensitive wildcards,
+    multi-valued values."""
     if key.matching == "multi":
         wanted = {p.strip() for p in pattern.split("\\")}
         return bool(wanted & set(_text(value).split("\\")))
