@@ -14,6 +14,8 @@ from aepacs.errors import AepacsError
 
 #: resources listed per request
 PAGE = 500
+#: the largest answer read (a page of 500 ids is about 25 kB)
+MAX_RESPONSE = 16 << 20
 #: the levels of Orthanc's resources, each of which may have files (attachments)
 LEVELS = ("patients", "studies", "series", "instances")
 
@@ -39,11 +41,17 @@ class OrthancApi:
         request = urllib.request.Request(self.base + path, headers=self._headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
+                body = response.read(MAX_RESPONSE + 1)
         except urllib.error.HTTPError as exc:
             raise AepacsError(f"Orthanc {self.base}{path}: HTTP {exc.code} {exc.reason}") from None
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise AepacsError(f"Orthanc {self.base}: {exc}") from None
+        if len(body) > MAX_RESPONSE:
+            raise AepacsError(f"Orthanc {self.base}{path}: answer over {MAX_RESPONSE >> 20} MB")
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise AepacsError(f"Orthanc {self.base}{path}: not JSON ({exc})") from None
 
     def files(self, levels: tuple[str, ...] = LEVELS) -> Iterator[tuple[str, int, str | None]]:
         """Every file of every resource of `levels` (``patients``, ``studies``, ``series``, ``instances``):
@@ -61,7 +69,11 @@ class OrthancApi:
                             info = self.get(f"/{level}/{quote(resource)}/attachments/{quote(name)}/info")
                         except AepacsError:
                             continue
-                        yield str(info["Uuid"]), int(info["ContentType"]), info.get("CompressedMD5")
+                        try:
+                            yield str(info["Uuid"]), int(info["ContentType"]), info.get("CompressedMD5")
+                        except (KeyError, TypeError, ValueError):
+                            raise AepacsError(f"Orthanc {self.base}: a malformed attachment of {level} "
+                                              f"{resource}") from None
                 since += len(ids)
 
 
