@@ -39,8 +39,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import torch
-from Crypto.Cipher import AES
-from Crypto.Random import get_random_bytes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -102,12 +101,10 @@ def main() -> None:
         p_dec = median_time(lambda: [paper.decoder(latent) for _ in range(n)], args.repeat)
 
     # Table 3: encrypting the raw slice vs encoding it and encrypting the latent
-    key = get_random_bytes(32)
+    aesgcm = AESGCM(os.urandom(32))
 
     def aes(data: bytes) -> bytes:
-        cipher = AES.new(key, AES.MODE_GCM, nonce=get_random_bytes(12))
-        ct, tag = cipher.encrypt_and_digest(data)
-        return ct + tag
+        return aesgcm.encrypt(os.urandom(12), data, None)  # ciphertext and tag
 
     raw = px[0].tobytes()
     t_raw = median_time(lambda: aes(raw), 20)

@@ -92,9 +92,9 @@ def wait_listening(port: int, timeout: float = 60) -> None:
     raise SystemExit(f"nothing listening on {port}")
 
 
-def make_slices(count: int, out: Path) -> int:
-    """`count` real CT slices with fresh UIDs; returns their total bytes."""
-    sources = sorted(CT.glob("*/*.dcm"))
+def make_slices(count: int, out: Path, series_glob: str = "*") -> int:
+    """`count` real CT slices (of the series in `series_glob`, cycled) with fresh UIDs; returns their total bytes."""
+    sources = sorted(CT.glob(f"{series_glob}/*.dcm"))
     if not sources:
         sys.exit(f"bench/ingest.py needs the CT series in {CT}")
     series = generate_uid()

@@ -1,20 +1,26 @@
 """Orthanc with and without aepacs under it: dcmtk storescu, real CT slices, one run.
 
-(a) plain Orthanc (its own storage directory, loopback ports);
-(b) Orthanc on aepacs's storage area (``plugins/orthanc``, ``Mode: storage-area``): each file
-    sealed as Orthanc stores it, then coded losslessly by ``aepacs orthanc-compress`` behind it;
-    acknowledged (storescu done) and sustained (until every DICOM file is coded);
+(a) plain Orthanc (its own storage directory, loopback ports), as Debian configures it
+    (``SyncStorageArea`` true: each file fsync'ed as it is written);
+(b) Orthanc on aepacs's storage area (``plugins/orthanc``, ``Mode: storage-area``), as shipped: each
+    file sealed and made durable before Orthanc hears it is stored, coded a day later
+    (``CompressAfter``), so the series is read back as it came;
+(a', b') the same two with ``SyncStorageArea`` false (neither syncs each file: Orthanc leaves its
+    files to the kernel's writeback, aepacs flushes every second);
+(d) as (b), coded at once (``CompressAfter: 0``): acknowledged and sustained (until every DICOM
+    file is coded by ``aepacs orthanc-compress``), read back coded;
 (c) Orthanc with the plugin in transport mode: each instance encoded and sealed inside the
     C-STORE, stored as a transport object.
 
 Every Orthanc also loads Debian's DICOMweb plugin: WADO-RS retrieval of the whole series
-(multipart, as a viewer fetches it) is timed on (a) and on (b) once coded, each the median of
-three. Bytes at rest are compared with JPEG-LS on the same slices (imagecodecs, each slice's pixel
-data coded on its own, plus its header as received).
+(multipart, as a viewer fetches it) is timed on (a), (b) and (d), each the median of three. Bytes
+at rest are compared with JPEG-LS on the same slices (imagecodecs, each slice's pixel data coded on
+its own, plus its header as received); with ``--series series-3-5mm`` only slices of the series the
+CT model was not trained on are sent.
 
-Prints a table and the ratios against (a), measured in the same run.
+Prints a table and the ratios against (a) (for b': against a'), measured in the same run.
 
-Usage: ``python bench/orthanc.py [--count 500]``
+Usage: ``python bench/orthanc.py [--count 500] [--series GLOB]``
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 class Node:
     """One Orthanc, configured as `mode` (None: plain) in `root`."""
 
-    def __init__(self, root: Path, mode: str | None) -> None:
+    def __init__(self, root: Path, mode: str | None, orthanc: dict[str, object] | None = None,
+                 **settings: object) -> None:
         self.root, self.mode, self.port, self.http = root, mode, free_port(), free_port()
         root.mkdir()
         self.home = root / "aepacs-home"
@@ -61,13 +68,15 @@ class Node:
             "DicomAet": "ORTHANC", "DicomPort": self.port, "HttpPort": self.http, "RemoteAccessAllowed": False,
             "DicomCheckCalledAet": False, "Plugins": [str(DICOMWEB)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "MaximumStorageCacheSize": 0}  # every retrieval reads its storage (Orthanc caches 128 MB by default)
+            "MaximumStorageCacheSize": 0,  # every retrieval reads its storage (Orthanc caches 128 MB by default)
+            **(orthanc or {})}
         if mode:
             subprocess.run([sys.executable, "-m", "aepacs", "keys", "init"], env=self.env, check=True,
                            capture_output=True)
             conf["Plugins"] = [str(PYTHON), str(DICOMWEB)]
             conf.update({"PythonScript": str(ROOT / "plugins" / "orthanc" / "aepacs_orthanc.py"),
-                         "Aepacs": {"Mode": mode, "Config": None, "SitePackages": [sysconfig.get_paths()["purelib"]]}})
+                         "Aepacs": {"Mode": mode, "Config": None, "SitePackages": [sysconfig.get_paths()["purelib"]],
+                                    **settings}})
         (root / "orthanc.json").write_text(json.dumps(conf))
         self.log = root / "orthanc.log"
         self.proc = subprocess.Popen([str(ORTHANC), str(root / "orthanc.json")], env=self.env,
@@ -134,6 +143,8 @@ def jpegls_bytes(slices: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--series", default="*", metavar="GLOB",
+                        help="only the CT series whose directory matches (series-3-5mm: held out from training)")
     args = parser.parse_args()
     if not (ORTHANC.exists() and PYTHON.exists() and DICOMWEB.exists()):
         sys.exit("bench/orthanc.py needs Debian's orthanc, orthanc-python and orthanc-dicomweb")
@@ -141,49 +152,48 @@ def main() -> None:
     try:
         slices = work / "slices"
         slices.mkdir()
-        size, n = make_slices(args.count, slices), args.count
+        size, n = make_slices(args.count, slices, args.series), args.count
         first = pydicom.dcmread(next(slices.glob("*.dcm")), stop_before_pixels=True)
         study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+        no_sync = {"SyncStorageArea": False}
+        #: name, mode, Orthanc settings, Aepacs settings, wait until coded, read back over WADO-RS
+        setups: list[tuple[str, str | None, dict[str, object], dict[str, object], bool, bool]] = [
+            ("a plain Orthanc", None, {}, {}, False, True),
+            ("b Orthanc on aepacs storage", "storage-area", {}, {}, False, True),
+            ("a' plain Orthanc, no sync", None, no_sync, {}, False, False),
+            ("b' Orthanc on aepacs storage, no sync", "storage-area", no_sync, {}, False, False),
+            ("d Orthanc on aepacs storage, coded at once", "storage-area", {}, {"CompressAfter": 0}, True, True),
+            ("c Orthanc + transport objects", "transport", {}, {}, False, False),
+        ]
         rows: list[tuple[str, float, float | None, float | None, int]] = []
-
-        plain = Node(work / "plain", None)
-        try:
-            acked = send(plain.port, "ORTHANC", slices)
-            rows.append(("a plain Orthanc", acked, None, plain.wado_series(study, series), plain.stored_bytes()))
-        finally:
-            plain.stop()
-
-        sealed = Node(work / "sealed", "storage-area")
-        try:
-            t0 = time.perf_counter()
-            acked = send(sealed.port, "ORTHANC", slices)
-            sealed.coded()
-            sustained = time.perf_counter() - t0
-            rows.append(("b Orthanc on aepacs storage", acked, sustained, sealed.wado_series(study, series),
-                         sealed.stored_bytes()))
-        finally:
-            sealed.stop()
-
-        transport = Node(work / "transport", "transport")
-        try:
-            acked = send(transport.port, "ORTHANC", slices)
-            rows.append(("c Orthanc + transport objects", acked, None, None, transport.stored_bytes()))
-        finally:
-            transport.stop()
+        for name, mode, orthanc_conf, settings, wait, wado in setups:
+            node = Node(work / name.split()[0].replace("'", "_"), mode, orthanc_conf, **settings)
+            try:
+                t0 = time.perf_counter()
+                acked = send(node.port, "ORTHANC", slices)
+                if wait:
+                    node.coded()
+                sustained = time.perf_counter() - t0 if wait else None
+                rows.append((name, acked, sustained, node.wado_series(study, series) if wado else None,
+                             node.stored_bytes()))
+            finally:
+                node.stop()
+            print(f"{name}: {n / acked:.1f} slices/s acknowledged", file=sys.stderr, flush=True)
 
         jls = jpegls_bytes(slices)
-        base_ack, base_wado = rows[0][1], rows[0][3]
-        print(f"# bench/orthanc.py: {n} CT slices ({size / n / 1e3:.0f} kB each), storescu, one association")
+        print(f"# bench/orthanc.py: {n} CT slices of {args.series} ({size / n / 1e3:.0f} kB each), storescu, "
+              "one association")
         print("| Orthanc | acknowledged slices/s | sustained slices/s | WADO-RS series (s) | MB at rest |")
         print("|---|---:|---:|---:|---:|")
         for name, ack, sus, wado, stored in rows:
-            print(f"| {name} | {n / ack:,.1f} ({base_ack / ack:.2f}x) | "
+            ref = rows[2] if name.startswith("b'") else rows[0]
+            print(f"| {name} | {n / ack:,.1f} ({ref[1] / ack:.2f}x) | "
                   + (f"{n / sus:,.1f}" if sus else "") + " | "
-                  + (f"{wado:.2f} ({base_wado / wado:.2f}x)" if wado and base_wado else "") + " | "
+                  + (f"{wado:.2f} ({ref[3] / wado:.2f}x)" if wado and ref[3] else "") + " | "
                   + f"{stored / 1e6:.1f} |")
         print(f"| JPEG-LS of the same slices (imagecodecs) | | | | {jls / 1e6:.1f} |")
-        print(f"\nsealed storage at rest / JPEG-LS = {rows[1][4] / jls:.3f}; "
-              f"as received: {size / 1e6:.1f} MB")
+        coded = [row for row in rows if row[0].startswith("d ")][0]
+        print(f"\ncoded storage at rest / JPEG-LS = {coded[4] / jls:.3f}; as received: {size / 1e6:.1f} MB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

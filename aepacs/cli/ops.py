@@ -75,6 +75,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--follow", action="store_true", help="keep coding new files as Orthanc stores them")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="--follow: look for new files every S s")
     p.add_argument("--parent", type=int, metavar="PID", help="--follow: stop when process PID is gone")
+    p.add_argument("--age", type=float, default=0.0, metavar="S",
+                   help="only files stored at least S seconds ago (new ones read back faster as they came)")
     _orthanc_options(p, "code")
     p.set_defaults(func=cmd_orthanc_compress)
 
@@ -189,9 +191,9 @@ def cmd_orthanc_compress(args: argparse.Namespace, config: Config) -> int:
     with Archive(config) as archive:
         area = StorageArea(archive)
         if args.follow:
-            counts = follow(area, interval=args.interval, parent=args.parent)
+            counts = follow(area, interval=args.interval, parent=args.parent, age_s=args.age)
         else:
-            counts = compress_pending(area, limit=args.limit, progress=not args.quiet)
+            counts = compress_pending(area, limit=args.limit, progress=not args.quiet, age_s=args.age)
     print("orthanc-compress: " + (", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "nothing to code"))
     return 1 if counts["failed"] else 0
 

@@ -23,11 +23,12 @@ the data key without touching the ciphertext (:func:`rewrap`).
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from dataclasses import dataclass, field
 
-from Crypto.Cipher import AES
-from Crypto.Random import get_random_bytes
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aepacs.crypto.keyring import Keyring
 from aepacs.errors import KeyringError, MissingKeyError, OpenError, SealError
@@ -105,11 +106,9 @@ def _wrap_aad(kek_version: int, aad: bytes) -> bytes:
 
 
 def _wrap(dek: bytes, kek: bytes, kek_version: int, aad: bytes) -> KeySlot:
-    nonce = get_random_bytes(NONCE_BYTES)
-    cipher = AES.new(kek, AES.MODE_GCM, nonce=nonce)
-    cipher.update(_wrap_aad(kek_version, aad))
-    wrapped, tag = cipher.encrypt_and_digest(dek)
-    return KeySlot(kek_version, nonce, wrapped, tag)
+    nonce = os.urandom(NONCE_BYTES)
+    sealed = AESGCM(kek).encrypt(nonce, dek, _wrap_aad(kek_version, aad))
+    return KeySlot(kek_version, nonce, sealed[:DEK_BYTES], sealed[DEK_BYTES:])
 
 
 def _unwrap(slot: KeySlot, aad: bytes, keyring: Keyring, name: str) -> bytes:
@@ -120,11 +119,9 @@ def _unwrap(slot: KeySlot, aad: bytes, keyring: Keyring, name: str) -> bytes:
         kek = keyring.kek(slot.kek_version)
     except MissingKeyError:
         raise OpenError(name, f"keyring lacks key version {slot.kek_version} needed to open it") from None
-    cipher = AES.new(kek, AES.MODE_GCM, nonce=slot.nonce)
-    cipher.update(_wrap_aad(slot.kek_version, aad))
     try:
-        return cipher.decrypt_and_verify(slot.wrapped_key, slot.tag)
-    except ValueError:
+        return AESGCM(kek).decrypt(slot.nonce, slot.wrapped_key + slot.tag, _wrap_aad(slot.kek_version, aad))
+    except (InvalidTag, ValueError):
         raise OpenError(name, f"data key does not unwrap under key version {slot.kek_version} "
                               "(tampered header or key slot, or wrong keyring)") from None
 
@@ -146,8 +143,7 @@ def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring
     Returns
     -------
     bytearray
-        The sealed object (encrypted in place into one buffer: no copy of
-        the ciphertext is made).
+        The sealed object.
     """
     keyring.refresh()  # a rotation by another process takes effect here
     try:
@@ -157,18 +153,12 @@ def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring
         study_uid.encode("ascii")
     except (KeyringError, UnicodeEncodeError) as exc:
         raise SealError(f"{object_uid}: cannot seal ({exc})") from None
-    dek = get_random_bytes(DEK_BYTES)
-    nonce = get_random_bytes(NONCE_BYTES)
+    dek = os.urandom(DEK_BYTES)
+    nonce = os.urandom(NONCE_BYTES)
     aad = _pack_header(object_uid, study_uid, codec, kek_version, nonce, len(payload))
-    slot = _wrap(dek, kek, kek_version, aad)
-    start = len(aad) + SLOT_BYTES
-    out = bytearray(start + len(payload) + TAG_BYTES)
-    out[:len(aad)] = aad
-    out[len(aad):start] = slot.pack()
-    cipher = AES.new(dek, AES.MODE_GCM, nonce=nonce)
-    cipher.update(aad)
-    cipher.encrypt(payload, output=memoryview(out)[start:start + len(payload)])
-    out[start + len(payload):] = cipher.digest()
+    out = bytearray(aad)
+    out += _wrap(dek, kek, kek_version, aad).pack()
+    out += AESGCM(dek).encrypt(nonce, payload, aad)  # ciphertext, then its tag
     return out
 
 
@@ -256,13 +246,10 @@ def open_sealed(blob: bytes | bytearray, keyring: Keyring, *, name: str = "objec
         Tampered, truncated, swapped, or no key for it. Naming `name`.
     """
     header, dek = unwrap_key(blob, keyring, name=name, expect_uid=expect_uid)
-    start = len(header.aad) + SLOT_BYTES
-    ciphertext = memoryview(blob)[start:start + header.payload_length]  # no copy
-    cipher = AES.new(dek, AES.MODE_GCM, nonce=header.nonce)
-    cipher.update(header.aad)
+    sealed = memoryview(blob)[len(header.aad) + SLOT_BYTES:]  # ciphertext and tag, no copy
     try:
-        payload = cipher.decrypt_and_verify(ciphertext, bytes(blob[-TAG_BYTES:]))
-    except ValueError:
+        payload = AESGCM(dek).decrypt(header.nonce, sealed, header.aad)
+    except InvalidTag:
         raise OpenError(name, "authentication failed: sealed object was altered") from None
     return header, payload
 

@@ -50,7 +50,7 @@ from aepacs.pipeline.rekey_batch import owner_id, recover
 from aepacs.pipeline.workers import run_in_background
 from aepacs.store.attachments import Attachments
 from aepacs.store.blobs import blob_key
-from aepacs.store.index import BlobRef
+from aepacs.store.index import BlobRef, sqlite_path
 
 log = logging.getLogger("aepacs.storage_area")
 
@@ -104,18 +104,66 @@ class StorageArea:
         The program's own storage directory from before (Orthanc's ``StorageDirectory``: files at
         ``ab/cd/<uuid>``), while :func:`migrate_files` moves it here: a file not here yet is read from it
         (and moved on the way), removed from it.
+    sync : bool
+        True (the default): each file is on stable storage when :meth:`create` returns (its blob, its
+        directory entry and its index row). False (what a program asks for when it does not sync its
+        own storage either: Orthanc's ``SyncStorageArea`` false): written through to the operating
+        system when :meth:`create` returns, so that a crash of the program or of aepacs loses nothing,
+        and made durable by a flush every `flush_s` seconds, so that a power cut or a crash of the
+        machine loses at most the files of that last interval.
+    flush_s : float
+        Without `sync`: how often the files created meanwhile are flushed.
     """
 
-    def __init__(self, archive: Archive, program: str = "Orthanc", legacy: Path | None = None) -> None:
+    def __init__(self, archive: Archive, program: str = "Orthanc", legacy: Path | None = None, *,
+                 sync: bool = True, flush_s: float = 1.0) -> None:
         self.archive = archive
         self.rows = Attachments(archive.index)
         self.program = program
         self.legacy = legacy
+        self.sync = sync
         self._resolve = resolver(config_registry(archive.config))
+        db, root = sqlite_path(archive.index.url), getattr(archive.store, "root", None)
+        # an SQLite index on the blobs' file system: one sync of it covers both
+        self._index_with_blobs = db is None or (root is not None and os.stat(db).st_dev == os.stat(root).st_dev)
+        self._written = threading.Event()  # a file was created since the last flush
+        self._closed = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if not sync:
+            self._flusher = threading.Thread(target=self._flush_loop, args=(flush_s,), name="aepacs-flush",
+                                             daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self, every: float) -> None:
+        """Without `sync`: make what was created durable every `every` seconds (only when there was some)."""
+        while not self._closed.wait(every):
+            self.flush()
+
+    def flush(self) -> None:
+        """Make every file created so far durable (the blobs, their directories and the index's log)."""
+        if self._written.is_set():
+            self._written.clear()
+            self._sync()
+
+    def _sync(self) -> None:
+        self.archive.store.sync()
+        if not self._index_with_blobs:
+            self.archive.index.sync()
+
+    def close(self) -> None:
+        """Stop the flusher (without `sync`), after a last flush."""
+        self._closed.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        self.flush()
 
     # -- the program's three calls --------------------------------------------------------
     def create(self, uuid: str, content_type: int, data: bytes) -> None:
-        """Keep `data` as file `uuid` of `content_type`, sealed; durable when this returns.
+        """Keep `data` as file `uuid` of `content_type`, sealed; durable when this returns (or, without
+        `sync`, at the next flush).
+
+        The SHA-256 of a DICOM file is not taken here: the payload's GCM tag authenticates the file
+        sealed as it came, and the compressor takes its hash before coding it.
 
         Raises
         ------
@@ -131,13 +179,19 @@ class StorageArea:
         codec, payload = (FILE, data) if content_type == DICOM else \
             (ZSTD_FILE, zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data))
         blob = seal(payload, object_uid=uid, study_uid="", codec=codec, keyring=self.archive.keyring)
-        key = self.archive.store.put(blob)
+        # blob and row written through, then made durable together: one sync of the file system, where
+        # an fsync of the blob, of its directory and of the index's log would be three
+        key = self.archive.store.put(blob, sync=False)
+        ref = BlobRef(codec, self.archive.keyring.active_version, key, len(blob), len(data), "")
         try:
-            self.rows.add(uid, content_type, BlobRef(codec, self.archive.keyring.active_version, key, len(blob),
-                                                     len(data), hashlib.sha256(data).hexdigest()))
+            self.rows.add(uid, content_type, ref, sync=False)
         except AepacsError:
             self.archive.store.delete(key)
             raise
+        if self.sync:
+            self._sync()
+        else:
+            self._written.set()
 
     def read(self, uuid: str, content_type: int) -> bytes:
         """The bytes of file `uuid` exactly as created.
@@ -158,7 +212,7 @@ class StorageArea:
                 return data
             blob = self._blob(uid, row)
             if blob is not None:
-                return self._open(uid, blob, row.blob_key, row.key_slot)
+                return self._open(uid, blob, row.key_slot)
         raise OpenError(uid, "blob kept changing while being read")
 
     def remove(self, uuid: str, content_type: int) -> None:
@@ -200,8 +254,8 @@ class StorageArea:
             self.create(uuid, content_type, data)
             return True
         except StoreError:
-            row = self.rows.get(attachment_uid(uuid, content_type))
-            if row is not None and row.source_sha256 == hashlib.sha256(data).hexdigest():
+            if self.rows.get(attachment_uid(uuid, content_type)) is not None \
+                    and self.read(uuid, content_type) == data:
                 return False
             raise
 
@@ -249,10 +303,12 @@ class StorageArea:
                 return None
             raise OpenError(uid, str(exc)) from None
 
-    def _open(self, uid: str, blob: bytes, key: str, key_slot: bytes | None) -> bytes:
-        """The file in `blob`, stored under content key `key` with the index's `key_slot` (None: its own)."""
-        if blob_key(blob) != key:
-            raise OpenError(uid, f"blob {key} was altered on disk")
+    def _open(self, uid: str, blob: bytes, key_slot: bytes | None) -> bytes:
+        """The file in `blob`, with the index's `key_slot` (None: its own).
+
+        The blob's content key is not hashed again here (a read costs that SHA-256 more than the AES-GCM): the
+        payload's tag and the header's binding to `uid` already refuse any other or altered blob.
+        """
         if key_slot is not None:
             blob = with_slot(blob, bytes(key_slot), uid)
         header, payload = open_sealed(blob, self.archive.keyring, name=uid, expect_uid=uid)
@@ -279,12 +335,16 @@ class StorageArea:
         blob = self._blob(uid, row)
         if blob is None:
             return "gone"
-        data = self._open(uid, blob, row.blob_key, row.key_slot)
+        data = self._open(uid, blob, row.key_slot)
+        sha = row.source_sha256
+        if not sha:  # not taken at create: recorded now, and kept when the coded blob is switched in
+            sha = hashlib.sha256(data).hexdigest()
+            if not self.rows.set_sha256(uid, row.blob_key, sha):
+                return "gone"
         try:
             parts = parse(data)
             check(parts)
-            encoded = encode(data, parts, lossless_route(route(parts, archive.config)), archive.config,
-                             sha256=row.source_sha256)
+            encoded = encode(data, parts, lossless_route(route(parts, archive.config)), archive.config, sha256=sha)
         except InputError as exc:
             log.info("storage area: %s kept as it came (%s)", uid, exc)
             return self._keep(uid, row)
@@ -296,8 +356,7 @@ class StorageArea:
         new_key = blob_key(new)
         archive.index.add_pending([(new_key, uid)], owner)
         archive.store.put(new)
-        if hashlib.sha256(self._open(uid, archive.store.get(new_key), new_key, None)).hexdigest() \
-                != row.source_sha256:
+        if hashlib.sha256(self._open(uid, archive.store.get(new_key), None)).hexdigest() != sha:
             raise OpenError(uid, "the coded blob does not open to the file")  # (encode checked it already)
         if not archive.index.swap_blobs([(uid, row.blob_key, new_key, len(new), archive.keyring.active_version,
                                           encoded.codec)], owner, table="attachments"):
@@ -313,10 +372,10 @@ class StorageArea:
         return "kept" if self.rows.set_codec(uid, row.blob_key, KEPT) else "gone"
 
 
-def pending_rows(area: StorageArea, *, batch: int = 100) -> Iterator[Any]:
-    """The DICOM files still sealed as they came, oldest first."""
-    after = 0
-    while rows := area.rows.coded_by(FILE, DICOM, after_pk=after, limit=batch):
+def pending_rows(area: StorageArea, *, batch: int = 100, age_s: float = 0.0) -> Iterator[Any]:
+    """The DICOM files still sealed as they came (stored at least `age_s` seconds ago), oldest first."""
+    after, before = 0, time.time() - age_s
+    while rows := area.rows.coded_by(FILE, DICOM, after_pk=after, limit=batch, stored_before=before):
         yield from rows
         after = rows[-1].pk
 
@@ -335,16 +394,19 @@ def _each(items: Iterable[Any], work: Callable[[Any], str], *, what: Callable[[A
     return counts
 
 
-def compress_pending(area: StorageArea, *, limit: int | None = None, progress: bool = False) -> Counter[str]:
-    """Code the DICOM files of the storage area still sealed as they came (one pass, oldest first).
+def compress_pending(area: StorageArea, *, limit: int | None = None, progress: bool = False,
+                     age_s: float = 0.0) -> Counter[str]:
+    """Code the DICOM files of the storage area still sealed as they came (one pass, oldest first), those
+    stored at least `age_s` seconds ago.
 
     Blobs left pending by a compressor that died are removed first. Returns how many were ``coded``,
     ``kept``, ``gone`` or ``failed`` (logged with the reason; the next pass tries them again).
     """
     recover(area.archive)
     owner = owner_id()
-    return _each(pending_rows(area), lambda row: area.compress(row, owner), what=lambda row: row.object_uid,
-                 verb="coded", limit=limit, progress=progress, total=area.rows.count(FILE) if progress else None)
+    return _each(pending_rows(area, age_s=age_s), lambda row: area.compress(row, owner),
+                 what=lambda row: row.object_uid, verb="coded", limit=limit, progress=progress,
+                 total=area.rows.count(FILE) if progress else None)
 
 
 def migrate_files(area: StorageArea, files: Iterable[tuple[str, int, str | None]], *, delete: bool = False,
@@ -389,18 +451,23 @@ def sweep_unknown(area: StorageArea, known: Iterable[tuple[str, int]], *, min_ag
 
 
 def follow(area: StorageArea, *, interval: float = 1.0, parent: int | None = None,
-           stop: threading.Event | None = None) -> Counter[str]:
-    """Code new DICOM files as the program stores them (``aepacs orthanc-compress --follow``): a pass
-    whenever one is waiting, else a look every `interval` seconds; at idle priority, so the program's
-    own work comes first. Returns when `stop` is set or process `parent` is gone (the program it
-    codes for was stopped or killed: a half-coded file is safe, the next pass clears what it left).
+           stop: threading.Event | None = None, age_s: float = 0.0) -> Counter[str]:
+    """Code new DICOM files as the program stores them (``aepacs orthanc-compress --follow``), once they
+    are `age_s` seconds old: a pass whenever one is waiting, else a look every `interval` seconds; at
+    idle priority, so the program's own work comes first. Returns when `stop` is set or process `parent`
+    is gone (the program it codes for was stopped or killed: a half-coded file is safe, the next pass
+    clears what it left).
+
+    A file read often while it is new (a study being reported) is best left as it came for a while:
+    reading it back then costs a blob read and AES-GCM, where a coded one costs its decoder.
     """
     run_in_background()
     warm_up(area.archive.config)
     recover(area.archive)  # what a compressor killed mid-file left pending
     total: Counter[str] = Counter()
     while not (stop is not None and stop.is_set()) and (parent is None or os.getppid() == parent):
-        counts = compress_pending(area, limit=50) if area.rows.coded_by(FILE, DICOM, limit=1) else Counter()
+        waiting = area.rows.coded_by(FILE, DICOM, limit=1, stored_before=time.time() - age_s)
+        counts = compress_pending(area, limit=50, age_s=age_s) if waiting else Counter()
         total.update(counts)
         if not counts["coded"]:  # nothing waiting, or only files that failed: look again later
             time.sleep(interval)

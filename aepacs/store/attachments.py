@@ -14,12 +14,21 @@ from dataclasses import asdict
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from aepacs.errors import StoreError
 from aepacs.store.index import BlobRef, Index, writer
 from aepacs.store.schema import attachments
+
+_INSERT = attachments.insert()
+
+
+def _pragma(conn: Connection, pragma: str) -> None:
+    """Set an SQLite pragma on the driver's connection: outside any transaction (SQLite refuses some in one)."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    raw.cursor().execute(f"PRAGMA {pragma}")
 
 
 class Attachments:
@@ -34,19 +43,31 @@ class Attachments:
     def __init__(self, index: Index) -> None:
         self.index = index
 
-    def add(self, object_uid: str, content_type: int, ref: BlobRef) -> None:
-        """Index a new attachment whose blob is already durable (`ref`: as an instance's, without quality).
+    def add(self, object_uid: str, content_type: int, ref: BlobRef, *, sync: bool = True) -> None:
+        """Index a new attachment whose blob is already written (`ref`: as an instance's, without quality).
+
+        Durable when this returns; with ``sync=False`` on SQLite, once :meth:`Index.sync` has returned
+        (committed to the write-ahead log without its fsync: it survives a crash of the process, and one
+        sync of the file system covers it and the blob together). PostgreSQL's commits are durable.
 
         Raises
         ------
         StoreError
             That object UID is already indexed, or the index failed.
         """
-        blob = {k: v for k, v in asdict(ref).items() if k in attachments.c}
+        row = {k: v for k, v in asdict(ref).items() if k in attachments.c}
+        row.update(object_uid=object_uid, content_type=content_type, stored_at=time.time())
+        sqlite = self.index.engine.dialect.name == "sqlite"
         try:
-            with writer(self.index.engine) as conn, conn.begin():
-                conn.execute(attachments.insert().values(object_uid=object_uid, content_type=content_type, **blob,
-                                                         stored_at=time.time()))
+            with writer(self.index.engine) as conn:
+                if not sync and sqlite:
+                    _pragma(conn, "synchronous=NORMAL")
+                try:
+                    with conn.begin():
+                        conn.execute(_INSERT, row)
+                finally:
+                    if not sync and sqlite:
+                        _pragma(conn, "synchronous=FULL")
         except IntegrityError:
             raise StoreError(f"attachment {object_uid} is already stored") from None
         except SQLAlchemyError as exc:
@@ -70,11 +91,18 @@ class Attachments:
 
     def set_codec(self, object_uid: str, blob_key: str, codec: str) -> bool:
         """Record `codec` for the row of `object_uid` if it still points at `blob_key` (compare and swap)."""
+        return self._update(object_uid, blob_key, codec=codec)
+
+    def set_sha256(self, object_uid: str, blob_key: str, sha256: str) -> bool:
+        """Record the file's SHA-256 (taken by the compressor) if the row still points at `blob_key`."""
+        return self._update(object_uid, blob_key, source_sha256=sha256)
+
+    def _update(self, object_uid: str, blob_key: str, **values: Any) -> bool:
         try:
             with writer(self.index.engine) as conn, conn.begin():
                 return conn.execute(update(attachments).where(
                     attachments.c.object_uid == object_uid, attachments.c.blob_key == blob_key)
-                    .values(codec=codec)).rowcount == 1
+                    .values(**values)).rowcount == 1
         except SQLAlchemyError as exc:
             raise StoreError(f"index: cannot update attachment {object_uid} ({type(exc).__name__})") from None
 
@@ -99,11 +127,15 @@ class Attachments:
         with self.index.engine.connect() as conn:
             return int(conn.execute(q).scalar() or 0)
 
-    def coded_by(self, codec: str, content_type: int, *, after_pk: int = 0, limit: int = 100) -> list[Row[Any]]:
-        """Attachments of `content_type` whose blob is coded by `codec`, in primary-key order after `after_pk`."""
+    def coded_by(self, codec: str, content_type: int, *, after_pk: int = 0, limit: int = 100,
+                 stored_before: float | None = None) -> list[Row[Any]]:
+        """Attachments of `content_type` whose blob is coded by `codec`, in primary-key order after `after_pk`
+        (with `stored_before`: only those stored before then, epoch s)."""
         q = (select(attachments).where(attachments.c.codec == codec, attachments.c.content_type == content_type,
                                        attachments.c.pk > after_pk)
              .order_by(attachments.c.pk).limit(limit))
+        if stored_before is not None:
+            q = q.where(attachments.c.stored_at < stored_before)
         with self.index.engine.connect() as conn:
             return list(conn.execute(q).all())
 

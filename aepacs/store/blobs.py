@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aepacs.errors import StoreError
-from aepacs.store.atomic import atomic_write, check_free, private_dir, sweep_temporaries
+from aepacs.store.atomic import atomic_write, check_free, private_dir, sweep_temporaries, sync_filesystem
 
 SUFFIX = ".aepx"
 
@@ -92,7 +92,7 @@ class BlobStore:
 
     def sync(self) -> None:
         """Make every blob written with ``sync=False`` (and its directory entry) durable."""
-        os.sync()
+        sync_filesystem(self.root)
 
     def get(self, key: str) -> bytes:
         """Return the blob with `key`.

@@ -35,9 +35,21 @@ Configuration: an ``Aepacs`` block in Orthanc's configuration (see README.md)::
       "Keyring": "/etc/aepacs/keyring.json",   // optional: overrides keyring.path
       "Models": "/var/lib/aepacs/models",      // optional: overrides models.path
       "Compress": true,                          // storage-area mode: code DICOM files behind Orthanc
+      "CompressAfter": 86400,                    // ... once they are this many seconds old
       "MigrateFrom": null,                       // Orthanc's StorageDirectory from before, while it moves
       "FailWith": null                          // tests only: refuse every instance with this status
     }
+
+Durability (storage-area mode) follows Orthanc's own ``SyncStorageArea``: true (Orthanc's default),
+each file is on stable storage (its blob, its directory entry and its index row: one sync of the file
+system) before Orthanc is told it is stored, so an acknowledged instance survives a power cut; false,
+each file is written through to the operating system before Orthanc is told, so a crash of Orthanc or
+of aepacs loses nothing, and flushed to disk within a second, so a power cut loses at most that last
+second of files (Orthanc's own storage without the setting: the kernel's writeback delay, about 30 s).
+
+``CompressAfter`` (seconds): a study is read most while it is new (reported, compared): its files
+stay sealed as they came for that long, read back at Orthanc's own speed, and are coded afterwards
+(a coded CT slice costs its decoder, about 25 ms, on every read). 0 codes each file at once.
 """
 
 from __future__ import annotations
@@ -93,6 +105,8 @@ def _config() -> Any:
 CONFIG = _config()
 KEYRING = load_keyring(CONFIG)
 FAIL_WITH = SETTINGS.get("FailWith")
+#: Orthanc's own durability setting (fsync after each write to its storage area), which aepacs follows
+SYNC = bool(json.loads(orthanc.GetConfiguration()).get("SyncStorageArea", True))
 FROM_DICOM = orthanc.InstanceOrigin.DICOM_PROTOCOL  # resolved at load: a plugin that cannot tell does not start
 #: why sealing failed, by SOP Instance UID, for the C-STORE filter that runs next
 _REFUSED: dict[str, int] = {}
@@ -169,7 +183,8 @@ def start_compressor() -> subprocess.Popen[bytes] | None:
     if python is None:
         orthanc.LogError("aepacs: no Python for the compressor (set Aepacs.Python): DICOM files stay uncoded")
         return None
-    command = [python, "-m", "aepacs", "orthanc-compress", "--follow", "--quiet", "--parent", str(os.getpid())]
+    command = [python, "-m", "aepacs", "orthanc-compress", "--follow", "--quiet", "--parent", str(os.getpid()),
+               "--age", str(float(SETTINGS.get("CompressAfter", 86400)))]
     for flag, key in (("--config", "Config"), ("--keyring", "Keyring"), ("--models", "Models")):
         if SETTINGS.get(key):
             command += [flag, str(SETTINGS[key])]
@@ -182,7 +197,8 @@ class SealedStorage:
 
     def __init__(self) -> None:
         legacy = SETTINGS.get("MigrateFrom")  # Orthanc's own storage from before: read there until moved
-        self.area = StorageArea(Archive(CONFIG, KEYRING), legacy=Path(legacy) if legacy else None)
+        self.area = StorageArea(Archive(CONFIG, KEYRING), legacy=Path(legacy) if legacy else None,
+                                sync=SYNC)
 
     def create(self, uuid: str, content_type: Any, data: bytes) -> None:
         try:
@@ -215,8 +231,10 @@ if MODE == "storage-area":
     COMPRESSOR = start_compressor() if SETTINGS.get("Compress", True) else None
 
     def on_change(change_type: Any, level: Any, resource: str) -> None:
-        if change_type == orthanc.ChangeType.ORTHANC_STOPPED and COMPRESSOR is not None:
-            COMPRESSOR.terminate()
+        if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+            STORAGE.area.close()  # the last files flushed (SyncStorageArea false)
+            if COMPRESSOR is not None:
+                COMPRESSOR.terminate()
 
     orthanc.RegisterOnChangeCallback(on_change)
 elif MODE == "transport":
@@ -224,6 +242,8 @@ elif MODE == "transport":
     orthanc.RegisterIncomingCStoreInstanceFilter(on_cstore)
 else:
     raise RuntimeError(f"aepacs: Aepacs.Mode {MODE!r} is not storage-area or transport")
-orthanc.LogWarning(f"aepacs {__version__} plugin ready ({MODE} mode): routes "
+orthanc.LogWarning(f"aepacs {__version__} plugin ready ({MODE} mode"
+                   + (f", files {'synced' if SYNC else 'flushed each second'}" if MODE == "storage-area" else "")
+                   + "): routes "
                    + ", ".join(f"{k}={v.name}" for k, v in sorted(CONFIG.routes.items()))
                    + f"; key version {KEYRING.active_version}")

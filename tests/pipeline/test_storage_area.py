@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import threading
 import time
@@ -80,6 +81,43 @@ def test_files_come_back_exactly_sealed_then_coded(archive: Archive) -> None:
     assert len(list(archive.store.keys())) == 5  # the old blobs went
     stored = _blobs(archive)
     assert all(_pixel_runs(data, stored) == 0 for data in files.values()) and b"DICM" not in stored
+
+
+def test_without_sync_files_are_written_through_and_flushed(archive: Archive, config: Config) -> None:
+    # Orthanc's SyncStorageArea false: no sync per file, but each file is in the store and the index when
+    # create returns (another process reads it at once; a crash of this one loses nothing), flushed behind
+    area = StorageArea(archive, sync=False, flush_s=0.05)
+    files = {_id(): f.read_bytes() for f in ct_files()[:3]}
+    for uuid, data in files.items():
+        area.create(uuid, DICOM, data)
+    assert area._written.is_set()
+    with Archive(config) as other:
+        for uuid, data in files.items():
+            assert StorageArea(other).read(uuid, DICOM) == data
+    deadline = time.time() + 10
+    while area._written.is_set():  # the flusher took them
+        assert time.time() < deadline, "no flush"
+        time.sleep(0.01)
+    area.create(_id(), JSON, b"{}")
+    area.close()  # a last flush, the flusher stopped
+    assert not area._written.is_set() and area._flusher is not None and not area._flusher.is_alive()
+    assert compress_pending(area) == {"coded": 3}
+    for uuid, data in files.items():
+        assert area.read(uuid, DICOM) == data
+
+
+def test_new_files_wait_until_they_are_old_enough_to_code(archive: Archive) -> None:
+    area = StorageArea(archive)
+    uuid, data = _id(), ct_files()[0].read_bytes()
+    area.create(uuid, DICOM, data)
+    assert compress_pending(area, age_s=3600) == {}  # new: left as it came (reads back fastest)
+    assert area.rows.get(attachment_uid(uuid, DICOM)).codec == FILE
+    with archive.index.engine.begin() as conn:  # stored two hours ago
+        conn.execute(attachments.update().values(stored_at=time.time() - 7200))
+    assert compress_pending(area, age_s=3600) == {"coded": 1}
+    row = area.rows.get(attachment_uid(uuid, DICOM))
+    assert row.codec != FILE and row.source_sha256 == hashlib.sha256(data).hexdigest()
+    assert area.read(uuid, DICOM) == data
 
 
 def test_remove_deletes_blob_and_row_and_is_audited(archive: Archive) -> None:

@@ -26,8 +26,9 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 class Orthanc:
     def __init__(self, root: Path, home: Path, fail_with: int | None = None, mode: str | None = "transport",
-                 dicomweb: bool = False, site: Path | None = None, migrate_from: Path | None = None) -> None:
-        """`mode` None: a plain Orthanc (its own storage, no aepacs)."""
+                 dicomweb: bool = False, site: Path | None = None, migrate_from: Path | None = None,
+                 compress_after: float = 0) -> None:
+        """`mode` None: a plain Orthanc (its own storage, no aepacs); files coded at once by default."""
         self.storage = root / "storage"
         self.port, self.http, self.client_port = free_port(), free_port(), free_port()
         conf = {"Name": "aepacs-test", "StorageDirectory": str(self.storage), "IndexDirectory": str(self.storage),
@@ -36,7 +37,7 @@ class Orthanc:
                 "DicomModalities": {"AEPACSCLIENT": ["AEPACSCLIENT", "127.0.0.1", self.client_port]},
                 "Aepacs": {"Config": str(site) if site else None, "SitePackages": [sysconfig.get_paths()["purelib"]],
                            "Keyring": str(home / "keyring.json"), "Models": str(home / "models"),
-                           "FailWith": fail_with, "Mode": mode,
+                           "FailWith": fail_with, "Mode": mode, "CompressAfter": compress_after,
                            "MigrateFrom": str(migrate_from) if migrate_from else None}}
         if mode is None:
             conf["Plugins"], self.plain = [], True
@@ -51,6 +52,10 @@ class Orthanc:
         self.conf.write_text(json.dumps(conf))
         self.log = root / "orthanc.log"
         self.start()
+
+    def configure(self, **settings: object) -> None:
+        """Change Orthanc's settings; they take effect at the next :meth:`start`."""
+        self.conf.write_text(json.dumps({**json.loads(self.conf.read_text()), **settings}))
 
     def start(self) -> None:
         """Start Orthanc (again, on the same storage and ports) and wait for the plugin to be ready."""
