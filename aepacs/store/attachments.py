@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -22,6 +22,7 @@ from aepacs.store.index import BlobRef, Index, writer
 from aepacs.store.schema import attachments
 
 _INSERT = attachments.insert()
+_GET = select(attachments).where(attachments.c.object_uid == bindparam("uid"))  # built once: every read
 
 
 def _pragma(conn: Connection, pragma: str) -> None:
@@ -76,7 +77,7 @@ class Attachments:
     def get(self, object_uid: str) -> Row[Any] | None:
         """The row of `object_uid`, or None."""
         with self.index.engine.connect() as conn:
-            return conn.execute(select(attachments).where(attachments.c.object_uid == object_uid)).first()
+            return conn.execute(_GET, {"uid": object_uid}).first()
 
     def remove(self, object_uid: str) -> Row[Any] | None:
         """Delete the row of `object_uid`; the row as it was (its blob is the caller's to delete), or None."""

@@ -20,6 +20,7 @@ from tests.net.conftest import free_port
 ORTHANC = Path("/usr/sbin/Orthanc")
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+WEBVIEWER_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancWebViewer.so")
 SCRIPT = Path(__file__).resolve().parents[2] / "plugins" / "orthanc" / "aepacs_orthanc.py"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -27,7 +28,7 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 class Orthanc:
     def __init__(self, root: Path, home: Path, fail_with: int | None = None, mode: str | None = "transport",
                  dicomweb: bool = False, site: Path | None = None, migrate_from: Path | None = None,
-                 compress_after: float = 0) -> None:
+                 compress_after: float = 0, webviewer: bool = False) -> None:
         """`mode` None: a plain Orthanc (its own storage, no aepacs); files coded at once by default."""
         self.storage = root / "storage"
         self.port, self.http, self.client_port = free_port(), free_port(), free_port()
@@ -44,6 +45,9 @@ class Orthanc:
             del conf["PythonScript"], conf["Aepacs"]
         else:
             self.plain = False
+        if webviewer:  # Debian's orthanc-webviewer, its cache of decoded images beside the storage
+            conf["Plugins"].append(str(WEBVIEWER_PLUGIN))
+            conf["WebViewer"] = {"CachePath": str(root / "webviewer-cache")}
         if dicomweb:  # Debian's orthanc-dicomweb, beside the aepacs plugin
             conf["Plugins"].append(str(DICOMWEB_PLUGIN))
             conf["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
