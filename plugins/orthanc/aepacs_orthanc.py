@@ -40,12 +40,15 @@ Configuration: an ``Aepacs`` block in Orthanc's configuration (see README.md)::
       "FailWith": null                          // tests only: refuse every instance with this status
     }
 
-Durability (storage-area mode) follows Orthanc's own ``SyncStorageArea``: true (Orthanc's default),
-each file is on stable storage (its blob, its directory entry and its index row: one sync of the file
-system) before Orthanc is told it is stored, so an acknowledged instance survives a power cut; false,
-each file is written through to the operating system before Orthanc is told, so a crash of Orthanc or
-of aepacs loses nothing, and flushed to disk within a second, so a power cut loses at most that last
-second of files (Orthanc's own storage without the setting: the kernel's writeback delay, about 30 s).
+Durability (storage-area mode) follows Orthanc's own ``SyncStorageArea``. Each file is written
+through to the operating system before Orthanc is told it is stored, so a crash of Orthanc or of
+aepacs loses nothing, and flushed to disk within a second. With ``SyncStorageArea`` true (Orthanc's
+default), an instance's files (the DICOM file and Orthanc's copy of its header, blobs, directory
+entries and index rows) are also made durable by one sync of the file system when Orthanc signals
+the stored instance, which it does after its own index commit and before it answers the sender: an
+acknowledged instance survives a power cut. Orthanc only logs a failure there; the next ``create``
+then fails until a sync succeeds, so senders see it. With it false, a power cut loses at most the
+last second of files (Orthanc's own storage without it: the kernel's writeback delay, about 30 s).
 
 ``CompressAfter`` (seconds): a study is read most while it is new (reported, compared): its files
 stay sealed as they came for that long, read back at Orthanc's own speed, and are coded afterwards
@@ -197,8 +200,9 @@ class SealedStorage:
 
     def __init__(self) -> None:
         legacy = SETTINGS.get("MigrateFrom")  # Orthanc's own storage from before: read there until moved
-        self.area = StorageArea(Archive(CONFIG, KEYRING), legacy=Path(legacy) if legacy else None,
-                                sync=SYNC)
+        # files are written through as Orthanc hands them over and synced together: before Orthanc
+        # answers the sender (stored(), with SyncStorageArea), and every second whatever else came
+        self.area = StorageArea(Archive(CONFIG, KEYRING), legacy=Path(legacy) if legacy else None, sync=False)
 
     def create(self, uuid: str, content_type: Any, data: bytes) -> None:
         try:
@@ -216,6 +220,15 @@ class SealedStorage:
             orthanc.LogError(f"aepacs: file {uuid} (type {int(content_type)}) cannot be read: {exc}")
             raise
 
+    def stored(self, instance: Any, instance_id: str) -> None:
+        """Orthanc stored an instance and is about to answer its sender: make its files durable (one sync
+        of the file system for the DICOM file, Orthanc's copy of its header and their index rows)."""
+        try:
+            self.area.flush()
+        except BaseException as exc:  # Orthanc only logs it: the next create refuses until a sync succeeds
+            orthanc.LogError(f"aepacs: instance {instance_id} stored but not synced: {exc}")
+            raise
+
     def remove(self, uuid: str, content_type: Any) -> None:
         try:
             self.area.remove(uuid, int(content_type))
@@ -228,6 +241,8 @@ MODE = SETTINGS.get("Mode", "storage-area")
 if MODE == "storage-area":
     STORAGE = SealedStorage()
     orthanc.RegisterStorageArea(STORAGE.create, STORAGE.read, STORAGE.remove)
+    if SYNC:  # Orthanc calls it in the storing thread, after its index commit, before it answers
+        orthanc.RegisterOnStoredInstanceCallback(STORAGE.stored)
     COMPRESSOR = start_compressor() if SETTINGS.get("Compress", True) else None
 
     def on_change(change_type: Any, level: Any, resource: str) -> None:
