@@ -143,7 +143,7 @@ def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring
     Returns
     -------
     bytearray
-        The sealed object.
+        The sealed object (encrypted in place into one buffer: no copy of the ciphertext is made).
     """
     keyring.refresh()  # a rotation by another process takes effect here
     try:
@@ -156,9 +156,11 @@ def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring
     dek = os.urandom(DEK_BYTES)
     nonce = os.urandom(NONCE_BYTES)
     aad = _pack_header(object_uid, study_uid, codec, kek_version, nonce, len(payload))
-    out = bytearray(aad)
-    out += _wrap(dek, kek, kek_version, aad).pack()
-    out += AESGCM(dek).encrypt(nonce, payload, aad)  # ciphertext, then its tag
+    start = len(aad) + SLOT_BYTES
+    out = bytearray(start + len(payload) + TAG_BYTES)  # one buffer, encrypted into: no copy of the payload
+    out[:len(aad)] = aad
+    out[len(aad):start] = _wrap(dek, kek, kek_version, aad).pack()
+    AESGCM(dek).encrypt_into(nonce, payload, aad, memoryview(out)[start:])  # ciphertext, then its tag
     return out
 
 

@@ -106,11 +106,11 @@ class StorageArea:
         (and moved on the way), removed from it.
     sync : bool
         True (the default): each file is on stable storage when :meth:`create` returns (its blob, its
-        directory entry and its index row). False (what a program asks for when it does not sync its
-        own storage either: Orthanc's ``SyncStorageArea`` false): written through to the operating
-        system when :meth:`create` returns, so that a crash of the program or of aepacs loses nothing,
-        and made durable by a flush every `flush_s` seconds, so that a power cut or a crash of the
-        machine loses at most the files of that last interval.
+        directory entry and its index row). False: written through to the operating system when
+        :meth:`create` returns, so that a crash of the program or of aepacs loses nothing, and made
+        durable by :meth:`flush` (the program's commit point: the Orthanc plugin flushes when Orthanc
+        signals a stored instance, before Orthanc answers its sender) and by a flush every `flush_s`
+        seconds, so that a power cut loses at most the files of that last interval.
     flush_s : float
         Without `sync`: how often the files created meanwhile are flushed.
     """
@@ -126,7 +126,9 @@ class StorageArea:
         db, root = sqlite_path(archive.index.url), getattr(archive.store, "root", None)
         # an SQLite index on the blobs' file system: one sync of it covers both
         self._index_with_blobs = db is None or (root is not None and os.stat(db).st_dev == os.stat(root).st_dev)
-        self._written = threading.Event()  # a file was created since the last flush
+        self._written = threading.Event()  # a file was created since the last flush began
+        self._flushing = threading.Lock()  # one flush at a time: a caller returns once its files are synced
+        self._unsynced: AepacsError | None = None  # why the last flush failed (creates refuse until one works)
         self._closed = threading.Event()
         self._flusher: threading.Thread | None = None
         if not sync:
@@ -137,13 +139,31 @@ class StorageArea:
     def _flush_loop(self, every: float) -> None:
         """Without `sync`: make what was created durable every `every` seconds (only when there was some)."""
         while not self._closed.wait(every):
-            self.flush()
+            try:
+                self.flush()
+            except AepacsError as exc:
+                log.error("storage area: files written but not synced: %s", exc)
 
     def flush(self) -> None:
-        """Make every file created so far durable (the blobs, their directories and the index's log)."""
-        if self._written.is_set():
+        """Make every file created so far durable (the blobs, their directories and the index's log):
+        one sync for all the files of every thread since the last one.
+
+        Raises
+        ------
+        StoreError
+            The sync failed; :meth:`create` refuses new files until a flush succeeds.
+        """
+        with self._flushing:  # a flush in progress may have begun before this caller's files were written
+            if not self._written.is_set():
+                return
             self._written.clear()
-            self._sync()
+            try:
+                self._sync()
+            except AepacsError as exc:
+                self._written.set()
+                self._unsynced = exc
+                raise
+            self._unsynced = None
 
     def _sync(self) -> None:
         self.archive.store.sync()
@@ -175,6 +195,8 @@ class StorageArea:
             Keyring, store or index failure: nothing kept (the program's store fails).
         """
         uid = attachment_uid(uuid, content_type)
+        if self._unsynced is not None:  # files written before are not known to be on disk: not another
+            self.flush()
         self.archive.check_room(len(data))
         codec, payload = (FILE, data) if content_type == DICOM else \
             (ZSTD_FILE, zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data))

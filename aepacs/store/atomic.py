@@ -46,12 +46,16 @@ def sync_filesystem(path: Path) -> None:
     Raises
     ------
     StoreError
-        The file system reports a write-back error (what was written may not be on disk).
+        `path` is gone, or the file system reports a write-back error (what was written may not be on
+        disk).
     """
     if _LIBC is None:
         os.sync()
         return
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot sync its file system ({exc.strerror})") from None
     try:
         if _LIBC.syncfs(fd) != 0:
             err = ctypes.get_errno()

@@ -10,6 +10,7 @@ import time
 import uuid as uuidlib
 from collections import Counter
 from io import BytesIO
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from aepacs.audit import read
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
-from aepacs.errors import AepacsError, InputError, OpenError, StoreFullError
+from aepacs.errors import AepacsError, InputError, OpenError, StoreError, StoreFullError
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.rekey import rekey
 from aepacs.pipeline.storage_area import (
@@ -31,6 +32,7 @@ from aepacs.pipeline.storage_area import (
     follow,
     sweep_unknown,
 )
+from aepacs.store.blobs import BlobStore
 from aepacs.store.schema import attachments
 from tests.conftest import BACKENDS, ct_files, tamper
 
@@ -104,6 +106,29 @@ def test_without_sync_files_are_written_through_and_flushed(archive: Archive, co
     assert compress_pending(area) == {"coded": 3}
     for uuid, data in files.items():
         assert area.read(uuid, DICOM) == data
+
+
+def test_a_failed_flush_refuses_new_files_until_one_succeeds(archive: Archive, tmp_path: Path) -> None:
+    if not isinstance(archive.store, BlobStore):
+        pytest.skip("an object store's puts are durable: nothing to flush")
+    area = StorageArea(archive, sync=False, flush_s=3600)
+    first, data = _id(), ct_files()[0].read_bytes()
+    area.create(first, DICOM, data)
+    root, away = archive.store.root, tmp_path / "unmounted"
+    root.rename(away)  # the store's file system gone from under it (unmounted)
+    try:
+        with pytest.raises(StoreError, match="cannot sync"):
+            area.flush()
+        with pytest.raises(StoreError, match="cannot sync"):  # not one more file on top of unsynced ones
+            area.create(_id(), DICOM, data)
+    finally:
+        away.rename(root)
+    second = _id()
+    area.create(second, DICOM, data)  # synced again first, then stored
+    area.flush()
+    assert area.read(first, DICOM) == data and area.read(second, DICOM) == data
+    assert area.rows.count() == 2
+    area.close()
 
 
 def test_new_files_wait_until_they_are_old_enough_to_code(archive: Archive) -> None:
