@@ -44,12 +44,14 @@ from aepacs.dicom.part10 import parse
 from aepacs.errors import AepacsError, CodecError, InputError, OpenError, StoreError
 from aepacs.models.registry import config_registry
 from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.area_journal import PendingFiles
 from aepacs.pipeline.codecs import resolver, warm_up
 from aepacs.pipeline.ingest import check, encode, route
 from aepacs.pipeline.rekey_batch import owner_id, recover
 from aepacs.pipeline.workers import run_in_background
+from aepacs.store.atomic import sync_filesystem
 from aepacs.store.attachments import Attachments
-from aepacs.store.blobs import blob_key
+from aepacs.store.blobs import BlobStore, blob_key
 from aepacs.store.index import BlobRef, sqlite_path
 
 log = logging.getLogger("aepacs.storage_area")
@@ -113,19 +115,31 @@ class StorageArea:
         seconds, so that a power cut loses at most the files of that last interval.
     flush_s : float
         Without `sync`: how often the files created meanwhile are flushed.
+    journal : Path, optional
+        A journal directory (the Orthanc plugin's): each new file is appended to the journal, and moved
+        into the blob store and the index behind the program (:mod:`aepacs.pipeline.area_journal`);
+        :meth:`replay` first moves what a killed process left there. Without it, each create writes its
+        blob and its row.
     """
 
     def __init__(self, archive: Archive, program: str = "Orthanc", legacy: Path | None = None, *,
-                 sync: bool = True, flush_s: float = 1.0) -> None:
+                 sync: bool = True, flush_s: float = 1.0, journal: Path | None = None) -> None:
         self.archive = archive
         self.rows = Attachments(archive.index)
         self.program = program
         self.legacy = legacy
         self.sync = sync
         self._resolve = resolver(config_registry(archive.config))
-        db, root = sqlite_path(archive.index.url), getattr(archive.store, "root", None)
-        # an SQLite index on the blobs' file system: one sync of it covers both
-        self._index_with_blobs = db is None or (root is not None and os.stat(db).st_dev == os.stat(root).st_dev)
+        self.pending = PendingFiles(archive, self.rows, journal, self._forget) if journal is not None else None
+        # the file systems a sync covers: the blobs', the SQLite index's and the journal's, each once
+        root = archive.store.root if isinstance(archive.store, BlobStore) else None  # (an object store syncs itself)
+        places = [p for p in (root, sqlite_path(archive.index.url), journal) if p is not None]
+        devices = {os.stat(root).st_dev} if root is not None else set()
+        self._also_sync: list[Path] = []
+        for place in places:
+            if os.stat(place).st_dev not in devices:
+                devices.add(os.stat(place).st_dev)
+                self._also_sync.append(place)
         self._written = threading.Event()  # a file was created since the last flush began
         self._flushing = threading.Lock()  # one flush at a time: a caller returns once its files are synced
         self._unsynced: AepacsError | None = None  # why the last flush failed (creates refuse until one works)
@@ -167,15 +181,28 @@ class StorageArea:
 
     def _sync(self) -> None:
         self.archive.store.sync()
-        if not self._index_with_blobs:
-            self.archive.index.sync()
+        for place in self._also_sync:
+            sync_filesystem(place)
+
+    def replay(self) -> int:
+        """Move into the blob store and the index what a killed process left in the journal (before
+        serving the program); how many files."""
+        return self.pending.replay() if self.pending is not None else 0
 
     def close(self) -> None:
-        """Stop the flusher (without `sync`), after a last flush."""
+        """Stop the flusher (without `sync`) and move the journal, after a last flush."""
         self._closed.set()
         if self._flusher is not None:
             self._flusher.join()
+        if self.pending is not None:
+            self.pending.close()
         self.flush()
+
+    def _forget(self, uid: str) -> None:
+        """Remove an indexed file's row and blob (one removed while the journal moved it)."""
+        row = self.rows.remove(uid)
+        if row is not None:
+            self.archive.store.delete(row.blob_key)
 
     # -- the program's three calls --------------------------------------------------------
     def create(self, uuid: str, content_type: int, data: bytes) -> None:
@@ -201,15 +228,17 @@ class StorageArea:
         codec, payload = (FILE, data) if content_type == DICOM else \
             (ZSTD_FILE, zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data))
         blob = seal(payload, object_uid=uid, study_uid="", codec=codec, keyring=self.archive.keyring)
-        # blob and row written through, then made durable together: one sync of the file system, where
-        # an fsync of the blob, of its directory and of the index's log would be three
-        key = self.archive.store.put(blob, sync=False)
-        ref = BlobRef(codec, self.archive.keyring.active_version, key, len(blob), len(data), "")
-        try:
-            self.rows.add(uid, content_type, ref, sync=False)
-        except AepacsError:
-            self.archive.store.delete(key)
-            raise
+        if self.pending is not None:  # appended; moved behind the program
+            self.pending.add(uid, blob, len(data))
+        else:  # blob and row written through, then made durable together by one sync of the file system,
+            # where an fsync of the blob, of its directory and of the index's log would be three
+            key = self.archive.store.put(blob, sync=False)
+            ref = BlobRef(codec, self.archive.keyring.active_version, key, len(blob), len(data), "")
+            try:
+                self.rows.add(uid, content_type, ref, sync=False)
+            except AepacsError:
+                self.archive.store.delete(key)
+                raise
         if self.sync:
             self._sync()
         else:
@@ -224,6 +253,8 @@ class StorageArea:
             Not stored, its blob missing, altered, bound to another file, or no key for it; naming it.
         """
         uid = attachment_uid(uuid, content_type)
+        if self.pending is not None and (journalled := self.pending.read(uid)) is not None:
+            return self._open(uid, journalled, None)
         for _ in range(5):  # a blob switched meanwhile: read the row again
             row = self.rows.get(uid)
             if row is None:
@@ -241,6 +272,9 @@ class StorageArea:
         """Delete file `uuid` (its row, then its blob), audited; a file not stored is logged, not an error
         (the program may remove a file whose create it saw fail)."""
         uid = attachment_uid(uuid, content_type)
+        if self.pending is not None and self.pending.remove(uid):
+            self.archive.audit.record("remove", detail=f"{self.program} file {uid} (from the journal)")
+            return
         row = self.rows.remove(uid)
         if row is None:
             legacy = self.legacy_path(uuid)

@@ -74,6 +74,34 @@ class Attachments:
         except SQLAlchemyError as exc:
             raise StoreError(f"index: cannot add attachment {object_uid} ({type(exc).__name__})") from None
 
+    def add_many(self, rows: list[tuple[str, int, BlobRef]]) -> None:
+        """Index new attachments whose blobs are durable, in one transaction (durable on return); a row
+        already there (a journal replayed after a crash) is kept as it is.
+
+        Raises
+        ------
+        StoreError
+            The index failed.
+        """
+        now = time.time()
+        values = [{**{k: v for k, v in asdict(ref).items() if k in attachments.c},
+                   "object_uid": uid, "content_type": content_type, "stored_at": now}
+                  for uid, content_type, ref in rows]
+        try:
+            with writer(self.index.engine) as conn, conn.begin():
+                conn.execute(_INSERT, values)
+            return
+        except IntegrityError:  # some were there: one by one, keeping those
+            pass
+        except SQLAlchemyError as exc:
+            raise StoreError(f"index: cannot add {len(rows)} attachments ({type(exc).__name__})") from None
+        for uid, content_type, ref in rows:
+            try:
+                self.add(uid, content_type, ref)
+            except StoreError:
+                if self.get(uid) is None:
+                    raise
+
     def get(self, object_uid: str) -> Row[Any] | None:
         """The row of `object_uid`, or None."""
         with self.index.engine.connect() as conn:
@@ -120,11 +148,13 @@ class Attachments:
                 return
             after = rows[-1].pk
 
-    def count(self, codec: str | None = None) -> int:
-        """Attachments in all, or those whose blob is coded by `codec`."""
+    def count(self, codec: str | None = None, content_type: int | None = None) -> int:
+        """Attachments in all, or those whose blob is coded by `codec`, or of `content_type`."""
         q = select(func.count()).select_from(attachments)
         if codec is not None:
             q = q.where(attachments.c.codec == codec)
+        if content_type is not None:
+            q = q.where(attachments.c.content_type == content_type)
         with self.index.engine.connect() as conn:
             return int(conn.execute(q).scalar() or 0)
 

@@ -200,9 +200,14 @@ class SealedStorage:
 
     def __init__(self) -> None:
         legacy = SETTINGS.get("MigrateFrom")  # Orthanc's own storage from before: read there until moved
-        # files are written through as Orthanc hands them over and synced together: before Orthanc
-        # answers the sender (stored(), with SyncStorageArea), and every second whatever else came
-        self.area = StorageArea(Archive(CONFIG, KEYRING), legacy=Path(legacy) if legacy else None, sync=False)
+        # files are appended to a journal as Orthanc hands them over, synced together (before Orthanc
+        # answers the sender: stored(), with SyncStorageArea; and every second whatever else came), and
+        # moved into the blob store and the index behind Orthanc; what a killed Orthanc left is moved first
+        self.area = StorageArea(Archive(CONFIG, KEYRING), legacy=Path(legacy) if legacy else None, sync=False,
+                                journal=CONFIG.data_dir / "orthanc-journal")
+        replayed = self.area.replay()
+        if replayed:
+            orthanc.LogWarning(f"aepacs: moved {replayed} files a stopped Orthanc left in the journal")
 
     def create(self, uuid: str, content_type: Any, data: bytes) -> None:
         try:

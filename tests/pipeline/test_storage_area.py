@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid as uuidlib
@@ -129,6 +132,74 @@ def test_a_failed_flush_refuses_new_files_until_one_succeeds(archive: Archive, t
     assert area.read(first, DICOM) == data and area.read(second, DICOM) == data
     assert area.rows.count() == 2
     area.close()
+
+
+def _moved(area: StorageArea, timeout: float = 30.0) -> None:
+    """Until the journal's mover has moved everything (it waits for the program to be quiet first)."""
+    assert area.pending is not None
+    deadline = time.time() + timeout
+    while len(area.pending):
+        assert time.time() < deadline, "the journal was not moved"
+        time.sleep(0.05)
+
+
+def test_a_journal_takes_files_at_once_and_moves_them_behind(archive: Archive, tmp_path: Path) -> None:
+    area = StorageArea(archive, sync=False, journal=tmp_path / "journal")
+    files = {_id(): f.read_bytes() for f in ct_files()[:3]}
+    summary_id, removed = _id(), _id()
+    for uuid, data in files.items():
+        area.create(uuid, DICOM, data)
+    area.create(summary_id, JSON, b'{"a": 1}')
+    area.create(removed, DICOM, ct_files()[3].read_bytes())
+    area.remove(removed, DICOM)  # gone at once, wherever it was
+    for uuid, data in files.items():  # read back from the journal, or from the store once moved
+        assert area.read(uuid, DICOM) == data
+    with pytest.raises(OpenError, match="not in the storage area"):
+        area.read(removed, DICOM)
+    _moved(area)
+    assert area.rows.count() == 4 and area.rows.get(attachment_uid(removed, DICOM)) is None
+    assert area.read(summary_id, JSON) == b'{"a": 1}'
+    assert list((tmp_path / "journal").iterdir()) != []  # the current (empty) segment
+    assert compress_pending(area) == {"coded": 3}  # moved rows are the compressor's like any
+    for uuid, data in files.items():
+        assert area.read(uuid, DICOM) == data
+    stored = _blobs(archive) + b"".join(p.read_bytes() for p in (tmp_path / "journal").iterdir())
+    assert all(_pixel_runs(data, stored) == 0 for data in files.values()) and b"DICM" not in stored
+    area.close()
+    assert list((tmp_path / "journal").iterdir()) == []  # a clean stop leaves no journal
+
+
+def test_a_killed_writers_journal_is_replayed(archive: Archive, tmp_path: Path) -> None:
+    journal, datas = tmp_path / "journal", [f.read_bytes() for f in ct_files()[:3]]
+    ids = [_id() for _ in datas]
+    code = f"""
+import os, signal, sys
+from pathlib import Path
+from aepacs.config import load_config
+from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.storage_area import StorageArea
+area = StorageArea(Archive(load_config()), sync=False, journal=Path({str(journal)!r}))
+for uuid, path in zip({ids!r}, {[str(f) for f in ct_files()[:3]]!r}):
+    area.create(uuid, 1, Path(path).read_bytes())
+area.remove({ids[0]!r}, 1)
+area.flush()
+os.kill(os.getpid(), signal.SIGKILL)  # before its mover ran: everything is still in the journal
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert area_rows(archive) == 0 and len(list(journal.iterdir())) == 1
+    area = StorageArea(archive, sync=False, journal=journal)
+    assert area.replay() == 2  # the third was removed before the kill: its tombstone holds
+    assert [area.read(u, DICOM) for u in ids[1:]] == datas[1:]
+    with pytest.raises(OpenError, match="not in the storage area"):
+        area.read(ids[0], DICOM)
+    assert area_rows(archive) == 2 and area.replay() == 0
+    assert [p.name for p in journal.iterdir()] == [area.pending.journal.segment.name]  # replayed, dropped
+    area.close()
+
+
+def area_rows(archive: Archive) -> int:
+    return StorageArea(archive).rows.count()
 
 
 def test_new_files_wait_until_they_are_old_enough_to_code(archive: Archive) -> None:

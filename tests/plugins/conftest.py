@@ -11,6 +11,7 @@ import sysconfig
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,24 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 WEBVIEWER_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancWebViewer.so")
 SCRIPT = Path(__file__).resolve().parents[2] / "plugins" / "orthanc" / "aepacs_orthanc.py"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def wait_indexed(area: Any, dicom_files: int, timeout: float = 60.0) -> None:
+    """Until the plugin has moved `dicom_files` DICOM files from its journal into the index (it does so
+    behind Orthanc, once Orthanc is quiet for a moment)."""
+    deadline = time.time() + timeout
+    while area.rows.count(content_type=1) < dicom_files:
+        assert time.time() < deadline, f"{area.rows.count(content_type=1)} of {dicom_files} DICOM files indexed"
+        time.sleep(0.1)
+
+
+def wait_journal_moved(home: Path, timeout: float = 60.0) -> None:
+    """Until the plugin's journal (in aepacs's data directory `home`) holds nothing: every file Orthanc
+    stored is in the blob store and the index."""
+    deadline = time.time() + timeout
+    while any(p.stat().st_size for p in (home / "orthanc-journal").glob("*")):
+        assert time.time() < deadline, "the journal was not moved"
+        time.sleep(0.1)
 
 
 class Orthanc:

@@ -22,7 +22,7 @@ from aepacs.pipeline.archive import Archive, load_keyring
 from aepacs.pipeline.rekey_batch import recover
 from aepacs.pipeline.storage_area import DICOM, FILE, StorageArea, attachment_uid
 from tests.conftest import ct_files, run_cli
-from tests.plugins.conftest import ENV, Orthanc
+from tests.plugins.conftest import ENV, Orthanc, wait_journal_moved
 
 TRIALS = 10  # even: killed while storescu sends; odd: killed while the compressor codes
 PER_TRIAL = 12
@@ -99,7 +99,7 @@ def test_sigkill_during_ingest_and_coding_loses_nothing_acknowledged(
                 orthanc.start()
             files = _series(tmp_path / "sent", trial)
             sender = _storescu(orthanc, files)
-            if trial % 2 == 0:  # mid-stream: after the k-th store response
+            if trial % 2 == 0:  # mid-stream, after the k-th store response: files still in the journal
                 k, lines = rng.randint(1, PER_TRIAL // 3), []  # at least 8 still to send
                 assert sender.stdout is not None
                 for line in sender.stdout:
@@ -112,6 +112,7 @@ def test_sigkill_during_ingest_and_coding_loses_nothing_acknowledged(
             else:  # mid-coding: every file acknowledged, the compressor at work on them
                 output = sender.communicate(timeout=120)[0]
                 assert sender.returncode == 0, output
+                wait_journal_moved(orthanc_home)  # then the compressor takes them
                 deadline = time.time() + 60
                 while len(area.rows.coded_by(FILE, DICOM, limit=PER_TRIAL)) == PER_TRIAL and time.time() < deadline:
                     time.sleep(0.02)

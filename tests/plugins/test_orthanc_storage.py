@@ -22,7 +22,7 @@ from aepacs.config import load_config
 from aepacs.pipeline.archive import Archive, load_keyring
 from aepacs.pipeline.storage_area import DICOM, FILE, StorageArea, attachment_uid
 from tests.conftest import ct_files, run_cli
-from tests.plugins.conftest import DICOMWEB_PLUGIN, ENV, Orthanc
+from tests.plugins.conftest import DICOMWEB_PLUGIN, ENV, Orthanc, wait_indexed
 
 #: the other modalities' sample files sent with the CT series (pydicom's test data: MR, US, CR, OT, NM)
 OTHERS = ("MR_small.dcm", "US1_UNCI.dcm", "RG3_UNCR.dcm", "SC_rgb_16bit.dcm", "JPEG2000_UNC.dcm")
@@ -63,6 +63,7 @@ def test_orthanc_on_sealed_storage_gives_back_what_it_stored(sealed_orthanc: Ort
     assert len(ids) == len(files)
     archive = _archive(orthanc_home)
     area = StorageArea(archive)
+    wait_indexed(area, len(files))
     sent = {str(pydicom.dcmread(f).SOPInstanceUID): pydicom.dcmread(f) for f in files}
 
     def check_every_instance() -> None:

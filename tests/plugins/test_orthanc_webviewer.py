@@ -15,7 +15,7 @@ from aepacs.config import load_config
 from aepacs.pipeline.archive import Archive, load_keyring
 from aepacs.pipeline.storage_area import DICOM, FILE, StorageArea
 from tests.conftest import ct_files, run_cli
-from tests.plugins.conftest import ENV, WEBVIEWER_PLUGIN, Orthanc
+from tests.plugins.conftest import ENV, WEBVIEWER_PLUGIN, Orthanc, wait_indexed
 
 pytestmark = pytest.mark.skipif(not WEBVIEWER_PLUGIN.exists(), reason="needs Debian's orthanc-webviewer")
 
@@ -55,6 +55,7 @@ def test_the_web_viewer_shows_the_same_images_on_sealed_storage(orthancs: tuple[
 
     config = load_config()
     area = StorageArea(Archive(config, load_keyring(config)))
+    wait_indexed(area, len(files))
     run_cli("orthanc-compress", "--quiet", env={"AEPACS_HOME": str(orthanc_home)}, check=True)
     assert not area.rows.coded_by(FILE, DICOM, limit=1)  # every DICOM file coded now
     sealed.stop()

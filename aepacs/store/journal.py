@@ -1,0 +1,201 @@
+"""An append-only journal of sealed blobs: where a storage area puts a file while its program waits.
+
+A writer appends each sealed blob to its current segment file (one write; no content hash, no new
+directory entry, no index row) and a removal as a tombstone; one sync of the file system then makes
+any number of appends durable. A mover later puts the blobs into the blob store and indexes them,
+then drops the segment. Segments of a process that died are replayed by the next one.
+
+A segment is ``seg-HOST-PID-N.aepj`` in the journal directory (owner-only), a sequence of records::
+
+    0   4   magic b"AEJ1"
+    4   1   kind: 1 a blob, 2 a tombstone
+    5   4   n, the length of what follows
+    9   n   kind 1: u64 size of the file the blob holds, then the sealed blob;
+            kind 2: the object UID removed (ASCII)
+
+Only the last record of a segment can be torn (a crash in the middle of an append): a replay stops
+there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aepacs.errors import StoreError, StoreFullError
+from aepacs.store.atomic import private_dir
+
+_MAGIC = b"AEJ1"
+_HEAD = struct.Struct(">4sBI")
+_SIZE = struct.Struct(">Q")
+BLOB, TOMBSTONE = 1, 2
+SUFFIX = ".aepj"
+_HOST = socket.gethostname().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where one blob is in the journal."""
+
+    segment: Path
+    offset: int  # of the sealed blob (after the record's head and size)
+    length: int
+    source_size: int = field(compare=False)
+
+
+class Journal:
+    """The appending side: this process's current segment, and reads of any of its segments.
+
+    Parameters
+    ----------
+    directory : Path
+        The journal directory (created owner-only).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = private_dir(Path(directory))
+        self._lock = threading.Lock()
+        self._number = 0
+        self._fd = -1
+        self._readers: dict[Path, int] = {}
+        self.segment = self._open_next()
+
+    def _open_next(self) -> Path:
+        self._number += 1
+        path = self.directory / f"seg-{_HOST}-{os.getpid()}-{self._number}{SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        self._readers[path] = os.open(path, os.O_RDONLY)
+        self._size = 0
+        return path
+
+    @property
+    def size(self) -> int:
+        """Bytes in the current segment."""
+        return self._size
+
+    def append(self, blob: bytes | bytearray, source_size: int) -> Entry:
+        """Append a sealed blob (holding a file of `source_size` bytes); where it is.
+
+        Raises
+        ------
+        StoreFullError
+            The disk is full (a partial record may be left at the end: replays stop there).
+        StoreError
+            Any other write failure.
+        """
+        head = _HEAD.pack(_MAGIC, BLOB, _SIZE.size + len(blob)) + _SIZE.pack(source_size)
+        with self._lock:
+            offset = self._write(head, blob)
+            return Entry(self.segment, offset + len(head), len(blob), source_size)
+
+    def tombstone(self, object_uid: str) -> None:
+        """Record that the blob of `object_uid` was removed (so a replay does not bring it back)."""
+        uid = object_uid.encode("ascii")
+        with self._lock:
+            self._write(_HEAD.pack(_MAGIC, TOMBSTONE, len(uid)), uid)
+
+    def _write(self, head: bytes, body: bytes | bytearray) -> int:
+        offset = self._size
+        try:
+            written = os.writev(self._fd, [head, body])
+            while written < len(head) + len(body):  # a short write: the rest, in order
+                rest = (head + bytes(body))[written:]
+                written += os.write(self._fd, rest)
+        except OSError as exc:
+            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+                raise StoreFullError(f"{self.directory}: disk full, nothing kept") from None
+            raise StoreError(f"{self.segment}: append failed ({exc.strerror})") from None
+        self._size += len(head) + len(body)
+        return offset
+
+    def rotate(self) -> Path:
+        """Start a new segment; the one appended to until now (for the mover to drop once moved)."""
+        with self._lock:
+            old = self.segment
+            os.close(self._fd)
+            self.segment = self._open_next()
+            return old
+
+    def read(self, entry: Entry) -> bytes:
+        """The sealed blob at `entry`.
+
+        Raises
+        ------
+        StoreError
+            Its segment was dropped (the blob was moved meanwhile) or is unreadable.
+        """
+        fd = self._readers.get(entry.segment)
+        try:
+            if fd is None:
+                raise FileNotFoundError
+            data = os.pread(fd, entry.length, entry.offset)
+        except OSError:
+            raise StoreError(f"{entry.segment}: no longer holds the blob at {entry.offset}") from None
+        if len(data) != entry.length:
+            raise StoreError(f"{entry.segment}: short read at {entry.offset}")
+        return data
+
+    def drop(self, segment: Path) -> None:
+        """Remove a rotated segment whose blobs were all moved."""
+        with self._lock:
+            fd = self._readers.pop(segment, None)
+        if fd is not None:
+            os.close(fd)
+        segment.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Close the files (the segments stay for a replay)."""
+        with self._lock:
+            os.close(self._fd)
+            for fd in self._readers.values():
+                os.close(fd)
+            self._readers.clear()
+
+
+def records(segment: Path) -> Iterator[tuple[int, int, bytes | str]]:
+    """The records of a segment in order: ``(kind, source size, sealed blob)`` or ``(TOMBSTONE, 0, uid)``;
+    stops at a torn last record."""
+    data = segment.read_bytes()
+    pos = 0
+    while pos + _HEAD.size <= len(data):
+        magic, kind, length = _HEAD.unpack_from(data, pos)
+        body = pos + _HEAD.size
+        if magic != _MAGIC or kind not in (BLOB, TOMBSTONE) or body + length > len(data):
+            return  # torn (or not a record): nothing after it was ever acknowledged
+        if kind == BLOB and length >= _SIZE.size:
+            (size,) = _SIZE.unpack_from(data, body)
+            yield BLOB, size, data[body + _SIZE.size:body + length]
+        elif kind == TOMBSTONE:
+            yield TOMBSTONE, 0, data[body:body + length].decode("ascii", "replace")
+        pos = body + length
+
+
+def orphaned_segments(directory: Path) -> list[Path]:
+    """Segments in `directory` whose process (on this host) is gone, oldest first: to replay."""
+    found = []
+    for path in Path(directory).glob(f"seg-*{SUFFIX}"):
+        parts = path.name[len("seg-"):-len(SUFFIX)].split("-")
+        if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit() or not parts[2].isdigit():
+            continue
+        if int(parts[1]) == os.getpid() or _alive(int(parts[1])):
+            continue
+        found.append((int(parts[1]), int(parts[2]), path))
+    return [path for _, _, path in sorted(found, key=lambda f: (f[2].stat().st_mtime, f[0], f[1]))]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["BLOB", "TOMBSTONE", "Entry", "Journal", "orphaned_segments", "records"]

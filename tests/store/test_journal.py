@@ -1,0 +1,52 @@
+"""The append-only journal of sealed blobs: appends read back, rotation, torn tails, dead writers' segments."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aepacs.errors import StoreError
+from aepacs.store.journal import BLOB, TOMBSTONE, Journal, orphaned_segments, records
+
+
+def test_appends_read_back_and_replay_in_order(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    assert oct(os.stat(tmp_path / "j").st_mode & 0o777) == "0o700"
+    blobs = [os.urandom(n) for n in (10, 70_000, 3)]
+    entries = [journal.append(b, source_size=len(b) * 2) for b in blobs]
+    journal.tombstone("orthanc.1.x")
+    assert [journal.read(e) for e in entries] == blobs
+    assert oct(os.stat(journal.segment).st_mode & 0o777) == "0o600"
+    assert list(records(journal.segment)) == [(BLOB, len(b) * 2, b) for b in blobs] + [(TOMBSTONE, 0, "orthanc.1.x")]
+    old = journal.rotate()
+    assert journal.segment != old and journal.read(entries[1]) == blobs[1]  # a rotated segment still reads
+    journal.drop(old)
+    assert not old.exists()
+    with pytest.raises(StoreError, match="no longer holds"):
+        journal.read(entries[0])
+    journal.close()
+
+
+def test_a_torn_last_record_ends_the_replay(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.append(b"whole", 5)
+    journal.append(b"torn" * 100, 400)
+    journal.close()
+    with journal.segment.open("r+b") as f:  # a crash in the middle of the second append
+        f.truncate(journal.segment.stat().st_size - 50)
+    assert list(records(journal.segment)) == [(BLOB, 5, b"whole")]
+
+
+def test_only_segments_of_dead_processes_are_orphaned(tmp_path: Path) -> None:
+    mine = Journal(tmp_path)
+    mine.append(b"alive", 5)
+    code = ("import sys; from aepacs.store.journal import Journal; "
+            "Journal(sys.argv[1]).append(b'dead', 4)")  # exits without moving it: its segment stays
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    (orphan,) = orphaned_segments(tmp_path)
+    assert orphan != mine.segment and list(records(orphan)) == [(BLOB, 4, b"dead")]
+    mine.close()
