@@ -153,7 +153,7 @@ class PendingFiles:
     def replay(self) -> int:
         """Move what dead processes left in the journal directory (before serving); how many files."""
         moved = 0
-        for segment in orphaned_segments(self.journal.directory):
+        for segment in orphaned_segments(self.journal.directory, self.journal.token):
             files: dict[str, tuple[bytes, int]] = {}
             gone: list[str] = []
             for kind, size, body in records(segment):
@@ -174,13 +174,17 @@ class PendingFiles:
         return moved
 
     def close(self) -> None:
-        """Stop the mover after moving everything (a clean stop leaves no journal)."""
+        """Stop the mover after moving everything (a clean stop leaves no journal; what cannot be moved
+        now stays there for the next start to replay)."""
         self._closed.set()
         self._mover.join()
-        while len(self):
+        try:
             self.move()
+        except AepacsError as exc:
+            log.error("storage area: journal left for the next start: %s", exc)
         self.journal.close()
-        self.journal.segment.unlink(missing_ok=True)
+        if not len(self):
+            self.journal.segment.unlink(missing_ok=True)
 
 
 __all__ = ["PendingFiles"]

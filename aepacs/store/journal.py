@@ -5,7 +5,8 @@ directory entry, no index row) and a removal as a tombstone; one sync of the fil
 any number of appends durable. A mover later puts the blobs into the blob store and indexes them,
 then drops the segment. Segments of a process that died are replayed by the next one.
 
-A segment is ``seg-HOST-PID-N.aepj`` in the journal directory (owner-only), a sequence of records::
+A segment is ``seg-HOST-PID-TOKEN-N.aepj`` in the journal directory (owner-only; one writer process
+at a time per directory, which must not be shared between hosts), a sequence of records::
 
     0   4   magic b"AEJ1"
     4   1   kind: 1 a blob, 2 a tombstone
@@ -20,6 +21,7 @@ there.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import struct
 import threading
@@ -59,17 +61,17 @@ class Journal:
 
     def __init__(self, directory: Path) -> None:
         self.directory = private_dir(Path(directory))
+        #: this writer's mark in its segments' names (a process id is reused, in a container at each start)
+        self.token = secrets.token_hex(4)
         self._lock = threading.Lock()
         self._number = 0
         self._fd = -1
-        self._readers: dict[Path, int] = {}
         self.segment = self._open_next()
 
     def _open_next(self) -> Path:
         self._number += 1
-        path = self.directory / f"seg-{_HOST}-{os.getpid()}-{self._number}{SUFFIX}"
+        path = self.directory / f"seg-{_HOST}-{os.getpid()}-{self.token}-{self._number}{SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
-        self._readers[path] = os.open(path, os.O_RDONLY)
         self._size = 0
         return path
 
@@ -129,32 +131,28 @@ class Journal:
         StoreError
             Its segment was dropped (the blob was moved meanwhile) or is unreadable.
         """
-        fd = self._readers.get(entry.segment)
-        try:
-            if fd is None:
-                raise FileNotFoundError
-            data = os.pread(fd, entry.length, entry.offset)
+        try:  # opened for each read: a segment dropped meanwhile is simply gone
+            fd = os.open(entry.segment, os.O_RDONLY)
         except OSError:
             raise StoreError(f"{entry.segment}: no longer holds the blob at {entry.offset}") from None
+        try:
+            data = os.pread(fd, entry.length, entry.offset)
+        except OSError as exc:
+            raise StoreError(f"{entry.segment}: cannot read ({exc.strerror})") from None
+        finally:
+            os.close(fd)
         if len(data) != entry.length:
             raise StoreError(f"{entry.segment}: short read at {entry.offset}")
         return data
 
     def drop(self, segment: Path) -> None:
         """Remove a rotated segment whose blobs were all moved."""
-        with self._lock:
-            fd = self._readers.pop(segment, None)
-        if fd is not None:
-            os.close(fd)
         segment.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Close the files (the segments stay for a replay)."""
+        """Close the current segment (the segments stay for a replay)."""
         with self._lock:
             os.close(self._fd)
-            for fd in self._readers.values():
-                os.close(fd)
-            self._readers.clear()
 
 
 def records(segment: Path) -> Iterator[tuple[int, int, bytes | str]]:
@@ -175,17 +173,20 @@ def records(segment: Path) -> Iterator[tuple[int, int, bytes | str]]:
         pos = body + length
 
 
-def orphaned_segments(directory: Path) -> list[Path]:
-    """Segments in `directory` whose process (on this host) is gone, oldest first: to replay."""
+def orphaned_segments(directory: Path, own_token: str) -> list[Path]:
+    """Segments in `directory` of writers that are gone, oldest first: to replay. A writer is gone when
+    it is not the caller (`own_token`) and its process is not alive on this host, or it named another
+    host (a container's hostname changes at each start)."""
     found = []
     for path in Path(directory).glob(f"seg-*{SUFFIX}"):
         parts = path.name[len("seg-"):-len(SUFFIX)].split("-")
-        if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit() or not parts[2].isdigit():
+        if len(parts) != 4 or not parts[1].isdigit() or not parts[3].isdigit() or parts[2] == own_token:
             continue
-        if int(parts[1]) == os.getpid() or _alive(int(parts[1])):
+        host, pid = parts[0], int(parts[1])
+        if host == _HOST and pid != os.getpid() and _alive(pid):
             continue
-        found.append((int(parts[1]), int(parts[2]), path))
-    return [path for _, _, path in sorted(found, key=lambda f: (f[2].stat().st_mtime, f[0], f[1]))]
+        found.append((path.stat().st_mtime, int(parts[3]), path))
+    return [path for _, _, path in sorted(found)]
 
 
 def _alive(pid: int) -> bool:

@@ -47,6 +47,11 @@ def test_only_segments_of_dead_processes_are_orphaned(tmp_path: Path) -> None:
     code = ("import sys; from aepacs.store.journal import Journal; "
             "Journal(sys.argv[1]).append(b'dead', 4)")  # exits without moving it: its segment stays
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
-    (orphan,) = orphaned_segments(tmp_path)
+    (orphan,) = orphaned_segments(tmp_path, mine.token)
     assert orphan != mine.segment and list(records(orphan)) == [(BLOB, 4, b"dead")]
+    # a process id used again (a container's Orthanc starts with the same one): its old segments are
+    # another writer's, orphaned; the live writer's own are not
+    reused = tmp_path / mine.segment.name.replace(f"-{mine.token}-", "-0badc0de-")
+    reused.write_bytes(b"")
+    assert set(orphaned_segments(tmp_path, mine.token)) == {orphan, reused}
     mine.close()
