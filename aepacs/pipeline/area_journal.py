@@ -51,11 +51,13 @@ class PendingFiles:
     forget : callable
         ``forget(object_uid)``: remove an indexed file (its row, its blob), for one removed while it
         was being moved.
+    indexed : callable, optional
+        ``indexed(object_uid, blob_key)``: told of each file moved (where reads will find it).
     """
 
     def __init__(self, archive: Archive, rows: Attachments, directory: Path,
-                 forget: Callable[[str], None]) -> None:
-        self.archive, self.rows, self.forget = archive, rows, forget
+                 forget: Callable[[str], None], indexed: Callable[[str, str], None] | None = None) -> None:
+        self.archive, self.rows, self.forget, self.indexed = archive, rows, forget, indexed
         self.journal = Journal(directory)
         self._entries: dict[str, Entry] = {}
         self._moving: set[str] = set()
@@ -123,11 +125,14 @@ class PendingFiles:
                 batch = {uid: e for uid, e in self._entries.items() if e.segment != current}
                 self._moving = set(batch)
             try:
-                self._index({uid: (self.journal.read(e), e.source_size) for uid, e in batch.items()})
+                keys = self._index({uid: (self.journal.read(e), e.source_size) for uid, e in batch.items()})
             except BaseException:
                 with self._lock:
                     self._moving = set()
                 raise
+            if self.indexed is not None:
+                for uid, key in keys.items():
+                    self.indexed(uid, key)
             with self._lock:
                 for uid, entry in batch.items():
                     if self._entries.get(uid) == entry:
@@ -139,8 +144,9 @@ class PendingFiles:
             self.forget(uid)
         return len(batch)
 
-    def _index(self, blobs: dict[str, tuple[bytes, int]]) -> None:
-        """Put `blobs` (object UID -> sealed blob, file size) into the store, sync, then index them."""
+    def _index(self, blobs: dict[str, tuple[bytes, int]]) -> dict[str, str]:
+        """Put `blobs` (object UID -> sealed blob, file size) into the store, sync, then index them;
+        their content keys."""
         store, refs = self.archive.store, []
         for uid, (blob, size) in blobs.items():
             header = read_header(blob, uid)
@@ -149,6 +155,7 @@ class PendingFiles:
         if refs:
             store.sync()  # every blob durable before a row points at it
             self.rows.add_many(refs)
+        return {uid: ref.blob_key for uid, _, ref in refs}
 
     def replay(self) -> int:
         """Move what dead processes left in the journal directory (before serving); how many files."""

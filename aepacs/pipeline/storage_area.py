@@ -29,7 +29,7 @@ import os
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ KEPT = "file-kept"
 ZSTD_FILE = "file+zstd"
 _ZSTD_LEVEL = 3
 _MAX_FILE = 1 << 31  # the largest file a zstd frame may claim to hold
+_REMEMBERED = 1 << 16  # files whose blob a read finds without the index (about 10 MB)
 #: Orthanc's content type of a DICOM instance (``OrthancPluginContentType_Dicom``).
 DICOM = 1
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -130,7 +131,13 @@ class StorageArea:
         self.legacy = legacy
         self.sync = sync
         self._resolve = resolver(config_registry(archive.config))
-        self.pending = PendingFiles(archive, self.rows, journal, self._forget) if journal is not None else None
+        #: where recently read or moved files' blobs are (file -> content key, index's key slot): a read
+        #: skips the row look-up; a blob switched or removed meanwhile falls back to the row
+        self._where: OrderedDict[str, tuple[str, bytes | None]] = OrderedDict()
+        self._where_lock = threading.Lock()
+        self.pending = PendingFiles(archive, self.rows, journal, self._forget,
+                                    indexed=lambda uid, key: self._remember(uid, key, None)) \
+            if journal is not None else None
         # the file systems a sync covers: the blobs', the SQLite index's and the journal's, each once
         root = archive.store.root if isinstance(archive.store, BlobStore) else None  # (an object store syncs itself)
         places = [p for p in (root, sqlite_path(archive.index.url), journal) if p is not None]
@@ -255,6 +262,13 @@ class StorageArea:
         uid = attachment_uid(uuid, content_type)
         if self.pending is not None and (journalled := self.pending.read(uid)) is not None:
             return self._open(uid, journalled, None)
+        with self._where_lock:
+            known = self._where.get(uid)
+        if known is not None:
+            try:
+                return self._open(uid, self.archive.store.get(known[0]), known[1])
+            except AepacsError:  # switched (coded, rekeyed) or removed meanwhile: the row says
+                self._unremember(uid)
         for _ in range(5):  # a blob switched meanwhile: read the row again
             row = self.rows.get(uid)
             if row is None:
@@ -265,13 +279,16 @@ class StorageArea:
                 return data
             blob = self._blob(uid, row)
             if blob is not None:
-                return self._open(uid, blob, row.key_slot)
+                data = self._open(uid, blob, row.key_slot)
+                self._remember(uid, row.blob_key, row.key_slot)
+                return data
         raise OpenError(uid, "blob kept changing while being read")
 
     def remove(self, uuid: str, content_type: int) -> None:
         """Delete file `uuid` (its row, then its blob), audited; a file not stored is logged, not an error
         (the program may remove a file whose create it saw fail)."""
         uid = attachment_uid(uuid, content_type)
+        self._unremember(uid)
         if self.pending is not None and self.pending.remove(uid):
             self.archive.audit.record("remove", detail=f"{self.program} file {uid} (from the journal)")
             return
@@ -343,6 +360,17 @@ class StorageArea:
         return "moved" if moved else "present"
 
     # -- helpers --------------------------------------------------------------------------
+    def _remember(self, uid: str, key: str, key_slot: bytes | None) -> None:
+        with self._where_lock:
+            self._where[uid] = (key, None if key_slot is None else bytes(key_slot))
+            self._where.move_to_end(uid)
+            if len(self._where) > _REMEMBERED:
+                self._where.popitem(last=False)
+
+    def _unremember(self, uid: str) -> None:
+        with self._where_lock:
+            self._where.pop(uid, None)
+
     def _blob(self, uid: str, row: Any) -> bytes | None:
         """The blob `row` points at; None when it went because the row was switched or removed meanwhile
         (by the compressor, a rekey or the program).

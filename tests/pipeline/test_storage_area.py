@@ -256,6 +256,24 @@ def test_ids_that_could_reach_another_object_are_refused(archive: Archive) -> No
     assert area.rows.count() == 0 and list(archive.store.keys()) == []
 
 
+def test_reads_follow_blobs_another_process_switched(archive: Archive, config: Config) -> None:
+    # a read remembers where a file's blob is; the compressor and a rekey (other processes) switch it
+    area = StorageArea(archive)
+    uuid, data = _id(), ct_files()[0].read_bytes()
+    area.create(uuid, DICOM, data)
+    assert area.read(uuid, DICOM) == data
+    with Archive(config) as other:
+        assert compress_pending(StorageArea(other)) == {"coded": 1}  # the blob it remembered is gone
+    assert area.read(uuid, DICOM) == data
+    archive.keyring.rotate()
+    assert rekey(config, mode="rewrap", workers=1, progress=False).failed == 0  # same blob, a new key slot
+    archive.keyring.retire(1)  # the key slot it remembered no longer opens
+    assert area.read(uuid, DICOM) == data
+    area.remove(uuid, DICOM)
+    with pytest.raises(OpenError, match="not in the storage area"):
+        area.read(uuid, DICOM)
+
+
 def test_rekey_retire_and_the_sweep_cover_the_files(archive: Archive, config: Config) -> None:
     area = StorageArea(archive)
     ids = [_id() for _ in range(3)]
