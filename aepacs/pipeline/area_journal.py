@@ -12,10 +12,11 @@ applied.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from aepacs.crypto.seal import read_header
@@ -124,8 +125,8 @@ class PendingFiles:
             with self._lock:
                 batch = {uid: e for uid, e in self._entries.items() if e.segment != current}
                 self._moving = set(batch)
-            try:
-                keys = self._index({uid: (self.journal.read(e), e.source_size) for uid, e in batch.items()})
+            try:  # one blob in memory at a time (a segment may hold hundreds of megabytes)
+                keys = self._index(self._readers(batch))
             except BaseException:
                 with self._lock:
                     self._moving = set()
@@ -144,11 +145,17 @@ class PendingFiles:
             self.forget(uid)
         return len(batch)
 
-    def _index(self, blobs: dict[str, tuple[bytes, int]]) -> dict[str, str]:
-        """Put `blobs` (object UID -> sealed blob, file size) into the store, sync, then index them;
-        their content keys."""
+    def _readers(self, entries: dict[str, Entry]) -> Iterator[tuple[str, Callable[[], bytes], int]]:
+        """Each entry's object UID, how to read its blob (when its turn comes), its file size."""
+        for uid, entry in entries.items():
+            yield uid, functools.partial(self.journal.read, entry), entry.source_size
+
+    def _index(self, blobs: Iterable[tuple[str, Callable[[], bytes], int]]) -> dict[str, str]:
+        """Put `blobs` (object UID, how to read its sealed blob, file size) into the store one at a time,
+        sync, then index them all; their content keys."""
         store, refs = self.archive.store, []
-        for uid, (blob, size) in blobs.items():
+        for uid, fetch, size in blobs:
+            blob = fetch()
             header = read_header(blob, uid)
             key = store.put(blob, sync=False)
             refs.append((uid, _content_type(uid), BlobRef(header.codec, header.kek_version, key, len(blob), size, "")))
@@ -161,17 +168,17 @@ class PendingFiles:
         """Move what dead processes left in the journal directory (before serving); how many files."""
         moved = 0
         for segment in orphaned_segments(self.journal.directory, self.journal.token):
-            files: dict[str, tuple[bytes, int]] = {}
+            files: dict[str, Entry] = {}
             gone: list[str] = []
-            for kind, size, body in records(segment):
+            for kind, _, where in records(segment):
                 if kind == BLOB:
-                    assert isinstance(body, bytes)
-                    files[read_header(body, str(segment)).object_uid] = (body, size)
+                    assert isinstance(where, Entry)
+                    files[read_header(self.journal.read(where), str(segment)).object_uid] = where
                 else:
-                    assert isinstance(body, str)
-                    files.pop(body, None)
-                    gone.append(body)
-            self._index(files)
+                    assert isinstance(where, str)
+                    files.pop(where, None)
+                    gone.append(where)
+            self._index(self._readers(files))
             for uid in gone:
                 if self.rows.get(uid) is not None:  # moved before its removal was: remove it now
                     self.forget(uid)

@@ -155,22 +155,24 @@ class Journal:
             os.close(self._fd)
 
 
-def records(segment: Path) -> Iterator[tuple[int, int, bytes | str]]:
-    """The records of a segment in order: ``(kind, source size, sealed blob)`` or ``(TOMBSTONE, 0, uid)``;
-    stops at a torn last record."""
-    data = segment.read_bytes()
-    pos = 0
-    while pos + _HEAD.size <= len(data):
-        magic, kind, length = _HEAD.unpack_from(data, pos)
-        body = pos + _HEAD.size
-        if magic != _MAGIC or kind not in (BLOB, TOMBSTONE) or body + length > len(data):
-            return  # torn (or not a record): nothing after it was ever acknowledged
-        if kind == BLOB and length >= _SIZE.size:
-            (size,) = _SIZE.unpack_from(data, body)
-            yield BLOB, size, data[body + _SIZE.size:body + length]
-        elif kind == TOMBSTONE:
-            yield TOMBSTONE, 0, data[body:body + length].decode("ascii", "replace")
-        pos = body + length
+def records(segment: Path) -> Iterator[tuple[int, int, Entry | str]]:
+    """The records of a segment in order, read one at a time: ``(BLOB, file size, where the blob is)`` or
+    ``(TOMBSTONE, 0, object UID)``; stops at a torn last record."""
+    with segment.open("rb") as f:
+        end = os.fstat(f.fileno()).st_size
+        pos = 0
+        while pos + _HEAD.size <= end:
+            f.seek(pos)
+            magic, kind, length = _HEAD.unpack(f.read(_HEAD.size))
+            body = pos + _HEAD.size
+            if magic != _MAGIC or kind not in (BLOB, TOMBSTONE) or body + length > end:
+                return  # torn (or not a record): nothing after it was ever acknowledged
+            if kind == BLOB and length >= _SIZE.size:
+                (size,) = _SIZE.unpack(f.read(_SIZE.size))
+                yield BLOB, size, Entry(segment, body + _SIZE.size, length - _SIZE.size, size)
+            elif kind == TOMBSTONE:
+                yield TOMBSTONE, 0, f.read(length).decode("ascii", "replace")
+            pos = body + length
 
 
 def orphaned_segments(directory: Path, own_token: str) -> list[Path]:
