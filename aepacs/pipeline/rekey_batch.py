@@ -18,7 +18,7 @@ from aepacs.config import Config
 from aepacs.crypto.seal import SLOT_BYTES, header_span, open_sealed, rewrap_slot, seal, with_slot
 from aepacs.errors import AepacsError, OpenError, StoreError
 from aepacs.pipeline.archive import Archive
-from aepacs.store.atomic import _HOST, _pid_alive
+from aepacs.store.atomic import _HOST, pid_alive
 from aepacs.store.blobs import blob_key
 
 log = logging.getLogger("aepacs.rekey")
@@ -62,7 +62,7 @@ def owner_id() -> str:
 def _owner_gone(owner: str, created: float, now: float) -> bool:
     host, _, pid = owner.rpartition(":")
     if host == _HOST and pid.isdigit():
-        return int(pid) != os.getpid() and not _pid_alive(int(pid))
+        return int(pid) != os.getpid() and not pid_alive(int(pid))
     return now - created > STALE_S
 
 

@@ -170,7 +170,8 @@ def atomic_write(path: Path, data: bytes | bytearray, mode: int = 0o600, *, repl
         raise StoreError(f"{path}: write failed ({exc.strerror})") from None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host is alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -197,7 +198,7 @@ def sweep_temporaries(directory: Path) -> int:
         parts = entry.name[len(TMP_PREFIX):].split("-")
         if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
             continue
-        if not _pid_alive(int(parts[1])):
+        if not pid_alive(int(parts[1])):
             try:
                 entry.unlink()
                 removed += 1

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aepacs.errors import StoreError, StoreFullError
-from aepacs.store.atomic import private_dir
+from aepacs.store.atomic import pid_alive, private_dir
 
 _MAGIC = b"AEJ1"
 _HEAD = struct.Struct(">4sBI")
@@ -185,20 +185,10 @@ def orphaned_segments(directory: Path, own_token: str) -> list[Path]:
         if len(parts) != 4 or not parts[1].isdigit() or not parts[3].isdigit() or parts[2] == own_token:
             continue
         host, pid = parts[0], int(parts[1])
-        if host == _HOST and pid != os.getpid() and _alive(pid):
+        if host == _HOST and pid != os.getpid() and pid_alive(pid):
             continue
         found.append((path.stat().st_mtime, int(parts[3]), path))
     return [path for _, _, path in sorted(found)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 __all__ = ["BLOB", "TOMBSTONE", "Entry", "Journal", "orphaned_segments", "records"]
