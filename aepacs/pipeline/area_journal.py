@@ -12,11 +12,10 @@ applied.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from aepacs.crypto.seal import read_header
@@ -125,8 +124,8 @@ class PendingFiles:
             with self._lock:
                 batch = {uid: e for uid, e in self._entries.items() if e.segment != current}
                 self._moving = set(batch)
-            try:  # one blob in memory at a time (a segment may hold hundreds of megabytes)
-                keys = self._index(self._readers(batch))
+            try:
+                keys = self._index(batch)
             except BaseException:
                 with self._lock:
                     self._moving = set()
@@ -145,20 +144,16 @@ class PendingFiles:
             self.forget(uid)
         return len(batch)
 
-    def _readers(self, entries: dict[str, Entry]) -> Iterator[tuple[str, Callable[[], bytes], int]]:
-        """Each entry's object UID, how to read its blob (when its turn comes), its file size."""
-        for uid, entry in entries.items():
-            yield uid, functools.partial(self.journal.read, entry), entry.source_size
-
-    def _index(self, blobs: Iterable[tuple[str, Callable[[], bytes], int]]) -> dict[str, str]:
-        """Put `blobs` (object UID, how to read its sealed blob, file size) into the store one at a time,
-        sync, then index them all; their content keys."""
+    def _index(self, entries: dict[str, Entry]) -> dict[str, str]:
+        """Put the blobs of `entries` (object UID -> where in the journal) into the store, read one at a
+        time (a segment may hold hundreds of megabytes), sync, then index them all; their content keys."""
         store, refs = self.archive.store, []
-        for uid, fetch, size in blobs:
-            blob = fetch()
+        for uid, entry in entries.items():
+            blob = self.journal.read(entry)
             header = read_header(blob, uid)
             key = store.put(blob, sync=False)
-            refs.append((uid, _content_type(uid), BlobRef(header.codec, header.kek_version, key, len(blob), size, "")))
+            refs.append((uid, _content_type(uid),
+                         BlobRef(header.codec, header.kek_version, key, len(blob), entry.source_size, "")))
         if refs:
             store.sync()  # every blob durable before a row points at it
             self.rows.add_many(refs)
@@ -178,7 +173,7 @@ class PendingFiles:
                     assert isinstance(where, str)
                     files.pop(where, None)
                     gone.append(where)
-            self._index(self._readers(files))
+            self._index(files)
             for uid in gone:
                 if self.rows.get(uid) is not None:  # moved before its removal was: remove it now
                     self.forget(uid)

@@ -140,13 +140,13 @@ class StorageArea:
             if journal is not None else None
         # the file systems a sync covers: the blobs', the SQLite index's and the journal's, each once
         root = archive.store.root if isinstance(archive.store, BlobStore) else None  # (an object store syncs itself)
-        places = [p for p in (root, sqlite_path(archive.index.url), journal) if p is not None]
-        devices = {os.stat(root).st_dev} if root is not None else set()
-        self._also_sync: list[Path] = []
-        for place in places:
-            if os.stat(place).st_dev not in devices:
-                devices.add(os.stat(place).st_dev)
-                self._also_sync.append(place)
+        devices: set[int] = set()
+        self._also_sync: list[Path] = []  # (the blobs' file system is the store's own to sync)
+        for place in (root, sqlite_path(archive.index.url), journal):
+            if place is not None and (device := os.stat(place).st_dev) not in devices:
+                devices.add(device)
+                if place is not root:
+                    self._also_sync.append(place)
         self._written = threading.Event()  # a file was created since the last flush began
         self._flushing = threading.Lock()  # one flush at a time: a caller returns once its files are synced
         self._unsynced: AepacsError | None = None  # why the last flush failed (creates refuse until one works)

@@ -47,9 +47,10 @@ class Attachments:
     def add(self, object_uid: str, content_type: int, ref: BlobRef, *, sync: bool = True) -> None:
         """Index a new attachment whose blob is already written (`ref`: as an instance's, without quality).
 
-        Durable when this returns; with ``sync=False`` on SQLite, once :meth:`Index.sync` has returned
-        (committed to the write-ahead log without its fsync: it survives a crash of the process, and one
-        sync of the file system covers it and the blob together). PostgreSQL's commits are durable.
+        Durable when this returns; with ``sync=False`` on SQLite, once the file system holding the
+        database is synced (committed to the write-ahead log without its fsync: it survives a crash of the
+        process, and one sync of the file system covers it and the blob together). PostgreSQL's commits
+        are durable.
 
         Raises
         ------

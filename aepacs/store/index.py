@@ -42,7 +42,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 from aepacs.dicom.records import INSTANCE_FIELDS, PATIENT_FIELDS, SERIES_FIELDS, STUDY_FIELDS, InstanceRecord
 from aepacs.errors import StoreError
 from aepacs.store import migrate
-from aepacs.store.atomic import private_dir, private_file, sync_filesystem
+from aepacs.store.atomic import private_dir, private_file
 from aepacs.store.schema import (
     OBJECT_NAMES,
     OBJECT_TABLES,
@@ -178,13 +178,6 @@ class Index:
 
     def close(self) -> None:
         self.engine.dispose()
-
-    def sync(self) -> None:
-        """Make every transaction committed without its fsync durable (SQLite's ``synchronous=NORMAL``:
-        the file system holding the database is synced; PostgreSQL's commits already are)."""
-        path = sqlite_path(self.url)
-        if path is not None:
-            sync_filesystem(path)
 
     # -- writing ------------------------------------------------------------
     def _writer(self) -> Connection:

@@ -20,9 +20,9 @@ there.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
-import socket
 import struct
 import threading
 from collections.abc import Iterator
@@ -30,14 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aepacs.errors import StoreError, StoreFullError
-from aepacs.store.atomic import pid_alive, private_dir
+from aepacs.store.atomic import _HOST, pid_alive, private_dir
 
 _MAGIC = b"AEJ1"
 _HEAD = struct.Struct(">4sBI")
 _SIZE = struct.Struct(">Q")
 BLOB, TOMBSTONE = 1, 2
 SUFFIX = ".aepj"
-_HOST = socket.gethostname().replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class Journal:
         Raises
         ------
         StoreFullError
-            The disk is full (a partial record may be left at the end: replays stop there).
+            The disk is full: nothing appended.
         StoreError
             Any other write failure.
         """
@@ -109,11 +108,21 @@ class Journal:
                 rest = (head + bytes(body))[written:]
                 written += os.write(self._fd, rest)
         except OSError as exc:
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+            self._cut(offset)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StoreFullError(f"{self.directory}: disk full, nothing kept") from None
             raise StoreError(f"{self.segment}: append failed ({exc.strerror})") from None
         self._size += len(head) + len(body)
         return offset
+
+    def _cut(self, offset: int) -> None:
+        """After a failed append: the segment back to `offset`, so that later records follow the last
+        whole one (a replay stops at a torn record); if it cannot be cut, appends go to a new segment."""
+        try:
+            os.ftruncate(self._fd, offset)
+        except OSError:
+            os.close(self._fd)
+            self.segment = self._open_next()
 
     def rotate(self) -> Path:
         """Start a new segment; the one appended to until now (for the mover to drop once moved)."""

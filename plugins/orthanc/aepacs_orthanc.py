@@ -72,8 +72,11 @@ import orthanc  # provided by Orthanc's Python plugin
 OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
 
 
+ORTHANC_CONFIG: dict[str, Any] = json.loads(orthanc.GetConfiguration())
+
+
 def _settings() -> dict[str, Any]:
-    block = json.loads(orthanc.GetConfiguration()).get("Aepacs", {})
+    block = ORTHANC_CONFIG.get("Aepacs", {})
     before = list(sys.path)
     for path in block.get("SitePackages", []):
         site.addsitedir(path)  # processes .pth files too (an editable install of aepacs)
@@ -109,7 +112,7 @@ CONFIG = _config()
 KEYRING = load_keyring(CONFIG)
 FAIL_WITH = SETTINGS.get("FailWith")
 #: Orthanc's own durability setting (fsync after each write to its storage area), which aepacs follows
-SYNC = bool(json.loads(orthanc.GetConfiguration()).get("SyncStorageArea", True))
+SYNC = bool(ORTHANC_CONFIG.get("SyncStorageArea", True))
 FROM_DICOM = orthanc.InstanceOrigin.DICOM_PROTOCOL  # resolved at load: a plugin that cannot tell does not start
 #: why sealing failed, by SOP Instance UID, for the C-STORE filter that runs next
 _REFUSED: dict[str, int] = {}
@@ -252,7 +255,7 @@ if MODE == "storage-area":
 
     def on_change(change_type: Any, level: Any, resource: str) -> None:
         if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
-            STORAGE.area.close()  # the last files flushed (SyncStorageArea false)
+            STORAGE.area.close()  # the journal moved, the last files flushed
             if COMPRESSOR is not None:
                 COMPRESSOR.terminate()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,5 +63,4 @@ def test_the_web_viewer_shows_the_same_images_on_sealed_storage(orthancs: tuple[
         if path.is_file():
             path.unlink()
     sealed.start()
-    time.sleep(0.5)
     assert _views(sealed, ids) == expected  # decoded from the coded files

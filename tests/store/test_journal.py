@@ -45,6 +45,34 @@ def test_a_torn_last_record_ends_the_replay(tmp_path: Path) -> None:
     assert kind == BLOB and size == 5 and journal.read(entry) == b"whole"  # type: ignore[arg-type]
 
 
+def test_a_failed_append_leaves_no_torn_record_before_the_next(tmp_path: Path) -> None:
+    # a real failed write: a file-size limit that the second append crosses (written in part, then EFBIG)
+    code = """
+import resource, signal, sys
+from aepacs.errors import StoreError
+from aepacs.store.journal import Journal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+journal = Journal(sys.argv[1])
+journal.append(b"first", 5)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    journal.append(b"x" * 10_000, 10_000)
+    sys.exit("the append over the limit did not fail")
+except StoreError:
+    pass
+journal.append(b"third", 5)
+print(journal.segment)
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    segment = Path(out.stdout.strip())
+    found = list(records(segment))
+    assert [(kind, size) for kind, size, _ in found] == [(BLOB, 5), (BLOB, 5)]  # the third after the first
+    reader = Journal(tmp_path / "reader")
+    assert [reader.read(entry) for _, _, entry in found] == [b"first", b"third"]  # type: ignore[arg-type]
+    reader.close()
+
+
 def test_only_segments_of_dead_processes_are_orphaned(tmp_path: Path) -> None:
     mine = Journal(tmp_path)
     mine.append(b"alive", 5)
