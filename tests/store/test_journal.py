@@ -24,7 +24,7 @@ def test_appends_read_back_and_replay_in_order(tmp_path: Path) -> None:
     found = list(records(journal.segment))
     expected = [(BLOB, len(b) * 2, e) for b, e in zip(blobs, entries, strict=True)]
     assert found == [*expected, (TOMBSTONE, 0, "orthanc.1.x")]
-    assert [journal.read(e) for _, _, e in found[:3]] == blobs  # type: ignore[arg-type]
+    assert [journal.read(e) for _, _, e in found[:3]] == blobs
     old = journal.rotate()
     assert journal.segment != old and journal.read(entries[1]) == blobs[1]  # a rotated segment still reads
     journal.drop(old)
@@ -42,7 +42,7 @@ def test_a_torn_last_record_ends_the_replay(tmp_path: Path) -> None:
     with journal.segment.open("r+b") as f:  # a crash in the middle of the second append
         f.truncate(journal.segment.stat().st_size - 50)
     ((kind, size, entry),) = records(journal.segment)
-    assert kind == BLOB and size == 5 and journal.read(entry) == b"whole"  # type: ignore[arg-type]
+    assert kind == BLOB and size == 5 and journal.read(entry) == b"whole"
 
 
 def test_a_failed_append_leaves_no_torn_record_before_the_next(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ print(journal.segment)
     found = list(records(segment))
     assert [(kind, size) for kind, size, _ in found] == [(BLOB, 5), (BLOB, 5)]  # the third after the first
     reader = Journal(tmp_path / "reader")
-    assert [reader.read(entry) for _, _, entry in found] == [b"first", b"third"]  # type: ignore[arg-type]
+    assert [reader.read(entry) for _, _, entry in found] == [b"first", b"third"]
     reader.close()
 
 
@@ -81,7 +81,7 @@ def test_only_segments_of_dead_processes_are_orphaned(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
     (orphan,) = orphaned_segments(tmp_path, mine.token)
     ((kind, size, entry),) = records(orphan)
-    assert orphan != mine.segment and (kind, size) == (BLOB, 4) and mine.read(entry) == b"dead"  # type: ignore[arg-type]
+    assert orphan != mine.segment and (kind, size) == (BLOB, 4) and mine.read(entry) == b"dead"
     # a process id used again (a container's Orthanc starts with the same one): its old segments are
     # another writer's, orphaned; the live writer's own are not
     reused = tmp_path / mine.segment.name.replace(f"-{mine.token}-", "-0badc0de-")
