@@ -41,6 +41,8 @@ DEK_BYTES = 32
 _PREAMBLE = struct.Struct(">4sHI")
 _SLOT = struct.Struct(f">I{NONCE_BYTES}s{DEK_BYTES}s{TAG_BYTES}s")
 SLOT_BYTES = _SLOT.size
+#: What a sealed object may be read from: its bytes, or a view of a buffer it was read into.
+Readable = bytes | bytearray | memoryview
 
 # header field tags
 F_OBJECT_UID, F_STUDY_UID, F_CODEC, F_SEALED_KEK, F_NONCE, F_PAYLOAD_LEN = 1, 2, 3, 4, 5, 6
@@ -164,7 +166,7 @@ def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring
     return out
 
 
-def read_header(blob: bytes | bytearray, name: str = "object") -> SealedHeader:
+def read_header(blob: Readable, name: str = "object") -> SealedHeader:
     """Parse and check the clear header of a sealed object (no key needed).
 
     Raises
@@ -175,7 +177,7 @@ def read_header(blob: bytes | bytearray, name: str = "object") -> SealedHeader:
     end = header_span(blob, name)
     if len(blob) < end + SLOT_BYTES + TAG_BYTES:
         raise OpenError(name, "truncated sealed object")
-    values: dict[int, bytes | bytearray] = {}
+    values: dict[int, Readable] = {}
     pos = _PREAMBLE.size
     while pos < end:
         if pos + 3 > end:
@@ -191,7 +193,7 @@ def read_header(blob: bytes | bytearray, name: str = "object") -> SealedHeader:
             or len(values[F_SEALED_KEK]) != 4 or len(values[F_PAYLOAD_LEN]) != 8:
         raise OpenError(name, "malformed header fields")
     try:
-        text = {attr: values[t].decode("ascii") for t, attr in _TEXT_FIELDS.items()}
+        text = {attr: bytes(values[t]).decode("ascii") for t, attr in _TEXT_FIELDS.items()}
     except UnicodeDecodeError:
         raise OpenError(name, "malformed header text") from None
     slot = KeySlot(*_SLOT.unpack_from(blob, end))
@@ -205,7 +207,7 @@ def read_header(blob: bytes | bytearray, name: str = "object") -> SealedHeader:
     return header
 
 
-def unwrap_key(blob: bytes | bytearray, keyring: Keyring, *, name: str = "object",
+def unwrap_key(blob: Readable, keyring: Keyring, *, name: str = "object",
                expect_uid: str | None = None) -> tuple[SealedHeader, bytes]:
     """The clear header and data key of a sealed object: its header and key slot authenticated under the
     KEK, the payload not yet read (what :func:`open_sealed` does first; a quick check that it will open).
@@ -221,7 +223,7 @@ def unwrap_key(blob: bytes | bytearray, keyring: Keyring, *, name: str = "object
     return header, _unwrap(header.slot, header.aad, keyring, name)
 
 
-def open_sealed(blob: bytes | bytearray, keyring: Keyring, *, name: str = "object",
+def open_sealed(blob: Readable, keyring: Keyring, *, name: str = "object",
                 expect_uid: str | None = None) -> tuple[SealedHeader, bytes]:
     """Authenticate and decrypt a sealed object.
 
@@ -248,15 +250,26 @@ def open_sealed(blob: bytes | bytearray, keyring: Keyring, *, name: str = "objec
         Tampered, truncated, swapped, or no key for it. Naming `name`.
     """
     header, dek = unwrap_key(blob, keyring, name=name, expect_uid=expect_uid)
+    return header, decrypt_payload(blob, header, dek, name=name)
+
+
+def decrypt_payload(blob: Readable, header: SealedHeader, dek: bytes, *, name: str = "object") -> bytes:
+    """The payload of `blob`, opened with its authenticated `header` and data key (as :func:`unwrap_key`
+    gave them for this blob, perhaps earlier: the blob's own header and key slot are not read again).
+
+    Raises
+    ------
+    OpenError
+        The blob is not the one `header` and `dek` came from, or was altered.
+    """
     sealed = memoryview(blob)[len(header.aad) + SLOT_BYTES:]  # ciphertext and tag, no copy
     try:
-        payload = AESGCM(dek).decrypt(header.nonce, sealed, header.aad)
-    except InvalidTag:
+        return AESGCM(dek).decrypt(header.nonce, sealed, header.aad)
+    except (InvalidTag, ValueError):
         raise OpenError(name, "authentication failed: sealed object was altered") from None
-    return header, payload
 
 
-def header_span(prefix: bytes | bytearray, name: str = "object") -> int:
+def header_span(prefix: Readable, name: str = "object") -> int:
     """Length ``10 + H`` of the authenticated header, from at least the first 10 bytes of a blob.
 
     The key slot follows at that offset (:data:`SLOT_BYTES` long).
@@ -274,7 +287,7 @@ def header_span(prefix: bytes | bytearray, name: str = "object") -> int:
     return _PREAMBLE.size + hlen
 
 
-def with_slot(blob: bytes | bytearray, slot: bytes, name: str = "object") -> bytes:
+def with_slot(blob: Readable, slot: bytes, name: str = "object") -> bytes:
     """`blob` with its key slot replaced by `slot` (the packed slot the index holds after a rewrap)."""
     start = header_span(blob, name)
     if len(slot) != SLOT_BYTES or len(blob) < start + SLOT_BYTES:
@@ -324,5 +337,5 @@ def rewrap(blob: bytes, keyring: Keyring, *, name: str = "object") -> bytes:
     return with_slot(blob, rewrap_slot(header.aad, header.slot.pack(), keyring, name=name), name)
 
 
-__all__ = ["SealedHeader", "KeySlot", "seal", "open_sealed", "read_header", "rewrap", "rewrap_slot",
-           "with_slot", "header_span", "SLOT_BYTES"]
+__all__ = ["SealedHeader", "KeySlot", "Readable", "seal", "open_sealed", "unwrap_key", "decrypt_payload",
+           "read_header", "rewrap", "rewrap_slot", "with_slot", "header_span", "SLOT_BYTES"]

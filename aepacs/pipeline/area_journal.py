@@ -77,6 +77,11 @@ class PendingFiles:
             self._entries[object_uid] = entry
             self._last = time.monotonic()
 
+    def sync(self) -> None:
+        """Make every file added so far durable (raises :class:`~aepacs.errors.StoreError` as
+        :meth:`~aepacs.store.journal.Journal.sync`)."""
+        self.journal.sync()
+
     def read(self, object_uid: str) -> bytes | None:
         """The sealed blob of a file still in the journal; None when it is not (any more): read its row."""
         with self._lock:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from aepacs.codec.payload import decode_object
 from aepacs.config.routes import Route
-from aepacs.crypto.seal import open_sealed, seal, with_slot
+from aepacs.crypto.seal import SLOT_BYTES, Readable, SealedHeader, decrypt_payload, seal, unwrap_key, with_slot
 from aepacs.dicom.part10 import parse
 from aepacs.errors import AepacsError, CodecError, InputError, OpenError, StoreError
 from aepacs.models.registry import config_registry
@@ -66,10 +66,23 @@ KEPT = "file-kept"
 ZSTD_FILE = "file+zstd"
 _ZSTD_LEVEL = 3
 _MAX_FILE = 1 << 31  # the largest file a zstd frame may claim to hold
-_REMEMBERED = 1 << 16  # files whose blob a read finds without the index (about 10 MB)
+_REMEMBERED = 1 << 14  # files a read finds and opens without the index or the keyring (about 8 MB)
 #: Orthanc's content type of a DICOM instance (``OrthancPluginContentType_Dicom``).
 DICOM = 1
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: What opened a blob: its authenticated header and data key as its key slot gave them, and its first bytes
+#: as stored (header and key slot: a blob whose own differ is opened afresh, so that any change to it shows).
+_Opened = tuple[SealedHeader, bytes, bytes]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Where:
+    """Where a file read or moved lately is, and what opens it: a read of it again skips the index and
+    the key unwrap (a blob switched or removed meanwhile is not there, or does not open: the row says)."""
+
+    key: str | None  # its blob's content key (None: still in the journal)
+    key_slot: bytes | None = dataclasses.field(repr=False)  # the index's, where it differs from the blob's
+    opened: _Opened | None = dataclasses.field(repr=False)  # (held by the process that holds the keyring)
 
 
 def attachment_uid(uuid: str, content_type: int) -> str:
@@ -131,18 +144,17 @@ class StorageArea:
         self.legacy = legacy
         self.sync = sync
         self._resolve = resolver(config_registry(archive.config))
-        #: where recently read or moved files' blobs are (file -> content key, index's key slot): a read
-        #: skips the row look-up; a blob switched or removed meanwhile falls back to the row
-        self._where: OrderedDict[str, tuple[str, bytes | None]] = OrderedDict()
+        #: files read or moved lately: where their blobs are and what opens them (see _Where)
+        self._where: OrderedDict[str, _Where] = OrderedDict()
         self._where_lock = threading.Lock()
         self.pending = PendingFiles(archive, self.rows, journal, self._forget,
-                                    indexed=lambda uid, key: self._remember(uid, key, None)) \
+                                    indexed=self._moved) \
             if journal is not None else None
-        # the file systems a sync covers: the blobs', the SQLite index's and the journal's, each once
+        # without a journal, the file systems a sync covers: the blobs' and the SQLite index's, each once
         root = archive.store.root if isinstance(archive.store, BlobStore) else None  # (an object store syncs itself)
         devices: set[int] = set()
         self._also_sync: list[Path] = []  # (the blobs' file system is the store's own to sync)
-        for place in (root, sqlite_path(archive.index.url), journal):
+        for place in (root, sqlite_path(archive.index.url)):
             if place is not None and (device := os.stat(place).st_dev) not in devices:
                 devices.add(device)
                 if place is not root:
@@ -187,6 +199,9 @@ class StorageArea:
             self._unsynced = None
 
     def _sync(self) -> None:
+        if self.pending is not None:  # the new files are in the journal (the mover syncs what it moves)
+            self.pending.sync()
+            return
         self.archive.store.sync()
         for place in self._also_sync:
             sync_filesystem(place)
@@ -197,13 +212,14 @@ class StorageArea:
         return self.pending.replay() if self.pending is not None else 0
 
     def close(self) -> None:
-        """Stop the flusher (without `sync`) and move the journal, after a last flush."""
+        """Stop the flusher (without `sync`), flush a last time, and move the journal (what cannot be moved
+        now stays there, synced, for the next start to replay)."""
         self._closed.set()
         if self._flusher is not None:
             self._flusher.join()
+        self.flush()
         if self.pending is not None:
             self.pending.close()
-        self.flush()
 
     def _forget(self, uid: str) -> None:
         """Remove an indexed file's row and blob (one removed while the journal moved it)."""
@@ -260,27 +276,34 @@ class StorageArea:
             Not stored, its blob missing, altered, bound to another file, or no key for it; naming it.
         """
         uid = attachment_uid(uuid, content_type)
-        if self.pending is not None and (journalled := self.pending.read(uid)) is not None:
-            return self._open(uid, journalled, None)
         with self._where_lock:
             known = self._where.get(uid)
-        if known is not None:
+        if self.pending is not None and (journalled := self.pending.read(uid)) is not None:
+            data, opened = self._unseal(uid, journalled, None, known.opened if known else None)
+            self._remember(uid, _Where(None, None, opened))
+            return data
+        if known is not None and known.key is not None:
             try:
-                return self._open(uid, self.archive.store.get(known[0]), known[1])
+                data, opened = self._unseal(uid, self.archive.store.view(known.key), known.key_slot, known.opened)
             except AepacsError:  # switched (coded, rekeyed) or removed meanwhile: the row says
                 self._unremember(uid)
+            else:
+                if opened is not known.opened:
+                    self._remember(uid, dataclasses.replace(known, opened=opened))
+                return data
         for _ in range(5):  # a blob switched meanwhile: read the row again
             row = self.rows.get(uid)
             if row is None:
-                data = self._read_legacy(uuid, uid)
-                if data is None:
+                legacy = self._read_legacy(uuid, uid)
+                if legacy is None:
                     raise OpenError(uid, "not in the storage area")
-                self._adopt(uuid, content_type, data)
-                return data
+                self._adopt(uuid, content_type, legacy)
+                return legacy
             blob = self._blob(uid, row)
             if blob is not None:
-                data = self._open(uid, blob, row.key_slot)
-                self._remember(uid, row.blob_key, row.key_slot)
+                key_slot = None if row.key_slot is None else bytes(row.key_slot)
+                data, opened = self._unseal(uid, blob, key_slot)
+                self._remember(uid, _Where(row.blob_key, key_slot, opened))
                 return data
         raise OpenError(uid, "blob kept changing while being read")
 
@@ -360,18 +383,25 @@ class StorageArea:
         return "moved" if moved else "present"
 
     # -- helpers --------------------------------------------------------------------------
-    def _remember(self, uid: str, key: str, key_slot: bytes | None) -> None:
+    def _remember(self, uid: str, where: _Where) -> None:
         with self._where_lock:
-            self._where[uid] = (key, None if key_slot is None else bytes(key_slot))
+            self._where[uid] = where
             self._where.move_to_end(uid)
             if len(self._where) > _REMEMBERED:
                 self._where.popitem(last=False)
+
+    def _moved(self, uid: str, key: str) -> None:
+        """The journal's mover put file `uid` into the store as blob `key` (the same bytes: what opened it
+        in the journal opens it there)."""
+        with self._where_lock:
+            known = self._where.get(uid)
+        self._remember(uid, _Where(key, None, known.opened if known is not None else None))
 
     def _unremember(self, uid: str) -> None:
         with self._where_lock:
             self._where.pop(uid, None)
 
-    def _blob(self, uid: str, row: Any) -> bytes | None:
+    def _blob(self, uid: str, row: Any) -> Readable | None:
         """The blob `row` points at; None when it went because the row was switched or removed meanwhile
         (by the compressor, a rekey or the program).
 
@@ -381,27 +411,38 @@ class StorageArea:
             The blob is missing or unreadable while its row still points at it.
         """
         try:
-            return self.archive.store.get(row.blob_key)
+            return self.archive.store.view(row.blob_key)
         except AepacsError as exc:
             if (now := self.rows.get(uid)) is None or now.blob_key != row.blob_key:
                 return None
             raise OpenError(uid, str(exc)) from None
 
-    def _open(self, uid: str, blob: bytes, key_slot: bytes | None) -> bytes:
-        """The file in `blob`, with the index's `key_slot` (None: its own).
+    def _open(self, uid: str, blob: Readable, key_slot: bytes | None) -> bytes:
+        """The file in `blob`, with the index's `key_slot` (None: its own)."""
+        return self._unseal(uid, blob, key_slot)[0]
+
+    def _unseal(self, uid: str, blob: Readable, key_slot: bytes | None,
+                opened: _Opened | None = None) -> tuple[bytes, _Opened]:
+        """The file in `blob` and what opened it: with `opened` (what opened the same blob before), else
+        with the index's `key_slot` (None: its own).
 
         The blob's content key is not hashed again here (a read costs that SHA-256 more than the AES-GCM): the
         payload's tag and the header's binding to `uid` already refuse any other or altered blob.
         """
-        if key_slot is not None:
-            blob = with_slot(blob, bytes(key_slot), uid)
-        header, payload = open_sealed(blob, self.archive.keyring, name=uid, expect_uid=uid)
+        if opened is None or blob[:len(opened[2])] != opened[2]:
+            stored = blob
+            if key_slot is not None:
+                blob = with_slot(blob, bytes(key_slot), uid)
+            header, dek = unwrap_key(blob, self.archive.keyring, name=uid, expect_uid=uid)
+            opened = header, dek, bytes(stored[:len(header.aad) + SLOT_BYTES])
+        header, dek, _ = opened
+        payload = decrypt_payload(blob, header, dek, name=uid)
         if header.codec == FILE:
-            return payload
+            return payload, opened
         try:
             if header.codec == ZSTD_FILE:
-                return zstandard.ZstdDecompressor().decompress(payload, max_output_size=_MAX_FILE)
-            return decode_object(payload, self._resolve)  # its SHA-256 is checked there
+                return zstandard.ZstdDecompressor().decompress(payload, max_output_size=_MAX_FILE), opened
+            return decode_object(payload, self._resolve), opened  # its SHA-256 is checked there
         except (CodecError, zstandard.ZstdError) as exc:
             raise OpenError(uid, str(exc)) from None
 

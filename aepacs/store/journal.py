@@ -1,9 +1,11 @@
 """An append-only journal of sealed blobs: where a storage area puts a file while its program waits.
 
 A writer appends each sealed blob to its current segment file (one write; no content hash, no new
-directory entry, no index row) and a removal as a tombstone; one sync of the file system then makes
-any number of appends durable. A mover later puts the blobs into the blob store and indexes them,
-then drops the segment. Segments of a process that died are replayed by the next one.
+directory entry, no index row) and a removal as a tombstone; one ``fdatasync`` of the segment
+(:meth:`Journal.sync`) then makes any number of appends durable (a segment's directory entry is
+synced when it is created, and a segment is synced again as it is rotated). A mover later puts the
+blobs into the blob store and indexes them, then drops the segment. Segments of a process that died
+are replayed by the next one.
 
 A segment is ``seg-HOST-PID-TOKEN-N.aepj`` in the journal directory (owner-only; one writer process
 at a time per directory, which must not be shared between hosts), a sequence of records::
@@ -20,6 +22,7 @@ there.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aepacs.errors import StoreError, StoreFullError
-from aepacs.store.atomic import _HOST, pid_alive, private_dir
+from aepacs.store.atomic import _HOST, fsync_dir, pid_alive, private_dir
 
 _MAGIC = b"AEJ1"
 _HEAD = struct.Struct(">4sBI")
@@ -64,14 +67,23 @@ class Journal:
         self.token = secrets.token_hex(4)
         self._lock = threading.Lock()
         self._number = 0
-        self._fd = -1
         self.segment = self._open_next()
 
     def _open_next(self) -> Path:
-        self._number += 1
-        path = self.directory / f"seg-{_HOST}-{os.getpid()}-{self.token}-{self._number}{SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
-        self._size = 0
+        """Create the next segment and append to it from now on (the caller closes the one before)."""
+        number = self._number + 1
+        path = self.directory / f"seg-{_HOST}-{os.getpid()}-{self.token}-{number}{SUFFIX}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create ({exc.strerror})") from None
+        try:
+            fsync_dir(self.directory)  # its entry durable once: a sync of the segment covers its appends
+        except OSError as exc:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise StoreError(f"{self.directory}: cannot sync ({exc.strerror})") from None
+        self._number, self._fd, self._size, self._torn = number, fd, 0, False
         return path
 
     @property
@@ -101,6 +113,8 @@ class Journal:
             self._write(_HEAD.pack(_MAGIC, TOMBSTONE, len(uid)), uid)
 
     def _write(self, head: bytes, body: bytes | bytearray) -> int:
+        if self._torn:  # a failed append could not be cut back: not after it
+            self._replace_segment()
         offset = self._size
         try:
             written = os.writev(self._fd, [head, body])
@@ -121,15 +135,48 @@ class Journal:
         try:
             os.ftruncate(self._fd, offset)
         except OSError:
-            os.close(self._fd)
-            self.segment = self._open_next()
+            self._torn = True
+            with contextlib.suppress(StoreError):  # (else tried again at the next append)
+                self._replace_segment()
+
+    def _replace_segment(self) -> None:
+        fd = self._fd
+        self.segment = self._open_next()
+        os.close(fd)
+
+    def sync(self) -> None:
+        """Make every append so far durable (one ``fdatasync`` of the current segment: the segments before
+        it were synced as they were rotated).
+
+        Raises
+        ------
+        StoreError
+            The sync failed.
+        """
+        with self._lock:  # (a rotation meanwhile closes the segment: this syncs a duplicate of it)
+            fd = os.dup(self._fd)
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            raise StoreError(f"{self.directory}: cannot sync the journal ({exc.strerror})") from None
+        finally:
+            os.close(fd)
 
     def rotate(self) -> Path:
-        """Start a new segment; the one appended to until now (for the mover to drop once moved)."""
-        with self._lock:
+        """Start a new segment; the one appended to until now (synced, for the mover to drop once moved).
+
+        Raises
+        ------
+        StoreError
+            The segment could not be synced or a new one made: appends go on to the current one.
+        """
+        with self._lock:  # synced before a later sync() can only reach the new one
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                raise StoreError(f"{self.segment}: cannot sync ({exc.strerror})") from None
             old = self.segment
-            os.close(self._fd)
-            self.segment = self._open_next()
+            self._replace_segment()
             return old
 
     def read(self, entry: Entry) -> bytes:

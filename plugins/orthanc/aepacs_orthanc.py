@@ -43,8 +43,8 @@ Configuration: an ``Aepacs`` block in Orthanc's configuration (see README.md)::
 Durability (storage-area mode) follows Orthanc's own ``SyncStorageArea``. Each file is written
 through to the operating system before Orthanc is told it is stored, so a crash of Orthanc or of
 aepacs loses nothing, and flushed to disk within a second. With ``SyncStorageArea`` true (Orthanc's
-default), an instance's files (the DICOM file and Orthanc's copy of its header, blobs, directory
-entries and index rows) are also made durable by one sync of the file system when Orthanc signals
+default), an instance's files (the DICOM file and Orthanc's copy of its header, in the journal) are
+also made durable by one ``fdatasync`` of the journal's segment when Orthanc signals
 the stored instance, which it does after its own index commit and before it answers the sender: an
 acknowledged instance survives a power cut. Orthanc only logs a failure there; the next ``create``
 then fails until a sync succeeds, so senders see it. With it false, a power cut loses at most the

@@ -21,6 +21,7 @@ import pytest
 from aepacs.audit import read
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
+from aepacs.crypto.seal import header_span
 from aepacs.errors import AepacsError, InputError, OpenError, StoreError, StoreFullError
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.rekey import rekey
@@ -244,6 +245,22 @@ def test_a_tampered_or_swapped_blob_names_the_file(archive: Archive) -> None:
     tamper(archive.store, row_two.blob_key, row_two.blob_size - 40)
     with pytest.raises(OpenError, match=f"orthanc.1.{two}.*altered"):
         area.read(two, DICOM)
+
+
+@pytest.mark.parametrize("where", ["header", "key slot", "ciphertext"])
+def test_a_file_read_before_still_fails_when_its_blob_is_altered(archive: Archive, where: str) -> None:
+    # a read remembers what opened a blob (no index look-up, no key unwrap the next time): a change to any
+    # part of the blob as stored still fails the read, naming the file
+    area = StorageArea(archive)
+    uuid, data = _id(), ct_files()[0].read_bytes()
+    area.create(uuid, DICOM, data)
+    assert area.read(uuid, DICOM) == data and area.read(uuid, DICOM) == data
+    row = area.rows.get(attachment_uid(uuid, DICOM))
+    span = header_span(archive.store.read_prefix(row.blob_key, 10))
+    offset = {"header": span - 20, "key slot": span + 30, "ciphertext": row.blob_size - 100}[where]
+    tamper(archive.store, row.blob_key, offset)
+    with pytest.raises(OpenError, match=f"orthanc.1.{uuid}"):
+        area.read(uuid, DICOM)
 
 
 def test_ids_that_could_reach_another_object_are_refused(archive: Archive) -> None:
