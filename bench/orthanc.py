@@ -8,7 +8,8 @@
 (a', b') the same two with ``SyncStorageArea`` false (neither syncs each file: Orthanc leaves its
     files to the kernel's writeback, aepacs flushes every second);
 (d) as (b), coded at once (``CompressAfter: 0``): acknowledged and sustained (until every DICOM
-    file is coded by ``aepacs orthanc-compress``), read back coded;
+    file is coded by ``aepacs orthanc-compress``), read back coded (the plugin decoding the series
+    ahead of Orthanc's reads on every core, ``ReadAhead``);
 (c) Orthanc with the plugin in transport mode: each instance encoded and sealed inside the
     C-STORE, stored as a transport object.
 
@@ -17,7 +18,9 @@ Every Orthanc also loads Debian's DICOMweb plugin: WADO-RS retrieval of the whol
 and (d) once the plugin's journal is moved into the blob store (it moves when Orthanc has been quiet
 for half a second, so about a second after the last store). Bytes
 at rest are compared with JPEG-LS on the same slices (imagecodecs, each slice's pixel data coded on
-its own, plus its header as received); with ``--series series-3-5mm`` only slices of the series the
+its own, plus its header as received), and the time CharLS takes to decode them all on one core
+(the least a coded read of the series at JPEG-LS's size costs a reader that decodes one file at a
+time, as Orthanc reads); with ``--series series-3-5mm`` only slices of the series the
 CT model was not trained on are sent.
 
 Prints a table and the ratios against (a) (for b': against a'), measured in the same run.
@@ -144,13 +147,19 @@ class Node:
         stop(self.proc)
 
 
-def jpegls_bytes(slices: Path) -> int:
-    """What JPEG-LS makes of the slices: each slice's pixel data coded alone, plus the rest of its file."""
-    total = 0
+def jpegls(slices: Path) -> tuple[int, float]:
+    """What JPEG-LS makes of the slices: each slice's pixel data coded alone, plus the rest of its file; and
+    the seconds its decoder (CharLS) takes for all of them on one core, the least any coded read of a
+    series at JPEG-LS's size costs a reader that decodes one file at a time."""
+    total, streams = 0, []
     for path in sorted(slices.glob("*.dcm")):
         ds = pydicom.dcmread(path)
-        total += path.stat().st_size - len(ds.PixelData) + len(imagecodecs.jpegls_encode(ds.pixel_array))
-    return total
+        streams.append(imagecodecs.jpegls_encode(ds.pixel_array))
+        total += path.stat().st_size - len(ds.PixelData) + len(streams[-1])
+    t0 = time.perf_counter()
+    for stream in streams:
+        imagecodecs.jpegls_decode(stream)
+    return total, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -195,7 +204,7 @@ def main() -> None:
                 node.stop()
             print(f"{name}: {n / acked:.1f} slices/s acknowledged", file=sys.stderr, flush=True)
 
-        jls = jpegls_bytes(slices)
+        jls, jls_decode = jpegls(slices)
         print(f"# bench/orthanc.py: {n} CT slices of {args.series} ({size / n / 1e3:.0f} kB each), storescu, "
               "one association")
         print("| Orthanc | acknowledged slices/s | sustained slices/s | WADO-RS series (s) | MB at rest |")
@@ -206,7 +215,8 @@ def main() -> None:
                   + (f"{n / sus:,.1f}" if sus else "") + " | "
                   + (f"{wado:.2f} ({ref[3] / wado:.2f}x)" if wado and ref[3] else "") + " | "
                   + f"{stored / 1e6:.1f} |")
-        print(f"| JPEG-LS of the same slices (imagecodecs) | | | | {jls / 1e6:.1f} |")
+        print(f"| JPEG-LS of the same slices (imagecodecs) | | | {jls_decode:.2f} (decoding alone, one core; "
+              f"{rows[0][3] / jls_decode:.2f}x) | {jls / 1e6:.1f} |")
         coded = [row for row in rows if row[0].startswith("d ")][0]
         print(f"\ncoded storage at rest / JPEG-LS = {coded[4] / jls:.3f}; as received: {size / 1e6:.1f} MB")
     finally:

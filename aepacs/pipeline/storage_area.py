@@ -47,6 +47,7 @@ from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.area_journal import PendingFiles
 from aepacs.pipeline.codecs import resolver, warm_up
 from aepacs.pipeline.ingest import check, encode, route
+from aepacs.pipeline.read_ahead import ReadAhead
 from aepacs.pipeline.rekey_batch import owner_id, recover
 from aepacs.pipeline.workers import run_in_background
 from aepacs.store.atomic import sync_filesystem
@@ -83,6 +84,7 @@ class _Where:
     key: str | None  # its blob's content key (None: still in the journal)
     key_slot: bytes | None = dataclasses.field(repr=False)  # the index's, where it differs from the blob's
     opened: _Opened | None = dataclasses.field(repr=False)  # (held by the process that holds the keyring)
+    pk: int | None = None  # its row's (where the files stored after it start)
 
 
 def attachment_uid(uuid: str, content_type: int) -> str:
@@ -99,6 +101,11 @@ def attachment_uid(uuid: str, content_type: int) -> str:
     if not isinstance(content_type, int) or not 0 <= content_type < 1 << 16:
         raise InputError(f"storage area: content type {content_type!r} is not 0..65535")
     return f"orthanc.{content_type}.{uuid}"
+
+
+def _coded(codec: str) -> bool:
+    """Whether a blob of `codec` holds a coded file (one a read decodes), not the file as it came."""
+    return codec not in (FILE, KEPT, ZSTD_FILE)
 
 
 def lossless_route(r: Route) -> Route:
@@ -134,10 +141,13 @@ class StorageArea:
         into the blob store and the index behind the program (:mod:`aepacs.pipeline.area_journal`);
         :meth:`replay` first moves what a killed process left there. Without it, each create writes its
         blob and its row.
+    read_ahead : int
+        Threads that decode coded DICOM files ahead of the program's reads, once it reads one
+        (:mod:`aepacs.pipeline.read_ahead`: the cores its own thread leaves idle); 0: none.
     """
 
     def __init__(self, archive: Archive, program: str = "Orthanc", legacy: Path | None = None, *,
-                 sync: bool = True, flush_s: float = 1.0, journal: Path | None = None) -> None:
+                 sync: bool = True, flush_s: float = 1.0, journal: Path | None = None, read_ahead: int = 0) -> None:
         self.archive = archive
         self.rows = Attachments(archive.index)
         self.program = program
@@ -147,6 +157,8 @@ class StorageArea:
         #: files read or moved lately: where their blobs are and what opens them (see _Where)
         self._where: OrderedDict[str, _Where] = OrderedDict()
         self._where_lock = threading.Lock()
+        self.ahead = ReadAhead(self._decode_row, lambda pk, n: self.rows.following(pk, DICOM, limit=n), _coded,
+                               workers=read_ahead) if read_ahead > 0 else None
         self.pending = PendingFiles(archive, self.rows, journal, self._forget,
                                     indexed=self._moved) \
             if journal is not None else None
@@ -220,6 +232,8 @@ class StorageArea:
         self.flush()
         if self.pending is not None:
             self.pending.close()
+        if self.ahead is not None:
+            self.ahead.close()
 
     def _forget(self, uid: str) -> None:
         """Remove an indexed file's row and blob (one removed while the journal moved it)."""
@@ -283,14 +297,12 @@ class StorageArea:
             self._remember(uid, _Where(None, None, opened))
             return data
         if known is not None and known.key is not None:
+            if (ready := self._ready(uid, known.key, known.pk)) is not None:
+                return ready
             try:
-                data, opened = self._unseal(uid, self.archive.store.view(known.key), known.key_slot, known.opened)
+                return self._read_opened(uid, self.archive.store.view(known.key), known)
             except AepacsError:  # switched (coded, rekeyed) or removed meanwhile: the row says
                 self._unremember(uid)
-            else:
-                if opened is not known.opened:
-                    self._remember(uid, dataclasses.replace(known, opened=opened))
-                return data
         for _ in range(5):  # a blob switched meanwhile: read the row again
             row = self.rows.get(uid)
             if row is None:
@@ -299,19 +311,44 @@ class StorageArea:
                     raise OpenError(uid, "not in the storage area")
                 self._adopt(uuid, content_type, legacy)
                 return legacy
+            if (ready := self._ready(uid, row.blob_key, row.pk)) is not None:
+                return ready
             blob = self._blob(uid, row)
             if blob is not None:
                 key_slot = None if row.key_slot is None else bytes(row.key_slot)
-                data, opened = self._unseal(uid, blob, key_slot)
-                self._remember(uid, _Where(row.blob_key, key_slot, opened))
-                return data
+                return self._read_opened(uid, blob, _Where(row.blob_key, key_slot, None, row.pk))
         raise OpenError(uid, "blob kept changing while being read")
+
+    def _read_opened(self, uid: str, blob: Readable, where: _Where) -> bytes:
+        """The file in `blob` (where `where` says it is), remembered for the next read; a coded DICOM file
+        has the files stored after it decoded ahead."""
+        data, opened = self._unseal(uid, blob, where.key_slot, where.opened)
+        if opened is not where.opened:
+            self._remember(uid, dataclasses.replace(where, opened=opened))
+        if self.ahead is not None and where.pk is not None and _coded(opened[0].codec):
+            self.ahead.after(where.pk)
+        return data
+
+    def _ready(self, uid: str, key: str, pk: int | None) -> bytes | None:
+        """File `uid` as read ahead from blob `key`, if it was (and the next ones read ahead in turn)."""
+        if self.ahead is None or (data := self.ahead.take(uid, key)) is None:
+            return None
+        if pk is not None:
+            self.ahead.after(pk)
+        return data
+
+    def _decode_row(self, row: Any) -> bytes:
+        """The file of `row` (a read ahead's work)."""
+        key_slot = None if row.key_slot is None else bytes(row.key_slot)
+        return self._open(row.object_uid, self.archive.store.view(row.blob_key), key_slot)
 
     def remove(self, uuid: str, content_type: int) -> None:
         """Delete file `uuid` (its row, then its blob), audited; a file not stored is logged, not an error
         (the program may remove a file whose create it saw fail)."""
         uid = attachment_uid(uuid, content_type)
         self._unremember(uid)
+        if self.ahead is not None:
+            self.ahead.forget(uid)
         if self.pending is not None and self.pending.remove(uid):
             self.archive.audit.record("remove", detail=f"{self.program} file {uid} (from the journal)")
             return

@@ -159,6 +159,13 @@ class Attachments:
         with self.index.engine.connect() as conn:
             return int(conn.execute(q).scalar() or 0)
 
+    def following(self, pk: int, content_type: int, *, limit: int) -> list[Row[Any]]:
+        """Up to `limit` rows of `content_type` stored after the row `pk` (in primary-key order: as they came)."""
+        q = (select(attachments).where(attachments.c.pk > pk, attachments.c.content_type == content_type)
+             .order_by(attachments.c.pk).limit(limit))
+        with self.index.engine.connect() as conn:
+            return list(conn.execute(q).all())
+
     def coded_by(self, codec: str, content_type: int, *, after_pk: int = 0, limit: int = 100,
                  stored_before: float | None = None) -> list[Row[Any]]:
         """Attachments of `content_type` whose blob is coded by `codec`, in primary-key order after `after_pk`

@@ -36,6 +36,7 @@ Configuration: an ``Aepacs`` block in Orthanc's configuration (see README.md)::
       "Models": "/var/lib/aepacs/models",      // optional: overrides models.path
       "Compress": true,                          // storage-area mode: code DICOM files behind Orthanc
       "CompressAfter": 86400,                    // ... once they are this many seconds old
+      "ReadAhead": null,                         // threads decoding coded files ahead (null: one a core)
       "MigrateFrom": null,                       // Orthanc's StorageDirectory from before, while it moves
       "FailWith": null                          // tests only: refuse every instance with this status
     }
@@ -206,8 +207,10 @@ class SealedStorage:
         # files are appended to a journal as Orthanc hands them over, synced together (before Orthanc
         # answers the sender: stored(), with SyncStorageArea; and every second whatever else came), and
         # moved into the blob store and the index behind Orthanc; what a killed Orthanc left is moved first
+        ahead = SETTINGS.get("ReadAhead")  # a coded series decoded ahead of Orthanc's reads, on every core
         self.area = StorageArea(Archive(CONFIG, KEYRING), legacy=Path(legacy) if legacy else None, sync=False,
-                                journal=CONFIG.data_dir / "orthanc-journal")
+                                journal=CONFIG.data_dir / "orthanc-journal",
+                                read_ahead=int(os.cpu_count() or 1) if ahead is None else int(ahead))
         replayed = self.area.replay()
         if replayed:
             orthanc.LogWarning(f"aepacs: moved {replayed} files a stopped Orthanc left in the journal")

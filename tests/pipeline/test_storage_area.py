@@ -291,6 +291,33 @@ def test_reads_follow_blobs_another_process_switched(archive: Archive, config: C
         area.read(uuid, DICOM)
 
 
+def test_coded_files_are_decoded_ahead_of_a_series_read(archive: Archive, config: Config) -> None:
+    # a viewer reads a series file after file: once a coded file is read, the files stored after it are
+    # decoded on other threads; each read takes its own file, exact, whatever happened to it meanwhile
+    writer = StorageArea(archive)
+    ids, datas = [_id() for _ in range(8)], [f.read_bytes() for f in ct_files()[:8]]
+    for uuid, data in zip(ids, datas, strict=True):
+        writer.create(uuid, DICOM, data)
+        writer.create(uuid, JSON, b"{}")  # (Orthanc's other files in between: not decoded ahead)
+    assert compress_pending(writer) == {"coded": 8}
+    area = StorageArea(archive, read_ahead=2)
+    assert area.ahead is not None
+    assert area.read(ids[0], DICOM) == datas[0]  # read itself; the next ones decoded ahead
+    assert [area.read(u, DICOM) for u in ids[1:4]] == datas[1:4]
+    assert 1 <= area.ahead.taken <= 3
+    # meanwhile: file 5 removed, file 6's blob re-sealed by a full rekey in another process
+    area.remove(ids[5], DICOM)
+    with Archive(config) as other:
+        other.keyring.rotate()
+    assert rekey(config, mode="full", workers=1, progress=False).failed == 0
+    assert area.read(ids[4], DICOM) == datas[4]
+    with pytest.raises(OpenError, match="not in the storage area"):
+        area.read(ids[5], DICOM)
+    assert [area.read(u, DICOM) for u in ids[6:]] == datas[6:]
+    area.close()
+    assert area.read(ids[7], DICOM) == datas[7]  # closed: read as without it
+
+
 def test_rekey_retire_and_the_sweep_cover_the_files(archive: Archive, config: Config) -> None:
     area = StorageArea(archive)
     ids = [_id() for _ in range(3)]
