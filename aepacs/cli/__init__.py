@@ -1,6 +1,7 @@
 """The ``aepacs`` command line: one module per command group, assembled by :mod:`aepacs.cli.app`.
 
 ``keys``     keys init | list | rotate | retire
+``recipients``  recipient init (a reader's key pair); recipients add | list | revoke
 ``archive``  seal, open, info, import, export
 ``net``      serve, send, retrieve
 ``models``   train, models, eval

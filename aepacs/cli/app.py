@@ -9,14 +9,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 from aepacs import __version__
-from aepacs.cli import archive, keys, models, net, ops
+from aepacs.cli import archive, keys, models, net, ops, recipients
 from aepacs.cli.common import common_options
 from aepacs.config import Config, load_config
 from aepacs.errors import AepacsError, ConfigError, KeyringError
 from aepacs.logs import configure as configure_logging
 
 #: the command groups, in the order ``aepacs --help`` lists them
-GROUPS = (keys, archive, net, models, ops)
+GROUPS = (keys, recipients, archive, net, models, ops)
 
 
 def build_parser() -> argparse.ArgumentParser:

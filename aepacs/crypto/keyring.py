@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from Crypto.Cipher import AES
 from Crypto.Protocol.KDF import scrypt
@@ -189,7 +189,7 @@ class Keyring:
             raise KeyringError(f"{path}: keyring format version {doc.get('version')} not supported")
         try:
             if doc.get("protection") == "scrypt-aes256gcm":
-                entries = _unseal_entries(path, doc, passphrase)
+                entries = unprotect(path, doc, passphrase)
             elif doc.get("protection") == "none":
                 entries = doc["keys"]
                 passphrase = None
@@ -254,7 +254,7 @@ class Keyring:
         if self._passphrase is None:
             doc.update(protection="none", keys=entries)
         else:
-            doc.update(_seal_entries(entries, self._passphrase))
+            doc.update(protect(entries, self._passphrase))
         atomic_write(self.path, json.dumps(doc, indent=1).encode("utf-8") + b"\n", mode=0o600,
                      owner=_owner_to_keep(self.path))
         self._seen = _signature(self.path)
@@ -278,7 +278,9 @@ def _kdf_aad(kdf: dict[str, object]) -> bytes:
     return json.dumps(kdf, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
-def _seal_entries(entries: list[dict[str, object]], passphrase: bytes) -> dict[str, object]:
+def protect(entries: object, passphrase: bytes) -> dict[str, object]:
+    """`entries` (JSON-able) sealed under a passphrase: scrypt, then AES-256-GCM with the KDF parameters as
+    associated data; the document's ``protection``, ``kdf``, ``nonce`` and ``sealed`` fields."""
     salt = get_random_bytes(16)
     kdf = {"name": "scrypt", "salt": _b64(salt), "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P}
     nonce = get_random_bytes(12)
@@ -288,9 +290,16 @@ def _seal_entries(entries: list[dict[str, object]], passphrase: bytes) -> dict[s
     return {"protection": "scrypt-aes256gcm", "kdf": kdf, "nonce": _b64(nonce), "sealed": _b64(ct + tag)}
 
 
-def _unseal_entries(path: Path, doc: dict[str, object], passphrase: bytes | None) -> list[dict[str, object]]:
+def unprotect(path: Path, doc: dict[str, object], passphrase: bytes | None, what: str = "keyring") -> Any:
+    """What :func:`protect` sealed in `doc` (read from `path`, a `what`).
+
+    Raises
+    ------
+    KeyringError
+        No passphrase, a wrong one, or a damaged file.
+    """
     if passphrase is None:
-        raise KeyringError(f"{path}: keyring is passphrase-protected and no passphrase was given")
+        raise KeyringError(f"{path}: {what} is passphrase-protected and no passphrase was given")
     kdf = doc["kdf"]
     if not isinstance(kdf, dict) or kdf.get("name") != "scrypt":
         raise KeyringError(f"{path}: unknown key derivation")
@@ -301,7 +310,7 @@ def _unseal_entries(path: Path, doc: dict[str, object], passphrase: bytes | None
     try:
         plain = cipher.decrypt_and_verify(blob[:-16], blob[-16:])
     except ValueError:
-        raise KeyringError(f"{path}: wrong passphrase or keyring damaged") from None
+        raise KeyringError(f"{path}: wrong passphrase or {what} damaged") from None
     return json.loads(plain)
 
 

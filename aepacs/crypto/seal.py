@@ -28,9 +28,11 @@ import struct
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aepacs.crypto.keyring import Keyring
+from aepacs.crypto.recipients import Recipient, RecipientKey
 from aepacs.errors import KeyringError, MissingKeyError, OpenError, SealError
 
 MAGIC = b"AEPX"
@@ -41,6 +43,8 @@ DEK_BYTES = 32
 _PREAMBLE = struct.Struct(">4sHI")
 _SLOT = struct.Struct(f">I{NONCE_BYTES}s{DEK_BYTES}s{TAG_BYTES}s")
 SLOT_BYTES = _SLOT.size
+#: HPKE (RFC 9180) base mode as recipient key slots use it: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM.
+SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 #: What a sealed object may be read from: its bytes, or a view of a buffer it was read into.
 Readable = bytes | bytearray | memoryview
 
@@ -62,6 +66,32 @@ class KeySlot:
         return _SLOT.pack(self.kek_version, self.nonce, self.wrapped_key, self.tag)
 
 
+#: The first four bytes of a recipient key slot, where a KEK slot has its KEK version (never this one).
+RECIPIENT_MARK = 0xFFFFFFFF
+_RSLOT = struct.Struct(">IHB")  # mark, length of what follows, length of the recipient id
+#: What HPKE adds to the 32-byte data key: the encapsulated X25519 key and the AES-GCM tag.
+_HPKE_BYTES = 32 + DEK_BYTES + TAG_BYTES
+
+
+@dataclass(frozen=True)
+class RecipientSlot:
+    """The data key wrapped to one recipient's public key by HPKE (see :mod:`aepacs.crypto.recipients`)."""
+
+    recipient_id: str
+    sealed_key: bytes = field(repr=False)  # HPKE's encapsulated key, then the wrapped data key and its tag
+
+    kek_version = 0  # (no KEK opens it)
+
+    def pack(self) -> bytes:
+        rid = self.recipient_id.encode("ascii")
+        return _RSLOT.pack(RECIPIENT_MARK, 1 + len(rid) + len(self.sealed_key), len(rid)) + rid + self.sealed_key
+
+
+def _hpke_info(recipient_id: str, aad: bytes) -> bytes:
+    """HPKE's ``info`` for a recipient slot: the recipient's id and the object's whole clear header."""
+    return b"aepacs-dek-hpke-v1\x00" + recipient_id.encode("ascii") + b"\x00" + hashlib.sha256(aad).digest()
+
+
 @dataclass(frozen=True)
 class SealedHeader:
     """What a sealed object shows in clear: identifiers, codec, key version."""
@@ -72,18 +102,25 @@ class SealedHeader:
     sealed_kek_version: int
     nonce: bytes = field(repr=False)
     payload_length: int
-    slot: KeySlot
+    slot: KeySlot | RecipientSlot
     #: Bytes [0, 10+H): the payload's associated data.
     aad: bytes = field(repr=False)
+    #: Bytes of the key slot (64 for a KEK's; a recipient's is longer).
+    slot_size: int = SLOT_BYTES
 
     @property
     def kek_version(self) -> int:
-        """The KEK version needed to open the object now."""
+        """The KEK version needed to open the object now (0: sealed to a recipient, no KEK opens it)."""
         return self.slot.kek_version
 
     @property
+    def recipient_id(self) -> str | None:
+        """The recipient whose private key opens the object, when it is sealed to one."""
+        return self.slot.recipient_id if isinstance(self.slot, RecipientSlot) else None
+
+    @property
     def total_length(self) -> int:
-        return len(self.aad) + SLOT_BYTES + self.payload_length + TAG_BYTES
+        return len(self.aad) + self.slot_size + self.payload_length + TAG_BYTES
 
 
 def _field(tag: int, value: bytes) -> bytes:
@@ -196,34 +233,73 @@ def read_header(blob: Readable, name: str = "object") -> SealedHeader:
         text = {attr: bytes(values[t]).decode("ascii") for t, attr in _TEXT_FIELDS.items()}
     except UnicodeDecodeError:
         raise OpenError(name, "malformed header text") from None
-    slot = KeySlot(*_SLOT.unpack_from(blob, end))
+    slot, slot_size = _read_slot(blob, end, name)
     header = SealedHeader(
         sealed_kek_version=struct.unpack(">I", values[F_SEALED_KEK])[0],
         nonce=bytes(values[F_NONCE]),
         payload_length=struct.unpack(">Q", values[F_PAYLOAD_LEN])[0],
-        slot=slot, aad=bytes(blob[:end]), **text)
+        slot=slot, aad=bytes(blob[:end]), slot_size=slot_size, **text)
     if len(blob) != header.total_length:
         raise OpenError(name, f"length {len(blob)} does not match its header ({header.total_length})")
     return header
 
 
-def unwrap_key(blob: Readable, keyring: Keyring, *, name: str = "object",
+def _read_slot(blob: Readable, start: int, name: str) -> tuple[KeySlot | RecipientSlot, int]:
+    """The key slot at `start` and its size."""
+    (mark,) = struct.unpack_from(">I", blob, start)
+    if mark != RECIPIENT_MARK:
+        return KeySlot(*_SLOT.unpack_from(blob, start)), SLOT_BYTES
+    if len(blob) < start + _RSLOT.size:
+        raise OpenError(name, "truncated recipient key slot")
+    _, length, id_length = _RSLOT.unpack_from(blob, start)
+    body = start + _RSLOT.size
+    if length != 1 + id_length + _HPKE_BYTES or len(blob) < start + 6 + length + TAG_BYTES:
+        raise OpenError(name, "malformed recipient key slot")
+    try:
+        rid = bytes(blob[body:body + id_length]).decode("ascii")
+    except UnicodeDecodeError:
+        raise OpenError(name, "malformed recipient key slot") from None
+    return RecipientSlot(rid, bytes(blob[body + id_length:body + id_length + _HPKE_BYTES])), 6 + length
+
+
+def _unwrap_recipient(slot: RecipientSlot, aad: bytes, key: RecipientKey, name: str) -> bytes:
+    if slot.recipient_id != key.id:
+        raise OpenError(name, f"sealed to recipient {slot.recipient_id}, not to {key.name} ({key.id})")
+    try:
+        return SUITE.decrypt(slot.sealed_key, key.private_key, info=_hpke_info(slot.recipient_id, aad))
+    except (InvalidTag, ValueError):
+        raise OpenError(name, f"data key does not unwrap for recipient {key.name} "
+                              "(tampered header or key slot)") from None
+
+
+def unwrap_key(blob: Readable, keys: Keyring | RecipientKey, *, name: str = "object",
                expect_uid: str | None = None) -> tuple[SealedHeader, bytes]:
     """The clear header and data key of a sealed object: its header and key slot authenticated under the
-    KEK, the payload not yet read (what :func:`open_sealed` does first; a quick check that it will open).
+    KEK (with the archive's `keys`) or by HPKE (with a recipient's private key, for an object sealed to it),
+    the payload not yet read (what :func:`open_sealed` does first; a quick check that it will open).
 
     Raises
     ------
     OpenError
-        A malformed or swapped header, a key slot that does not authenticate, no key for it.
+        A malformed or swapped header, a key slot that does not authenticate, no key for it (an object
+        sealed to a recipient given the keyring, or the other way round).
     """
     header = read_header(blob, name)
     if expect_uid is not None and header.object_uid != expect_uid:
         raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
-    return header, _unwrap(header.slot, header.aad, keyring, name)
+    slot = header.slot
+    if isinstance(slot, RecipientSlot):
+        if not isinstance(keys, RecipientKey):
+            raise OpenError(name, f"sealed to recipient {slot.recipient_id}: open it with that recipient's "
+                                  "private key (--recipient-key), not a keyring")
+        return header, _unwrap_recipient(slot, header.aad, keys, name)
+    if isinstance(keys, RecipientKey):
+        raise OpenError(name, f"sealed under the archive's key version {slot.kek_version}, not to recipient "
+                              f"{keys.name}: the archive must seal it to that recipient")
+    return header, _unwrap(slot, header.aad, keys, name)
 
 
-def open_sealed(blob: Readable, keyring: Keyring, *, name: str = "object",
+def open_sealed(blob: Readable, keyring: Keyring | RecipientKey, *, name: str = "object",
                 expect_uid: str | None = None) -> tuple[SealedHeader, bytes]:
     """Authenticate and decrypt a sealed object.
 
@@ -231,8 +307,9 @@ def open_sealed(blob: Readable, keyring: Keyring, *, name: str = "object",
     ----------
     blob : bytes
         The sealed object.
-    keyring : Keyring
-        Must hold the KEK version named in the key slot.
+    keyring : Keyring or RecipientKey
+        The archive's keyring, holding the KEK version named in the key slot; or, for an object sealed
+        to a recipient, that recipient's private key.
     name : str
         How errors name the object (a path or a UID).
     expect_uid : str, optional
@@ -262,7 +339,7 @@ def decrypt_payload(blob: Readable, header: SealedHeader, dek: bytes, *, name: s
     OpenError
         The blob is not the one `header` and `dek` came from, or was altered.
     """
-    sealed = memoryview(blob)[len(header.aad) + SLOT_BYTES:]  # ciphertext and tag, no copy
+    sealed = memoryview(blob)[len(header.aad) + header.slot_size:]  # ciphertext and tag, no copy
     try:
         return AESGCM(dek).decrypt(header.nonce, sealed, header.aad)
     except (InvalidTag, ValueError):
@@ -285,6 +362,23 @@ def header_span(prefix: Readable, name: str = "object") -> int:
     if version != FORMAT_VERSION:
         raise OpenError(name, f"sealed-object format version {version} not supported")
     return _PREAMBLE.size + hlen
+
+
+def seal_to(blob: Readable, keyring: Keyring, recipient: Recipient, *, name: str = "object",
+            expect_uid: str | None = None) -> bytes:
+    """`blob` sealed to `recipient` instead: its data key unwrapped under the archive's KEK and wrapped to the
+    recipient's public key by HPKE, bound to the recipient's id and the object's whole clear header. The
+    header, the ciphertext and its tag stay byte for byte; only the key slot differs (one HPKE
+    operation an object).
+
+    Raises
+    ------
+    OpenError
+        `blob` does not open under `keyring` (as :func:`unwrap_key`).
+    """
+    header, dek = unwrap_key(blob, keyring, name=name, expect_uid=expect_uid)
+    slot = RecipientSlot(recipient.id, SUITE.encrypt(dek, recipient.key(), info=_hpke_info(recipient.id, header.aad)))
+    return b"".join((header.aad, slot.pack(), blob[len(header.aad) + header.slot_size:]))
 
 
 def with_slot(blob: Readable, slot: bytes, name: str = "object") -> bytes:
@@ -337,5 +431,6 @@ def rewrap(blob: bytes, keyring: Keyring, *, name: str = "object") -> bytes:
     return with_slot(blob, rewrap_slot(header.aad, header.slot.pack(), keyring, name=name), name)
 
 
-__all__ = ["SealedHeader", "KeySlot", "Readable", "seal", "open_sealed", "unwrap_key", "decrypt_payload",
+__all__ = ["SealedHeader", "KeySlot", "RecipientSlot", "Readable", "seal", "seal_to", "open_sealed", "unwrap_key",
+           "decrypt_payload",
            "read_header", "rewrap", "rewrap_slot", "with_slot", "header_span", "SLOT_BYTES"]

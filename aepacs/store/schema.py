@@ -117,6 +117,20 @@ attachments = Table(
     Column("key_slot", LargeBinary),
     Column("sealed_at", Float),
 )
+#: The recipients the archive seals what it sends to (``aepacs recipients``): each an X25519 public key,
+#: named at the archive, found by the AE title it retrieves as or the SHA-256 of its DICOMweb token. A
+#: revoked row stays (what was sealed to it, and when it stopped); no object is sealed to it again.
+recipients = Table(
+    "recipients", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("recipient_id", String(32), nullable=False, unique=True),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("aet", String(16), index=True),
+    Column("token_sha256", String(64), index=True),
+    Column("added_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
 #: every table whose rows point at sealed blobs (what the sweep, key retirement and rekey cover)
 OBJECT_TABLES = (instances, attachments)
 #: the column that names each object table's objects (its blobs are bound to that name)

@@ -80,6 +80,7 @@ def test_a_legacy_index_gains_the_columns_added_in_place(tmp_path: Path) -> None
     db.execute("DROP INDEX ix_patients_patient_name_fold")  # and without what later revisions added
     db.execute("ALTER TABLE patients DROP COLUMN patient_name_fold")
     db.execute("DROP TABLE attachments")
+    db.execute("DROP TABLE recipients")
     db.commit()
     db.close()
     with pytest.raises(StoreError, match="made before schema migrations.*aepacs db upgrade"):
