@@ -63,6 +63,11 @@ class DatasetMismatch(InputError):
     (DICOM status 0xA900)."""
 
 
+class RecipientRefused(AepacsError):
+    """A requester may not be sent sealed objects: its recipient is revoked, or it has none and the site
+    seals only to recipients (``transport.unregistered: refuse``)."""
+
+
 class StoreError(AepacsError):
     """The blob store or the index failed."""
 

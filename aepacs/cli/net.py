@@ -9,7 +9,10 @@ from pathlib import Path
 
 from aepacs.audit import MINOR_FAILURE, SUCCESS, Party
 from aepacs.cli.common import audit, count
+from aepacs.cli.recipients import PASSPHRASE_ENV
 from aepacs.config import Config, load_config
+from aepacs.crypto.keyring import Keyring, passphrase_from_env
+from aepacs.crypto.recipients import RecipientKey
 from aepacs.dicom.status import Status
 from aepacs.errors import AepacsError
 from aepacs.models.registry import config_registry
@@ -69,6 +72,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--move-to-self", type=int, metavar="PORT",
                    help="use C-MOVE to a storage SCP run here on PORT (instead of C-GET)")
     p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="address of that storage SCP")
+    p.add_argument("--recipient-key", type=Path, metavar="FILE",
+                   help="open what the archive sealed to this recipient with its private key (SITE.key.json from "
+                        "'aepacs recipient init'; passphrase from $AEPACS_RECIPIENT_PASSPHRASE) instead of the "
+                        "archive's keyring, which this machine then does not need")
     _tls_options(p)
     p.set_defaults(func=cmd_retrieve)
 
@@ -112,7 +119,8 @@ def cmd_viewer_install(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
-    keyring = load_keyring(config)
+    keyring: Keyring | RecipientKey = load_keyring(config) if args.recipient_key is None else \
+        RecipientKey.load(args.recipient_key, passphrase_from_env(PASSPHRASE_ENV))
     if args.from_files:
         summary = receive_files(args.from_files, keyring, args.output, registry=config_registry(config))
     elif args.dicomweb:

@@ -117,6 +117,7 @@ class WebConfig:
 class TransportConfig:
     identifiers: str = field(metadata=_choices("clear", "pseudonymous"))
     pseudonym_key: str
+    unregistered: str = field(metadata=_choices("keyring", "refuse"))
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ class Status(IntEnum):
     #: C-STORE warnings a storage SCP may answer (coercion, elements discarded): stored all the same
     COERCED = 0x0107
     ELEMENTS_DISCARDED = 0x0116
+    #: C-GET/C-MOVE (PS3.7 C.5: Refused, Not Authorized): sealed objects are not sent to this requester
+    #: (its recipient revoked, or none registered where the archive seals only to recipients)
+    NOT_AUTHORIZED = 0x0124
     #: no room for the instance and its archiving, or a spool write failure
     OUT_OF_RESOURCES = 0xA700
     #: C-MOVE destination not among ``server.move_destinations``

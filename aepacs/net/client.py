@@ -33,6 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at impo
 )
 
 from aepacs.crypto.keyring import Keyring
+from aepacs.crypto.recipients import RecipientKey
 from aepacs.crypto.seal import MAGIC
 from aepacs.dicom.part10 import read_dataset
 from aepacs.dicom.records import shown
@@ -64,7 +65,7 @@ class RetrieveSummary:
 class Receiver:
     """Turns received instances into original DICOM files under `out_dir`."""
 
-    def __init__(self, keyring: Keyring, out_dir: Path, registry: Registry | None = None) -> None:
+    def __init__(self, keyring: Keyring | RecipientKey, out_dir: Path, registry: Registry | None = None) -> None:
         self.keyring = keyring
         self.registry = registry
         self.out_dir = Path(out_dir)
@@ -115,7 +116,7 @@ class Receiver:
         return Status.SUCCESS
 
 
-def receive_files(paths: list[Path], keyring: Keyring, out_dir: Path,
+def receive_files(paths: list[Path], keyring: Keyring | RecipientKey, out_dir: Path,
                   registry: Registry | None = None) -> RetrieveSummary:
     """Open and decode sealed objects that arrived as files (``.aepx`` or transport objects)."""
     receiver = Receiver(keyring, out_dir, registry)
@@ -205,7 +206,8 @@ def _not_sent(summary: RetrieveSummary, identifier: Dataset, archive: str) -> No
 
 
 def retrieve(host: str, port: int, called_aet: str, calling_aet: str, level: str, value: str,
-             keyring: Keyring, out_dir: Path, *, move_to_self: int | None = None, bind: str = "127.0.0.1",
+             keyring: Keyring | RecipientKey, out_dir: Path, *, move_to_self: int | None = None,
+             bind: str = "127.0.0.1",
              tls: ssl.SSLContext | None = None, timeout: float = 60.0,
              registry: Registry | None = None) -> RetrieveSummary:
     """Retrieve and decode everything under one patient / study / series / instance.

@@ -43,15 +43,17 @@ from pynetdicom.presentation import PresentationContext
 from aepacs.audit import MINOR_FAILURE, SERIOUS_FAILURE, AuditTrail, Party
 from aepacs.audit import SUCCESS as AUDIT_OK
 from aepacs.config import Config
+from aepacs.crypto.recipients import Recipient
 from aepacs.dicom.part10 import file_meta_prefix
 from aepacs.dicom.records import check_uid, shown
 from aepacs.dicom.scan import scan
 from aepacs.dicom.status import Status
 from aepacs.dicom.transport import RAW_DATA_STORAGE
-from aepacs.errors import AepacsError, DatasetMismatch, InputError
+from aepacs.errors import AepacsError, DatasetMismatch, InputError, RecipientRefused
 from aepacs.net.metrics import Metrics
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.receive import receive, refusal
+from aepacs.pipeline.recipients import recipient_for
 from aepacs.pipeline.spool import Spool
 from aepacs.pipeline.transport import outgoing, transport_key
 
@@ -277,14 +279,16 @@ class Handlers:
         yield Status.SUCCESS, None
 
     # -- C-GET / C-MOVE -----------------------------------------------------------------
-    def _outgoing(self, event: Event, rows: list[Any], failed: list[str]) -> Iterator[tuple[int, Dataset | None]]:
-        """One dataset per row; a row that cannot be sent is a failed sub-operation, its UID put in `failed`."""
+    def _outgoing(self, event: Event, rows: list[Any], failed: list[str],
+                  recipient: Recipient | None) -> Iterator[tuple[int, Dataset | None]]:
+        """One dataset per row (sealed to `recipient`, if any); a row that cannot be sent is a failed
+        sub-operation, its UID put in `failed`."""
         for row in rows:
             if event.is_cancelled:
                 yield Status.CANCEL, None
                 return
             try:
-                dataset = self._dataset_for(row)
+                dataset = outgoing(self.archive, row, self._pseudonym_key, recipient)
             except Exception as exc:  # tampered, key missing, undecodable: this object fails, not the rest
                 log.error("retrieve by %s of %s failed: %s", _calling(event), shown(row.sop_uid), exc)
                 self.metrics.retrieve_failures.inc()
@@ -292,10 +296,6 @@ class Handlers:
                 yield Status.PENDING, _unsendable(row.sop_uid)
                 continue
             yield Status.PENDING, dataset
-
-    def _dataset_for(self, row: Any) -> Dataset:
-        """What is sent for one instance: its sealed transport object, or the decoded original."""
-        return outgoing(self.archive, row, self._pseudonym_key)
 
     def _rows(self, event: Event) -> list[Any] | None:
         try:
@@ -312,14 +312,27 @@ class Handlers:
             yield 0
             yield Status.MISMATCH, None
             return
+        recipient = None
+        if self.config.server.retrieve_as == "sealed":  # sealed to the receiving AE's recipient key, if any
+            try:
+                recipient = recipient_for(self.archive, aet=destination.ae)
+            except RecipientRefused as exc:
+                log.error("retrieve by %s refused: %s", _calling(event), exc)
+                self.audit.record("retrieve", outcome=MINOR_FAILURE, source=self.me, destination=destination,
+                                  studies=sorted({r.study_uid for r in rows}), detail=f"refused: {exc}")
+                yield max(1, len(rows))  # (with none, pynetdicom answers success before a failure can be given)
+                yield Status.NOT_AUTHORIZED, None
+                return
         yield len(rows)
         failed: list[str] = []
-        yield from self._outgoing(event, rows, failed)
+        yield from self._outgoing(event, rows, failed, recipient)
         self.metrics.retrieved.labels(self.config.server.retrieve_as).inc(len(rows) - len(failed))
         self.audit.record("retrieve", outcome=MINOR_FAILURE if failed else AUDIT_OK, source=self.me,
                           destination=destination, patients=[r.patient_id for r in rows],
                           studies=[r.study_uid for r in rows], objects=len(rows) - len(failed),
-                          detail=f"{self.config.server.retrieve_as} objects, requested by {_calling(event)}"
+                          detail=f"{self.config.server.retrieve_as} objects"
+                                 + (f" sealed to recipient {recipient.name} ({recipient.id})" if recipient else "")
+                                 + f", requested by {_calling(event)}"
                                  + (f"; {len(failed)} could not be sent" if failed else ""))
 
     def on_get(self, event: Event) -> Iterator[Any]:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from aepacs.codec.payload import decode_payload, read_manifest
 from aepacs.crypto.keyring import Keyring
+from aepacs.crypto.recipients import RecipientKey
 from aepacs.crypto.seal import SealedHeader, open_sealed, unwrap_key, with_slot
 from aepacs.dicom.derive import derive
 from aepacs.errors import AepacsError, CodecError, OpenError
@@ -32,7 +33,7 @@ from aepacs.store.paths import instance_path
 log = logging.getLogger("aepacs.retrieve")
 
 
-def open_payload(blob: bytes, keyring: Keyring, *, name: str = "object", expect_uid: str | None = None,
+def open_payload(blob: bytes, keyring: Keyring | RecipientKey, *, name: str = "object", expect_uid: str | None = None,
                  registry: Registry | None = None) -> tuple[SealedHeader, bytes, dict[str, Any] | None]:
     """Open and decode a sealed object: (clear header, Part 10 bytes, lossy record or None).
 
@@ -53,7 +54,7 @@ def open_payload(blob: bytes, keyring: Keyring, *, name: str = "object", expect_
     return header, data, lossy
 
 
-def open_bytes(blob: bytes, keyring: Keyring, *, name: str = "object", expect_uid: str | None = None,
+def open_bytes(blob: bytes, keyring: Keyring | RecipientKey, *, name: str = "object", expect_uid: str | None = None,
                registry: Registry | None = None) -> tuple[SealedHeader, bytes]:
     """Open and decode a sealed object into DICOM a viewer can read.
 

@@ -22,6 +22,8 @@ from pydicom.dataset import Dataset
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.pseudonym import pseudonym, site_key
+from aepacs.crypto.recipients import Recipient
+from aepacs.crypto.seal import seal_to
 from aepacs.dicom.part10 import parse
 from aepacs.dicom.records import InstanceRecord
 from aepacs.dicom.transport import make_transport
@@ -35,9 +37,10 @@ def transport_key(config: Config) -> bytes | None:
     return site_key(config.pseudonym_key_path) if config.transport.identifiers == "pseudonymous" else None
 
 
-def outgoing(archive: Archive, row: Any, pseudonym_key: bytes | None) -> Dataset:
+def outgoing(archive: Archive, row: Any, pseudonym_key: bytes | None, recipient: Recipient | None = None) -> Dataset:
     """What C-GET, C-MOVE and WADO-RS send for one indexed instance (``server.retrieve_as``): the decoded
-    original, or its sealed transport object (identifiers as `pseudonym_key` says).
+    original, or its sealed transport object (identifiers as `pseudonym_key` says), sealed to `recipient`
+    when there is one (:func:`aepacs.pipeline.recipients.recipient_for`), else under the archive's KEK.
 
     Raises
     ------
@@ -47,6 +50,8 @@ def outgoing(archive: Archive, row: Any, pseudonym_key: bytes | None) -> Dataset
     if archive.config.server.retrieve_as == "decoded":
         return pydicom.dcmread(BytesIO(fetch(archive, row.sop_uid, row)))
     current, blob = fetch_blob(archive, row.sop_uid, row)
+    if recipient is not None:
+        blob = seal_to(blob, archive.keyring, recipient, name=row.sop_uid, expect_uid=row.sop_uid)
     return transport_object(blob, current, pseudonym_key)
 
 

@@ -1,0 +1,37 @@
+"""Whom an outgoing sealed object is sealed to: the registered recipient behind an AE title or a token.
+
+:func:`recipient_for` looks the requester up in the index's recipient rows (``aepacs recipients``): a
+registered, active recipient gets every object sealed to its own public key
+(:func:`aepacs.crypto.seal.seal_to`); a revoked one is refused at once; one not registered gets the
+archive's KEK-sealed form or a refusal, as ``transport.unregistered`` says.
+"""
+
+from __future__ import annotations
+
+from aepacs.crypto.recipients import Recipient
+from aepacs.errors import RecipientRefused
+from aepacs.pipeline.archive import Archive
+from aepacs.store.recipients import RecipientRows
+
+
+def recipient_for(archive: Archive, *, aet: str | None = None, token_sha256: str | None = None) -> Recipient | None:
+    """The recipient objects sent to this requester are sealed to; None: the archive's own KEK-sealed form.
+
+    Raises
+    ------
+    RecipientRefused
+        The requester's recipient is revoked, or it has none and ``transport.unregistered`` is ``refuse``.
+    """
+    row = RecipientRows(archive.index).find(aet=aet.strip() if aet else None, token_sha256=token_sha256)
+    who = f"AE title {aet.strip()}" if aet else "that DICOMweb token"
+    if row is not None and row.revoked_at is None:
+        return Recipient(row.name, bytes(row.public_key))
+    if row is not None:
+        raise RecipientRefused(f"recipient {row.name} ({who}) is revoked: nothing is sealed to it")
+    if archive.config.transport.unregistered == "refuse":
+        raise RecipientRefused(f"{who} is no registered recipient and this archive seals only to recipients "
+                               "('aepacs recipients add'; transport.unregistered)")
+    return None
+
+
+__all__ = ["recipient_for"]
