@@ -47,15 +47,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aepacs.audit import MINOR_FAILURE, AuditTrail, Party
 from aepacs.audit import SUCCESS as AUDIT_OK
 from aepacs.config import Config
+from aepacs.crypto.recipients import Recipient
 from aepacs.dicom.records import shown
-from aepacs.errors import InputError
+from aepacs.errors import InputError, RecipientRefused
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.receive import receive, refusal
+from aepacs.pipeline.recipients import recipient_for
 from aepacs.pipeline.retrieve import check_opens, fetch, fetch_blob
 from aepacs.pipeline.spool import Spool
 from aepacs.pipeline.transport import outgoing, transport_key
 from aepacs.web import multipart, pixels, qido, viewer
-from aepacs.web.auth import Tokens
+from aepacs.web.auth import Tokens, digest
 
 log = logging.getLogger("aepacs.web")
 
@@ -85,6 +87,14 @@ def _warnings(failed: list[str]) -> list[str]:
 def _pixel_error(exc: pixels.PixelError) -> Response:
     status = 404 if isinstance(exc, pixels.NoSuchFrame) else 406 if isinstance(exc, pixels.NotAcceptable) else 400
     return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+def _bearer(request: Request) -> str | None:
+    """The bearer token a request carries (its header, or a viewer session's cookie), if any."""
+    scheme, _, token = (request.headers.get("authorization") or "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.cookies.get(viewer.COOKIE) or None
 
 
 def _client(request: Request) -> Party:
@@ -194,11 +204,23 @@ class Service:
         headers = {"Warning": ", ".join(warnings)} if warnings else {}
         return Response(body, status_code=206 if failed else 200, media_type=media_type, headers=headers)
 
-    def _part10_of(self, row: Any) -> bytes:
-        """What WADO-RS sends for one instance: the original's bytes as stored, or the sealed transport object."""
+    def _part10_of(self, row: Any, recipient: Recipient | None = None) -> bytes:
+        """What WADO-RS sends for one instance: the original's bytes as stored, or the sealed transport object
+        (sealed to `recipient`, when the requester is one)."""
         if self.config.server.retrieve_as == "decoded":
             return fetch(self.archive, row.sop_uid, row)  # a Part 10 stream already: no parse, no re-encoding
-        return _part10(self._dataset(row))
+        return _part10(outgoing(self.archive, row, self._pseudonym_key, recipient))
+
+    def _recipient(self, request: Request) -> Recipient | None:
+        """Whom sealed objects for this request are sealed to: the recipient its bearer token belongs to.
+
+        Raises
+        ------
+        RecipientRefused
+            As :func:`aepacs.pipeline.recipients.recipient_for`.
+        """
+        token = _bearer(request)
+        return recipient_for(self.archive, token_sha256=digest(token) if token else None)
 
     def retrieve(self, request: Request) -> Response:
         """The selected instances as one multipart answer, sent while later ones are still being decoded.
@@ -211,6 +233,15 @@ class Service:
         rows = self._rows(request)
         if not rows:
             return Response(status_code=404)
+        recipient = None
+        if self.config.server.retrieve_as == "sealed":
+            try:
+                recipient = self._recipient(request)
+            except RecipientRefused as exc:
+                log.error("WADO-RS retrieve by %s refused: %s", _client(request).address, exc)
+                self.audit.record("retrieve", outcome=MINOR_FAILURE, source=self.me, destination=_client(request),
+                                  studies=sorted({r.study_uid for r in rows}), detail=f"WADO-RS refused: {exc}")
+                return JSONResponse({"error": str(exc)}, status_code=403)
         check = (lambda row: check_opens(self.archive, row.sop_uid, row)) \
             if self.config.server.retrieve_as == "decoded" else (lambda row: fetch_blob(self.archive, row.sop_uid, row))
         opened, failed = self._map(rows, "retrieve", check)
@@ -219,20 +250,21 @@ class Service:
             self._audit_retrieve(request, rows, 0, failed, "retrieve")
             return self._outcome(b"", "", [], failed)
         boundary = multipart.new_boundary()
-        parts = ((data, DICOM) for data in self._produce(request, rows, good, failed))
+        parts = ((data, DICOM) for data in self._produce(request, rows, good, failed, recipient))
         warnings = _warnings(failed)
         return StreamingResponse(multipart.stream(parts, boundary), status_code=206 if failed else 200,
                                  media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
                                  headers={"Warning": ", ".join(warnings)} if warnings else None)
 
-    def _produce(self, request: Request, rows: list[Any], good: list[Any], failed: list[str]) -> Iterator[bytes]:
+    def _produce(self, request: Request, rows: list[Any], good: list[Any], failed: list[str],
+                 recipient: Recipient | None) -> Iterator[bytes]:
         """Each of `good`'s Part 10 bytes, in order, made ahead on one thread per core (a bounded window)."""
         cores = os.cpu_count() or 1
         sent, broken = 0, None
         pool = ThreadPoolExecutor(cores, thread_name_prefix="aepacs-wado")
         try:
             todo = iter(good)
-            window = deque((row, pool.submit(self._part10_of, row)) for row in islice(todo, 2 * cores))
+            window = deque((row, pool.submit(self._part10_of, row, recipient)) for row in islice(todo, 2 * cores))
             while window:
                 row, future = window.popleft()
                 try:
@@ -244,20 +276,21 @@ class Service:
                     raise StreamAborted(row.sop_uid) from None
                 nxt = next(todo, None)
                 if nxt is not None:
-                    window.append((nxt, pool.submit(self._part10_of, nxt)))
+                    window.append((nxt, pool.submit(self._part10_of, nxt, recipient)))
                 yield data
                 sent += 1
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             self._audit_retrieve(request, rows, sent, failed + ([broken] if broken else []), "retrieve",
-                                 cut=sent < len(good))
+                                 cut=sent < len(good), recipient=recipient)
 
     def _audit_retrieve(self, request: Request, rows: list[Any], sent: int, failed: list[str], what: str,
-                        cut: bool = False) -> None:
+                        cut: bool = False, recipient: Recipient | None = None) -> None:
         self.audit.record("retrieve", outcome=MINOR_FAILURE if failed or cut else AUDIT_OK, source=self.me,
                           destination=_client(request), patients=[r.patient_id for r in rows],
                           studies=[r.study_uid for r in rows], objects=sent,
                           detail=f"WADO-RS {what}, {self.config.server.retrieve_as} objects"
+                                 + (f" sealed to recipient {recipient.name} ({recipient.id})" if recipient else "")
                                  + (f"; {len(failed)} could not be opened" if failed else "")
                                  + ("; the answer was cut off" if cut else ""))
 
