@@ -6,10 +6,13 @@ import hashlib
 import json
 from pathlib import Path
 
+import pydicom
+
 from aepacs.audit import read
 from aepacs.config import Config
 from aepacs.crypto.recipients import Recipient, RecipientKey
-from tests.conftest import run_cli
+from aepacs.crypto.seal import read_header
+from tests.conftest import ct_files, run_cli
 
 
 def test_a_reader_makes_its_key_pair_and_the_archive_registers_and_revokes_it(
@@ -57,3 +60,35 @@ def test_a_reader_makes_its_key_pair_and_the_archive_registers_and_revokes_it(
     details = [r["detail"] for r in records]
     assert any("recipient site-a added" in d for d in details) and any("recipient site-a revoked" in d
                                                                       for d in details)
+
+
+def test_exported_copies_sealed_to_a_recipient_open_on_its_machine_after_the_archives_keys_are_retired(
+        env: dict[str, str], tmp_path: Path) -> None:
+    files = ct_files()[:3]
+    run_cli("keys", "init", env=env, check=True)
+    source = tmp_path / "in"
+    source.mkdir()
+    for f in files:
+        (source / f.name).write_bytes(f.read_bytes())
+    run_cli("import", str(source), env=env, check=True)
+    reader = {"AEPACS_HOME": str(tmp_path / "reader-home")}  # the reading site: its key, no keyring
+    run_cli("recipient", "init", "--name", "site-a", "-o", str(tmp_path / "reader"), env=reader, check=True)
+    run_cli("recipients", "add", "site-a", "--public-key", str(tmp_path / "reader" / "site-a.pub.json"),
+            env=env, check=True)
+    study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    run_cli("export", "--study", study, "--sealed", "--recipient", "site-a", "-o", str(tmp_path / "sealed"),
+            "-q", env=env, check=True)
+    sealed = sorted((tmp_path / "sealed").rglob("*.aepx"))
+    assert len(sealed) == 3 and all(read_header(p.read_bytes()).recipient_id for p in sealed)
+    # the archive rotates, re-encrypts everything and destroys the old key
+    run_cli("keys", "rotate", env=env, check=True)
+    run_cli("rekey", "--mode", "full", env=env, check=True)
+    run_cli("keys", "retire", "1", "--yes", env=env, check=True)
+    out = run_cli("retrieve", "--from-files", str(tmp_path / "sealed"), "-o", str(tmp_path / "opened"),
+                  "--recipient-key", str(tmp_path / "reader" / "site-a.key.json"), env=reader, check=True)
+    assert not (tmp_path / "reader-home" / "keyring.json").exists(), out.stdout
+    opened = {str(pydicom.dcmread(p).SOPInstanceUID): p.read_bytes() for p in (tmp_path / "opened").rglob("*.dcm")}
+    assert {str(pydicom.dcmread(f).SOPInstanceUID): f.read_bytes() for f in files} == opened
+    nope = run_cli("export", "--study", study, "--sealed", "--recipient", "nobody", "-o", str(tmp_path / "x"),
+                   env=env)
+    assert nope.returncode != 0 and "no recipient nobody" in nope.stderr

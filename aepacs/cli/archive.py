@@ -10,11 +10,12 @@ from aepacs.audit import MINOR_FAILURE, SUCCESS, Party
 from aepacs.cli.common import mb, read_input, write_output
 from aepacs.config import Config
 from aepacs.crypto.seal import FORMAT_VERSION, read_header
-from aepacs.errors import AepacsError, InputError
+from aepacs.errors import AepacsError, InputError, RecipientRefused
 from aepacs.models.registry import config_registry
 from aepacs.pipeline.archive import Archive, load_keyring
 from aepacs.pipeline.codecs import check_routes
 from aepacs.pipeline.ingest import import_paths, seal_bytes
+from aepacs.pipeline.recipients import recipient_named
 from aepacs.pipeline.retrieve import describe_payload, export, open_bytes
 from aepacs.store.blobs import blob_key
 
@@ -47,6 +48,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     sel.add_argument("--series", metavar="UID")
     sel.add_argument("--instance", metavar="UID")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    p.add_argument("--sealed", action="store_true",
+                   help="write the sealed objects (.aepx), not decoded DICOM: sealed to --recipient, else under the "
+                        "archive's key (for a reader holding the keyring, where transport.unregistered allows it)")
+    p.add_argument("--recipient", metavar="SITE", help="with --sealed: the registered recipient whose key opens them")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
 
@@ -114,13 +119,24 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    if args.recipient and not args.sealed:
+        raise InputError("--recipient goes with --sealed (decoded files are not sealed to anyone)")
     with Archive(config) as archive:
+        recipient = None
+        if args.sealed:
+            recipient = recipient_named(archive, args.recipient) if args.recipient else None
+            if recipient is None and config.transport.unregistered == "refuse":
+                raise RecipientRefused("this archive seals only to recipients: give --recipient SITE "
+                                       "(transport.unregistered)")
         s = export(archive, args.output, patient_id=args.patient, study_uid=args.study,
-                   series_uid=args.series, sop_uid=args.instance, progress=not args.quiet)
+                   series_uid=args.series, sop_uid=args.instance, progress=not args.quiet,
+                   sealed=args.sealed, recipient=recipient)
+        notes = [f"sealed to recipient {recipient.name} ({recipient.id})" if recipient
+                 else "sealed under the archive's key"] if args.sealed else []
+        notes += [f"{len(s.failed)} failed"] if s.failed else []
         archive.audit.record("export", outcome=MINOR_FAILURE if s.failed else SUCCESS, objects=len(s.written),
                              patients=[args.patient or ""], studies=[args.study or ""],
-                             destination=Party(address=str(args.output)),
-                             detail=f"{len(s.failed)} failed" if s.failed else None)
+                             destination=Party(address=str(args.output)), detail="; ".join(notes) or None)
     if not s.written and not s.failed:
         raise AepacsError("no archived instance matches the selection")
     print(f"exported {len(s.written)} files ({mb(s.bytes_written)} MB) to {args.output}; "

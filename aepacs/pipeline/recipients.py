@@ -34,4 +34,20 @@ def recipient_for(archive: Archive, *, aet: str | None = None, token_sha256: str
     return None
 
 
-__all__ = ["recipient_for"]
+def recipient_named(archive: Archive, name: str) -> Recipient:
+    """The active recipient called `name` (``aepacs export --sealed --recipient NAME``).
+
+    Raises
+    ------
+    RecipientRefused
+        No recipient has that name, or it is revoked.
+    """
+    row = RecipientRows(archive.index).named(name)
+    if row is None:
+        raise RecipientRefused(f"no recipient {name} ('aepacs recipients list')")
+    if row.revoked_at is not None:
+        raise RecipientRefused(f"recipient {name} is revoked: nothing is sealed to it")
+    return Recipient(row.name, bytes(row.public_key))
+
+
+__all__ = ["recipient_for", "recipient_named"]

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from aepacs.codec.payload import decode_payload, read_manifest
 from aepacs.crypto.keyring import Keyring
-from aepacs.crypto.recipients import RecipientKey
-from aepacs.crypto.seal import SealedHeader, open_sealed, unwrap_key, with_slot
+from aepacs.crypto.recipients import Recipient, RecipientKey
+from aepacs.crypto.seal import SealedHeader, open_sealed, seal_to, unwrap_key, with_slot
 from aepacs.dicom.derive import derive
 from aepacs.errors import AepacsError, CodecError, OpenError
 from aepacs.models.registry import Registry, config_registry
@@ -160,8 +160,11 @@ class ExportSummary:
 
 
 def export(archive: Archive, out_dir: Path, *, patient_id: str | None = None, study_uid: str | None = None,
-           series_uid: str | None = None, sop_uid: str | None = None, progress: bool = True) -> ExportSummary:
-    """Write the selected instances as ``OUT/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
+           series_uid: str | None = None, sop_uid: str | None = None, progress: bool = True,
+           sealed: bool = False, recipient: Recipient | None = None) -> ExportSummary:
+    """Write the selected instances as ``OUT/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, or with `sealed` their
+    sealed objects as ``….aepx``: sealed to `recipient` (whose private key alone opens them), else under
+    the archive's KEK.
 
     File names come from :func:`aepacs.store.paths.instance_path` (confined to
     `out_dir`). One failure never stops the rest; failures are returned with reasons.
@@ -171,8 +174,14 @@ def export(archive: Archive, out_dir: Path, *, patient_id: str | None = None, st
     summary = ExportSummary()
     for row in tqdm(rows, desc="export", unit="file", disable=not progress):
         try:
-            data = fetch(archive, row.sop_uid)
             target = instance_path(Path(out_dir), row.series_uid, row.sop_uid)
+            if sealed:
+                _, data = fetch_blob(archive, row.sop_uid, row)
+                if recipient is not None:
+                    data = seal_to(data, archive.keyring, recipient, name=row.sop_uid, expect_uid=row.sop_uid)
+                target = target.with_suffix(".aepx")
+            else:
+                data = fetch(archive, row.sop_uid)
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(target, data, mode=0o600)
         except AepacsError as exc:

@@ -68,6 +68,11 @@ class RecipientRows:
         except SQLAlchemyError as exc:
             raise StoreError(f"index: cannot revoke recipient {name} ({type(exc).__name__})") from None
 
+    def named(self, name: str) -> Row[Any] | None:
+        """The recipient called `name`, revoked or not."""
+        with self.index.engine.connect() as conn:
+            return conn.execute(select(recipients).where(recipients.c.name == name)).first()
+
     def find(self, *, aet: str | None = None, token_sha256: str | None = None) -> Row[Any] | None:
         """The recipient identified by AE title `aet` or token hash `token_sha256`, revoked or not (the
         caller tells the two apart: a revoked one is refused, not treated as unknown); the active one first."""
