@@ -13,7 +13,17 @@ object built from 16 consecutive slices (8.4 MB). For each, in one run:
 MB/s are of the original object's bytes; the ratio column divides by the
 AES-GCM figure of the same object in the same run. Times are medians.
 
-Usage: ``python bench/seal.py [--repeat N]``
+Recipients (issue 20): ``seal to recipient`` is :func:`~aepacs.crypto.seal.seal_to` of the sealed
+object (the data key unwrapped under the KEK and wrapped to an X25519 public key by HPKE, the key
+slot swapped: what the archive adds to each object it sends a recipient), ``open as recipient`` is
+``open_sealed`` with the recipient's private key; both next to AES-GCM of the same bytes.
+
+Then (``--cget N``, default 500) sealed-mode C-GET of N real CT slices from ``aepacs serve`` by a
+pynetdicom SCU that keeps what it receives: once as an unregistered AE (the archive's KEK-sealed
+objects, as before recipients) and once as a registered recipient's AE (each object sealed to it),
+alternating, median of 3 each; the ratio is the recipient's rate over the other's.
+
+Usage: ``python bench/seal.py [--repeat N] [--cget N]``
 """
 
 from __future__ import annotations
@@ -40,7 +50,8 @@ from common import median_time  # noqa: E402
 
 from aepacs.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from aepacs.crypto.keyring import Keyring  # noqa: E402
-from aepacs.crypto.seal import open_sealed, seal  # noqa: E402
+from aepacs.crypto.recipients import RecipientKey  # noqa: E402
+from aepacs.crypto.seal import open_sealed, seal, seal_to  # noqa: E402
 from aepacs.pipeline.ingest import seal_bytes  # noqa: E402
 from aepacs.pipeline.retrieve import open_bytes  # noqa: E402
 
@@ -65,6 +76,7 @@ def ct_objects() -> dict[str, bytes]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--cget", type=int, default=500, metavar="N", help="C-GET N CT slices (0: skip)")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="aepacs-bench-"))
@@ -98,6 +110,20 @@ def main() -> None:
             aes, box, pipe = mb / t_aes, mb / t_box, mb / t_pipe
             print(f"| {name} | {op} | {aes:,.0f} | {box:,.0f} | {box / aes:.2f} | {pipe:,.0f} | {pipe / aes:.3f} "
                   f"| {len(sealed) / len(data):.3f} |")
+        reader = RecipientKey.generate("site-a")
+        to_reader = seal_to(blob, ring, reader.public)
+        for op, t_aes, t_rec in (
+                ("seal to recipient (HPKE re-wrap)",
+                 median_time(lambda: aesgcm.encrypt(nonce, data, None), args.repeat),
+                 median_time(lambda: seal_to(blob, ring, reader.public), args.repeat)),
+                ("open as recipient", median_time(lambda: aesgcm.decrypt(nonce, ct, None), args.repeat),
+                 median_time(lambda: open_sealed(to_reader, reader), args.repeat))):
+            print(f"| {name} | {op} | {mb / t_aes:,.0f} | {mb / t_rec:,.0f} ({t_rec * 1e6:,.0f} us) | "
+                  f"{t_aes / t_rec:.2f} | | | |")
+    if args.cget:
+        from recipients_cget import cget_ratio  # noqa: PLC0415 -- starts a server: only when asked
+
+        cget_ratio(args.cget)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ from aepacs.pipeline.archive import load_keyring
 from aepacs.pipeline.keys import still_wrapped
 
 STRANDED = ("Sealed copies outside this archive that are wrapped under key version {v} can then never be "
-            "opened again: transport objects already delivered by C-GET or C-MOVE (to other PACS, to "
-            "'aepacs retrieve' sites that kept them sealed), files made by 'aepacs seal', and backups of the "
-            "blob store or index taken before the last rekey.")
+            "opened again: transport objects already delivered by C-GET or C-MOVE to readers that are not "
+            "registered recipients (to other PACS, to 'aepacs retrieve' sites that kept them sealed), files made "
+            "by 'aepacs seal' or 'export --sealed' without --recipient, and backups of the blob store or index "
+            "taken before the last rekey. Copies sealed to recipients ('aepacs recipients') are not affected.")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
