@@ -43,6 +43,11 @@ def test_a_c_get_is_sealed_to_the_requester_and_opens_with_its_private_key_alone
     assert not (tmp_path / "wrong").exists() or not any((tmp_path / "wrong").rglob("*.dcm"))
     records = [r for r in read(srv.config.audit_path) if r["event"] == "retrieve" and r["outcome"] == 0]
     assert any(f"sealed to recipient site-a ({site_a.id})" in r["detail"] for r in records)
+    # an AE of no recipient gets the archive's KEK-sealed form (transport.unregistered: keyring, the default)
+    viewer = retrieve("127.0.0.1", srv.port, srv.aet, "VIEWER", "study", study, srv.keyring, tmp_path / "viewer")
+    assert viewer.status == 0 and len(viewer.written) == 4
+    no = retrieve("127.0.0.1", srv.port, srv.aet, "VIEWER", "study", study, site_a, tmp_path / "no")
+    assert len(no.failed) == 4 and all("not to recipient site-a" in message for _, message in no.failed)
 
 
 def test_revoked_and_unregistered_requesters_are_refused(make_server: Callable[..., Running],
@@ -59,15 +64,3 @@ def test_revoked_and_unregistered_requesters_are_refused(make_server: Callable[.
         assert got.status == Status.NOT_AUTHORIZED and not got.written
         refused = [r for r in read(srv.config.audit_path) if r["event"] == "retrieve" and r["outcome"] != 0]
         assert any(why in r["detail"] for r in refused)
-
-
-def test_an_unregistered_requester_gets_the_keyring_form_where_the_site_allows_it(
-        make_server: Callable[..., Running], tmp_path: Path) -> None:
-    srv = make_server()  # transport.unregistered: keyring
-    study, _, sent = store_series(srv, 2, seed=13)
-    srv.wait_archived()
-    got = retrieve("127.0.0.1", srv.port, srv.aet, "VIEWER", "study", study, srv.keyring, tmp_path / "out")
-    assert got.status == 0 and len(got.written) == 2
-    site_a = RecipientKey.generate("site-a")
-    no = retrieve("127.0.0.1", srv.port, srv.aet, "VIEWER", "study", study, site_a, tmp_path / "no")
-    assert len(no.failed) == 2 and all("not to recipient site-a" in message for _, message in no.failed)
