@@ -80,6 +80,13 @@ def _requestor(event: Event) -> Party:
     return Party(_calling(event), f"{req.address}:{req.port}")
 
 
+def _refusal(status: int) -> Iterator[Any]:
+    """A C-GET or C-MOVE handler's answer that sends nothing and ends with failure `status`. (The count
+    announced is one: with none, pynetdicom answers Success before the handler can give a status.)"""
+    yield 1
+    yield status, None
+
+
 def _calling(event: Event) -> str:
     return str(event.assoc.requestor.ae_title).strip()
 
@@ -309,8 +316,7 @@ class Handlers:
         if rows is None:
             self.audit.record("retrieve", outcome=MINOR_FAILURE, source=self.me, destination=destination,
                               detail="refused: no unique key")
-            yield 0
-            yield Status.MISMATCH, None
+            yield from _refusal(Status.MISMATCH)
             return
         recipient = None
         if self.config.server.retrieve_as == "sealed":  # sealed to the receiving AE's recipient key, if any
@@ -320,8 +326,7 @@ class Handlers:
                 log.error("retrieve by %s refused: %s", _calling(event), exc)
                 self.audit.record("retrieve", outcome=MINOR_FAILURE, source=self.me, destination=destination,
                                   studies=sorted({r.study_uid for r in rows}), detail=f"refused: {exc}")
-                yield max(1, len(rows))  # (with none, pynetdicom answers success before a failure can be given)
-                yield Status.NOT_AUTHORIZED, None
+                yield from _refusal(Status.NOT_AUTHORIZED)
                 return
         yield len(rows)
         failed: list[str] = []

@@ -240,3 +240,25 @@ def test_retrieve_as_decoded_sends_the_originals(make_server: Callable[..., Runn
         back = got[str(ds.SOPInstanceUID)]
         assert back.SOPClassUID == CTImageStorage  # the original, not a sealed transport object
         assert back == ds and back.PixelData == ds.PixelData
+
+
+def test_a_retrieve_that_names_no_unique_key_gets_a900_not_success(server: Running) -> None:
+    from pynetdicom import build_role
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        PatientRootQueryRetrieveInformationModelMove,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelMove)
+    ae.add_requested_context(CTImageStorage)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"  # and no Study Instance UID
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=server.aet,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)])
+    assert assoc.is_established
+    statuses = [int(status.Status) for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+                if status is not None]
+    assoc.release()
+    assert statuses[-1] == 0xA900, [hex(s) for s in statuses]
