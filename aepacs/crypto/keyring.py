@@ -72,6 +72,28 @@ def check_private(path: Path, what: str = "keyring") -> None:
             f"run 'chmod 600 {path}'")
 
 
+def read_key_file(path: Path, what: str, fmt: str, version: int, create: str) -> dict[str, Any]:
+    """The JSON document of an owner-only key file (a `what`, format `fmt` of `version`; made by `create`).
+
+    Raises
+    ------
+    KeyringError
+        Missing, readable by others, not JSON, of another format or version.
+    """
+    if not path.exists():
+        raise KeyringError(f"{path}: no {what}; create one with '{create}'")
+    check_private(path, what)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise KeyringError(f"{path}: {what} unreadable ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise KeyringError(f"{path}: not an aepacs {what}")
+    if doc.get("version") != version:
+        raise KeyringError(f"{path}: {what} format version {doc.get('version')} not supported")
+    return doc
+
+
 def _derive(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     key: bytes = scrypt(passphrase, salt, KEY_BYTES, N=n, r=r, p=p)
     return key
@@ -176,17 +198,7 @@ class Keyring:
             Missing, too open, damaged, or protected and no/wrong passphrase.
         """
         path = Path(path)
-        if not path.exists():
-            raise KeyringError(f"{path}: no keyring; create one with 'aepacs keys init'")
-        check_private(path)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise KeyringError(f"{path}: keyring unreadable ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise KeyringError(f"{path}: not an aepacs keyring")
-        if doc.get("version") != FORMAT_VERSION:
-            raise KeyringError(f"{path}: keyring format version {doc.get('version')} not supported")
+        doc = read_key_file(path, "keyring", FORMAT, FORMAT_VERSION, "aepacs keys init")
         try:
             if doc.get("protection") == "scrypt-aes256gcm":
                 entries = unprotect(path, doc, passphrase)

@@ -36,7 +36,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from aepacs.crypto.keyring import check_private, protect, unprotect
+from aepacs.crypto.keyring import protect, read_key_file, unprotect
 from aepacs.errors import KeyringError
 from aepacs.store.atomic import atomic_write, private_dir
 
@@ -157,17 +157,7 @@ class RecipientKey:
             Missing, readable by others, damaged, of another format, or protected and no or a wrong passphrase.
         """
         path = Path(path)
-        if not path.exists():
-            raise KeyringError(f"{path}: no recipient key; create one with 'aepacs recipient init'")
-        check_private(path, "recipient key")
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise KeyringError(f"{path}: recipient key unreadable ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT:
-            raise KeyringError(f"{path}: not an aepacs recipient key")
-        if doc.get("version") != FORMAT_VERSION:
-            raise KeyringError(f"{path}: recipient key format version {doc.get('version')} not supported")
+        doc = read_key_file(path, "recipient key", KEY_FORMAT, FORMAT_VERSION, "aepacs recipient init")
         try:
             protection = doc.get("protection")
             if protection == "scrypt-aes256gcm":
