@@ -155,6 +155,11 @@ def cmd_retrieve(args: argparse.Namespace, config: Config) -> int:
         print(f"  the archive does not know {args.aet} as a C-MOVE destination: add it to its configuration, "
               f"server.move_destinations: {{{args.aet}: [HOST, {args.move_to_self}]}} "
               f"(HOST: this machine's address as the archive reaches it), and restart it", file=sys.stderr)
+    if summary.status == Status.NOT_AUTHORIZED:
+        print(f"  the archive seals nothing to {args.aet}: it is no registered recipient there, or a revoked one. "
+              "Make a key pair here ('aepacs recipient init --name SITE -o DIR'), have the archive register its "
+              f"public key ('aepacs recipients add SITE --public-key SITE.pub.json --aet {args.aet}'), and "
+              "retrieve with --recipient-key DIR/SITE.key.json", file=sys.stderr)
     bad_status = summary.status is not None and summary.status not in (Status.SUCCESS, Status.SUBOPERATIONS_FAILED)
     if not summary.written and not summary.failed and not bad_status:
         raise AepacsError("nothing matched the selection")

@@ -13,7 +13,8 @@ from aepacs.crypto.recipients import RecipientKey
 from aepacs.dicom.status import Status
 from aepacs.net.client import retrieve
 from aepacs.store.recipients import RecipientRows
-from tests.net.conftest import Running
+from tests.conftest import run_cli
+from tests.net.conftest import Running, free_port
 from tests.net.test_server import store_series
 
 
@@ -50,8 +51,23 @@ def test_a_c_get_is_sealed_to_the_requester_and_opens_with_its_private_key_alone
     assert len(no.failed) == 4 and all("not to recipient site-a" in message for _, message in no.failed)
 
 
+def test_a_c_move_is_sealed_to_the_destinations_recipient(make_server: Callable[..., Running],
+                                                           tmp_path: Path) -> None:
+    port = free_port()
+    srv = make_server(server={"move_destinations": {"SITEA": ["127.0.0.1", port]}})
+    study, _, sent = store_series(srv, 3, seed=14)
+    srv.wait_archived()
+    site_a = RecipientKey.generate("site-a")
+    _register(srv, site_a, "SITEA")
+    got = retrieve("127.0.0.1", srv.port, srv.aet, "SITEA", "study", study, site_a, tmp_path / "a",
+                   move_to_self=port)
+    assert got.status == 0 and not got.failed and len(got.written) == 3
+    back = {str(pydicom.dcmread(p).SOPInstanceUID): pydicom.dcmread(p) for p in got.written}
+    assert all(back[str(ds.SOPInstanceUID)] == ds for ds in sent)
+
+
 def test_revoked_and_unregistered_requesters_are_refused(make_server: Callable[..., Running],
-                                                         tmp_path: Path) -> None:
+                                                         env: dict[str, str], tmp_path: Path) -> None:
     srv = make_server(transport={"unregistered": "refuse"})
     study, _, _ = store_series(srv, 2, seed=12)
     srv.wait_archived()
@@ -64,3 +80,7 @@ def test_revoked_and_unregistered_requesters_are_refused(make_server: Callable[.
         assert got.status == Status.NOT_AUTHORIZED and not got.written
         refused = [r for r in read(srv.config.audit_path) if r["event"] == "retrieve" and r["outcome"] != 0]
         assert any(why in r["detail"] for r in refused)
+    cli = run_cli("retrieve", "--host", "127.0.0.1", "--port", str(srv.port), "--aet", "STRANGER", "--study", study,
+                  "-o", str(tmp_path / "cli"), env=env)  # the command line says what to do about it
+    assert cli.returncode == 1 and "final status 0x0124" in cli.stdout
+    assert "aepacs recipients add SITE --public-key SITE.pub.json --aet STRANGER" in cli.stderr
