@@ -17,10 +17,11 @@ from aepacs.demo.run import run_demo
 from aepacs.errors import InputError, StoreError
 from aepacs.net.orthanc import OrthancApi
 from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.area_jobs import compress_pending, follow, migrate_files, sweep_unknown
 from aepacs.pipeline.batch import Summary
 from aepacs.pipeline.reencode import reencode
 from aepacs.pipeline.rekey import rekey
-from aepacs.pipeline.storage_area import StorageArea, compress_pending, follow, migrate_files, sweep_unknown
+from aepacs.pipeline.storage_area import StorageArea
 from aepacs.pipeline.workers import adopt
 from aepacs.store import migrate
 from aepacs.store.index import make_engine, shown_url, writer

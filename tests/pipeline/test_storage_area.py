@@ -24,18 +24,9 @@ from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.seal import header_span
 from aepacs.errors import AepacsError, InputError, OpenError, StoreError, StoreFullError
 from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.area_jobs import compress_pending, follow, sweep_unknown
 from aepacs.pipeline.rekey import rekey
-from aepacs.pipeline.storage_area import (
-    DICOM,
-    FILE,
-    KEPT,
-    ZSTD_FILE,
-    StorageArea,
-    attachment_uid,
-    compress_pending,
-    follow,
-    sweep_unknown,
-)
+from aepacs.pipeline.storage_area import DICOM, FILE, KEPT, ZSTD_FILE, StorageArea, attachment_uid
 from aepacs.store.blobs import BlobStore
 from aepacs.store.schema import attachments
 from tests.conftest import BACKENDS, ct_files, tamper
