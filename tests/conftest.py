@@ -99,29 +99,35 @@ def backend(request: pytest.FixtureRequest) -> str:
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, request: pytest.FixtureRequest) -> Path:
     """An empty data directory that AEPACS_HOME points at.
 
-    On ``postgresql+s3`` AEPACS_CONFIG also names a site configuration with a
-    new PostgreSQL database as the index and a new S3 bucket as the blob store
-    (servers, CLIs and rekey workers the test starts read it too); the spool,
-    keyring and audit trail stay in the data directory, as on a node.
+    AEPACS_CONFIG names the tests' site configuration (:func:`backend_site`; servers,
+    CLIs and rekey workers the test starts read it too): on ``postgresql+s3`` with
+    a new PostgreSQL database as the index and a new S3 bucket as the blob store;
+    the spool, keyring and audit trail stay in the data directory, as on a node.
     """
     home = tmp_path / "home"
     monkeypatch.setenv("AEPACS_HOME", str(home))
     for var in ("AEPACS_CONFIG", "AEPACS_KEYRING_PASSPHRASE"):
         monkeypatch.delenv(var, raising=False)
-    site = backend_site(backend, tmp_path, request)
-    if site is not None:
-        monkeypatch.setenv("AEPACS_CONFIG", str(site))
+    monkeypatch.setenv("AEPACS_CONFIG", str(backend_site(backend, tmp_path, request)))
     return home
 
 
-def backend_site(backend: str, directory: Path, request: pytest.FixtureRequest) -> Path | None:
-    """The site configuration of `backend` (written in `directory`), or None for ``local``."""
+#: What every test archive allows besides its backend: sealed objects for readers that are no registered
+#: recipient, under the archive's key (the tests read them with the archive's keyring; the refusal the
+#: embedded default makes is tested where recipients are, tests/net/test_recipients.py and the demo).
+TEST_SITE = "transport:\n  unregistered: keyring\n"
+
+
+def backend_site(backend: str, directory: Path, request: pytest.FixtureRequest) -> Path:
+    """The site configuration of the tests' archives on `backend` (written in `directory`): :data:`TEST_SITE`,
+    and for ``postgresql+s3`` a new PostgreSQL database as the index and a new S3 bucket as the blob store."""
+    site = directory / "backend.yaml"
     if backend == "local":
-        return None
+        site.write_text(TEST_SITE)
+        return site
     assert backend == "postgresql+s3", backend
     pg, s3 = request.getfixturevalue("postgres_server"), request.getfixturevalue("s3_server")
-    site = directory / "backend.yaml"
-    site.write_text(f"index:\n  url: {pg.database()}\nstore:\n  path: {s3.bucket()}\n"
+    site.write_text(TEST_SITE + f"index:\n  url: {pg.database()}\nstore:\n  path: {s3.bucket()}\n"
                     f"  endpoint_url: {s3.endpoint}\n")
     return site
 

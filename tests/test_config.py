@@ -27,6 +27,12 @@ def test_default_config_resolves_under_home(home: Path) -> None:
     assert cfg.route_for("CR") == cfg.route_for("SR") == Route()
 
 
+def test_by_default_sealed_objects_go_only_to_registered_recipients(home: Path, tmp_path: Path) -> None:
+    # (the tests' own site allows the archive's KEK-sealed form: tests/conftest.py TEST_SITE)
+    assert load_config(write(tmp_path, "")).transport.unregistered == "refuse"
+    assert load_config().transport.unregistered == "keyring"
+
+
 def test_site_file_overrides_only_what_it_names(home: Path, tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "codec:\n  zstd_level: 3\nroutes:\n  mr: lossless\n"))
     assert cfg.codec.zstd_level == 3

@@ -22,7 +22,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.conftest import ct_files
+from tests.conftest import TEST_SITE, ct_files
 from tests.net.conftest import free_port
 
 BLOCKER = textwrap.dedent("""
@@ -47,7 +47,7 @@ def torchless(tmp_path: Path) -> dict[str, str]:
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCKER)
     config = tmp_path / "site.yaml"
-    config.write_text("routes:\n  CT: ct@3:lossy\n")
+    config.write_text("routes:\n  CT: ct@3:lossy\n" + TEST_SITE)
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
             "AEPACS_TORCH_LOG": str(tmp_path / "torch-imports.log"), "AEPACS_HOME": str(tmp_path / "home"),
             "AEPACS_CONFIG": str(config)}

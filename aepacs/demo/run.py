@@ -26,6 +26,7 @@ from tqdm import tqdm
 import aepacs
 from aepacs.config import DEFAULT_CONFIG_PATH, load_config
 from aepacs.crypto.keyring import Keyring
+from aepacs.crypto.recipients import RecipientKey
 from aepacs.demo.browser import screenshot
 from aepacs.demo.compare import ModalityResult, _compare, _summary
 from aepacs.demo.report import draw_slice, print_table
@@ -35,10 +36,14 @@ from aepacs.models.registry import SHIPPED, Registry
 from aepacs.net.client import query, retrieve
 from aepacs.net.send import Storable, send_files, storables
 from aepacs.pipeline.archive import Archive
+from aepacs.store.index import Index
+from aepacs.store.recipients import RecipientRows
 
 SHARED_CT = Path(aepacs.__file__).resolve().parents[2] / "shared" / "data" / "ct"
 
 AET, CALLING = "AEPACS", "AEPACSDEMO"
+#: The recipient the demo's retrievals are sealed to (its key pair in the demo's home, under reader/).
+READER = "demo-reader"
 
 REPORT_HOME = Path("~/.aepacs/demo")
 
@@ -121,11 +126,31 @@ def _by_modality(files: list[Storable]) -> dict[str, list[Storable]]:
         groups[f.modality or "(none)"].append(f)
     return dict(sorted(groups.items()))
 
+def _reader(home: Path, config_file: Path | None) -> RecipientKey:
+    """The demo's reading site: its own X25519 key pair (``reader/`` in `home`), registered at the archive as
+    recipient ``demo-reader`` for the AE title it retrieves as, so that what it retrieves is sealed to it
+    and opened with its key, never with the archive's keyring."""
+    path = home / "reader" / f"{READER}.key.json"
+    if not path.exists():
+        RecipientKey.generate(READER).save(path)
+    key = RecipientKey.load(path)
+    cfg = dataclasses.replace(load_config(config_file or DEFAULT_CONFIG_PATH), data_dir=home.resolve())
+    index = Index(cfg.index_url)
+    try:
+        rows = RecipientRows(index)
+        if rows.named(READER) is None:
+            rows.add(READER, key.id, key.public.public_key, aet=CALLING)
+    finally:
+        index.close()
+    return key
+
+
 def run_part(home: Path, config_file: Path | None, files: list[Storable], keyring: Keyring,
              lossy: bool) -> dict[str, ModalityResult]:
     """Start a server in `home`, send `files`, find and retrieve them, compare; stop the server."""
     results: dict[str, ModalityResult] = {}
     out = home / "retrieved"
+    reader = _reader(home, config_file)
     server = Server(home, config_file)
     try:
         groups = _by_modality(files)
@@ -149,8 +174,8 @@ def run_part(home: Path, config_file: Path | None, files: list[Storable], keyrin
             r.ingest_s, r.found = time.perf_counter() - t0, len(found)
             t0 = time.perf_counter()
             for series in sorted({str(d.SeriesInstanceUID) for d in found}):
-                got = retrieve("127.0.0.1", server.port, AET, CALLING, "series", series, keyring,
-                               out / modality.strip("()"))
+                got = retrieve("127.0.0.1", server.port, AET, CALLING, "series", series, reader,
+                               out / modality.strip("()"))  # sealed to the reader: its own key opens them
                 for path in got.written:  # a sample series may hold other modalities' instances too
                     _compare(r, path, mine, lossy)
             r.retrieve_s = time.perf_counter() - t0
@@ -293,6 +318,8 @@ def _run(home: Path, files: list[Storable], learned: bool,
 
     print("\npart one: embedded defaults (aepacs serve, lossless routes: the shipped models' lossless mode "
           "for CT, MR and US; JPEG-LS, else zstd, for the rest)")
+    print(f"(retrieved by C-GET as {CALLING}, registered recipient {READER}: each object comes sealed to its "
+          "X25519 key and is opened with that key alone, not with the archive's keyring)")
     part1 = run_part(home, None, files, keyring, lossy=False)
     report["lossless"] = {m: _summary(r) for m, r in part1.items()}
     print_table(part1, lossy=False)

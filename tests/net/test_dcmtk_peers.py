@@ -105,9 +105,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, backend: str, request: pyte
     move_port, self_port = free_port(), free_port()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AEPACS_HOME", str(home))
-        mp.delenv("AEPACS_CONFIG", raising=False)
-        if site is not None:
-            mp.setenv("AEPACS_CONFIG", str(site))
+        mp.setenv("AEPACS_CONFIG", str(site))
         config = load_config(overrides={
             "server": {"port": free_port(),
                        "move_destinations": {"STORESCP": ["127.0.0.1", move_port],
