@@ -44,7 +44,7 @@ def test_a_c_get_is_sealed_to_the_requester_and_opens_with_its_private_key_alone
     assert not (tmp_path / "wrong").exists() or not any((tmp_path / "wrong").rglob("*.dcm"))
     records = [r for r in read(srv.config.audit_path) if r["event"] == "retrieve" and r["outcome"] == 0]
     assert any(f"sealed to recipient site-a ({site_a.id})" in r["detail"] for r in records)
-    # an AE of no recipient gets the archive's KEK-sealed form (transport.unregistered: keyring, the default)
+    # an AE of no recipient gets the archive's KEK-sealed form (the tests' site allows it: transport.unregistered)
     viewer = retrieve("127.0.0.1", srv.port, srv.aet, "VIEWER", "study", study, srv.keyring, tmp_path / "viewer")
     assert viewer.status == 0 and len(viewer.written) == 4
     no = retrieve("127.0.0.1", srv.port, srv.aet, "VIEWER", "study", study, site_a, tmp_path / "no")
