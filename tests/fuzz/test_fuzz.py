@@ -41,7 +41,7 @@ from aepacs.errors import AepacsError
 from aepacs.net.client import query, retrieve
 from aepacs.net.send import Storable, send_files, storable
 from aepacs.pipeline.ingest import _parsed, check, check_received
-from tests.conftest import corpus_files
+from tests.conftest import TEST_SITE, corpus_files
 from tests.fuzz.mutate import MUTATIONS, dataset_bytes, with_fresh_uid
 from tests.net.conftest import free_port, start_serve
 
@@ -129,7 +129,11 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, int, 
     Keyring.create(home / "keyring.json")
     log = home.parent / "fuzz-serve.log"
     port = free_port()
-    proc = start_serve(home, port, log)
+    site = home.parent / "fuzz-site.yaml"  # (module-scoped: the tests' site, not a test's home, applies)
+    site.write_text(TEST_SITE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AEPACS_CONFIG", str(site))
+        proc = start_serve(home, port, log)
     yield proc, port, home, log
     proc.terminate()
     proc.wait(60)
