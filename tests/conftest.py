@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +272,15 @@ def decode_in_child(child: str, pixels: np.ndarray, stream: bytes, tmp_path: Pat
                          env=env, capture_output=True, text=True, check=True, timeout=300)
     result: dict[str, str] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def every_byte_flipped(blob: bytes) -> Iterator[bytes]:
+    """`blob` with one bit flipped, each byte in turn, its lowest bit and then its highest."""
+    for i in range(len(blob)):
+        for flip in (0x01, 0x80):
+            bad = bytearray(blob)
+            bad[i] ^= flip
+            yield bytes(bad)
 
 
 def tamper(store: Any, key: str, offset: int, mask: int = 0x40) -> None:

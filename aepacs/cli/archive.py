@@ -10,12 +10,12 @@ from aepacs.audit import MINOR_FAILURE, SUCCESS, Party
 from aepacs.cli.common import mb, read_input, write_output
 from aepacs.config import Config
 from aepacs.crypto.seal import FORMAT_VERSION, read_header
-from aepacs.errors import AepacsError, InputError, RecipientRefused
+from aepacs.errors import AepacsError, InputError
 from aepacs.models.registry import config_registry
 from aepacs.pipeline.archive import Archive, load_keyring
 from aepacs.pipeline.codecs import check_routes
 from aepacs.pipeline.ingest import import_paths, seal_bytes
-from aepacs.pipeline.recipients import recipient_named
+from aepacs.pipeline.recipients import recipient_for, recipient_named
 from aepacs.pipeline.retrieve import describe_payload, export, open_bytes
 from aepacs.store.blobs import blob_key
 
@@ -123,11 +123,8 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
         raise InputError("--recipient goes with --sealed (decoded files are not sealed to anyone)")
     with Archive(config) as archive:
         recipient = None
-        if args.sealed:
-            recipient = recipient_named(archive, args.recipient) if args.recipient else None
-            if recipient is None and config.transport.unregistered == "refuse":
-                raise RecipientRefused("this archive seals only to recipients: give --recipient SITE "
-                                       "(transport.unregistered)")
+        if args.sealed:  # to the recipient named, else as transport.unregistered allows
+            recipient = recipient_named(archive, args.recipient) if args.recipient else recipient_for(archive)
         s = export(archive, args.output, patient_id=args.patient, study_uid=args.study,
                    series_uid=args.series, sop_uid=args.instance, progress=not args.quiet,
                    sealed=args.sealed, recipient=recipient)

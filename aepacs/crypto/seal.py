@@ -62,6 +62,10 @@ class KeySlot:
     wrapped_key: bytes = field(repr=False)
     tag: bytes = field(repr=False)
 
+    @property
+    def size(self) -> int:
+        return SLOT_BYTES
+
     def pack(self) -> bytes:
         return _SLOT.pack(self.kek_version, self.nonce, self.wrapped_key, self.tag)
 
@@ -81,6 +85,10 @@ class RecipientSlot:
     sealed_key: bytes = field(repr=False)  # HPKE's encapsulated key, then the wrapped data key and its tag
 
     kek_version = 0  # (no KEK opens it)
+
+    @property
+    def size(self) -> int:
+        return _RSLOT.size + len(self.recipient_id) + len(self.sealed_key)
 
     def pack(self) -> bytes:
         rid = self.recipient_id.encode("ascii")
@@ -105,8 +113,6 @@ class SealedHeader:
     slot: KeySlot | RecipientSlot
     #: Bytes [0, 10+H): the payload's associated data.
     aad: bytes = field(repr=False)
-    #: Bytes of the key slot (64 for a KEK's; a recipient's is longer).
-    slot_size: int = SLOT_BYTES
 
     @property
     def kek_version(self) -> int:
@@ -117,6 +123,11 @@ class SealedHeader:
     def recipient_id(self) -> str | None:
         """The recipient whose private key opens the object, when it is sealed to one."""
         return self.slot.recipient_id if isinstance(self.slot, RecipientSlot) else None
+
+    @property
+    def slot_size(self) -> int:
+        """Bytes of the key slot (64 for a KEK's; a recipient's is longer)."""
+        return self.slot.size
 
     @property
     def total_length(self) -> int:
@@ -233,22 +244,22 @@ def read_header(blob: Readable, name: str = "object") -> SealedHeader:
         text = {attr: bytes(values[t]).decode("ascii") for t, attr in _TEXT_FIELDS.items()}
     except UnicodeDecodeError:
         raise OpenError(name, "malformed header text") from None
-    slot, slot_size = _read_slot(blob, end, name)
+    slot = _read_slot(blob, end, name)
     header = SealedHeader(
         sealed_kek_version=struct.unpack(">I", values[F_SEALED_KEK])[0],
         nonce=bytes(values[F_NONCE]),
         payload_length=struct.unpack(">Q", values[F_PAYLOAD_LEN])[0],
-        slot=slot, aad=bytes(blob[:end]), slot_size=slot_size, **text)
+        slot=slot, aad=bytes(blob[:end]), **text)
     if len(blob) != header.total_length:
         raise OpenError(name, f"length {len(blob)} does not match its header ({header.total_length})")
     return header
 
 
-def _read_slot(blob: Readable, start: int, name: str) -> tuple[KeySlot | RecipientSlot, int]:
-    """The key slot at `start` and its size."""
+def _read_slot(blob: Readable, start: int, name: str) -> KeySlot | RecipientSlot:
+    """The key slot at `start`."""
     (mark,) = struct.unpack_from(">I", blob, start)
     if mark != RECIPIENT_MARK:
-        return KeySlot(*_SLOT.unpack_from(blob, start)), SLOT_BYTES
+        return KeySlot(*_SLOT.unpack_from(blob, start))
     if len(blob) < start + _RSLOT.size:
         raise OpenError(name, "truncated recipient key slot")
     _, length, id_length = _RSLOT.unpack_from(blob, start)
@@ -259,7 +270,7 @@ def _read_slot(blob: Readable, start: int, name: str) -> tuple[KeySlot | Recipie
         rid = bytes(blob[body:body + id_length]).decode("ascii")
     except UnicodeDecodeError:
         raise OpenError(name, "malformed recipient key slot") from None
-    return RecipientSlot(rid, bytes(blob[body + id_length:body + id_length + _HPKE_BYTES])), 6 + length
+    return RecipientSlot(rid, bytes(blob[body + id_length:body + id_length + _HPKE_BYTES]))
 
 
 def _unwrap_recipient(slot: RecipientSlot, aad: bytes, key: RecipientKey, name: str) -> bytes:
@@ -432,5 +443,4 @@ def rewrap(blob: bytes, keyring: Keyring, *, name: str = "object") -> bytes:
 
 
 __all__ = ["SealedHeader", "KeySlot", "RecipientSlot", "Readable", "seal", "seal_to", "open_sealed", "unwrap_key",
-           "decrypt_payload",
-           "read_header", "rewrap", "rewrap_slot", "with_slot", "header_span", "SLOT_BYTES"]
+           "decrypt_payload", "read_header", "rewrap", "rewrap_slot", "with_slot", "header_span", "SLOT_BYTES"]

@@ -8,6 +8,8 @@ archive's KEK-sealed form or a refusal, as ``transport.unregistered`` says.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aepacs.crypto.recipients import Recipient
 from aepacs.errors import RecipientRefused
 from aepacs.pipeline.archive import Archive
@@ -16,6 +18,8 @@ from aepacs.store.recipients import RecipientRows
 
 def recipient_for(archive: Archive, *, aet: str | None = None, token_sha256: str | None = None) -> Recipient | None:
     """The recipient objects sent to this requester are sealed to; None: the archive's own KEK-sealed form.
+    With neither `aet` nor `token_sha256` (``export --sealed`` without ``--recipient``): what
+    ``transport.unregistered`` allows.
 
     Raises
     ------
@@ -23,11 +27,9 @@ def recipient_for(archive: Archive, *, aet: str | None = None, token_sha256: str
         The requester's recipient is revoked, or it has none and ``transport.unregistered`` is ``refuse``.
     """
     row = RecipientRows(archive.index).find(aet=aet.strip() if aet else None, token_sha256=token_sha256)
-    who = f"AE title {aet.strip()}" if aet else "that DICOMweb token"
-    if row is not None and row.revoked_at is None:
-        return Recipient(row.name, bytes(row.public_key))
+    who = f"AE title {aet.strip()}" if aet else "that DICOMweb token" if token_sha256 else "a reader named nowhere"
     if row is not None:
-        raise RecipientRefused(f"recipient {row.name} ({who}) is revoked: nothing is sealed to it")
+        return _active(row, f"recipient {row.name} ({who})")
     if archive.config.transport.unregistered == "refuse":
         raise RecipientRefused(f"{who} is no registered recipient and this archive seals only to recipients "
                                "('aepacs recipients add'; transport.unregistered)")
@@ -45,8 +47,13 @@ def recipient_named(archive: Archive, name: str) -> Recipient:
     row = RecipientRows(archive.index).named(name)
     if row is None:
         raise RecipientRefused(f"no recipient {name} ('aepacs recipients list')")
+    return _active(row, f"recipient {name}")
+
+
+def _active(row: Any, who: str) -> Recipient:
+    """The recipient of index row `row` (`who` names it), refused when it is revoked."""
     if row.revoked_at is not None:
-        raise RecipientRefused(f"recipient {name} is revoked: nothing is sealed to it")
+        raise RecipientRefused(f"{who} is revoked: nothing is sealed to it")
     return Recipient(row.name, bytes(row.public_key))
 
 

@@ -57,7 +57,7 @@ from aepacs.pipeline.retrieve import check_opens, fetch, fetch_blob
 from aepacs.pipeline.spool import Spool
 from aepacs.pipeline.transport import outgoing, transport_key
 from aepacs.web import multipart, pixels, qido, viewer
-from aepacs.web.auth import Tokens, digest
+from aepacs.web.auth import Tokens, bearer, digest
 
 log = logging.getLogger("aepacs.web")
 
@@ -90,11 +90,9 @@ def _pixel_error(exc: pixels.PixelError) -> Response:
 
 
 def _bearer(request: Request) -> str | None:
-    """The bearer token a request carries (its header, or a viewer session's cookie), if any."""
-    scheme, _, token = (request.headers.get("authorization") or "").strip().partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.cookies.get(viewer.COOKIE) or None
+    """The bearer token a request carries (its header, or a viewer session's cookie, as the guard takes
+    them), if any."""
+    return bearer(request.headers.get("authorization")) or request.cookies.get(viewer.COOKIE) or None
 
 
 def _client(request: Request) -> Party:

@@ -20,7 +20,7 @@ from typing import Any
 
 from aepacs.errors import ConfigError
 
-__all__ = ["Tokens", "certificate_name", "common_name", "digest", "new_token"]
+__all__ = ["Tokens", "bearer", "certificate_name", "common_name", "digest", "new_token"]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -28,6 +28,12 @@ _HEX = re.compile(r"^[0-9a-f]{64}$")
 def digest(token: str) -> str:
     """The SHA-256 (lower-case hex) of `token`, as the configuration lists it."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header value, or None when it carries none."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def new_token() -> tuple[str, str]:
@@ -51,12 +57,10 @@ class Tokens:
 
     def allows(self, authorization: str | None) -> bool:
         """Whether an ``Authorization`` header carries an allowed bearer token (constant time per digest)."""
-        if not authorization:
+        token = bearer(authorization)
+        if token is None:
             return False
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return False
-        seen = digest(token.strip()).encode("ascii")
+        seen = digest(token).encode("ascii")
         ok = False
         for d in self._digests:  # every digest compared, whichever matches
             ok |= hmac.compare_digest(seen, d.encode("ascii"))
