@@ -44,6 +44,9 @@ def test_a_reader_makes_its_key_pair_and_the_archive_registers_and_revokes_it(
     (tmp_path / "forged.pub.json").write_text(json.dumps({**doc, "public_key": doc["public_key"][:-4] + "AAA="}))
     forged = run_cli("recipients", "add", "site-c", "--public-key", str(tmp_path / "forged.pub.json"), env=env)
     assert forged.returncode != 0 and "is not its key's" in forged.stderr
+    (tmp_path / "huge.pub.json").write_bytes(b" " * (1 << 20))
+    huge = run_cli("recipients", "add", "site-c", "--public-key", str(tmp_path / "huge.pub.json"), env=env)
+    assert huge.returncode != 0 and "not a recipient's public key file" in huge.stderr
     listing = run_cli("recipients", "list", env=env, check=True).stdout
     assert "site-a" in listing and key.id in listing and "active" in listing and "site-b" not in listing
 

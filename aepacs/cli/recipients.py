@@ -26,6 +26,7 @@ from aepacs.store.recipients import RecipientRows
 PASSPHRASE_ENV = "AEPACS_RECIPIENT_PASSPHRASE"
 _AET = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 AE: 16 characters, no backslash or control
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_PUBLIC_MAX = 64 << 10  # a public key file is a few hundred bytes
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -87,9 +88,13 @@ def _add(config: Config, rows: RecipientRows, name: str, args: argparse.Namespac
     if args.public_key is None:
         raise InputError("recipients add needs --public-key FILE (the SITE.pub.json 'aepacs recipient init' made)")
     try:
-        text = args.public_key.read_text(encoding="utf-8")
+        with args.public_key.open("rb") as f:
+            data = f.read(_PUBLIC_MAX + 1)
     except OSError as exc:
         raise InputError(f"{args.public_key}: cannot read ({exc.strerror})") from None
+    if len(data) > _PUBLIC_MAX:
+        raise InputError(f"{args.public_key}: over {_PUBLIC_MAX} bytes, not a recipient's public key file")
+    text = data.decode("utf-8", "replace")
     recipient = Recipient.from_json(text, str(args.public_key))
     aet = None if args.aet is None else args.aet.strip()
     if aet is not None and not _AET.fullmatch(aet):

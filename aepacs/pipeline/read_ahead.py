@@ -78,6 +78,12 @@ class ReadAhead:
         self.taken += 1
         return data
 
+    def under_way(self, uid: str) -> bool:
+        """Whether file `uid` is decoded, or being decoded, ahead (not merely queued)."""
+        with self._lock:
+            held = self._ahead.get(uid)
+        return held is not None and (held[2].running() or held[2].done())
+
     def after(self, pk: int) -> None:
         """The program read coded file row `pk`: decode the files stored after it that are not under way."""
         if self._closed:

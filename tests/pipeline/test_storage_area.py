@@ -294,6 +294,10 @@ def test_coded_files_are_decoded_ahead_of_a_series_read(archive: Archive, config
     area = StorageArea(archive, read_ahead=2)
     assert area.ahead is not None
     assert area.read(ids[0], DICOM) == datas[0]  # read itself; the next ones decoded ahead
+    deadline = time.time() + 60
+    while not area.ahead.under_way(attachment_uid(ids[1], DICOM)):  # a worker took the next file
+        assert time.time() < deadline, "nothing decoded ahead"
+        time.sleep(0.01)
     assert [area.read(u, DICOM) for u in ids[1:4]] == datas[1:4]
     assert 1 <= area.ahead.taken <= 3
     # meanwhile: file 5 removed, file 6's blob re-sealed by a full rekey in another process
