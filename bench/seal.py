@@ -51,7 +51,7 @@ from common import median_time  # noqa: E402
 from aepacs.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from aepacs.crypto.keyring import Keyring  # noqa: E402
 from aepacs.crypto.recipients import RecipientKey  # noqa: E402
-from aepacs.crypto.seal import open_sealed, seal, seal_to  # noqa: E402
+from aepacs.crypto.seal import for_recipient, open_sealed, seal, seal_to  # noqa: E402
 from aepacs.pipeline.ingest import seal_bytes  # noqa: E402
 from aepacs.pipeline.retrieve import open_bytes  # noqa: E402
 
@@ -112,12 +112,21 @@ def main() -> None:
                   f"| {len(sealed) / len(data):.3f} |")
         reader = RecipientKey.generate("site-a")
         to_reader = seal_to(blob, ring, reader.public)
+        three = [reader.public] + [RecipientKey.generate(f"site-{n}").public for n in "bc"]
+        blind = bytes(seal(data, object_uid=uid, study_uid=study, codec="raw", recipients=three))
         for op, t_aes, t_rec in (
                 ("seal to recipient (HPKE re-wrap)",
                  median_time(lambda: aesgcm.encrypt(nonce, data, None), args.repeat),
                  median_time(lambda: seal_to(blob, ring, reader.public), args.repeat)),
                 ("open as recipient", median_time(lambda: aesgcm.decrypt(nonce, ct, None), args.repeat),
-                 median_time(lambda: open_sealed(to_reader, reader), args.repeat))):
+                 median_time(lambda: open_sealed(to_reader, reader), args.repeat)),
+                ("blind archive: seal to 3 recipients", median_time(lambda: aesgcm.encrypt(nonce, data, None),
+                                                                    args.repeat),
+                 median_time(lambda: seal(data, object_uid=uid, study_uid=study, codec="raw", recipients=three),
+                             args.repeat)),
+                ("blind archive: a recipient's own slot (no key)", median_time(
+                    lambda: aesgcm.encrypt(nonce, data, None), args.repeat),
+                 median_time(lambda: for_recipient(blind, reader.id), args.repeat))):
             print(f"| {name} | {op} | {mb / t_aes:,.0f} | {mb / t_rec:,.0f} ({t_rec * 1e6:,.0f} us) | "
                   f"{t_aes / t_rec:.2f} | | | |")
     if args.cget:

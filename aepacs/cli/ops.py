@@ -12,13 +12,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from aepacs.audit import MINOR_FAILURE, SUCCESS, describe, parse_since, read, verify
 from aepacs.cli.common import audit
+from aepacs.cli.recipients import PASSPHRASE_ENV
 from aepacs.config import Config, load_config
+from aepacs.crypto.keyring import passphrase_from_env
+from aepacs.crypto.recipients import RecipientKey
 from aepacs.demo.run import run_demo
 from aepacs.errors import InputError, StoreError
 from aepacs.net.orthanc import OrthancApi
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.area_jobs import compress_pending, follow, migrate_files, sweep_unknown
 from aepacs.pipeline.batch import Summary
+from aepacs.pipeline.blind_rekey import export_slots, import_slots, read_slot_file, rewrap_slots
 from aepacs.pipeline.reencode import reencode
 from aepacs.pipeline.rekey import rekey
 from aepacs.pipeline.storage_area import StorageArea
@@ -38,6 +42,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--dry-run", action="store_true", help="count what would be rekeyed; change nothing")
     p.add_argument("--verify", action="store_true", help="rewrap: authenticate each whole object first")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    blind = p.add_argument_group("a blind archive (sealing: recipients-only), rekeyed through a recipient "
+                                 "(docs/FORMAT.md)")
+    blind.add_argument("--export-slots", type=Path, metavar="FILE",
+                       help="at the archive: write every object's key slot, and whom to wrap to, to FILE")
+    blind.add_argument("--recipient-key", type=Path, metavar="KEY",
+                       help="on a recipient's machine: re-wrap the slots of --slots with this private key")
+    blind.add_argument("--slots", type=Path, metavar="FILE", help="with --recipient-key: the exported slot file")
+    blind.add_argument("-o", "--out", type=Path, metavar="FILE", help="with --recipient-key: the re-wrapped slots")
+    blind.add_argument("--import-slots", type=Path, metavar="FILE",
+                       help="at the archive: install the slots a recipient re-wrapped")
     p.set_defaults(func=cmd_rekey)
 
     p = sub.add_parser("reencode", parents=[common],
@@ -114,6 +128,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 
 def cmd_rekey(args: argparse.Namespace, config: Config) -> int:
+    if args.recipient_key is not None:
+        if args.slots is None or args.out is None:
+            raise InputError("rekey --recipient-key needs --slots FILE (exported by the archive) and -o FILE")
+        key = RecipientKey.load(args.recipient_key, passphrase_from_env(PASSPHRASE_ENV))
+        head, recipients, _ = read_slot_file(args.slots)
+        print(f"re-wrapping the data keys of {head.get('archive') or 'the archive'} with recipient {key.name} "
+              f"({key.id}) to: " + ", ".join(f"{r.name} ({r.id})" for r in recipients))
+        done, failed = rewrap_slots(args.slots, key, args.out, progress=not args.quiet)
+        for line in failed:
+            print(f"not re-wrapped: {line}", file=sys.stderr)
+        print(f"{done} key slots re-wrapped into {args.out}; {len(failed)} not (give {args.out.name} to the "
+              "archive: aepacs rekey --import-slots)")
+        return 1 if failed else 0
+    if args.export_slots is not None:
+        with Archive(config) as archive:
+            n = export_slots(archive, args.export_slots, progress=not args.quiet)
+        print(f"{n} key slots written to {args.export_slots} (a recipient re-wraps them: aepacs rekey "
+              "--recipient-key KEY --slots FILE -o FILE)")
+        return 0
+    if args.import_slots is not None:
+        with Archive(config) as archive:
+            return _report(config, "rekey", import_slots(archive, args.import_slots, progress=not args.quiet))
     summary = rekey(config, mode=args.mode, workers=args.workers if args.workers is not None
                     else config.rekey.workers, dask=args.dask, limit=args.limit, dry_run=args.dry_run,
                     verify=args.verify, progress=not args.quiet)

@@ -158,12 +158,20 @@ class Config:
     server: ServerConfig
     web: WebConfig
     transport: TransportConfig
+    #: ``kek``: each stored object's data key is wrapped under the keyring's KEK; ``recipients-only`` (a
+    #: blind archive): to the active registered recipients alone (:attr:`blind`).
+    sealing: str = field(metadata=_choices("kek", "recipients-only"))
     models: ModelsConfig
     log: LogConfig
     audit: AuditConfig
     metrics: MetricsConfig
     #: The data directory every relative path is resolved against.
     data_dir: Path = field(default=Path("."), metadata={"derived": True})
+
+    @property
+    def blind(self) -> bool:
+        """``sealing: recipients-only``: the archive stores what it cannot open (see :func:`check_sealing`)."""
+        return self.sealing == "recipients-only"
 
     def resolve(self, path: str) -> Path:
         """Return `path` made absolute against the data directory."""
@@ -266,5 +274,27 @@ def load_config(path: str | os.PathLike[str] | None = None,
         msg = str(exc)
         where = str(path or DEFAULT_CONFIG_PATH)
         raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    check_sealing(config, str(path or DEFAULT_CONFIG_PATH))
     home = os.environ.get(HOME_ENV) or config.home or "~/.aepacs"
     return dataclasses.replace(config, data_dir=Path(os.path.expanduser(home)).resolve())
+
+
+def check_sealing(config: Config, where: str = "configuration") -> None:
+    """Refuse what a blind archive (``sealing: recipients-only``) cannot do: it holds no key that opens what
+    it stores, so it cannot decode for a reader (``server.retrieve_as: decoded``, which DICOMweb follows
+    too) nor send the KEK-sealed form to readers that are no recipient (``transport.unregistered:
+    keyring``). (The Orthanc storage area refuses it when it starts.)
+
+    Raises
+    ------
+    ConfigError
+        Naming the key that conflicts.
+    """
+    if not config.blind:
+        return
+    if config.server.retrieve_as == "decoded":
+        raise ConfigError(f"{where}: server.retrieve_as: decoded cannot be served by a blind archive "
+                          "(sealing: recipients-only holds no key to decode with); use sealed")
+    if config.transport.unregistered == "keyring":
+        raise ConfigError(f"{where}: transport.unregistered: keyring cannot be served by a blind archive "
+                          "(sealing: recipients-only seals to no keyring); use refuse")

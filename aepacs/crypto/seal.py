@@ -11,6 +11,10 @@ Layout (all integers big-endian)::
     74+H   L   ciphertext of the payload (L is header field 6)
     74+H+L 16  GCM tag of the payload
 
+The key slot may instead be a recipient's (:class:`RecipientSlot`: the data key sealed by HPKE to one
+reader's public key) or a blind archive's list of them (:class:`RecipientList`); both are longer than 64
+bytes and start with a mark no KEK version takes.
+
 Bytes ``[0, 10+H)`` are the associated data of the payload: a blob moved
 onto another object, or any header edit, fails to open. The data key (DEK)
 is fresh per object and wrapped with AES-256-GCM under a key-encryption key
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -33,7 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.recipients import Recipient, RecipientKey
-from aepacs.errors import KeyringError, MissingKeyError, OpenError, SealError
+from aepacs.errors import KeyringError, MissingKeyError, OpenError, RecipientRefused, SealError
 
 MAGIC = b"AEPX"
 FORMAT_VERSION = 1
@@ -95,6 +100,42 @@ class RecipientSlot:
         return _RSLOT.pack(RECIPIENT_MARK, 1 + len(rid) + len(self.sealed_key), len(rid)) + rid + self.sealed_key
 
 
+#: The first four bytes of a recipient list (a blind archive's key slot: the data key wrapped to each of
+#: several recipients), where a KEK slot has its version and a single recipient's slot its own mark.
+RECIPIENTS_MARK = 0xFFFFFFFE
+_LSLOT = struct.Struct(">IH")  # mark, number of recipient slots that follow
+#: The most recipients one object may be sealed to.
+MAX_RECIPIENTS = 64
+#: Bytes that hold any sealed object's clear header and key slot (a header is under 1 kB; a list of the most
+#: recipients under 8 kB).
+HEAD_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class RecipientList:
+    """The data key wrapped to each of several recipients (``sealing: recipients-only``): one
+    :class:`RecipientSlot` each, sealed with the same HPKE ``info`` as a lone slot, so that the archive
+    sends a reader its own slot alone (:func:`for_recipient`) without being able to open any."""
+
+    slots: tuple[RecipientSlot, ...]
+
+    kek_version = 0  # (no KEK opens it)
+
+    @property
+    def size(self) -> int:
+        return _LSLOT.size + sum(s.size for s in self.slots)
+
+    @property
+    def recipient_ids(self) -> tuple[str, ...]:
+        return tuple(s.recipient_id for s in self.slots)
+
+    def pack(self) -> bytes:
+        return _LSLOT.pack(RECIPIENTS_MARK, len(self.slots)) + b"".join(s.pack() for s in self.slots)
+
+
+Slot = KeySlot | RecipientSlot | RecipientList
+
+
 def _hpke_info(recipient_id: str, aad: bytes) -> bytes:
     """HPKE's ``info`` for a recipient slot: the recipient's id and the object's whole clear header."""
     return b"aepacs-dek-hpke-v1\x00" + recipient_id.encode("ascii") + b"\x00" + hashlib.sha256(aad).digest()
@@ -110,7 +151,7 @@ class SealedHeader:
     sealed_kek_version: int
     nonce: bytes = field(repr=False)
     payload_length: int
-    slot: KeySlot | RecipientSlot
+    slot: Slot
     #: Bytes [0, 10+H): the payload's associated data.
     aad: bytes = field(repr=False)
 
@@ -123,6 +164,13 @@ class SealedHeader:
     def recipient_id(self) -> str | None:
         """The recipient whose private key opens the object, when it is sealed to one."""
         return self.slot.recipient_id if isinstance(self.slot, RecipientSlot) else None
+
+    @property
+    def recipient_ids(self) -> tuple[str, ...]:
+        """Every recipient whose private key opens the object (none: the archive's KEK opens it)."""
+        slot = self.slot
+        return (slot.recipient_id,) if isinstance(slot, RecipientSlot) else \
+            slot.recipient_ids if isinstance(slot, RecipientList) else ()
 
     @property
     def slot_size(self) -> int:
@@ -176,8 +224,9 @@ def _unwrap(slot: KeySlot, aad: bytes, keyring: Keyring, name: str) -> bytes:
                               "(tampered header or key slot, or wrong keyring)") from None
 
 
-def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring: Keyring) -> bytearray:
-    """Seal `payload` for one object under the keyring's active KEK.
+def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring: Keyring | None = None,
+         recipients: Sequence[Recipient] = ()) -> bytearray:
+    """Seal `payload` for one object under the keyring's active KEK, or to `recipients` alone.
 
     Parameters
     ----------
@@ -187,18 +236,28 @@ def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring
         SOP Instance UID and Study Instance UID the blob is bound to.
     codec : str
         Identifier of the pixel codec (or model) inside the payload.
-    keyring : Keyring
-        Supplies the active KEK.
+    keyring : Keyring, optional
+        Supplies the active KEK (when there are no `recipients`).
+    recipients : sequence of Recipient
+        A blind archive's (``sealing: recipients-only``): the data key is wrapped to each of them by HPKE
+        (a :class:`RecipientList`) and to no KEK, so that only their private keys open the object.
 
     Returns
     -------
     bytearray
         The sealed object (encrypted in place into one buffer: no copy of the ciphertext is made).
     """
-    keyring.refresh()  # a rotation by another process takes effect here
     try:
-        kek_version = keyring.active_version
-        kek = keyring.kek(kek_version)
+        if recipients:
+            if len(recipients) > MAX_RECIPIENTS:
+                raise KeyringError(f"sealed to at most {MAX_RECIPIENTS} recipients, not {len(recipients)}")
+            kek_version, kek = 0, b""
+        elif keyring is None:
+            raise KeyringError("no keyring and no recipient to seal to")
+        else:
+            keyring.refresh()  # a rotation by another process takes effect here
+            kek_version = keyring.active_version
+            kek = keyring.kek(kek_version)
         object_uid.encode("ascii")
         study_uid.encode("ascii")
     except (KeyringError, UnicodeEncodeError) as exc:
@@ -206,12 +265,23 @@ def seal(payload: bytes, *, object_uid: str, study_uid: str, codec: str, keyring
     dek = os.urandom(DEK_BYTES)
     nonce = os.urandom(NONCE_BYTES)
     aad = _pack_header(object_uid, study_uid, codec, kek_version, nonce, len(payload))
-    start = len(aad) + SLOT_BYTES
+    slot = _wrap_to(dek, recipients, aad) if recipients else _wrap(dek, kek, kek_version, aad).pack()
+    start = len(aad) + len(slot)
     out = bytearray(start + len(payload) + TAG_BYTES)  # one buffer, encrypted into: no copy of the payload
     out[:len(aad)] = aad
-    out[len(aad):start] = _wrap(dek, kek, kek_version, aad).pack()
+    out[len(aad):start] = slot
     AESGCM(dek).encrypt_into(nonce, payload, aad, memoryview(out)[start:])  # ciphertext, then its tag
     return out
+
+
+def _hpke_slot(dek: bytes, recipient: Recipient, aad: bytes) -> RecipientSlot:
+    return RecipientSlot(recipient.id, SUITE.encrypt(dek, recipient.key(), info=_hpke_info(recipient.id, aad)))
+
+
+def _wrap_to(dek: bytes, recipients: Sequence[Recipient], aad: bytes) -> bytes:
+    """The packed :class:`RecipientList` of `dek` wrapped to each of `recipients` (each once)."""
+    unique = {r.id: r for r in recipients}
+    return RecipientList(tuple(_hpke_slot(dek, r, aad) for r in unique.values())).pack()
 
 
 def read_header(blob: Readable, name: str = "object") -> SealedHeader:
@@ -255,11 +325,36 @@ def read_header(blob: Readable, name: str = "object") -> SealedHeader:
     return header
 
 
-def _read_slot(blob: Readable, start: int, name: str) -> KeySlot | RecipientSlot:
+def _read_slot(blob: Readable, start: int, name: str) -> Slot:
     """The key slot at `start`."""
     (mark,) = struct.unpack_from(">I", blob, start)
+    if mark == RECIPIENTS_MARK:
+        return _read_list(blob, start, name)
     if mark != RECIPIENT_MARK:
         return KeySlot(*_SLOT.unpack_from(blob, start))
+    return _read_recipient(blob, start, name)
+
+
+def _read_list(blob: Readable, start: int, name: str) -> RecipientList:
+    """The recipient list at `start`: its count, then that many recipient slots."""
+    if len(blob) < start + _LSLOT.size:
+        raise OpenError(name, "truncated recipient list")
+    _, count = _LSLOT.unpack_from(blob, start)
+    if not 1 <= count <= MAX_RECIPIENTS:
+        raise OpenError(name, "malformed recipient list")
+    slots, pos = [], start + _LSLOT.size
+    for _ in range(count):
+        if len(blob) < pos + 4 or struct.unpack_from(">I", blob, pos)[0] != RECIPIENT_MARK:
+            raise OpenError(name, "malformed recipient list")
+        slots.append(_read_recipient(blob, pos, name))
+        pos += slots[-1].size
+    if len({s.recipient_id for s in slots}) != count:
+        raise OpenError(name, "malformed recipient list (a recipient named twice)")
+    return RecipientList(tuple(slots))
+
+
+def _read_recipient(blob: Readable, start: int, name: str) -> RecipientSlot:
+    """The recipient slot at `start`."""
     if len(blob) < start + _RSLOT.size:
         raise OpenError(name, "truncated recipient key slot")
     _, length, id_length = _RSLOT.unpack_from(blob, start)
@@ -283,6 +378,14 @@ def _unwrap_recipient(slot: RecipientSlot, aad: bytes, key: RecipientKey, name: 
                               "(tampered header or key slot)") from None
 
 
+def _unwrap_listed(slot: RecipientList, aad: bytes, key: RecipientKey, name: str) -> bytes:
+    """The data key in `key`'s own slot of a recipient list."""
+    mine = next((s for s in slot.slots if s.recipient_id == key.id), None)
+    if mine is None:
+        raise OpenError(name, f"sealed to recipients {', '.join(slot.recipient_ids)}, not to {key.name} ({key.id})")
+    return _unwrap_recipient(mine, aad, key, name)
+
+
 def unwrap_key(blob: Readable, keys: Keyring | RecipientKey, *, name: str = "object",
                expect_uid: str | None = None) -> tuple[SealedHeader, bytes]:
     """The clear header and data key of a sealed object: its header and key slot authenticated under the
@@ -299,6 +402,11 @@ def unwrap_key(blob: Readable, keys: Keyring | RecipientKey, *, name: str = "obj
     if expect_uid is not None and header.object_uid != expect_uid:
         raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
     slot = header.slot
+    if isinstance(slot, RecipientList):
+        if not isinstance(keys, RecipientKey):
+            raise OpenError(name, f"sealed only to recipients {', '.join(slot.recipient_ids)} (a blind archive's "
+                                  "object): open it with one of their private keys (--recipient-key), not a keyring")
+        return header, _unwrap_listed(slot, header.aad, keys, name)
     if isinstance(slot, RecipientSlot):
         if not isinstance(keys, RecipientKey):
             raise OpenError(name, f"sealed to recipient {slot.recipient_id}: open it with that recipient's "
@@ -388,16 +496,113 @@ def seal_to(blob: Readable, keyring: Keyring, recipient: Recipient, *, name: str
         `blob` does not open under `keyring` (as :func:`unwrap_key`).
     """
     header, dek = unwrap_key(blob, keyring, name=name, expect_uid=expect_uid)
-    slot = RecipientSlot(recipient.id, SUITE.encrypt(dek, recipient.key(), info=_hpke_info(recipient.id, header.aad)))
+    slot = _hpke_slot(dek, recipient, header.aad)
     return b"".join((header.aad, slot.pack(), blob[len(header.aad) + header.slot_size:]))
 
 
 def with_slot(blob: Readable, slot: bytes, name: str = "object") -> bytes:
-    """`blob` with its key slot replaced by `slot` (the packed slot the index holds after a rewrap)."""
+    """`blob` with its key slot replaced by `slot` (the packed slot the index holds after a rewrap: a KEK's,
+    or a blind archive's recipient list)."""
     start = header_span(blob, name)
-    if len(slot) != SLOT_BYTES or len(blob) < start + SLOT_BYTES:
+    if len(blob) < start + SLOT_BYTES + TAG_BYTES:
+        raise OpenError(name, "truncated sealed object")
+    new, old = parse_slot(slot, name), _read_slot(blob, start, name)
+    if isinstance(new, KeySlot) != isinstance(old, KeySlot):
+        raise OpenError(name, "key slot of another kind than the object's")
+    return b"".join((blob[:start], slot, blob[start + old.size:]))
+
+
+def parse_slot(slot: bytes, name: str = "object") -> Slot:
+    """A packed key slot, parsed and checked to be exactly one slot.
+
+    Raises
+    ------
+    OpenError
+        Malformed, or bytes after the slot.
+    """
+    slot = bytes(slot)
+    if len(slot) < SLOT_BYTES:
         raise OpenError(name, "key slot of the wrong size")
-    return b"".join((blob[:start], slot, blob[start + SLOT_BYTES:]))
+    parsed = _read_slot(slot + bytes(TAG_BYTES), 0, name)  # (a slot is read where a tag would follow it)
+    if parsed.size != len(slot):
+        raise OpenError(name, "key slot of the wrong size")
+    return parsed
+
+
+def head_parts(prefix: Readable, name: str = "object") -> tuple[bytes, bytes]:
+    """(clear header, packed key slot) of a sealed object from its first bytes (at least through its slot:
+    :data:`HEAD_BYTES` hold any object's).
+
+    Raises
+    ------
+    OpenError
+        Not a sealed object, or `prefix` ends inside its key slot.
+    """
+    start = header_span(prefix, name)
+    if len(prefix) < start + 4:
+        raise OpenError(name, "truncated sealed object")
+    slot = _read_slot(prefix, start, name)
+    if len(prefix) < start + slot.size:
+        raise OpenError(name, "truncated sealed object")
+    return bytes(prefix[:start]), bytes(prefix[start:start + slot.size])
+
+
+def for_recipient(blob: Readable, recipient_id: str, *, name: str = "object",
+                  expect_uid: str | None = None) -> bytes:
+    """A blind archive's object as it is sent to one of its recipients: that recipient's slot alone, as a
+    lone recipient slot (sealed with the same HPKE ``info``, so the recipient's private key opens it as any
+    object sealed to it). Needs no key, opens nothing; the ciphertext stays byte for byte.
+
+    Raises
+    ------
+    OpenError
+        Not a well-formed blind object, of another object than `expect_uid`.
+    RecipientRefused
+        Not sealed to `recipient_id`.
+    """
+    header = read_header(blob, name)
+    if expect_uid is not None and header.object_uid != expect_uid:
+        raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
+    slot = header.slot
+    if not isinstance(slot, RecipientList):
+        raise OpenError(name, "not sealed to a list of recipients")
+    mine = next((s for s in slot.slots if s.recipient_id == recipient_id), None)
+    if mine is None:
+        raise RecipientRefused(f"{name} is not sealed to recipient {recipient_id} (it was stored before that "
+                               "recipient was added: one of its recipients re-wraps it, 'aepacs rekey "
+                               "--recipient-key')")
+    return b"".join((header.aad, mine.pack(), blob[len(header.aad) + slot.size:]))
+
+
+def rewrap_to(aad: bytes, slot: bytes, key: RecipientKey, recipients: Sequence[Recipient], *,
+              name: str = "object") -> bytes:
+    """On a recipient's machine: the data key in a blind object's packed key slot, unwrapped with the
+    recipient's private `key` and wrapped again to each of `recipients` (HPKE, bound as at ingest to each
+    recipient's id and the object's clear header `aad`). What ``aepacs rekey --recipient-key`` does.
+
+    Returns
+    -------
+    bytes
+        The new packed recipient list.
+
+    Raises
+    ------
+    OpenError
+        The slot is not a recipient list holding `key`'s recipient, or does not unwrap (tampered slot or
+        header; `aad` not this slot's object).
+    KeyringError
+        No recipient, or more than :data:`MAX_RECIPIENTS`.
+    """
+    parsed = parse_slot(slot, name)
+    if not isinstance(parsed, RecipientList):
+        raise OpenError(name, "not a recipient list (a blind archive's key slot)")
+    header_end = header_span(aad, name)
+    if header_end != len(aad):
+        raise OpenError(name, "clear header of the wrong length")
+    dek = _unwrap_listed(parsed, bytes(aad), key, name)
+    if not recipients or len({r.id for r in recipients}) > MAX_RECIPIENTS:
+        raise KeyringError(f"re-wrap to 1 to {MAX_RECIPIENTS} recipients")
+    return _wrap_to(dek, recipients, bytes(aad))
 
 
 def rewrap_slot(aad: bytes, slot: bytes, keyring: Keyring, *, name: str = "object") -> bytes:
@@ -442,5 +647,7 @@ def rewrap(blob: bytes, keyring: Keyring, *, name: str = "object") -> bytes:
     return with_slot(blob, rewrap_slot(header.aad, header.slot.pack(), keyring, name=name), name)
 
 
-__all__ = ["SealedHeader", "KeySlot", "RecipientSlot", "Readable", "seal", "seal_to", "open_sealed", "unwrap_key",
-           "decrypt_payload", "read_header", "rewrap", "rewrap_slot", "with_slot", "header_span", "SLOT_BYTES"]
+__all__ = ["SealedHeader", "KeySlot", "RecipientSlot", "RecipientList", "Slot", "Readable", "seal", "seal_to",
+           "for_recipient", "rewrap_to", "open_sealed", "unwrap_key", "decrypt_payload", "read_header", "rewrap",
+           "rewrap_slot", "with_slot", "parse_slot", "head_parts", "HEAD_BYTES", "header_span", "SLOT_BYTES",
+           "MAX_RECIPIENTS"]

@@ -33,7 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from aepacs.audit import Party
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
-from aepacs.errors import ConfigError, StoreFullError
+from aepacs.errors import ConfigError, SealError, StoreFullError
 from aepacs.net.handlers import Handlers
 from aepacs.net.metrics import Metrics, MetricsServer
 from aepacs.pipeline.archive import Archive
@@ -113,6 +113,11 @@ class ArchiveServer:
         refuse_shared(config)
         check_routes(config)
         self.archive = Archive(config, keyring)
+        if config.blind:
+            try:
+                self.archive.seal_recipients()
+            except SealError as exc:
+                raise ConfigError(str(exc)) from None
         self.spool = Spool(config.spool_path)
         self.metrics = Metrics()
         self.worker = SpoolWorker(config, self.spool, config.ingest.workers if workers is None else workers,

@@ -12,10 +12,13 @@ from pydicom.dataset import Dataset
 from aepacs.audit import AuditTrail
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring, passphrase_from_env
+from aepacs.crypto.recipients import Recipient
+from aepacs.errors import KeyringError, SealError
 from aepacs.store.atomic import private_dir
 from aepacs.store.blobs import open_store
 from aepacs.store.index import Index
 from aepacs.store.query import find, retrieve_rows
+from aepacs.store.recipients import RecipientRows
 
 log = logging.getLogger("aepacs.archive")
 
@@ -26,6 +29,27 @@ ORPHAN_MIN_AGE_S = 3600.0
 def load_keyring(config: Config) -> Keyring:
     """Load the configured keyring, with its passphrase from the configured variable."""
     return Keyring.load(config.keyring_path, passphrase_from_env(config.keyring.passphrase_env))
+
+
+def spool_keyring(config: Config) -> Keyring:
+    """A blind archive's keyring (``sealing: recipients-only``): it seals only the spool's entries while they
+    wait, so a missing one is made afresh, unless the spool still holds entries it sealed.
+
+    Raises
+    ------
+    KeyringError
+        Missing while spooled instances need it, or present and unreadable.
+    """
+    path = config.keyring_path
+    if path.exists():
+        return load_keyring(config)
+    waiting = len(list(config.spool_path.glob("*.aepx"))) if config.spool_path.is_dir() else 0
+    if waiting:
+        raise KeyringError(f"{path}: missing, and the spool holds {waiting} acknowledged instances sealed under "
+                           "it: restore it (a blind archive's keyring seals its spool entries)")
+    log.warning("blind archive: no keyring at %s; a new one is made for the spool's entries (stored objects are "
+                "sealed to recipients alone)", path)
+    return Keyring.create(path, passphrase_from_env(config.keyring.passphrase_env))
 
 
 class Archive:
@@ -42,11 +66,30 @@ class Archive:
     def __init__(self, config: Config, keyring: Keyring | None = None) -> None:
         self.config = config
         private_dir(config.data_dir)
-        self.keyring = keyring or load_keyring(config)
+        self.keyring = keyring or (spool_keyring(config) if config.blind else load_keyring(config))
         self.store = open_store(config.store_location, endpoint_url=config.store.endpoint_url,
                                 region=config.store.region)
         self.index = Index(config.index_url)
         self.audit = AuditTrail.for_config(config)
+
+    def seal_recipients(self) -> tuple[Recipient, ...]:
+        """Whom a blind archive (``sealing: recipients-only``) seals what it stores to: every active registered
+        recipient, read afresh (a revocation or an addition takes effect at the next object); none for an
+        archive that seals under its KEK.
+
+        Raises
+        ------
+        SealError
+            A blind archive with no active recipient: nothing it stored could ever be opened.
+        """
+        if not self.config.blind:
+            return ()
+        found = tuple(Recipient(r.name, bytes(r.public_key)) for r in RecipientRows(self.index).all()
+                      if r.revoked_at is None)
+        if not found:
+            raise SealError("this blind archive (sealing: recipients-only) has no active recipient to seal to "
+                            "('aepacs recipients add'): nothing it stored could be opened")
+        return found
 
     def check_room(self, nbytes: int, *, acknowledged: bool = False) -> None:
         """Refuse `nbytes` more unless ``store.min_free_mb`` stays free.

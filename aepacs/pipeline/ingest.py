@@ -17,7 +17,7 @@ import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from tqdm import tqdm
 from aepacs.codec.payload import EncodedObject, QualityFloor, encode_object
 from aepacs.config import Config, Route
 from aepacs.crypto.keyring import Keyring
+from aepacs.crypto.recipients import Recipient
 from aepacs.crypto.seal import seal
 from aepacs.dicom.part10 import Part10, parse
 from aepacs.dicom.records import InstanceRecord, check_uid, check_uids, required_uids, shown, text_value
@@ -136,8 +137,9 @@ def seal_bytes(data: bytes, keyring: Keyring, config: Config, parts: Part10 | No
     return encoded, seal_encoded(encoded, keyring)
 
 
-def seal_encoded(encoded: EncodedObject, keyring: Keyring) -> bytearray:
-    """Seal a coded object under a fresh data key, bound to its SOP Instance and Study UIDs.
+def seal_encoded(encoded: EncodedObject, keyring: Keyring, recipients: Sequence[Recipient] = ()) -> bytearray:
+    """Seal a coded object under a fresh data key, bound to its SOP Instance and Study UIDs: the key wrapped
+    under the keyring's active KEK, or to `recipients` alone (a blind archive's).
 
     Raises
     ------
@@ -149,7 +151,8 @@ def seal_encoded(encoded: EncodedObject, keyring: Keyring) -> bytearray:
     for keyword, value in (("SOPInstanceUID", uid), ("StudyInstanceUID", study)):
         if value:
             check_uid(keyword, value)
-    return seal(encoded.payload, object_uid=uid, study_uid=study, codec=encoded.codec, keyring=keyring)
+    return seal(encoded.payload, object_uid=uid, study_uid=study, codec=encoded.codec, keyring=keyring,
+                recipients=recipients)
 
 
 @dataclass(frozen=True)
@@ -213,10 +216,11 @@ def ingest(archive: Archive, data: bytes, *, expect_uid: str | None = None,
     t0 = time.perf_counter()
     encoded = encode(data, parts, r, archive.config, sha256=sha)
     t1 = time.perf_counter()
-    blob = seal_encoded(encoded, archive.keyring)
+    recipients = archive.seal_recipients()  # a blind archive's; none: under the active KEK
+    blob = seal_encoded(encoded, archive.keyring, recipients)
     t2 = time.perf_counter()
     key = archive.store.put(blob)
-    ref = BlobRef(codec=encoded.codec, kek_version=archive.keyring.active_version, blob_key=key,
+    ref = BlobRef(codec=encoded.codec, kek_version=0 if recipients else archive.keyring.active_version, blob_key=key,
                   blob_size=len(blob), source_size=len(data), source_sha256=sha,
                   psnr=(encoded.lossy or {}).get("psnr"), ssim=(encoded.lossy or {}).get("ssim"))
     outcome = archive.index.add(record, ref)

@@ -43,6 +43,7 @@ def receive(archive: Archive, spool: Spool, config: Config, data: bytes, *,
         known = archive.source_sha256(uids["SOPInstanceUID"])
         if known is not None and known != hashlib.sha256(data).hexdigest():
             raise DatasetMismatch("a different object with this SOP Instance UID is already archived")
+    archive.seal_recipients()  # a blind archive with no one to seal to refuses now, not after acknowledging
     archive.check_room(spool.admission_need(len(data)))
     spool.check_room(len(data), config.store.min_free_mb * 1_000_000)
     spool.put(seal_entry(data, uids["SOPInstanceUID"], uids["StudyInstanceUID"], archive.keyring),

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from aepacs.codec.payload import decode_payload, read_manifest
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.recipients import Recipient, RecipientKey
-from aepacs.crypto.seal import SealedHeader, open_sealed, seal_to, unwrap_key, with_slot
+from aepacs.crypto.seal import SealedHeader, for_recipient, open_sealed, read_header, seal_to, unwrap_key, with_slot
 from aepacs.dicom.derive import derive
 from aepacs.errors import AepacsError, CodecError, OpenError
 from aepacs.models.registry import Registry, config_registry
@@ -117,6 +117,29 @@ def fetch_blob(archive: Archive, sop_uid: str, row: Any = None) -> tuple[Any, by
     raise OpenError(sop_uid, "blob kept changing while being read")
 
 
+def sealed_for(archive: Archive, row: Any, recipient: Recipient | None) -> tuple[Any, bytes]:
+    """The index row and blob of an instance as sealed for `recipient` (None: the archive's KEK-sealed form).
+
+    A blind archive's object (sealed to a list of recipients) goes out with the recipient's own slot alone,
+    no key used (:func:`aepacs.crypto.seal.for_recipient`), or as stored (every listed recipient opens it)
+    where no recipient is named; any other is re-wrapped to the recipient
+    (:func:`aepacs.crypto.seal.seal_to`).
+
+    Raises
+    ------
+    OpenError
+        Blob missing or altered, key not in the keyring.
+    RecipientRefused
+        A blind archive's object, and `recipient` is not one of those it is sealed to.
+    """
+    current, blob = fetch_blob(archive, row.sop_uid, row)
+    if recipient is not None and read_header(blob, row.sop_uid).recipient_ids:
+        return current, for_recipient(blob, recipient.id, name=row.sop_uid, expect_uid=row.sop_uid)
+    if recipient is not None:
+        return current, seal_to(blob, archive.keyring, recipient, name=row.sop_uid, expect_uid=row.sop_uid)
+    return current, blob
+
+
 def check_opens(archive: Archive, sop_uid: str, row: Any = None) -> None:
     """Check quickly that an archived instance will open: its blob as stored (its content key), its
     header and key slot authenticating under a KEK of the keyring. The part of :func:`fetch` that
@@ -176,9 +199,7 @@ def export(archive: Archive, out_dir: Path, *, patient_id: str | None = None, st
         try:
             target = instance_path(Path(out_dir), row.series_uid, row.sop_uid)
             if sealed:
-                _, data = fetch_blob(archive, row.sop_uid, row)
-                if recipient is not None:
-                    data = seal_to(data, archive.keyring, recipient, name=row.sop_uid, expect_uid=row.sop_uid)
+                _, data = sealed_for(archive, row, recipient)
                 target = target.with_suffix(".aepx")
             else:
                 data = fetch(archive, row.sop_uid)

@@ -37,7 +37,7 @@ from aepacs.codec.payload import decode_object
 from aepacs.config.routes import Route
 from aepacs.crypto.seal import SLOT_BYTES, Readable, SealedHeader, decrypt_payload, seal, unwrap_key, with_slot
 from aepacs.dicom.part10 import parse
-from aepacs.errors import AepacsError, CodecError, InputError, OpenError, StoreError
+from aepacs.errors import AepacsError, CodecError, ConfigError, InputError, OpenError, StoreError
 from aepacs.models.registry import config_registry
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.area_journal import PendingFiles
@@ -142,6 +142,9 @@ class StorageArea:
 
     def __init__(self, archive: Archive, program: str = "Orthanc", legacy: Path | None = None, *,
                  sync: bool = True, flush_s: float = 1.0, journal: Path | None = None, read_ahead: int = 0) -> None:
+        if archive.config.blind:
+            raise ConfigError(f"sealing: recipients-only: {program}'s storage area reads its files back decoded, "
+                              "which a blind archive cannot do (it holds no key that opens what it stores)")
         self.archive = archive
         self.rows = Attachments(archive.index)
         self.program = program

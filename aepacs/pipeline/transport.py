@@ -23,13 +23,12 @@ from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
 from aepacs.crypto.pseudonym import pseudonym, site_key
 from aepacs.crypto.recipients import Recipient
-from aepacs.crypto.seal import seal_to
 from aepacs.dicom.part10 import parse
 from aepacs.dicom.records import InstanceRecord
 from aepacs.dicom.transport import make_transport
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.ingest import check, seal_bytes
-from aepacs.pipeline.retrieve import fetch, fetch_blob
+from aepacs.pipeline.retrieve import fetch, sealed_for
 
 
 def transport_key(config: Config) -> bytes | None:
@@ -49,9 +48,7 @@ def outgoing(archive: Archive, row: Any, pseudonym_key: bytes | None, recipient:
     """
     if archive.config.server.retrieve_as == "decoded":
         return pydicom.dcmread(BytesIO(fetch(archive, row.sop_uid, row)))
-    current, blob = fetch_blob(archive, row.sop_uid, row)
-    if recipient is not None:
-        blob = seal_to(blob, archive.keyring, recipient, name=row.sop_uid, expect_uid=row.sop_uid)
+    current, blob = sealed_for(archive, row, recipient)
     return transport_object(blob, current, pseudonym_key)
 
 

@@ -343,10 +343,11 @@ class Index:
     # -- key rotation (aepacs rekey) ---------------------------------------------
     @staticmethod
     def _rekey_condition(table: Table, active: int, sealed_before: float | None) -> Any:
+        # (version 0: a blind archive's object, sealed to recipients: no KEK rekeys it; they re-wrap it)
         cond = table.c.kek_version != active
         if sealed_before is not None:
             cond = or_(cond, func.coalesce(table.c.sealed_at, table.c.stored_at) < sealed_before)
-        return cond
+        return and_(table.c.kek_version != 0, cond)
 
     def rekey_count(self, active: int, *, sealed_before: float | None = None, table: str = "instances") -> int:
         """How many objects of `table` :meth:`rekey_candidates` would select in all."""
@@ -366,6 +367,11 @@ class Index:
         """
         t = _object_table(table)
         return self._batch(t, self._rekey_condition(t, active, sealed_before), after_pk, limit)
+
+    def blind_candidates(self, *, after_pk: int = 0, limit: int = 500) -> list[Row[Any]]:
+        """A blind archive's instances (sealed to recipients: key version 0), in primary-key order after
+        `after_pk` (rows as :meth:`rekey_candidates`): what ``aepacs rekey --export-slots`` lists."""
+        return self._batch(instances, instances.c.kek_version == 0, after_pk, limit)
 
     # -- bulk re-encoding (aepacs reencode) --------------------------------------
     @staticmethod

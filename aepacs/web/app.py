@@ -53,7 +53,7 @@ from aepacs.errors import InputError, RecipientRefused
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.receive import receive, refusal
 from aepacs.pipeline.recipients import recipient_for
-from aepacs.pipeline.retrieve import check_opens, fetch, fetch_blob
+from aepacs.pipeline.retrieve import check_opens, fetch, sealed_for
 from aepacs.pipeline.spool import Spool
 from aepacs.pipeline.transport import outgoing, transport_key
 from aepacs.web import multipart, pixels, qido, viewer
@@ -241,7 +241,7 @@ class Service:
                                   studies=sorted({r.study_uid for r in rows}), detail=f"WADO-RS refused: {exc}")
                 return JSONResponse({"error": str(exc)}, status_code=403)
         check = (lambda row: check_opens(self.archive, row.sop_uid, row)) \
-            if self.config.server.retrieve_as == "decoded" else (lambda row: fetch_blob(self.archive, row.sop_uid, row))
+            if self.config.server.retrieve_as == "decoded" else (lambda row: sealed_for(self.archive, row, recipient))
         opened, failed = self._map(rows, "retrieve", check)
         good = [row for row, _ in opened]
         if not good:
