@@ -153,12 +153,26 @@ def _measure(part: WebPart, keyring: Keyring, groups: dict[str, list[Storable]],
                 _compare(r, path, mine, lossy=False)
         r.retrieve_s = time.perf_counter() - t0
         part.bytes_retrieved[modality] = size
-        if modality == "CT" and found:
+        shown = [i for i in found if _viewable(i)]
+        if modality == "CT" and shown:
             by_study: dict[str, list[dict[str, Any]]] = {}
-            for i in found:
+            for i in shown:
                 by_study.setdefault(_value(i, "0020000D"), []).append(i)
             part.study, largest = max(by_study.items(), key=lambda kv: len(kv[1]))
             part.first_frame_ms = _first_frame_ms(part.root, part.token, _value(largest[0], "0020000E"))
+
+
+#: The smallest image the viewer's study is chosen among (a sample set's 16 x 16 test images, or a file-set's
+#: records without pixels, show nothing in it).
+VIEWABLE_SIDE = 64
+
+
+def _viewable(instance: dict[str, Any]) -> bool:
+    """Whether a QIDO-RS instance is an image the viewer can show: pixels of at least :data:`VIEWABLE_SIDE`."""
+    try:
+        return min(int(_value(instance, "00280010") or 0), int(_value(instance, "00280011") or 0)) >= VIEWABLE_SIDE
+    except ValueError:
+        return False
 
 
 def print_web_table(part: WebPart) -> None:
