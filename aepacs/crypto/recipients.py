@@ -95,6 +95,20 @@ class Recipient:
         """
         try:
             doc = json.loads(text)
+        except ValueError as exc:
+            raise KeyringError(f"{source}: {exc}") from None
+        return cls.from_doc(doc, source)
+
+    @classmethod
+    def from_doc(cls, doc: Any, source: str = "public key") -> Recipient:
+        """:meth:`from_json` of a document already parsed (a recipient listed in a slot file).
+
+        Raises
+        ------
+        KeyringError
+            As :meth:`from_json`.
+        """
+        try:
             if not isinstance(doc, dict) or doc.get("format") != PUBLIC_FORMAT:
                 raise ValueError("not an aepacs recipient public key")
             if doc.get("version") != FORMAT_VERSION:

@@ -284,13 +284,14 @@ def _wrap_to(dek: bytes, recipients: Sequence[Recipient], aad: bytes) -> bytes:
     return RecipientList(tuple(_hpke_slot(dek, r, aad) for r in unique.values())).pack()
 
 
-def read_header(blob: Readable, name: str = "object") -> SealedHeader:
-    """Parse and check the clear header of a sealed object (no key needed).
+def read_header(blob: Readable, name: str = "object", expect_uid: str | None = None) -> SealedHeader:
+    """Parse and check the clear header of a sealed object (no key needed); with `expect_uid`, check it is
+    that object's (a swapped blob is refused).
 
     Raises
     ------
     OpenError
-        When `blob` is not a well-formed sealed object of a known version.
+        When `blob` is not a well-formed sealed object of a known version, or of another object.
     """
     end = header_span(blob, name)
     if len(blob) < end + SLOT_BYTES + TAG_BYTES:
@@ -322,6 +323,8 @@ def read_header(blob: Readable, name: str = "object") -> SealedHeader:
         slot=slot, aad=bytes(blob[:end]), **text)
     if len(blob) != header.total_length:
         raise OpenError(name, f"length {len(blob)} does not match its header ({header.total_length})")
+    if expect_uid is not None and header.object_uid != expect_uid:
+        raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
     return header
 
 
@@ -398,9 +401,7 @@ def unwrap_key(blob: Readable, keys: Keyring | RecipientKey, *, name: str = "obj
         A malformed or swapped header, a key slot that does not authenticate, no key for it (an object
         sealed to a recipient given the keyring, or the other way round).
     """
-    header = read_header(blob, name)
-    if expect_uid is not None and header.object_uid != expect_uid:
-        raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
+    header = read_header(blob, name, expect_uid)
     slot = header.slot
     if isinstance(slot, RecipientList):
         if not isinstance(keys, RecipientKey):
@@ -560,9 +561,7 @@ def for_recipient(blob: Readable, recipient_id: str, *, name: str = "object",
     RecipientRefused
         Not sealed to `recipient_id`.
     """
-    header = read_header(blob, name)
-    if expect_uid is not None and header.object_uid != expect_uid:
-        raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
+    header = read_header(blob, name, expect_uid)
     slot = header.slot
     if not isinstance(slot, RecipientList):
         raise OpenError(name, "not sealed to a list of recipients")

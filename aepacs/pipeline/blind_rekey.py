@@ -34,7 +34,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from aepacs.crypto.recipients import Recipient, RecipientKey
+from aepacs.crypto.recipients import FORMAT_VERSION as PUBLIC_VERSION
+from aepacs.crypto.recipients import PUBLIC_FORMAT, Recipient, RecipientKey
 from aepacs.crypto.seal import HEAD_BYTES, RecipientList, head_parts, parse_slot, rewrap_to
 from aepacs.errors import AepacsError, InputError, OpenError
 from aepacs.pipeline.archive import Archive
@@ -75,8 +76,8 @@ def read_slot_file(path: Path) -> tuple[dict[str, Any], tuple[Recipient, ...], I
         head = json.loads(lines[0]) if lines else None
         if not isinstance(head, dict) or head.get("format") != FORMAT or head.get("version") != VERSION:
             raise ValueError("not an aepacs slot file of a known version")
-        recipients = tuple(Recipient.from_json(json.dumps({"format": "aepacs-recipient", "version": 1, **r}),
-                                               f"{path}: recipient") for r in head["recipients"])
+        recipients = tuple(Recipient.from_doc({"format": PUBLIC_FORMAT, "version": PUBLIC_VERSION, **r},
+                                              f"{path}: recipient") for r in head["recipients"])
         objects = [json.loads(line) for line in lines[1:] if line.strip()]
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path}: {exc}") from None
