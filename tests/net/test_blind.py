@@ -75,10 +75,17 @@ def _anchors(datasets: list[Dataset]) -> dict[bytes, set[bytes]]:
 
 
 def _runs_in(path: Path, anchors: dict[bytes, set[bytes]], chunk: int = 1 << 23) -> int:
-    """How many of `anchors` occur anywhere in the file at `path` (at any byte offset; read in chunks)."""
+    """How many of `anchors` occur anywhere in the file at `path` (at any byte offset; read in chunks).
+
+    A file of another process that is gone by the time it is opened holds none.
+    """
     prefixes = np.frombuffer(b"".join(anchors), dtype="<u8")
     found = 0
-    with path.open("rb") as f:
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return 0
+    with f:
         tail = b""
         while block := f.read(chunk):
             data = tail + block
@@ -91,9 +98,13 @@ def _runs_in(path: Path, anchors: dict[bytes, set[bytes]], chunk: int = 1 << 23)
 
 
 def test_a_blind_archive_serves_what_it_cannot_read(home: Path, env: dict[str, str], backend: str,
-                                                    tmp_path: Path) -> None:
+                                                    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     local_only(backend, "the scan of the host reads its files (a blind archive on PostgreSQL + S3 seals alike)")
-    started = time.time()
+    started, system_tmp = time.time(), Path(tempfile.gettempdir())
+    private_tmp = tmp_path / "tmp"  # the temporary directory of the server and the commands: scanned whole
+    private_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private_tmp))
     site = Path(os.environ["AEPACS_CONFIG"])
     site.write_text(site.read_text().replace("unregistered: keyring", "unregistered: refuse")
                     + "sealing: recipients-only\nkeyring:\n  path: keys/keyring.json\n")
@@ -183,12 +194,24 @@ def test_a_blind_archive_serves_what_it_cannot_read(home: Path, env: dict[str, s
     anchors = _anchors(sent)
     assert len(anchors) > 100
     scanned = [p for p in home.rglob("*") if p.is_file()] + [tmp_path / "serve.log"]
-    scanned += [p for p in Path(tempfile.gettempdir()).rglob("*")  # (the test's own directory: the readers')
-                if tmp_path not in p.parents and p.is_file() and _newer(p, started)]
+    scanned += [p for p in private_tmp.rglob("*") if p.is_file()]
+    # and the system's, for what ignores TMPDIR; not pytest's directories (other tests' files, the readers')
+    base = tmp_path_factory.getbasetemp()
+    tests_root = next((d for d in (base, *base.parents) if d.name.startswith("pytest-of-")), base)
+    scanned += [p for p in _walk(system_tmp, skip=tests_root) if _newer(p, started)]
     assert len(scanned) > 5
     assert {str(p): n for p in scanned if (n := _runs_in(p, anchors))} == {}
     # (the check finds them where they are: in what reader A decoded)
     assert _runs_in(next((tmp_path / "SITEA").rglob("*.dcm")), anchors) > 0
+
+
+def _walk(top: Path, skip: Path) -> list[Path]:
+    """The files under `top`, not under `skip` (directories that vanish meanwhile are left out)."""
+    found = []
+    for root, dirs, files in os.walk(top):
+        dirs[:] = [d for d in dirs if Path(root, d) != skip]
+        found += [Path(root, f) for f in files]
+    return found
 
 
 def _newer(path: Path, since: float) -> bool:
