@@ -55,7 +55,9 @@ def test_sigterm_shuts_down_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     stop = threading.Event()
     sender = threading.Thread(target=stream, args=(port, generate_uid(), acked, stop, 0))
     sender.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60  # a few acknowledgements, however slow the host (not a fixed time)
+    while len(acked) < 5 and sender.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
     stop.set()
     sender.join(30)
     os.kill(proc.pid, signal.SIGTERM)
