@@ -40,7 +40,7 @@ from aepacs.crypto.seal import HEAD_BYTES, RecipientList, head_parts, parse_slot
 from aepacs.errors import AepacsError, InputError, OpenError
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.batch import Summary
-from aepacs.store.atomic import atomic_write
+from aepacs.store.atomic import atomic_lines
 
 log = logging.getLogger("aepacs.rekey")
 
@@ -66,24 +66,59 @@ def _head(recipients: tuple[Recipient, ...], archive_name: str, **extra: Any) ->
                                       for r in recipients], **extra})
 
 
-def read_slot_file(path: Path) -> tuple[dict[str, Any], tuple[Recipient, ...], Iterator[dict[str, Any]]]:
-    """A slot file's head, the recipients it names (checked) and its object lines."""
+Line = tuple[int, dict[str, Any] | str]  #: an object line: its number, and the object or why it is not one
+
+
+def read_slot_file(path: Path, *, progress: str | None = None
+                   ) -> tuple[dict[str, Any], tuple[Recipient, ...], Iterator[Line]]:
+    """A slot file's head, the recipients it names (checked) and its object lines, read as they are used.
+
+    Only the head is read here; a file of millions of objects is never held in memory. A malformed object
+    line is not an error of the whole file: it comes as its reason, for the caller to count as a failure.
+    `progress`: the label of a progress bar over the file's bytes, or None for none.
+
+    Raises
+    ------
+    InputError
+        The file cannot be read, or its head is not an aepacs slot file's.
+    """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the slot file ({exc})") from None
-    try:
-        head = json.loads(lines[0]) if lines else None
+        with path.open("rb") as f:
+            first = f.readline()
+        try:
+            head = json.loads(first)
+        except ValueError:
+            head = None  # (binary, another format, empty)
         if not isinstance(head, dict) or head.get("format") != FORMAT or head.get("version") != VERSION:
             raise ValueError("not an aepacs slot file of a known version")
         recipients = tuple(Recipient.from_doc({"format": PUBLIC_FORMAT, "version": PUBLIC_VERSION, **r},
                                               f"{path}: recipient") for r in head["recipients"])
-        objects = [json.loads(line) for line in lines[1:] if line.strip()]
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the slot file ({exc.strerror})") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path}: {exc}") from None
     if not recipients:
         raise InputError(f"{path}: names no recipient to wrap to")
-    return head, recipients, iter(objects)
+    return head, recipients, _object_lines(path, progress)
+
+
+def _object_lines(path: Path, progress: str | None) -> Iterator[Line]:
+    with path.open("rb") as f, tqdm(desc=progress, total=path.stat().st_size, unit="B", unit_scale=True,
+                                     disable=progress is None) as bar:
+        for number, raw in enumerate(f, 1):
+            bar.update(len(raw))
+            if number == 1 or not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                yield number, f"line {number} is not JSON"
+                continue
+            yield number, obj if isinstance(obj, dict) else f"line {number} is not an object"
+
+
+def _object_line(obj: dict[str, Any], slot: bytes) -> str:
+    return json.dumps({"uid": obj["uid"], "blob_key": obj["blob_key"], "header": obj["header"], "slot": _b64(slot)})
 
 
 def export_slots(archive: Archive, out: Path, *, progress: bool = True) -> int:
@@ -96,29 +131,32 @@ def export_slots(archive: Archive, out: Path, *, progress: bool = True) -> int:
 
     Raises
     ------
-    SealError
-        No active recipient.
+    AepacsError
+        Not a blind archive, or no active recipient.
     """
     recipients = archive.seal_recipients() if archive.config.blind else ()
     if not recipients:
         raise AepacsError("rekey --export-slots: only a blind archive (sealing: recipients-only) is rekeyed "
                           "through its recipients")
-    lines, after = [_head(recipients, archive.config.server.ae_title)], 0
-    bar = tqdm(desc="export slots", unit="object", disable=not progress)
-    while rows := archive.index.blind_candidates(after_pk=after, limit=_BATCH):
-        for row in rows:
-            header, slot = head_parts(archive.store.read_prefix(row.blob_key, HEAD_BYTES), row.sop_uid)
-            if row.key_slot is not None:
-                slot = bytes(row.key_slot)
-            lines.append(json.dumps({"uid": row.sop_uid, "blob_key": row.blob_key, "header": _b64(header),
-                                     "slot": _b64(slot)}))
-        bar.update(len(rows))
-        after = rows[-1].pk
-    bar.close()
-    atomic_write(out, ("\n".join(lines) + "\n").encode("utf-8"), 0o600)
-    archive.audit.record("key-change", detail=f"rekey: {len(lines) - 1} key slots exported to {out.name} for "
+
+    def lines() -> Iterator[str]:
+        yield _head(recipients, archive.config.server.ae_title)
+        after = 0
+        with tqdm(desc="export slots", unit="object", disable=not progress) as bar:
+            while rows := archive.index.blind_candidates(after_pk=after, limit=_BATCH):
+                for row in rows:
+                    header, slot = head_parts(archive.store.read_prefix(row.blob_key, HEAD_BYTES), row.sop_uid)
+                    if row.key_slot is not None:
+                        slot = bytes(row.key_slot)
+                    yield _object_line({"uid": row.sop_uid, "blob_key": row.blob_key, "header": _b64(header)},
+                                       slot)
+                bar.update(len(rows))
+                after = rows[-1].pk
+
+    listed = atomic_lines(out, lines()) - 1
+    archive.audit.record("key-change", detail=f"rekey: {listed} key slots exported to {out.name} for "
                                               f"re-wrapping to {', '.join(r.name for r in recipients)}")
-    return len(lines) - 1
+    return listed
 
 
 def rewrap_slots(slots: Path, key: RecipientKey, out: Path, *, progress: bool = True) -> tuple[int, list[str]]:
@@ -127,21 +165,26 @@ def rewrap_slots(slots: Path, key: RecipientKey, out: Path, *, progress: bool = 
     Returns
     -------
     (int, list of str)
-        Slots re-wrapped, and one line per object that could not be (not sealed to `key`, tampered).
+        Slots re-wrapped, and one line per object that could not be (not sealed to `key`, tampered, a
+        malformed line).
     """
-    head, recipients, objects = read_slot_file(slots)
-    lines, failed = [_head(recipients, str(head.get("archive", "")), rewrapped_by=key.id)], []
-    for obj in tqdm(list(objects), desc="re-wrap", unit="object", disable=not progress):
-        uid = str(obj.get("uid", "?"))
-        try:
-            new = rewrap_to(_unb64(obj["header"], "header"), _unb64(obj["slot"], "slot"), key, recipients, name=uid)
-        except (KeyError, AepacsError) as exc:
-            failed.append(f"{uid}: {exc}")
-            continue
-        lines.append(json.dumps({"uid": uid, "blob_key": obj["blob_key"], "header": obj["header"],
-                                 "slot": _b64(new)}))
-    atomic_write(out, ("\n".join(lines) + "\n").encode("utf-8"), 0o600)
-    return len(lines) - 1, failed
+    head, recipients, objects = read_slot_file(slots, progress="re-wrap" if progress else None)
+    failed: list[str] = []
+
+    def lines() -> Iterator[str]:
+        yield _head(recipients, str(head.get("archive", "")), rewrapped_by=key.id)
+        for _, obj in objects:
+            if isinstance(obj, str):
+                failed.append(obj)
+                continue
+            uid = str(obj.get("uid", "?"))
+            try:
+                yield _object_line(obj, rewrap_to(_unb64(obj["header"], "header"), _unb64(obj["slot"], "slot"),
+                                                  key, recipients, name=uid))
+            except (KeyError, AepacsError) as exc:
+                failed.append(f"{uid}: {exc}")
+
+    return atomic_lines(out, lines()) - 1, failed
 
 
 def import_slots(archive: Archive, path: Path, *, progress: bool = True) -> Summary:
@@ -150,29 +193,21 @@ def import_slots(archive: Archive, path: Path, *, progress: bool = True) -> Summ
     Returns
     -------
     Summary
-        ``done``: switched; ``skipped``: the object changed or left meanwhile; ``failed``: refused, with why.
+        ``done``: switched; ``skipped``: the object changed or left meanwhile; ``failed``: refused, with why
+        (a malformed line among them).
     """
-    _, recipients, objects = read_slot_file(path)
+    _, recipients, objects = read_slot_file(path, progress="import slots" if progress else None)
     active = {r.id for r in archive.seal_recipients()}
     if {r.id for r in recipients} != active:
         raise InputError(f"{path}: wraps to recipients {sorted(r.id for r in recipients)}, not to this archive's "
                          f"active ones {sorted(active)} (export the slots again)")
     summary = Summary("rekey import-slots")
-    for obj in tqdm(list(objects), desc="import slots", unit="object", disable=not progress):
-        uid = str(obj.get("uid", "?"))
+    for number, obj in objects:
+        uid = f"line {number}" if isinstance(obj, str) else str(obj.get("uid", "?"))
         try:
-            slot, blob_key = _unb64(obj["slot"], "slot"), str(obj["blob_key"])
-            parsed = parse_slot(slot, uid)
-            if not isinstance(parsed, RecipientList) or set(parsed.recipient_ids) != active:
-                raise OpenError(uid, "the new slot is not a recipient list for the archive's active recipients")
-            row = archive.index.get(uid)
-            if row is None or row.blob_key != blob_key or row.kek_version != 0:
-                summary.skipped += 1
-                continue
-            header, _ = head_parts(archive.store.read_prefix(blob_key, HEAD_BYTES), uid)
-            if header != _unb64(obj["header"], "header"):
-                raise OpenError(uid, "the new slot was made for another header than the object's")
-            if archive.index.swap_slots([(uid, blob_key, 0, slot, 0)]):
+            if isinstance(obj, str):
+                raise InputError(obj)
+            if _install(archive, obj, uid, active):
                 summary.done += 1
             else:
                 summary.skipped += 1
@@ -182,6 +217,27 @@ def import_slots(archive: Archive, path: Path, *, progress: bool = True) -> Summ
     archive.audit.record("key-change", detail=f"rekey: {summary.done} key slots re-wrapped by a recipient "
                                               f"installed from {path.name}, {len(summary.failures)} refused")
     return summary
+
+
+def _install(archive: Archive, obj: dict[str, Any], uid: str, active: set[str]) -> bool:
+    """Switch one object's key slot to the re-wrapped one; False when the object changed or left meanwhile.
+
+    Raises
+    ------
+    AepacsError
+        The new slot is refused: not a list for exactly the `active` recipients, or made for another header.
+    """
+    slot, blob_key = _unb64(obj["slot"], "slot"), str(obj["blob_key"])
+    parsed = parse_slot(slot, uid)
+    if not isinstance(parsed, RecipientList) or set(parsed.recipient_ids) != active:
+        raise OpenError(uid, "the new slot is not a recipient list for the archive's active recipients")
+    row = archive.index.get(uid)
+    if row is None or row.blob_key != blob_key or row.kek_version != 0:
+        return False
+    header, _ = head_parts(archive.store.read_prefix(blob_key, HEAD_BYTES), uid)
+    if header != _unb64(obj["header"], "header"):
+        raise OpenError(uid, "the new slot was made for another header than the object's")
+    return bool(archive.index.swap_slots([(uid, blob_key, 0, slot, 0)]))
 
 
 __all__ = ["export_slots", "rewrap_slots", "import_slots", "read_slot_file"]

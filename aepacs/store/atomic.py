@@ -18,6 +18,7 @@ import os
 import secrets
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from aepacs.errors import StoreError, StoreFullError
@@ -168,6 +169,48 @@ def atomic_write(path: Path, data: bytes | bytearray, mode: int = 0o600, *, repl
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreFullError(f"{path.parent}: disk full, nothing written") from None
         raise StoreError(f"{path}: write failed ({exc.strerror})") from None
+
+
+def atomic_lines(path: Path, lines: Iterable[str], mode: int = 0o600) -> int:
+    """Write `lines` (each followed by a newline, UTF-8) to `path` atomically and durably, as they come.
+
+    For files too large to hold in memory (a slot file of millions of objects): the lines go to a
+    temporary file beside `path`, which replaces `path` only once the last one is written and synced.
+    An exception raised while `lines` is consumed leaves `path` as it was and no temporary file.
+
+    Returns
+    -------
+    int
+        Lines written.
+
+    Raises
+    ------
+    StoreFullError
+        The disk is full; nothing is left behind.
+    StoreError
+        Any other I/O failure; nothing is left behind.
+    """
+    tmp, count = temp_name(path.parent), 0
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line + "\n")
+                count += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(f"{path.parent}: disk full, nothing written") from None
+        raise StoreError(f"{path}: write failed ({exc.strerror})") from None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return count
 
 
 def pid_alive(pid: int) -> bool:

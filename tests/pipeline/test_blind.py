@@ -3,6 +3,7 @@ KEK rekey leaves those objects be, and the tamper and swap checks of the foundat
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ import pytest
 from aepacs.config import load_config
 from aepacs.crypto.recipients import RecipientKey
 from aepacs.crypto.seal import read_header
-from aepacs.errors import OpenError, RecipientRefused, SealError
+from aepacs.errors import InputError, OpenError, RecipientRefused, SealError
 from aepacs.pipeline.archive import Archive
+from aepacs.pipeline.blind_rekey import export_slots, import_slots, rewrap_slots
 from aepacs.pipeline.ingest import ingest
 from aepacs.pipeline.rekey import rekey
 from aepacs.pipeline.retrieve import fetch, open_bytes, sealed_for
@@ -82,3 +84,44 @@ def _sha(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_slot_files_stream_and_a_bad_line_fails_alone(home: Path, tmp_path: Path) -> None:
+    """export → a recipient's re-wrap → import, on a slot file damaged on the way: each bad line is one
+    failure, named; the rest is re-wrapped and installed, and the new recipient opens it."""
+    config = load_config(overrides=BLIND)
+    a, c = RecipientKey.generate("site-a"), RecipientKey.generate("site-c")
+    with Archive(config) as archive:
+        rows = RecipientRows(archive.index)
+        rows.add(a.name, a.id, a.public.public_key)
+        for path in CT[:3]:
+            ingest(archive, path.read_bytes())
+        rows.add(c.name, c.id, c.public.public_key)  # C joins after the ingest: no slot of these for it yet
+        exported, rewrapped = tmp_path / "slots.jsonl", tmp_path / "rewrapped.jsonl"
+        assert export_slots(archive, exported, progress=False) == 3
+        assert exported.stat().st_mode & 0o777 == 0o600
+        head, *objects = exported.read_text().splitlines()
+        damaged = json.loads(objects[2])
+        damaged["slot"] = damaged["slot"][:-8] + ("A" * 8 if damaged["slot"][-8:] != "A" * 8 else "B" * 8)
+        exported.write_text("\n".join([head, objects[0], "{not json", objects[1], json.dumps(damaged)]) + "\n")
+
+        done, failed = rewrap_slots(exported, a, rewrapped, progress=False)
+        assert done == 2 and len(failed) == 2
+        assert failed[0] == "line 3 is not JSON" and failed[1].startswith(f"{damaged['uid']}: ")
+        with rewrapped.open("a") as f:  # and one more line that is JSON but no object
+            f.write("[1, 2]\n")
+        summary = import_slots(archive, rewrapped, progress=False)
+        assert (summary.done, summary.skipped, summary.failed) == (2, 0, 1)
+        assert summary.failures == [("line 4", "line 4 is not an object")]
+        for line in objects[:2]:
+            row = archive.index.get(json.loads(line)["uid"])
+            _, blob = sealed_for(archive, row, c.public)
+            assert open_bytes(blob, c, expect_uid=row.sop_uid)[1] in {p.read_bytes() for p in CT[:3]}
+        with pytest.raises(RecipientRefused, match=f"not sealed to recipient {c.id}"):
+            sealed_for(archive, archive.index.get(damaged["uid"]), c.public)  # its slot was left as it was
+
+    exported.write_text("garbage\n")  # a file that is no slot file: refused whole, nothing written
+    rewrapped.unlink()
+    with pytest.raises(InputError, match=f"{exported}: .*not an aepacs slot file"):
+        rewrap_slots(exported, a, rewrapped, progress=False)
+    assert not rewrapped.exists()
