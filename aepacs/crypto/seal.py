@@ -284,9 +284,11 @@ def _wrap_to(dek: bytes, recipients: Sequence[Recipient], aad: bytes) -> bytes:
     return RecipientList(tuple(_hpke_slot(dek, r, aad) for r in unique.values())).pack()
 
 
-def read_header(blob: Readable, name: str = "object", expect_uid: str | None = None) -> SealedHeader:
+def read_header(blob: Readable, name: str = "object", expect_uid: str | None = None, *,
+                total: int | None = None) -> SealedHeader:
     """Parse and check the clear header of a sealed object (no key needed); with `expect_uid`, check it is
-    that object's (a swapped blob is refused).
+    that object's (a swapped blob is refused). `blob` may be the object's first bytes through its key slot
+    (:data:`HEAD_BYTES` hold any object's) when `total` gives the whole object's length, checked instead.
 
     Raises
     ------
@@ -321,8 +323,8 @@ def read_header(blob: Readable, name: str = "object", expect_uid: str | None = N
         nonce=bytes(values[F_NONCE]),
         payload_length=struct.unpack(">Q", values[F_PAYLOAD_LEN])[0],
         slot=slot, aad=bytes(blob[:end]), **text)
-    if len(blob) != header.total_length:
-        raise OpenError(name, f"length {len(blob)} does not match its header ({header.total_length})")
+    if (total or len(blob)) != header.total_length:
+        raise OpenError(name, f"length {total or len(blob)} does not match its header ({header.total_length})")
     if expect_uid is not None and header.object_uid != expect_uid:
         raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
     return header

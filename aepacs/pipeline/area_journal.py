@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from aepacs.crypto.seal import read_header
+from aepacs.crypto.seal import HEAD_BYTES, read_header
 from aepacs.errors import AepacsError, StoreError
 from aepacs.pipeline.archive import Archive
 from aepacs.store.attachments import Attachments
@@ -173,7 +173,8 @@ class PendingFiles:
             for kind, _, where in records(segment):
                 if kind == BLOB:
                     assert isinstance(where, Entry)
-                    files[read_header(self.journal.read(where), str(segment)).object_uid] = where
+                    head = self.journal.read(where, HEAD_BYTES)  # the whole blob is read once, by _index
+                    files[read_header(head, str(segment), total=where.length).object_uid] = where
                 else:
                     assert isinstance(where, str)
                     files.pop(where, None)

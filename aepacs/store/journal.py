@@ -179,8 +179,8 @@ class Journal:
             self._replace_segment()
             return old
 
-    def read(self, entry: Entry) -> bytes:
-        """The sealed blob at `entry`.
+    def read(self, entry: Entry, limit: int | None = None) -> bytes:
+        """The sealed blob at `entry` (its first `limit` bytes, where given).
 
         Raises
         ------
@@ -192,12 +192,13 @@ class Journal:
         except OSError:
             raise StoreError(f"{entry.segment}: no longer holds the blob at {entry.offset}") from None
         try:
-            data = os.pread(fd, entry.length, entry.offset)
+            length = entry.length if limit is None else min(limit, entry.length)
+            data = os.pread(fd, length, entry.offset)
         except OSError as exc:
             raise StoreError(f"{entry.segment}: cannot read ({exc.strerror})") from None
         finally:
             os.close(fd)
-        if len(data) != entry.length:
+        if len(data) != length:
             raise StoreError(f"{entry.segment}: short read at {entry.offset}")
         return data
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from aepacs.crypto.keyring import Keyring
-from aepacs.crypto.seal import SLOT_BYTES, open_sealed, read_header, rewrap, seal
+from aepacs.crypto.seal import HEAD_BYTES, SLOT_BYTES, open_sealed, read_header, rewrap, seal
 from aepacs.errors import OpenError
 from tests.conftest import every_byte_flipped
 
@@ -45,6 +45,17 @@ def test_truncated_and_extended_blobs_fail(keyring: Keyring) -> None:
     for bad in (blob[:-1], blob[:20], blob + b"\0", b"", b"AEPX"):
         with pytest.raises(OpenError):
             open_sealed(bad, keyring, name="x")
+
+
+def test_a_header_read_from_the_first_bytes_checks_the_whole_length(keyring: Keyring) -> None:
+    blob = make(keyring, bytes(3 * HEAD_BYTES))
+    head = blob[:HEAD_BYTES]
+    assert read_header(head, total=len(blob)) == read_header(blob)
+    for wrong in (None, len(blob) - 1, len(blob) + 1):  # the prefix alone, or a torn or padded object
+        with pytest.raises(OpenError, match="does not match its header"):
+            read_header(head, "x", total=wrong)
+    with pytest.raises(OpenError):
+        read_header(blob[:40], "x", total=len(blob))  # ends inside the header
 
 
 def test_blob_of_another_object_is_refused(keyring: Keyring) -> None:
