@@ -56,10 +56,14 @@ def _retire(config: Config, ring: Keyring, version: int | None, yes: bool = Fals
     """``keys retire VERSION --yes``: destroy a key once nothing in the archive is wrapped under it."""
     if version is None:
         raise AepacsError("keys retire needs the VERSION to retire")
-    in_index, spooled = still_wrapped(config, version)
-    if in_index or spooled:
-        raise AepacsError(f"key version {version} still opens {in_index} archived objects and {spooled} "
-                          f"spooled ones; run 'aepacs rekey' first (nothing was changed)")
+    wrapped = still_wrapped(config, version)
+    if wrapped.journaled:
+        raise AepacsError(f"key version {version} still opens {wrapped.journaled} files in Orthanc's storage area "
+                          f"journal ({config.journal_path}), not yet moved into the archive: start Orthanc (or let "
+                          f"it finish storing), which moves them, then run 'aepacs rekey' (nothing was changed)")
+    if wrapped:
+        raise AepacsError(f"key version {version} still opens {wrapped.archived} archived objects and "
+                          f"{wrapped.spooled} spooled ones; run 'aepacs rekey' first (nothing was changed)")
     if not yes:
         print(f"aepacs: nothing in the archive needs key version {version} any more, but retiring destroys it. "
               + STRANDED.format(v=version) + f" Run 'aepacs keys retire {version} --yes' to destroy it "

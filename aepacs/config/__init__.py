@@ -203,6 +203,12 @@ class Config:
         return self.resolve(self.ingest.spool_path)
 
     @property
+    def journal_path(self) -> Path:
+        """The journal of a storage area under another program (the Orthanc plugin's): files not yet moved
+        into the blob store and the index (:mod:`aepacs.pipeline.area_journal`)."""
+        return self.data_dir / "orthanc-journal"
+
+    @property
     def models_path(self) -> Path:
         return self.resolve(self.models.path)
 

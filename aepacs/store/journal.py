@@ -180,27 +180,8 @@ class Journal:
             return old
 
     def read(self, entry: Entry, limit: int | None = None) -> bytes:
-        """The sealed blob at `entry` (its first `limit` bytes, where given).
-
-        Raises
-        ------
-        StoreError
-            Its segment was dropped (the blob was moved meanwhile) or is unreadable.
-        """
-        try:  # opened for each read: a segment dropped meanwhile is simply gone
-            fd = os.open(entry.segment, os.O_RDONLY)
-        except OSError:
-            raise StoreError(f"{entry.segment}: no longer holds the blob at {entry.offset}") from None
-        try:
-            length = entry.length if limit is None else min(limit, entry.length)
-            data = os.pread(fd, length, entry.offset)
-        except OSError as exc:
-            raise StoreError(f"{entry.segment}: cannot read ({exc.strerror})") from None
-        finally:
-            os.close(fd)
-        if len(data) != length:
-            raise StoreError(f"{entry.segment}: short read at {entry.offset}")
-        return data
+        """The sealed blob at `entry` (:func:`read_entry`)."""
+        return read_entry(entry, limit)
 
     def drop(self, segment: Path) -> None:
         """Remove a rotated segment whose blobs were all moved."""
@@ -210,6 +191,30 @@ class Journal:
         """Close the current segment (the segments stay for a replay)."""
         with self._lock:
             os.close(self._fd)
+
+
+def read_entry(entry: Entry, limit: int | None = None) -> bytes:
+    """The sealed blob at `entry` (its first `limit` bytes, where given).
+
+    Raises
+    ------
+    StoreError
+        Its segment was dropped (the blob was moved meanwhile) or is unreadable.
+    """
+    try:  # opened for each read: a segment dropped meanwhile is simply gone
+        fd = os.open(entry.segment, os.O_RDONLY)
+    except OSError:
+        raise StoreError(f"{entry.segment}: no longer holds the blob at {entry.offset}") from None
+    try:
+        length = entry.length if limit is None else min(limit, entry.length)
+        data = os.pread(fd, length, entry.offset)
+    except OSError as exc:
+        raise StoreError(f"{entry.segment}: cannot read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) != length:
+        raise StoreError(f"{entry.segment}: short read at {entry.offset}")
+    return data
 
 
 def records(segment: Path) -> Iterator[tuple[int, int, Entry | str]]:
@@ -248,4 +253,4 @@ def orphaned_segments(directory: Path, own_token: str) -> list[Path]:
     return [path for _, _, path in sorted(found)]
 
 
-__all__ = ["BLOB", "TOMBSTONE", "Entry", "Journal", "orphaned_segments", "records"]
+__all__ = ["BLOB", "TOMBSTONE", "Entry", "Journal", "orphaned_segments", "read_entry", "records"]

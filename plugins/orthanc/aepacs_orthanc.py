@@ -209,7 +209,7 @@ class SealedStorage:
         # moved into the blob store and the index behind Orthanc; what a killed Orthanc left is moved first
         ahead = SETTINGS.get("ReadAhead")  # a coded series decoded ahead of Orthanc's reads, on every core
         self.area = StorageArea(Archive(CONFIG, KEYRING), legacy=Path(legacy) if legacy else None, sync=False,
-                                journal=CONFIG.data_dir / "orthanc-journal",
+                                journal=CONFIG.journal_path,
                                 read_ahead=int(os.cpu_count() or 1) if ahead is None else int(ahead))
         replayed = self.area.replay()
         if replayed:

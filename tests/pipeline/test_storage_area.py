@@ -29,7 +29,7 @@ from aepacs.pipeline.rekey import rekey
 from aepacs.pipeline.storage_area import DICOM, FILE, KEPT, ZSTD_FILE, StorageArea, attachment_uid
 from aepacs.store.blobs import BlobStore
 from aepacs.store.schema import attachments
-from tests.conftest import BACKENDS, ct_files, tamper
+from tests.conftest import BACKENDS, ct_files, run_cli, tamper
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.parametrize("backend", BACKENDS, indirect=True)]
@@ -161,9 +161,9 @@ def test_a_journal_takes_files_at_once_and_moves_them_behind(archive: Archive, t
     assert list((tmp_path / "journal").iterdir()) == []  # a clean stop leaves no journal
 
 
-def test_a_killed_writers_journal_is_replayed(archive: Archive, tmp_path: Path) -> None:
-    journal, datas = tmp_path / "journal", [f.read_bytes() for f in ct_files()[:3]]
-    ids = [_id() for _ in datas]
+def _killed_writer(journal: Path, ids: list[str], files: list[Path]) -> None:
+    """A process that stores `files` as `ids` through a journal, removes the first, and is SIGKILLed before
+    its mover ran: everything is left in the journal."""
     code = f"""
 import os, signal, sys
 from pathlib import Path
@@ -171,7 +171,7 @@ from aepacs.config import load_config
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.storage_area import StorageArea
 area = StorageArea(Archive(load_config()), sync=False, journal=Path({str(journal)!r}))
-for uuid, path in zip({ids!r}, {[str(f) for f in ct_files()[:3]]!r}):
+for uuid, path in zip({ids!r}, {[str(f) for f in files]!r}):
     area.create(uuid, 1, Path(path).read_bytes())
 area.remove({ids[0]!r}, 1)
 area.flush()
@@ -179,6 +179,12 @@ os.kill(os.getpid(), signal.SIGKILL)  # before its mover ran: everything is stil
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_a_killed_writers_journal_is_replayed(archive: Archive, tmp_path: Path) -> None:
+    journal, datas = tmp_path / "journal", [f.read_bytes() for f in ct_files()[:3]]
+    ids = [_id() for _ in datas]
+    _killed_writer(journal, ids, ct_files()[:3])
     assert area_rows(archive) == 0 and len(list(journal.iterdir())) == 1
     area = StorageArea(archive, sync=False, journal=journal)
     assert area.replay() == 2  # the third was removed before the kill: its tombstone holds
@@ -188,6 +194,28 @@ os.kill(os.getpid(), signal.SIGKILL)  # before its mover ran: everything is stil
     assert area_rows(archive) == 2 and area.replay() == 0
     assert [p.name for p in journal.iterdir()] == [area.pending.journal.segment.name]  # replayed, dropped
     area.close()
+
+
+def test_a_key_is_not_retired_while_a_killed_writers_journal_needs_it(archive: Archive, env: dict[str, str]) -> None:
+    """What a killed Orthanc left in its journal (sealed under the old KEK) keeps ``keys retire`` from
+    destroying that key until Orthanc's next start moved it and a rekey re-sealed it."""
+    journal, files = archive.config.journal_path, ct_files()[:3]
+    ids = [_id() for _ in files]
+    _killed_writer(journal, ids, files)
+    assert run_cli("keys", "rotate", env=env).returncode == 0
+    refused = run_cli("keys", "retire", "1", "--yes", env=env)
+    assert refused.returncode != 0 and f"still opens 2 files in Orthanc's storage area journal ({journal})" \
+        in refused.stderr, refused.stderr
+    assert 1 in Keyring.load(archive.config.keyring_path).versions  # nothing was changed
+    area = StorageArea(Archive(archive.config), sync=False, journal=journal)  # Orthanc's next start
+    assert area.replay() == 2
+    area.close()
+    assert "still opens 2 archived objects" in run_cli("keys", "retire", "1", "--yes", env=env).stderr
+    assert run_cli("rekey", "--quiet", env=env).returncode == 0
+    assert run_cli("keys", "retire", "1", "--yes", env=env).returncode == 0
+    with Archive(archive.config) as after:
+        area = StorageArea(after)
+        assert [area.read(u, DICOM) for u in ids[1:]] == [f.read_bytes() for f in files[1:]]
 
 
 def area_rows(archive: Archive) -> int:
