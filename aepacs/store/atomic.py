@@ -18,7 +18,7 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from aepacs.errors import StoreError, StoreFullError
@@ -143,8 +143,7 @@ def atomic_write(path: Path, data: bytes | bytearray, mode: int = 0o600, *, repl
     StoreError
         Any other I/O failure; nothing is left behind.
     """
-    tmp = temp_name(tmp_dir or path.parent)
-    try:
+    with _replacing(path, tmp_dir) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             if owner is not None:
@@ -163,12 +162,6 @@ def atomic_write(path: Path, data: bytes | bytearray, mode: int = 0o600, *, repl
         os.replace(tmp, path)
         if sync:
             fsync_dir(path.parent)
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreFullError(f"{path.parent}: disk full, nothing written") from None
-        raise StoreError(f"{path}: write failed ({exc.strerror})") from None
 
 
 def atomic_lines(path: Path, lines: Iterable[str], mode: int = 0o600) -> int:
@@ -190,8 +183,8 @@ def atomic_lines(path: Path, lines: Iterable[str], mode: int = 0o600) -> int:
     StoreError
         Any other I/O failure; nothing is left behind.
     """
-    tmp, count = temp_name(path.parent), 0
-    try:
+    count = 0
+    with _replacing(path) as tmp:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8") as f:
             for line in lines:
                 f.write(line + "\n")
@@ -200,17 +193,27 @@ def atomic_lines(path: Path, lines: Iterable[str], mode: int = 0o600) -> int:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreFullError(f"{path.parent}: disk full, nothing written") from None
-        raise StoreError(f"{path}: write failed ({exc.strerror})") from None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
     return count
+
+
+@contextlib.contextmanager
+def _replacing(path: Path, tmp_dir: Path | None = None) -> Iterator[Path]:
+    """A fresh temporary path to write `path`'s new content to (in `tmp_dir`, default `path`'s directory).
+
+    Whatever fails in the block removes it; an OS error becomes :class:`StoreFullError` (disk full) or
+    :class:`StoreError`, naming `path`.
+    """
+    tmp = temp_name(tmp_dir or path.parent)
+    try:
+        yield tmp
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFullError(f"{path.parent}: disk full, nothing written") from None
+            raise StoreError(f"{path}: write failed ({exc.strerror})") from None
+        raise
 
 
 def pid_alive(pid: int) -> bool:
