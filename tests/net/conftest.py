@@ -98,8 +98,9 @@ class Running:
         self.aet = config.server.ae_title
         self.archive = server.archive
 
-    def wait_archived(self, timeout: float = 120) -> None:
-        """Wait until every acknowledged instance has left the spool for the archive."""
+    def wait_archived(self, timeout: float = 600) -> None:
+        """Wait until every acknowledged instance has left the spool for the archive (`timeout`: a bound
+        for a stuck worker, not a speed target: 800 CT slices on a loaded 2-core host took over 120 s)."""
         assert self.server.worker.wait_idle(timeout), "spool not drained in time"
         assert self.server.spool.entries() == []
 
