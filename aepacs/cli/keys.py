@@ -61,7 +61,7 @@ def _retire(config: Config, ring: Keyring, version: int | None, yes: bool = Fals
         raise AepacsError(f"key version {version} still opens {wrapped.journaled} files in Orthanc's storage area "
                           f"journal ({config.journal_path}), not yet moved into the archive: start Orthanc (or let "
                           f"it finish storing), which moves them, then run 'aepacs rekey' (nothing was changed)")
-    if wrapped:
+    if any(wrapped):
         raise AepacsError(f"key version {version} still opens {wrapped.archived} archived objects and "
                           f"{wrapped.spooled} spooled ones; run 'aepacs rekey' first (nothing was changed)")
     if not yes:

@@ -323,8 +323,9 @@ def read_header(blob: Readable, name: str = "object", expect_uid: str | None = N
         nonce=bytes(values[F_NONCE]),
         payload_length=struct.unpack(">Q", values[F_PAYLOAD_LEN])[0],
         slot=slot, aad=bytes(blob[:end]), **text)
-    if (total or len(blob)) != header.total_length:
-        raise OpenError(name, f"length {total or len(blob)} does not match its header ({header.total_length})")
+    size = len(blob) if total is None else total
+    if size != header.total_length:
+        raise OpenError(name, f"length {size} does not match its header ({header.total_length})")
     if expect_uid is not None and header.object_uid != expect_uid:
         raise OpenError(name, f"blob belongs to object {header.object_uid}, not {expect_uid}")
     return header

@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from aepacs.crypto.seal import HEAD_BYTES, read_header
+from aepacs.crypto.seal import HEAD_BYTES, SealedHeader, read_header
 from aepacs.errors import AepacsError, StoreError
 from aepacs.pipeline.archive import Archive
 from aepacs.store.attachments import Attachments
 from aepacs.store.index import BlobRef
-from aepacs.store.journal import BLOB, Entry, Journal, orphaned_segments, records
+from aepacs.store.journal import BLOB, Entry, Journal, orphaned_segments, read_entry, records
 
 log = logging.getLogger("aepacs.storage_area")
 
@@ -168,17 +168,8 @@ class PendingFiles:
         """Move what dead processes left in the journal directory (before serving); how many files."""
         moved = 0
         for segment in orphaned_segments(self.journal.directory, self.journal.token):
-            files: dict[str, Entry] = {}
-            gone: list[str] = []
-            for kind, _, where in records(segment):
-                if kind == BLOB:
-                    assert isinstance(where, Entry)
-                    head = self.journal.read(where, HEAD_BYTES)  # the whole blob is read once, by _index
-                    files[read_header(head, str(segment), total=where.length).object_uid] = where
-                else:
-                    assert isinstance(where, str)
-                    files.pop(where, None)
-                    gone.append(where)
+            live, gone = segment_files(segment)
+            files = {uid: entry for uid, (entry, _) in live.items()}
             self._index(files)
             for uid in gone:
                 if self.rows.get(uid) is not None:  # moved before its removal was: remove it now
@@ -202,4 +193,30 @@ class PendingFiles:
             self.journal.segment.unlink(missing_ok=True)
 
 
-__all__ = ["PendingFiles"]
+def segment_files(segment: Path) -> tuple[dict[str, tuple[Entry, SealedHeader]], list[str]]:
+    """What a journal segment holds once its tombstones are applied: object UID -> where its blob is and
+    its clear header (the blob's first bytes read alone: the whole blob is read once, when moved), and the
+    UIDs its tombstones remove.
+
+    Raises
+    ------
+    OpenError
+        A blob's header is malformed or does not match its record's length.
+    StoreError
+        The segment cannot be read.
+    """
+    files: dict[str, tuple[Entry, SealedHeader]] = {}
+    gone: list[str] = []
+    for kind, _, where in records(segment):
+        if kind == BLOB:
+            assert isinstance(where, Entry)
+            header = read_header(read_entry(where, HEAD_BYTES), str(segment), total=where.length)
+            files[header.object_uid] = (where, header)
+        else:
+            assert isinstance(where, str)
+            files.pop(where, None)
+            gone.append(where)
+    return files, gone
+
+
+__all__ = ["PendingFiles", "segment_files"]

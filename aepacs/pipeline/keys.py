@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from aepacs.config import Config
-from aepacs.crypto.seal import HEAD_BYTES, read_header
+from aepacs.crypto.seal import read_header
 from aepacs.errors import AepacsError
+from aepacs.pipeline.area_journal import segment_files
 from aepacs.store.index import Index
-from aepacs.store.journal import BLOB, SUFFIX, Entry, read_entry, records
+from aepacs.store.journal import SUFFIX
 
 
 class Wrapped(NamedTuple):
@@ -18,9 +19,6 @@ class Wrapped(NamedTuple):
     archived: int  #: in the index (instances and storage-area files)
     spooled: int  #: acknowledged by ``aepacs serve``, not yet archived
     journaled: int  #: stored by Orthanc through the storage area, not yet moved out of its journal
-
-    def __bool__(self) -> bool:
-        return any(self)
 
 
 def still_wrapped(config: Config, version: int) -> Wrapped:
@@ -50,19 +48,13 @@ def still_wrapped(config: Config, version: int) -> Wrapped:
 
 
 def _journaled(directory: Path, version: int) -> int:
-    """Files in the journal segments under `directory` sealed under `version` and not removed after (a
-    tombstone), as a replay would move them (each header read alone)."""
+    """Files in the journal segments under `directory` sealed under `version`, as a replay would move them
+    (:func:`~aepacs.pipeline.area_journal.segment_files`: tombstones applied, each header read alone)."""
     found = 0
     for segment in sorted(directory.glob(f"seg-*{SUFFIX}")) if directory.is_dir() else []:
-        versions: dict[str, int] = {}  # object UID -> the KEK version of its last blob in the segment
         try:
-            for kind, _, where in records(segment):
-                if kind == BLOB and isinstance(where, Entry):
-                    header = read_header(read_entry(where, HEAD_BYTES), str(segment), total=where.length)
-                    versions[header.object_uid] = header.kek_version
-                else:
-                    versions.pop(str(where), None)
+            files, _ = segment_files(segment)
         except (OSError, AepacsError):
             continue
-        found += sum(v == version for v in versions.values())
+        found += sum(header.kek_version == version for _, header in files.values())
     return found

@@ -179,9 +179,9 @@ class Journal:
             self._replace_segment()
             return old
 
-    def read(self, entry: Entry, limit: int | None = None) -> bytes:
+    def read(self, entry: Entry) -> bytes:
         """The sealed blob at `entry` (:func:`read_entry`)."""
-        return read_entry(entry, limit)
+        return read_entry(entry)
 
     def drop(self, segment: Path) -> None:
         """Remove a rotated segment whose blobs were all moved."""
