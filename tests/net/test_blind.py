@@ -58,7 +58,7 @@ def _find(port: int, study: str) -> int:
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=60)
+    proc.wait(timeout=300)  # a bound beyond the server's own stop (30 s for associations, 60 s of draining)
 
 
 def _anchors(datasets: list[Dataset]) -> dict[bytes, set[bytes]]:
