@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -215,10 +216,13 @@ def _walk(top: Path, skip: Path) -> list[Path]:
 
 
 def _newer(path: Path, since: float) -> bool:
+    """Whether `path` is a regular file written since `since` (not a socket, pipe or link: another program's,
+    such as a browser's SingletonSocket, which cannot be read as a file)."""
     try:
-        return path.stat().st_mtime >= since and path.stat().st_size < 64 << 20
+        st = path.lstat()
     except OSError:
         return False
+    return stat.S_ISREG(st.st_mode) and st.st_mtime >= since and st.st_size < 64 << 20
 
 
 def test_a_blind_archive_refuses_what_it_cannot_do(home: Path, tmp_path: Path) -> None:
