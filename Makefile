@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/aepacs models verify  # the shipped models' hashes, and their codecs' numba loops compiled and cached
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,12 +12,14 @@ import importlib.util
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
-from aepacs.cli.common import audit
+from aepacs.cli.common import audit, count
 from aepacs.config import Config
 from aepacs.errors import AepacsError, ConfigError
 from aepacs.models.registry import Registry, config_registry
+from aepacs.pipeline.codecs import warm_up
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -97,6 +99,8 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
             print(f"{name + '@' + str(version):16} {manifest.get('arch', '?'):10} "
                   f"{','.join(manifest.get('modality', [])):10} {cur:7} {path}")
         return 0
+    if args.models_command == "verify" and not args.ref:
+        return _verify_all(config)
     if not args.ref:
         raise AepacsError(f"models {args.models_command}: name the model (NAME or NAME@VERSION)")
     if args.models_command == "verify":
@@ -110,6 +114,26 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
         model = registry.verify(args.ref)
         print(json.dumps(model.manifest, indent=2, sort_keys=True))
     return 0
+
+
+def _verify_all(config: Config) -> int:
+    """Every model's files against their hashes, then every learned route's codec once there and back.
+
+    The run compiles the codecs' numba loops into their cache: after an
+    install, it spares the first instances archived a minute of compiling.
+    """
+    registry = config_registry(config)
+    for name, version, _ in registry.entries():
+        model = registry.verify(f"{name}@{version}")
+        print(f"{model.ref}: {len(model.manifest['files'])} files match their SHA-256")
+    started = time.perf_counter()
+    failed = warm_up(config)
+    for line in failed:
+        print(line, file=sys.stderr)
+    routes = sorted({r.name for r in config.routes.values() if r.model})
+    print(f"{count(len(routes) - len(failed), 'learned route')} of {len(routes)} coded a test frame there and back "
+          f"({time.perf_counter() - started:.1f} s, numba's compiled loops cached)")
+    return 1 if failed else 0
 
 
 def cmd_eval(args: argparse.Namespace, config: Config) -> int:

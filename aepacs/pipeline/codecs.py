@@ -82,21 +82,32 @@ def check_routes(config: Config) -> None:
         raise ConfigError("; ".join(problems) + " ('aepacs models list' shows the models there are)")
 
 
-def warm_up(config: Config) -> None:
-    """Run every learned route's codec once on a small frame, so the first instance does not wait.
+def warm_up(config: Config) -> list[str]:
+    """Run every learned route's codec once on a small frame, there and back, so the first instance does not wait.
 
     The first use of a codec in a process loads its model (hash-checked) and
-    numba's compiled code: half a second that would otherwise fall on the
-    first instance received. A route whose model cannot be loaded is left for
-    ingest to report.
+    numba's compiled code: half a second with a warm cache, a minute or more
+    on a fresh install, where this fills the cache. A route whose model cannot
+    be loaded, or whose frame does not decode to what its encoder rebuilt, is
+    logged and named in the result, and left for ingest to report.
+
+    Returns
+    -------
+    list of str
+        The routes that failed, each with its reason (empty when all ran).
     """
     registry = config_registry(config)
-    for r in {r for r in config.routes.values() if r.model}:
+    failed = []
+    for r in sorted({r for r in config.routes.values() if r.model}, key=lambda r: r.name):
         try:
             codec = learned_codec(r, registry)
             frame = np.zeros((1, 64, 64, codec.channels), np.int16)
             frame[0, 16:48, 16:48] = 100
-            _, recon = codec.encode_reconstruct(frame)
+            data, recon = codec.encode_reconstruct(frame)
             psnr(frame, recon), ssim(frame, recon)
+            if not np.array_equal(codec.decode(data), recon):
+                raise CodecError(f"{r.model}: a test frame does not decode to what its encoder rebuilt")
         except AepacsError as exc:
             log.warning("route %s: %s", r.name, exc)
+            failed.append(f"route {r.name}: {exc}")
+    return failed
