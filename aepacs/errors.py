@@ -7,9 +7,27 @@ Messages never contain key material or pixel data.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AepacsError(Exception):
-    """Base class of all deliberate aepacs errors."""
+    """Base class of all deliberate aepacs errors.
+
+    Every subclass pickles as it is, whatever its ``__init__`` takes: worker
+    processes send their errors back pickled, and one that cannot be rebuilt
+    breaks the whole pool (a tampered spool entry once did, on every try).
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[AepacsError], args: tuple[Any, ...], state: dict[str, Any]) -> AepacsError:
+    """An unpickled error: its message and attributes as raised, without calling its ``__init__``."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(AepacsError):

@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aepacs.config import Config
-from aepacs.errors import InputError
+from aepacs.errors import InputError, KeyringError, OpenError
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.codecs import warm_up
 from aepacs.pipeline.ingest import IngestResult, ingest
@@ -101,6 +101,25 @@ def archive_entry(archive: Archive, path: Path, failed_dir: Path) -> IngestResul
     return result
 
 
+RETRY_AFTER_S = 30.0  #: the wait before an entry that failed is tried again
+RETRY_AT_MOST_S = 3600.0  #: the longest wait, for an entry that fails the same way until someone acts
+
+
+def retry_delay(exc: BaseException, failures: int) -> float:
+    """Seconds before a spool entry whose archiving failed `failures` times in a row is tried again.
+
+    A full store, a busy index or a worker's own fault pass: such an entry is
+    tried again every 30 s. One that cannot be opened (tampered on disk, or
+    sealed under a key the keyring no longer holds) fails the same way until an
+    operator acts: its waits double up to an hour, so that the log names it once
+    an hour rather than every 30 s. It stays in the spool (and in its depth)
+    throughout, and is archived at its next try once the key is back.
+    """
+    if not isinstance(exc, (OpenError, KeyringError)):
+        return RETRY_AFTER_S
+    return min(RETRY_AFTER_S * 2.0 ** min(max(failures - 1, 0), 16), RETRY_AT_MOST_S)
+
+
 def _started() -> None:
     """Nothing: submitted once per worker so that the pool starts them all at once."""
 
@@ -136,7 +155,6 @@ class SpoolWorker:
         ``None`` for an attempt that failed and will be retried.
     """
 
-    RETRY_AFTER_S = 30.0
     CATCH_UP_QUEUE = 2  #: entries queued at once for the catch-up worker (so the lag is re-read often)
 
     def __init__(self, config: Config, spool: Spool, workers: int = 0,
@@ -153,6 +171,7 @@ class SpoolWorker:
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._retry_at: dict[Path, float] = {}
+        self._failures: Counter[Path] = Counter()  # failed tries in a row, per entry
         self._doubled: set[Path] = set()  # entries of the stalled idle pool that the catch-up worker also took
         self._idle_progress = time.monotonic()  # when the idle pool last finished an entry (or got its first)
         self._was_stalled = False
@@ -211,6 +230,9 @@ class SpoolWorker:
         """Oldest entries first, at most one per SOP Instance UID and none of an instance in flight
         (so entries of one instance are archived in arrival order, and keep-first keeps the first)."""
         now, batch = time.monotonic(), list[Path]()
+        for gone in set(self._retry_at) - set(entries):  # archived by a copy, or adopted by another node
+            del self._retry_at[gone]
+            self._failures.pop(gone, None)
         if limit <= 0:
             return batch
         seen = {p.name.split("-")[1] for p, _ in self._inflight.values()}
@@ -313,11 +335,14 @@ class SpoolWorker:
                     if self._stop.is_set():
                         return
                     self._observer(None)
-                    log.error("spool entry %s: archiving failed, will retry: %s: %s",
-                              path.name, type(exc).__name__, exc)
-                    self._retry_at[path] = time.monotonic() + self.RETRY_AFTER_S
+                    self._failures[path] += 1
+                    delay = retry_delay(exc, self._failures[path])
+                    log.error("spool entry %s: archiving failed, will retry in %.0f s: %s: %s",
+                              path.name, delay, type(exc).__name__, exc)
+                    self._retry_at[path] = time.monotonic() + delay
                     continue
                 self._retry_at.pop(path, None)
+                self._failures.pop(path, None)
                 self._doubled.discard(path)
                 self.spool.release(path)
                 self.caught_up += catch_up

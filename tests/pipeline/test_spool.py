@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from io import BytesIO
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from aepacs.config import Config
 from aepacs.crypto.keyring import Keyring
+from aepacs.errors import MissingKeyError, OpenError, StoreError, StoreFullError
 from aepacs.pipeline.archive import Archive
 from aepacs.pipeline.retrieve import fetch
 from aepacs.pipeline.spool import Spool, read_entry, seal_entry
-from aepacs.pipeline.workers import SpoolWorker, archive_entry
+from aepacs.pipeline.workers import RETRY_AFTER_S, RETRY_AT_MOST_S, SpoolWorker, archive_entry, retry_delay
 from tests.conftest import ct_files
 
 
@@ -91,3 +94,54 @@ def test_worker_replaces_a_broken_pool(config: Config, keyring: Keyring) -> None
         worker.stop()
     with Archive(config, keyring) as archive:
         assert archive.index.count() == 4
+
+
+def test_an_entry_that_cannot_be_opened_stays_and_breaks_nothing(config: Config, keyring: Keyring,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A tampered spool entry: its worker's error comes back whole (it once failed to unpickle and broke the
+    pool, on every try), the others are archived, and it stays in the spool until it can be opened."""
+    Archive(config, keyring).close()
+    spool = Spool(config.spool_path)
+    data = [p.read_bytes() for p in ct_files()[:3]]
+    bad = _entry(spool, data[0], keyring)
+    original = bad.read_bytes()
+    bad.write_bytes(original[:-40] + bytes([original[-40] ^ 0x10]) + original[-39:])
+    for d in data[1:]:
+        _entry(spool, d, keyring)
+    caplog.set_level(logging.INFO, logger="aepacs.spool")
+    worker = SpoolWorker(config, spool, workers=1)
+    worker.start()
+    try:
+        assert worker.wait_idle(120)
+    finally:
+        worker.stop()
+    assert spool.entries() == [bad] and not (config.spool_path / "failed").exists()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "pool broken" in m], messages
+    [failed] = [m for m in messages if "archiving failed" in m]
+    assert bad.name in failed and "will retry in 30 s: OpenError" in failed
+    with Archive(config, keyring) as archive:
+        assert archive.index.count() == 2
+
+    bad.write_bytes(original)  # put right (a backup restored): the next start archives it
+    worker = SpoolWorker(config, spool, workers=1)
+    worker.start()
+    try:
+        assert worker.wait_idle(120)
+    finally:
+        worker.stop()
+    assert spool.entries() == []
+    with Archive(config, keyring) as archive:
+        assert archive.index.count() == 3
+
+
+def test_an_entry_that_fails_the_same_way_waits_longer_each_time() -> None:
+    """Until someone acts, an entry that cannot be opened is logged once an hour, not every 30 s; a full store
+    or a busy index passes, and is tried again every 30 s."""
+    for exc in (OpenError("x.aepx", "tampered"), MissingKeyError(3)):
+        waits = [retry_delay(exc, n) for n in range(1, 12)]
+        assert waits[:4] == [RETRY_AFTER_S, 2 * RETRY_AFTER_S, 4 * RETRY_AFTER_S, 8 * RETRY_AFTER_S]
+        assert waits == sorted(waits) and waits[-1] == RETRY_AT_MOST_S == 3600
+    assert retry_delay(OpenError("x", "y"), 10_000) == RETRY_AT_MOST_S
+    for exc in (StoreFullError("disk full"), StoreError("index busy"), OSError("no space")):
+        assert {retry_delay(exc, n) for n in range(1, 12)} == {RETRY_AFTER_S}
