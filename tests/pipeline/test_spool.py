@@ -25,6 +25,16 @@ def _entry(spool: Spool, data: bytes, keyring: Keyring) -> Path:
                      str(ds.SOPInstanceUID))
 
 
+def _drain(config: Config, spool: Spool, workers: int = 1) -> None:
+    """A spool worker (a server's, started and stopped) run until the spool holds nothing it can archive now."""
+    worker = SpoolWorker(config, spool, workers=workers)
+    worker.start()
+    try:
+        assert worker.wait_idle(120)
+    finally:
+        worker.stop()
+
+
 def test_entries_are_sealed_ordered_and_flushed(config: Config, keyring: Keyring) -> None:
     spool = Spool(config.spool_path)
     data = [p.read_bytes() for p in ct_files()[:3]]
@@ -58,12 +68,7 @@ def test_worker_archives_in_arrival_order_per_instance(config: Config, keyring: 
     spool = Spool(config.spool_path)
     for data in (first, second, *[p.read_bytes() for p in ct_files()[1:6]]):
         _entry(spool, data, keyring)
-    worker = SpoolWorker(config, spool, workers=2)
-    worker.start()
-    try:
-        assert worker.wait_idle(120)
-    finally:
-        worker.stop()
+    _drain(config, spool, workers=2)
     assert spool.entries() == []
     with Archive(config, keyring) as archive:
         assert archive.index.count() == 6
@@ -109,12 +114,7 @@ def test_an_entry_that_cannot_be_opened_stays_and_breaks_nothing(config: Config,
     for d in data[1:]:
         _entry(spool, d, keyring)
     caplog.set_level(logging.INFO, logger="aepacs.spool")
-    worker = SpoolWorker(config, spool, workers=1)
-    worker.start()
-    try:
-        assert worker.wait_idle(120)
-    finally:
-        worker.stop()
+    _drain(config, spool)
     assert spool.entries() == [bad] and not (config.spool_path / "failed").exists()
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "pool broken" in m], messages
@@ -124,12 +124,7 @@ def test_an_entry_that_cannot_be_opened_stays_and_breaks_nothing(config: Config,
         assert archive.index.count() == 2
 
     bad.write_bytes(original)  # put right (a backup restored): the next start archives it
-    worker = SpoolWorker(config, spool, workers=1)
-    worker.start()
-    try:
-        assert worker.wait_idle(120)
-    finally:
-        worker.stop()
+    _drain(config, spool)
     assert spool.entries() == []
     with Archive(config, keyring) as archive:
         assert archive.index.count() == 3
