@@ -223,7 +223,7 @@ def test_serve_and_retrieve_commands(env: dict[str, str], tmp_path: Path) -> Non
         import pydicom
 
         study = str(pydicom.dcmread(ct_files()[0], stop_before_pixels=True).StudyInstanceUID)
-        deadline = time.time() + 60  # acknowledged = spooled; archived (and queryable) moments later
+        deadline = time.time() + 300  # acknowledged = spooled; archived (and queryable) moments later (a bound)
         while _indexed(Path(env["AEPACS_HOME"]) / "index.sqlite3") < 3 and time.time() < deadline:
             time.sleep(0.1)
         out = run_cli("retrieve", "--host", "127.0.0.1", "--port", str(port), "--study", study,

@@ -78,7 +78,7 @@ def start_serve(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
     ae = AE()
     ae.add_requested_context(Verification)
-    deadline = time.time() + 60
+    deadline = time.time() + 180  # a bound: imports and the bind take seconds, more on a loaded host
     while time.time() < deadline:
         assert proc.poll() is None, log.read_text()
         assoc = ae.associate("127.0.0.1", port, ae_title="AEPACS")
