@@ -19,7 +19,7 @@ from aepacs.cli.common import audit, count
 from aepacs.config import Config
 from aepacs.errors import AepacsError, ConfigError
 from aepacs.models.registry import Registry, config_registry
-from aepacs.pipeline.codecs import warm_up
+from aepacs.pipeline.codecs import learned_routes, warm_up
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -130,8 +130,8 @@ def _verify_all(config: Config) -> int:
     failed = warm_up(config)
     for line in failed:
         print(line, file=sys.stderr)
-    routes = sorted({r.name for r in config.routes.values() if r.model})
-    print(f"{count(len(routes) - len(failed), 'learned route')} of {len(routes)} coded a test frame there and back "
+    routes = len(learned_routes(config))
+    print(f"{count(routes - len(failed), 'learned route')} of {routes} coded a test frame there and back "
           f"({time.perf_counter() - started:.1f} s, numba's compiled loops cached)")
     return 1 if failed else 0
 

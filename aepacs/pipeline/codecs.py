@@ -82,6 +82,11 @@ def check_routes(config: Config) -> None:
         raise ConfigError("; ".join(problems) + " ('aepacs models list' shows the models there are)")
 
 
+def learned_routes(config: Config) -> list[Route]:
+    """The configuration's distinct routes to a registry model, in the order of their names."""
+    return sorted({r for r in config.routes.values() if r.model}, key=lambda r: r.name)
+
+
 def warm_up(config: Config) -> list[str]:
     """Run every learned route's codec once on a small frame, there and back, so the first instance does not wait.
 
@@ -98,7 +103,7 @@ def warm_up(config: Config) -> list[str]:
     """
     registry = config_registry(config)
     failed = []
-    for r in sorted({r for r in config.routes.values() if r.model}, key=lambda r: r.name):
+    for r in learned_routes(config):
         try:
             codec = learned_codec(r, registry)
             frame = np.zeros((1, 64, 64, codec.channels), np.int16)

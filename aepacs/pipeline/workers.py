@@ -170,8 +170,7 @@ class SpoolWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Event()
-        self._retry_at: dict[Path, float] = {}
-        self._failures: Counter[Path] = Counter()  # failed tries in a row, per entry
+        self._retry: dict[Path, tuple[float, int]] = {}  # entry -> (when to try again, failed tries in a row)
         self._doubled: set[Path] = set()  # entries of the stalled idle pool that the catch-up worker also took
         self._idle_progress = time.monotonic()  # when the idle pool last finished an entry (or got its first)
         self._was_stalled = False
@@ -230,9 +229,8 @@ class SpoolWorker:
         """Oldest entries first, at most one per SOP Instance UID and none of an instance in flight
         (so entries of one instance are archived in arrival order, and keep-first keeps the first)."""
         now, batch = time.monotonic(), list[Path]()
-        for gone in set(self._retry_at) - set(entries):  # archived by a copy, or adopted by another node
-            del self._retry_at[gone]
-            self._failures.pop(gone, None)
+        for gone in set(self._retry) - set(entries):  # archived by a copy, or adopted by another node
+            del self._retry[gone]
         if limit <= 0:
             return batch
         seen = {p.name.split("-")[1] for p, _ in self._inflight.values()}
@@ -241,7 +239,7 @@ class SpoolWorker:
             if uid_tag in seen:
                 continue
             seen.add(uid_tag)
-            if self._retry_at.get(path, 0) <= now:
+            if self._retry.get(path, (0.0, 0))[0] <= now:
                 batch.append(path)
                 if len(batch) >= limit:
                     break
@@ -314,7 +312,7 @@ class SpoolWorker:
                 continue
             if not self._inflight:
                 self._idle.set()
-                self._wake.wait(1.0 if self._retry_at else 5.0)
+                self._wake.wait(1.0 if self._retry else 5.0)
                 continue
             done, _ = wait(list(self._inflight), timeout=0.25, return_when=FIRST_COMPLETED)
             for future in done:
@@ -335,14 +333,13 @@ class SpoolWorker:
                     if self._stop.is_set():
                         return
                     self._observer(None)
-                    self._failures[path] += 1
-                    delay = retry_delay(exc, self._failures[path])
+                    failures = self._retry.get(path, (0.0, 0))[1] + 1
+                    delay = retry_delay(exc, failures)
                     log.error("spool entry %s: archiving failed, will retry in %.0f s: %s: %s",
                               path.name, delay, type(exc).__name__, exc)
-                    self._retry_at[path] = time.monotonic() + delay
+                    self._retry[path] = (time.monotonic() + delay, failures)
                     continue
-                self._retry_at.pop(path, None)
-                self._failures.pop(path, None)
+                self._retry.pop(path, None)
                 self._doubled.discard(path)
                 self.spool.release(path)
                 self.caught_up += catch_up
