@@ -67,12 +67,17 @@ def ct_files() -> list[Path]:
     if series.is_dir():
         return sorted(series.glob("*.dcm"))
     if _FALLBACK_CT is None:
+        import getpass
         import tempfile
 
         from pydicom.data import get_testdata_file
         from pydicom.uid import generate_uid
 
-        out = Path(tempfile.mkdtemp(prefix="aepacs-ct-"))
+        # under pytest's own tree (pytest-of-USER), with the other tests' files: not among what a test's scan
+        # of the system temp directory counts as another program's (tests/net/test_blind.py)
+        pytest_root = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
+        pytest_root.mkdir(mode=0o700, exist_ok=True)
+        out = Path(tempfile.mkdtemp(prefix="aepacs-ct-", dir=pytest_root))
         ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
         ds.SeriesInstanceUID = generate_uid()
         for i in range(40):
